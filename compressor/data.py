@@ -1,0 +1,154 @@
+"""Image I/O, folders of images and the bundled sample data.
+
+Every image enters as float32 RGB in [0, 1], shape (3, H, W): grayscale is
+replicated, alpha is composited on white, 16-bit is rescaled.
+"""
+
+from __future__ import annotations
+
+import random
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+# Content photos that ship inside scikit-image's wheel. Training/calibration and
+# evaluation sets are disjoint so quality is never measured on seen images.
+_SKIMAGE_SPLITS = {
+    "train": ["chelsea.png", "coffee.png", "motorcycle_left.png", "hubble_deep_field.jpg"],
+    "eval": ["astronaut.png", "rocket.jpg"],
+}
+BUNDLED_STYLES = {"starry_night": "starry_night.jpg", "composition_vii": "composition_vii.jpg"}
+
+
+class ImageError(ValueError):
+    """An image that cannot be read; the message names the file."""
+
+
+def load_image(path: str | Path, size: int | None = None) -> torch.Tensor:
+    """Read an image as (3, H, W) float RGB in [0, 1]; ``size`` resizes the longest side."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            rgb = to_rgb(img)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such image file") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ImageError(f"{path}: not a readable image ({exc})") from None
+    if size:
+        scale = size / max(rgb.size)
+        rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.LANCZOS)
+    return pil_to_tensor(rgb)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+def tensor_to_pil(tensor: torch.Tensor) -> Image.Image:
+    """(3, H, W) or (1, 3, H, W) in [0, 1] -> 8-bit RGB, clamped."""
+    if tensor.dim() == 4:
+        tensor = tensor[0]
+    arr = (tensor.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+def save_image(tensor: torch.Tensor, path: str | Path) -> Path:
+    from compressor.models.checkpoint import atomic_write
+
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ImageError(f"{path}: unknown image extension (use .png or .jpg)")
+    atomic_write(path, lambda p: tensor_to_pil(tensor).save(p, format=fmt))
+    return path
+
+
+def list_images(path: str | Path) -> list[Path]:
+    """Image files in a folder (sorted), or the file itself."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise ImageError(f"{path}: no such file or folder")
+    images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise ImageError(f"{path}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return images
+
+
+def sample_content_paths(split: str = "train") -> list[Path]:
+    """Bundled content photos (from scikit-image's wheel): split ``train`` or ``eval``."""
+    if split not in _SKIMAGE_SPLITS:
+        raise ValueError(f"unknown sample split {split!r}; choose from {sorted(_SKIMAGE_SPLITS)}")
+    root = Path(str(resources.files("skimage") / "data"))
+    return [root / name for name in _SKIMAGE_SPLITS[split]]
+
+
+def sample_style_path(name: str = "starry_night") -> Path:
+    """A bundled public-domain painting (see compressor/assets/SOURCES.md)."""
+    if name not in BUNDLED_STYLES:
+        raise ValueError(f"unknown bundled style {name!r}; choose from {sorted(BUNDLED_STYLES)}")
+    return Path(str(resources.files("compressor") / "assets" / "styles" / BUNDLED_STYLES[name]))
+
+
+def resolve_style(style: str | Path) -> Path:
+    """A style given as a file path or as the name of a bundled style."""
+    if str(style) in BUNDLED_STYLES:
+        return sample_style_path(str(style))
+    path = Path(style)
+    if not path.is_file():
+        raise ImageError(f"{path}: style image not found (bundled styles: {', '.join(BUNDLED_STYLES)})")
+    return path
+
+
+def resolve_images(source: str | Path | None, split: str = "train") -> list[Path]:
+    """A folder/file of images, or the bundled samples of ``split`` when ``source`` is None or "samples"."""
+    if source is None or str(source) == "samples":
+        return sample_content_paths(split)
+    return list_images(source)
+
+
+class ContentCrops(torch.utils.data.Dataset):
+    """Random square crops (with resize and horizontal flips) of a few content images.
+
+    Images are decoded once and kept in memory; an "epoch" is ``length`` crops
+    so tiny image sets still give varied batches. Randomness comes from the
+    torch generator the sampler draws with, so runs are reproducible.
+    """
+
+    def __init__(self, paths: list[Path], crop: int, length: int = 10_000):
+        self.images = [load_image(p, size=max(crop * 2, 256)) for p in paths]
+        self.crop = crop
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        rng = random.Random(index)
+        img = self.images[rng.randrange(len(self.images))]
+        _, h, w = img.shape
+        side = rng.randint(min(h, w, self.crop), min(h, w))
+        top, left = rng.randint(0, h - side), rng.randint(0, w - side)
+        patch = img[:, top : top + side, left : left + side].unsqueeze(0)
+        patch = torch.nn.functional.interpolate(patch, size=(self.crop, self.crop), mode="bilinear", antialias=True)
+        if rng.random() < 0.5:
+            patch = patch.flip(-1)
+        return patch[0].clamp(0, 1)

@@ -1,0 +1,129 @@
+"""Perceptual losses, with one convention throughout.
+
+- Images are RGB in [0, 1]; the VGG19 loss network normalises internally.
+- ``gram_matrix(F) = F Fᵀ / (C·H·W)`` for features F of shape (C, H·W).
+- Style loss = Σ_layers w_l · mean((G_l(x) − G_l(style))²).
+- Content loss = Σ_layers w_l · mean((F_l(x) − F_l(content))²).
+- Total variation = mean|∂x| + mean|∂y| (anisotropic L1).
+- AdaIN style loss = Σ_layers (‖μ(x)−μ(s)‖² + ‖σ(x)−σ(s)‖²) as means over channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from compressor.models.adain import mean_std
+from compressor.models.vgg import VGG19LossNet
+
+DEFAULT_STYLE_LAYERS = {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0, "relu4_1": 1.0, "relu5_1": 1.0}
+DEFAULT_CONTENT_LAYERS = {"relu4_2": 1.0}
+
+
+def gram_matrix(features: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, C), normalised by C·H·W."""
+    n, c, h, w = features.shape
+    flat = features.reshape(n, c, h * w)
+    return flat @ flat.transpose(1, 2) / (c * h * w)
+
+
+def content_loss(
+    features: dict[str, torch.Tensor], target: dict[str, torch.Tensor], weights: dict[str, float]
+) -> torch.Tensor:
+    return sum(w * torch.mean((features[k] - target[k]) ** 2) for k, w in weights.items())
+
+
+def style_loss(
+    features: dict[str, torch.Tensor], target_grams: dict[str, torch.Tensor], weights: dict[str, float]
+) -> torch.Tensor:
+    """Gram loss; ``target_grams`` of batch 1 broadcast over the batch of ``features``."""
+    return sum(w * torch.mean((gram_matrix(features[k]) - target_grams[k]) ** 2) for k, w in weights.items())
+
+
+def tv_loss(images: torch.Tensor) -> torch.Tensor:
+    dy = (images[..., 1:, :] - images[..., :-1, :]).abs().mean()
+    dx = (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
+    return dx + dy
+
+
+def adain_style_loss(features: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> torch.Tensor:
+    total = torch.zeros(())
+    for key, feat in features.items():
+        f_mean, f_std = mean_std(feat)
+        t_mean, t_std = mean_std(target[key])
+        total = total + torch.mean((f_mean - t_mean) ** 2) + torch.mean((f_std - t_std) ** 2)
+    return total
+
+
+@dataclass
+class LossWeights:
+    """Weights of the style-transfer objective; defaults suit [0, 1] images and Gram/(C·H·W)."""
+
+    content: float = 1.0
+    style: float = 1e5
+    tv: float = 1e-3
+    content_layers: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CONTENT_LAYERS))
+    style_layers: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_STYLE_LAYERS))
+
+
+class StyleTransferLoss(torch.nn.Module):
+    """Content + Gram style + TV loss against one style, judged by ``vgg``.
+
+    The style's Gram matrices are computed once (or taken from a style
+    library) and reused every step.
+    """
+
+    def __init__(self, vgg: VGG19LossNet, style_grams: dict[str, torch.Tensor], weights: LossWeights):
+        super().__init__()
+        missing = [k for k in [*weights.style_layers, *weights.content_layers] if k not in vgg.spec.taps]
+        if missing:
+            raise ValueError(f"loss layers {missing} are not taps of the loss network {vgg.spec.taps}")
+        self.vgg = vgg
+        self.weights = weights
+        self.style_grams = {k: style_grams[k] for k in weights.style_layers}
+
+    def forward(
+        self, output: torch.Tensor, content: torch.Tensor, content_features: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Weighted loss terms and their sum under ``"total"``."""
+        feats = self.vgg(output)
+        if content_features is None:
+            with torch.no_grad():
+                content_features = self.vgg(content)
+        terms = {
+            "content": self.weights.content * content_loss(feats, content_features, self.weights.content_layers),
+            "style": self.weights.style * style_loss(feats, self.style_grams, self.weights.style_layers),
+            "tv": self.weights.tv * tv_loss(output),
+        }
+        terms["total"] = sum(terms.values())
+        return terms
+
+
+@torch.no_grad()
+def style_grams(vgg: VGG19LossNet, style_image: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Gram matrices of a (1, 3, H, W) style image at every tap of ``vgg``."""
+    return {k: gram_matrix(v) for k, v in vgg(style_image).items()}
+
+
+def save_style_library(path: Path, grams: dict[str, dict[str, torch.Tensor]], loss_network: str) -> None:
+    """Store precomputed Grams of several styles: one safetensors file, keys ``style/layer``."""
+    from compressor.models.checkpoint import atomic_write
+
+    flat = {f"{style}/{layer}": g.contiguous() for style, layers in grams.items() for layer, g in layers.items()}
+    atomic_write(path, lambda p: save_file(flat, str(p), metadata={"loss_network": loss_network}))
+
+
+def load_style_library(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], str]:
+    """Styles -> layer -> Gram, and the loss network the Grams were computed with."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        loss_network = (f.metadata() or {}).get("loss_network", "unknown")
+    library: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in load_file(str(path)).items():
+        style, layer = key.rsplit("/", 1)
+        library.setdefault(style, {})[layer] = tensor
+    return library, loss_network
