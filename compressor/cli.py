@@ -1,0 +1,93 @@
+"""The ``styleslim`` command line. Each command is a thin wrapper over a library function."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from compressor import __version__
+
+app = typer.Typer(help="Compress neural style transfer models and ship them to phones and edge devices.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"styleslim {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True)] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
+
+
+def fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+LossNetOpt = Annotated[
+    str, typer.Option("--loss-network", help="VGG19 weights: imagenet | random | path to a weights file.")
+]
+StrictOpt = Annotated[
+    bool, typer.Option("--strict-loss-network", help="Fail instead of falling back to a random VGG19.")
+]
+
+
+def _loss_network(weights: str, strict: bool):
+    from compressor.models import VGGWeightsUnavailable, load_vgg19
+
+    try:
+        vgg = load_vgg19(weights, allow_fallback=not strict)
+    except (VGGWeightsUnavailable, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    typer.secho(f"loss network: VGG19 {vgg.weights_source}", fg=typer.colors.YELLOW if "random" in
+                vgg.weights_source else typer.colors.GREEN, err=True)
+    return vgg
+
+
+@app.command()
+def train(
+    style: Annotated[str, typer.Option(help="Style image path or bundled style name.")] = "starry_night",
+    content_dir: Annotated[str, typer.Option(help="Folder of content images, or 'samples'.")] = "samples",
+    output: Annotated[Path, typer.Option("-o", "--output", help="Model folder to write.")] = Path("model"),
+    steps: int = 1000,
+    batch_size: int = 4,
+    crop: int = 256,
+    lr: float = 1e-3,
+    content_weight: float = 1.0,
+    style_weight: float = 1e5,
+    tv_weight: float = 1e-3,
+    style_size: int = 256,
+    checkpoint_every: int = 100,
+    seed: int = 0,
+    stn: Annotated[bool, typer.Option(help="Put a spatial transformer in front of the network.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue from OUTPUT/checkpoint.pt.")] = False,
+    loss_network: LossNetOpt = "imagenet",
+    strict_loss_network: StrictOpt = False,
+) -> None:
+    """Train a fast-style TransformerNet (Johnson et al. 2016) on one style."""
+    from compressor.distill import TrainConfig
+    from compressor.teacher import train_transformer
+
+    config = TrainConfig(steps=steps, batch_size=batch_size, crop=crop, lr=lr, content_weight=content_weight,
+                         style_weight=style_weight, tv_weight=tv_weight, checkpoint_every=checkpoint_every, seed=seed)
+    vgg = _loss_network(loss_network, strict_loss_network)
+    try:
+        history = train_transformer(style, content_dir, output, config, vgg, style_size=style_size, stn=stn,
+                                    resume=resume)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    if history:
+        typer.echo(f"loss {history[0]['total']:.4g} -> {history[-1]['total']:.4g}; model written to {output}")
+
+
+if __name__ == "__main__":
+    app()

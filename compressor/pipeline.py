@@ -1,0 +1,131 @@
+"""Runs a recipe: stage after stage, each writing its artifact into ``runs/<name>/<stage>/``.
+
+A stage is skipped when its own settings and everything upstream are
+unchanged since it last completed (``--force`` re-runs everything). Stages
+from ``exports`` and ``evaluation`` are reached by late import, so
+``compressor`` never imports those packages at module level.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compressor.data import load_image, resolve_style
+from compressor.losses import style_grams
+from compressor.models import load_vgg19
+from compressor.models.checkpoint import atomic_write
+from compressor.models.vgg import VGG19LossNet
+from compressor.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+# Stage name -> "module:function"; each function takes a RunContext and writes into ctx.stage_dir(name).
+STAGES: dict[str, str] = {
+    "model": "compressor.teacher:model_stage",
+    "prune": "compressor.prune:prune_stage",
+    "distill": "compressor.distill:distill_stage",
+    "quantize": "compressor.quantize:quantize_stage",
+    "export": "exports.stage:export_stage",
+    "evaluate": "evaluation.stage:evaluate_stage",
+}
+STAGE_DIRS = {
+    "model": "teacher",
+    "prune": "pruned",
+    "distill": "distilled",
+    "quantize": "quantized",
+    "export": "exports",
+    "evaluate": "evaluation",
+}
+STAGE_STAMP = ".stage.json"
+
+
+@dataclass
+class RunContext:
+    """What every stage needs: the recipe, the run folder, the reference loss network and the style."""
+
+    recipe: Recipe
+    run_dir: Path
+    force: bool = False
+    progress: bool = True
+    resume: bool = False
+    stamps: dict[str, str] = field(default_factory=dict)
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.run_dir / STAGE_DIRS[stage]
+
+    @cached_property
+    def loss_network(self) -> VGG19LossNet:
+        """The reference, uncompressed VGG19: the judge of every quality number in this run."""
+        return load_vgg19(self.recipe.loss_network, allow_fallback=self.recipe.allow_random_loss_network)
+
+    @cached_property
+    def style_image(self) -> torch.Tensor:
+        return load_image(resolve_style(self.recipe.style), size=self.recipe.style_size).unsqueeze(0)
+
+    @cached_property
+    def style_grams(self) -> dict[str, torch.Tensor]:
+        return style_grams(self.loss_network, self.style_image)
+
+    def latest_model_dir(self) -> Path:
+        """The newest float model this run has produced (distilled > pruned > teacher)."""
+        for stage in ("distill", "prune", "model"):
+            d = self.stage_dir(stage)
+            if (d / "spec.json").is_file() and stage in self.stamps:
+                return d
+        raise FileNotFoundError(f"{self.run_dir}: no model produced yet (the model stage writes teacher/)")
+
+
+def _stage_hash(recipe: Recipe, stage: str, upstream: str) -> str:
+    section = getattr(recipe, stage)
+    globals_ = recipe.model_dump(include={"style", "style_size", "content", "loss_network"})
+    payload = json.dumps({"stage": section.model_dump(mode="json"), "globals": globals_, "up": upstream}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def write_stamp(path: Path, digest: str, status: str) -> None:
+    atomic_write(path, lambda p: p.write_text(json.dumps({"hash": digest, "status": status}) + "\n"))
+
+
+def _resolve(target: str) -> Any:
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def run_recipe(recipe: Recipe, out_root: Path = Path("runs"), force: bool = False, progress: bool = True) -> Path:
+    """Run every stage the recipe names, in order; returns the run folder."""
+    ctx = RunContext(recipe=recipe, run_dir=Path(out_root) / recipe.name, force=force, progress=progress)
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(ctx.run_dir / "recipe.json", lambda p: p.write_text(recipe.model_dump_json(indent=2)))
+    upstream = ""
+    for stage, target in STAGES.items():
+        if getattr(recipe, stage) is None:
+            continue
+        digest = _stage_hash(recipe, stage, upstream)
+        stage_dir = ctx.stage_dir(stage)
+        stamp_path = stage_dir / STAGE_STAMP
+        stamp = json.loads(stamp_path.read_text()) if stamp_path.is_file() else {}
+        same = stamp.get("hash") == digest and not force
+        if same and stamp.get("status") == "done":
+            log.info("stage %s: unchanged, skipped (use --force to re-run)", stage)
+        else:
+            # An interrupted stage with unchanged inputs resumes; anything else starts clean.
+            ctx.resume = same
+            if not same and stage_dir.exists():
+                shutil.rmtree(stage_dir)
+            log.info("stage %s: %s", stage, "resuming" if same else "running")
+            write_stamp(stamp_path, digest, "running")
+            _resolve(target)(ctx)
+            write_stamp(stamp_path, digest, "done")
+        ctx.stamps[stage] = digest
+        upstream = digest
+    return ctx.run_dir

@@ -1,0 +1,155 @@
+"""The YAML recipe: a validated list of stages, each optional.
+
+Unknown keys are rejected and every error names its key path, e.g.
+``prune.ratio: Input should be less than 1``. ``--set prune.ratio=0.75``
+overrides work on the raw YAML before validation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from compressor.distill import TrainConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelStage(_Strict):
+    """The teacher: an existing model folder / foreign checkpoint, or a freshly built (and briefly trained) one."""
+
+    family: Literal["transformer_net", "vgg19", "adain"] = "transformer_net"
+    path: str | None = Field(None, description="Model folder (spec.json), or a foreign .pth checkpoint.")
+    adain_decoder: str | None = Field(None, description="AdaIN decoder.pth (with path = vgg_normalised.pth).")
+    spec: dict[str, Any] = Field(default_factory=dict, description="Overrides of the family's default spec.")
+    train: TrainConfig | None = Field(None, description="Train the teacher briefly before compressing it.")
+
+
+class PruneStage(_Strict):
+    ratio: float = Field(0.5, ge=0.0, lt=1.0, description="Fraction of channels to remove.")
+    scope: Literal["local", "global"] = "local"
+    overrides: dict[str, float] = Field(default_factory=dict, description="Layer-name glob -> ratio.")
+    ignore: list[str] = Field(default_factory=list, description="Layer-name globs never pruned.")
+    round_to: int | None = Field(None, ge=1)
+    iterative_steps: int = Field(1, ge=1)
+    finetune_steps_between: int = Field(0, ge=0, description="Fine-tuning steps between iterative steps.")
+    vgg_mode: Literal["keep_taps", "project_taps"] = "keep_taps"
+
+
+class DistillStage(TrainConfig):
+    """The student learns back from the teacher (set output/perceptual weights to 0 for plain fine-tuning)."""
+
+    output_weight: float = Field(1.0, ge=0)
+    perceptual_weight: float = Field(1.0, ge=0)
+
+
+class QuantizeStage(_Strict):
+    runtimes: list[Literal["onnx", "tflite", "coreml"]] = Field(default_factory=lambda: ["onnx"])
+    mode: Literal["static", "dynamic", "fp16", "weight-only", "qat"] = "static"
+    calibration: str = Field("samples", description="Folder of calibration images, or 'samples'.")
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    keep_float: list[str] = Field(default_factory=list, description="Layer-name globs kept in float.")
+    max_style_increase_pct: float | None = Field(None, ge=0, description="Sensitivity budget for mixed precision.")
+    size: int = Field(256, ge=16)
+
+
+class ExportStage(_Strict):
+    formats: list[Literal["onnx", "tflite", "coreml"]] = Field(default_factory=lambda: ["onnx"])
+    precision: Literal["fp32", "fp16"] = "fp32"
+    size: int = Field(256, ge=16, description="Square input side of the exported model.")
+    layout: Literal["nchw", "nhwc"] = "nchw"
+
+
+class EvaluateStage(_Strict):
+    images: str = Field("samples", description="Folder of evaluation images, or 'samples' (held-out set).")
+    size: int = Field(256, ge=16, description="Evaluation resolution (longest side).")
+    latency_sizes: list[int] = Field(default_factory=lambda: [256])
+    latency_runs: int = Field(10, ge=3)
+    threads: int = Field(2, ge=1)
+
+
+class Recipe(_Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
+    style: str = Field("starry_night", description="Style image path, or a bundled style name.")
+    style_size: int = Field(256, ge=16)
+    content: str = Field("samples", description="Folder of training content images, or 'samples'.")
+    loss_network: str = Field("imagenet", description="imagenet | random | path to VGG19 weights.")
+    allow_random_loss_network: bool = Field(True, description="Fall back (loudly) to a seeded random VGG19.")
+    model: ModelStage = Field(default_factory=ModelStage)
+    prune: PruneStage | None = None
+    distill: DistillStage | None = None
+    quantize: QuantizeStage | None = None
+    export: ExportStage | None = None
+    evaluate: EvaluateStage | None = None
+
+
+class RecipeError(ValueError):
+    """A recipe that does not validate; the message names the file and every bad key."""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` strings (values parsed as YAML) to raw recipe data."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"--set {item!r}: expected KEY.PATH=VALUE")
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"--set {item!r}: {part} is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: recipe not found") from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of stages, got {type(data).__name__}")
+    data = apply_overrides(data, overrides or [])
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(f"{path}: invalid recipe\n{format_errors(exc)}") from None
+
+
+def format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+            model = _model_at(err["loc"][:-1])
+            if model is not None:
+                msg += f"; allowed keys: {', '.join(model.model_fields)}"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class found at a key path of Recipe (for listing allowed keys)."""
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+        nested = [a for a in candidates if issubclass(a, BaseModel)]
+        if not nested:
+            return None
+        model = nested[0]
+    return model
