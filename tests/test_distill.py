@@ -1,0 +1,238 @@
+"""Distillation / fine-tuning loop: every family's objective learns, resume is bit-exact, DDP stays in sync."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from compressor.data import ContentCrops, sample_content_paths
+from compressor.distill import (
+    CHECKPOINT_FILE,
+    TrainConfig,
+    batch_for_step,
+    make_objective,
+    train,
+)
+from compressor.losses import style_grams
+from compressor.models import AdaINNet, AdaINSpec, TransformerNet, TransformerNetSpec, VGG19LossNet, VGG19Spec
+from compressor.models import load_model, load_vgg19
+
+CROP = 32
+TEACHER_SPEC = TransformerNetSpec(conv1=8, conv2=16, trunk=16, res_inner=[16] * 5, deconv1=16, deconv2=8)
+STUDENT_SPEC = TransformerNetSpec(conv1=4, conv2=8, trunk=8, res_inner=[8] * 5, deconv1=8, deconv2=4)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Bit-exact comparisons across processes need the same thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def vgg() -> VGG19LossNet:
+    return load_vgg19("random")
+
+
+@pytest.fixture(scope="module")
+def data() -> ContentCrops:
+    return ContentCrops(sample_content_paths("train"), CROP, length=64)
+
+
+@pytest.fixture(scope="module")
+def grams(vgg) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return style_grams(vgg, torch.rand(1, 3, 64, 64))
+
+
+def _tiny(cls, spec, seed=0):
+    torch.manual_seed(seed)
+    return cls(spec)
+
+
+def _loss_on_fixed_batch(objective, model, data, term) -> float:
+    torch.manual_seed(123)
+    with torch.no_grad():
+        return float(objective(model, batch_for_step(data, 99, 0, 4))[term])
+
+
+def _learns(student, objective, data, config, tmp_path, term="total") -> tuple[float, float]:
+    """``term`` on a held-out batch before and after training."""
+    before = _loss_on_fixed_batch(objective, student, data, term)
+    train(student, objective, data, config, tmp_path / "out", progress=False)
+    return before, _loss_on_fixed_batch(objective, student, data, term)
+
+
+def test_transformer_student_learns_from_teacher(vgg, data, grams, tmp_path):
+    teacher = _tiny(TransformerNet, TEACHER_SPEC, seed=1)
+    student = _tiny(TransformerNet, STUDENT_SPEC)
+    config = TrainConfig(steps=12, batch_size=2, crop=CROP, lr=1e-2, style_weight=1e3, output_weight=10.0,
+                         perceptual_weight=1.0)
+    objective = make_objective(student, teacher, config, vgg, grams)
+    terms = objective(student, batch_for_step(data, 0, 0, 2))
+    assert set(terms) == {"content", "style", "tv", "output", "perceptual", "total"}
+    before, after = _learns(student, objective, data, config, tmp_path, "output")
+    assert after < 0.85 * before
+    saved = load_model(tmp_path / "out")
+    assert saved.current_spec() == STUDENT_SPEC.model_copy(update={"style": None})
+    assert saved.meta["steps_done"] == 12
+
+
+@pytest.mark.parametrize("term", ["content", "style", "tv", "output", "perceptual"])
+def test_each_weight_scales_its_term(vgg, data, grams, term):
+    teacher = _tiny(TransformerNet, TEACHER_SPEC, seed=1)
+    student = _tiny(TransformerNet, STUDENT_SPEC)
+    base = dict(content_weight=1.0, style_weight=1.0, tv_weight=1.0, output_weight=1.0, perceptual_weight=1.0)
+    batch = batch_for_step(data, 0, 0, 2)
+    values = []
+    for w in (1.0, 3.0):
+        config = TrainConfig(crop=CROP, **{**base, f"{term}_weight": w})
+        with torch.no_grad():
+            values.append(float(make_objective(student, teacher, config, vgg, grams)(student, batch)[term]))
+    assert values[0] > 0
+    assert values[1] == pytest.approx(3 * values[0], rel=1e-5)
+
+
+def test_vgg_student_distils_taps_through_projections(data, tmp_path):
+    taps = ["relu1_1", "relu2_1", "relu3_1"]
+    teacher_spec = VGG19Spec(taps=taps)
+    torch.manual_seed(0)
+    teacher = load_vgg19("random", spec=teacher_spec)
+    widths = [w // 4 for w in teacher_spec.widths]
+    student_spec = VGG19Spec(taps=taps, widths=widths, projections={"relu2_1": 128, "relu3_1": 256})
+    student = _tiny(VGG19LossNet, student_spec.model_copy(update={"projections": {}}))
+    # relu1_1 is not projected: keep its width so the tap compares directly.
+    student_spec = student_spec.model_copy(update={"widths": [64, *widths[1:]]})
+    student = _tiny(VGG19LossNet, student_spec)
+    config = TrainConfig(steps=15, batch_size=2, crop=CROP, lr=3e-3)
+    objective = make_objective(student, teacher, config, load_vgg19("random"), None)
+    before, after = _learns(student, objective, data, config, tmp_path)
+    assert after < 0.8 * before
+    assert set(load_model(tmp_path / "out").projections) == {"relu2_1", "relu3_1"}
+
+
+def test_vgg_student_without_projection_names_the_tap(data):
+    teacher = load_vgg19("random", spec=VGG19Spec(taps=["relu1_1", "relu2_1"]))
+    student = VGG19LossNet(VGG19Spec(taps=["relu1_1", "relu2_1"], widths=[64, 64, 64, *[8] * 13]))
+    objective = make_objective(student, teacher, TrainConfig(crop=CROP), load_vgg19("random"), None)
+    with pytest.raises(ValueError, match="relu2_1.*projections"):
+        objective(student, batch_for_step(data, 0, 0, 1))
+
+
+ADAIN_TEACHER = AdaINSpec(encoder=[4, 4, 8, 8, 16, 16, 16, 16, 32], decoder=[16, 16, 16, 16, 8, 8, 4, 4])
+
+
+def test_adain_student_learns(vgg, data, tmp_path):
+    teacher = _tiny(AdaINNet, ADAIN_TEACHER, seed=1)
+    student_spec = ADAIN_TEACHER.model_copy(update={"decoder": [8, 8, 8, 8, 4, 4, 2, 2]})
+    student = _tiny(AdaINNet, student_spec)
+    student.encoder.load_state_dict(teacher.encoder.state_dict())
+    config = TrainConfig(steps=12, batch_size=2, crop=CROP, lr=3e-3, output_weight=10.0, perceptual_weight=1.0)
+    styles = [torch.rand(3, 48, 40), torch.rand(3, 40, 64)]
+    objective = make_objective(student, teacher, config, vgg, None, styles)
+    assert not any(p.requires_grad for p in student.encoder.parameters()), "unpruned encoder stays frozen"
+    encoder_before = {k: v.clone() for k, v in student.encoder.state_dict().items()}
+    before, after = _learns(student, objective, data, config, tmp_path)
+    assert after < 0.9 * before
+    assert all(torch.equal(v, student.encoder.state_dict()[k]) for k, v in encoder_before.items())
+
+
+def test_fine_tuning_without_teacher_and_cosine_schedule(vgg, data, grams, tmp_path):
+    student = _tiny(TransformerNet, STUDENT_SPEC)
+    config = TrainConfig(steps=6, batch_size=2, crop=CROP, lr=1e-2, lr_schedule="cosine", output_weight=1.0,
+                         grad_checkpointing=True, tensorboard=True)
+    history = train(student, make_objective(student, None, config, vgg, grams), data, config, tmp_path, progress=False)
+    assert {"output", "perceptual"}.isdisjoint(history[0]), "no teacher terms without a teacher"
+    lrs = [row["lr"] for row in history]
+    assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 1e-3
+    assert (tmp_path / "train_log.csv").read_text().count("\n") == 7
+
+
+def test_bf16_autocast_runs(vgg, data, grams, tmp_path):
+    student = _tiny(TransformerNet, STUDENT_SPEC)
+    config = TrainConfig(steps=2, batch_size=2, crop=CROP, bf16=True)
+    history = train(student, make_objective(student, None, config, vgg, grams), data, config, tmp_path, progress=False)
+    assert all(torch.isfinite(torch.tensor(row["total"])) for row in history)
+
+
+_SCRIPT = """
+import sys, time, torch
+torch.set_num_threads(1)
+from compressor.data import ContentCrops, sample_content_paths
+from compressor.distill import TrainConfig, make_objective, train
+from compressor.models import TransformerNet, TransformerNetSpec, load_vgg19
+from compressor.losses import style_grams
+out, steps, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+vgg = load_vgg19("random")
+torch.manual_seed(0)
+grams = style_grams(vgg, torch.rand(1, 3, 64, 64))
+teacher_spec = TransformerNetSpec(conv1=8, conv2=16, trunk=16, res_inner=[16] * 5, deconv1=16, deconv2=8)
+student_spec = TransformerNetSpec(conv1=4, conv2=8, trunk=8, res_inner=[8] * 5, deconv1=8, deconv2=4)
+torch.manual_seed(1); teacher = TransformerNet(teacher_spec)
+torch.manual_seed(0); student = TransformerNet(student_spec)
+config = TrainConfig(steps=steps, batch_size=2, crop=32, lr=3e-3, lr_schedule="cosine", checkpoint_every=3,
+                     output_weight=1.0, perceptual_weight=1.0)
+objective = make_objective(student, teacher, config, vgg, grams)
+def slow(model, batch):
+    time.sleep(delay)
+    return objective(model, batch)
+data = ContentCrops(sample_content_paths("train"), 32, length=64)
+train(student, slow, data, config, out, resume="--resume" in sys.argv, progress=False)
+if torch.distributed.is_initialized() or "RANK" in __import__("os").environ:
+    from safetensors.torch import save_file
+    save_file(student.state_dict(), f"{out}/rank{__import__('os').environ['RANK']}.safetensors")
+"""
+
+
+def _run_script(tmp_path, *args, launcher=()):
+    script = tmp_path / "run.py"
+    script.write_text(_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return [*launcher, str(script), *map(str, args)], env
+
+
+def test_sigkill_then_resume_is_bit_exact(tmp_path):
+    steps = 9
+    cmd, env = _run_script(tmp_path, tmp_path / "killed", steps, 0.3)
+    proc = subprocess.Popen([sys.executable, *cmd], env=env)
+    ckpt = tmp_path / "killed" / CHECKPOINT_FILE
+    deadline = time.time() + 90
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = torch.load(ckpt, weights_only=True)
+    assert 0 < state["step"] < steps, "killed mid-run, after the first checkpoint"
+    assert not (tmp_path / "killed" / "weights.safetensors").exists()
+    for out, extra in (("killed", ["--resume"]), ("straight", [])):
+        cmd, env = _run_script(tmp_path, tmp_path / out, steps, 0.0)
+        subprocess.run([sys.executable, *cmd, *extra], env=env, check=True)
+    resumed = load_file(tmp_path / "killed" / "weights.safetensors")
+    straight = load_file(tmp_path / "straight" / "weights.safetensors")
+    assert resumed.keys() == straight.keys()
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+    log_rows = (tmp_path / "killed" / "train_log.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in log_rows] == list(range(1, steps + 1))
+
+
+def test_ddp_two_processes_stay_in_sync(tmp_path):
+    out = tmp_path / "ddp"
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+    cmd, env = _run_script(tmp_path, out, 4, 0.0, launcher=launcher)
+    subprocess.run(cmd, env=env, check=True, timeout=120)
+    rank0, rank1 = load_file(out / "rank0.safetensors"), load_file(out / "rank1.safetensors")
+    saved = load_file(out / "weights.safetensors")
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), "ranks diverged"
+    assert all(torch.equal(saved[k], rank0[k]) for k in rank0)
+    rows = (out / "train_log.csv").read_text().splitlines()
+    assert len(rows) == 5, "rank 0 alone logs"
