@@ -1,0 +1,76 @@
+"""Latency harness: warm-up, then round-robin timed runs so every variant sees the same machine state.
+
+Variants are interleaved (A, B, C, A, B, C, ...) within one process, so a
+background load or thermal change hits all of them alike and their ratios stay
+fair. Median and p90 are reported with the number of runs and threads.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+
+def measure_latency(
+    calls: dict[str, Callable[[], Any]], runs: int = 10, warmup: int = 2, progress: bool = False
+) -> dict[str, dict[str, float]]:
+    """Time each zero-argument call ``runs`` times, round-robin; returns ms stats per name."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in tqdm(range(runs), desc="latency", disable=not progress, leave=False):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append((time.perf_counter() - start) * 1000.0)
+    return {name: summarize(values) for name, values in times.items()}
+
+
+def summarize(values_ms: list[float]) -> dict[str, float]:
+    arr = np.asarray(values_ms)
+    return {
+        "p50": float(np.median(arr)),
+        "p90": float(np.percentile(arr, 90)),
+        "mean": float(arr.mean()),
+        "min": float(arr.min()),
+        "runs": len(values_ms),
+    }
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what platform reports."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the numbers were measured: CPU, cores, OS and library versions."""
+    import torch
+
+    info: dict[str, Any] = {
+        "cpu_model": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    for module in ("onnxruntime", "ai_edge_litert"):
+        try:
+            info[module] = __import__(module).__version__
+        except (ImportError, AttributeError):
+            info[module] = None
+    return info

@@ -1,0 +1,73 @@
+"""Quality (judged by the reference VGG19) and cost (params, MACs) of one variant.
+
+Style and content losses use compressor.losses with its default layers, so a
+number here means the same as during training. PSNR/SSIM come from
+torchmetrics and compare a variant's output with the teacher's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from compressor.losses import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, content_loss, style_loss
+from compressor.models.vgg import VGG19LossNet
+
+
+@torch.no_grad()
+def perceptual_losses(
+    vgg: VGG19LossNet, output: torch.Tensor, content: torch.Tensor, grams: dict[str, torch.Tensor]
+) -> dict[str, float]:
+    """Style loss vs the style's Grams and content loss vs the content image, both judged by ``vgg``."""
+    feats = vgg(output)
+    target = vgg(content)
+    return {
+        "style_loss": float(style_loss(feats, grams, DEFAULT_STYLE_LAYERS)),
+        "content_loss": float(content_loss(feats, target, DEFAULT_CONTENT_LAYERS)),
+    }
+
+
+@torch.no_grad()
+def fidelity(output: torch.Tensor, reference: torch.Tensor) -> dict[str, float | None]:
+    """PSNR (dB) and SSIM of ``output`` against the teacher's ``reference`` (both clamped to [0, 1]).
+
+    Identical images have infinite PSNR; JSON cannot hold that, so it is None.
+    """
+    psnr = float(peak_signal_noise_ratio(output, reference, data_range=1.0))
+    ssim = float(structural_similarity_index_measure(output, reference, data_range=1.0))
+    return {"psnr_vs_teacher": psnr if math.isfinite(psnr) else None, "ssim_vs_teacher": ssim}
+
+
+def degradation_pct(value: float, reference: float) -> float:
+    """How much worse (in %) a loss is than the teacher's; 0 for the teacher itself."""
+    if reference == 0:
+        return 0.0 if value == 0 else math.inf
+    return 100.0 * (value - reference) / reference
+
+
+def params_and_macs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[int, int]:
+    """Parameter count and multiply-accumulates of one forward pass (torch-pruning's counter)."""
+    import torch_pruning as tp
+
+    macs, params = tp.utils.count_ops_and_params(model, example)
+    return int(params), int(macs)
+
+
+def layer_widths(spec) -> dict[str, int]:
+    """Per-layer output channels of a spec, in network order (for the width plot of pruned variants)."""
+    from compressor.models.spec import VGG19_CONV_NAMES
+
+    family = spec.family
+    if family == "transformer_net":
+        widths = {"conv1": spec.conv1, "conv2": spec.conv2, "trunk": spec.trunk}
+        widths |= {f"res{i}.inner": w for i, w in enumerate(spec.res_inner, start=1)}
+        return widths | {"deconv1": spec.deconv1, "deconv2": spec.deconv2}
+    if family == "vgg19":
+        return {f"conv{name}": w for name, w in zip(VGG19_CONV_NAMES, spec.widths)}
+    if family == "adain":
+        enc = {f"enc{i}": w for i, w in enumerate(spec.encoder, start=1)}
+        return enc | {f"dec{i}": w for i, w in enumerate(spec.decoder, start=1)}
+    raise ValueError(f"unknown model family {family!r}")

@@ -1,0 +1,144 @@
+"""What gets evaluated: torch model folders and exported/quantized artifacts found on disk.
+
+A variant is anything that maps a content image to a stylised one (or, for a
+VGG19 loss-network variant, to features). Torch variants are model folders
+(``spec.json`` + weights); artifacts are ``.onnx`` / ``.tflite`` / Core ML
+files with a JSON manifest beside them, run through ``exports.runtime``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+ARTIFACT_RUNTIMES = {".onnx": "onnxruntime", ".tflite": "litert", ".mlpackage": "coreml", ".mlmodel": "coreml"}
+MODEL_FOLDERS = ("teacher", "pruned", "distilled", "quantized")
+ARTIFACT_FOLDERS = ("quantized", "exports")
+CORE_ML_NOTE = "not measurable on Linux (Core ML predictions need macOS)"
+
+
+@dataclass
+class Variant:
+    """One thing to evaluate; ``model`` is set for torch variants, ``manifest`` for artifacts."""
+
+    name: str
+    path: Path
+    runtime: str
+    family: str | None = None
+    model: nn.Module | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+    manifest_path: Path | None = None
+
+    @property
+    def is_artifact(self) -> bool:
+        return self.model is None
+
+    @property
+    def measurable(self) -> bool:
+        """Core ML predictions need macOS; everything else runs here."""
+        return not (self.runtime == "coreml" and sys.platform != "darwin")
+
+    def runner(self, style: torch.Tensor | None, threads: int) -> Callable[[torch.Tensor], Any]:
+        """A callable mapping a (1, 3, H, W) tensor to the variant's output (tensor, or dict of VGG features)."""
+        if self.model is not None:
+            model = self.model.eval()
+            if self.family == "adain":
+                return lambda x: model(x, style)
+            return model
+        from exports.runtime import load_runner
+
+        params = inspect.signature(load_runner).parameters
+        run = load_runner(self.path, threads=threads) if "threads" in params else load_runner(self.path)
+        if self.family == "adain":
+            style_np = style.numpy()
+            return lambda x: torch.from_numpy(np.asarray(run(x.numpy(), style_np)))
+        return lambda x: torch.from_numpy(np.asarray(run(x.numpy())))
+
+    def threads_note(self, threads: int) -> int | str:
+        """The thread count this variant actually ran with (artifacts: only if the runtime accepts it)."""
+        if self.model is not None:
+            return threads
+        from exports.runtime import load_runner
+
+        return threads if "threads" in inspect.signature(load_runner).parameters else "runtime default"
+
+
+def size_on_disk(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder (model folders, .mlpackage bundles)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def find_manifest(artifact: Path) -> Path | None:
+    """The JSON manifest beside an artifact: ``<file>.json``, ``<stem>.json`` or ``manifest.json``."""
+    for candidate in (artifact.with_name(artifact.name + ".json"), artifact.with_suffix(".json")):
+        if candidate.is_file():
+            return candidate
+    shared = artifact.parent / "manifest.json"
+    return shared if shared.is_file() else None
+
+
+def read_manifest(path: Path, artifact: Path) -> dict[str, Any]:
+    """The manifest entry for ``artifact`` (a shared manifest may list several artifacts)."""
+    try:
+        doc = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path}: manifest is not valid JSON ({exc})") from exc
+    entries = doc.get("artifacts") if isinstance(doc, dict) and "artifacts" in doc else doc
+    if isinstance(entries, list):
+        for entry in entries:
+            if Path(str(entry.get("path", ""))).name == artifact.name:
+                return entry
+        raise ValueError(f"{path}: lists no entry for {artifact.name}")
+    return doc
+
+
+def torch_variant(name: str, folder: Path) -> Variant:
+    from compressor.teacher import load_any
+
+    model = load_any(folder)
+    family = getattr(getattr(model, "spec", None), "family", None)
+    return Variant(name=name, path=Path(folder), runtime="torch", family=family, model=model)
+
+
+def artifact_variant(path: Path, name: str | None = None) -> Variant:
+    manifest_path = find_manifest(path)
+    manifest = read_manifest(manifest_path, path) if manifest_path else {}
+    runtime = ARTIFACT_RUNTIMES[path.suffix]
+    label = name or f"{path.parent.name}/{path.name}"
+    return Variant(name=label, path=path, runtime=runtime, family=manifest.get("family"), manifest=manifest,
+                   manifest_path=manifest_path)
+
+
+def discover(run_dir: Path) -> list[Variant]:
+    """Every variant a run folder holds, teacher first; stages that did not run are simply absent."""
+    variants = [torch_variant(name, run_dir / name) for name in MODEL_FOLDERS if (run_dir / name / "spec.json").is_file()]
+    for folder in ARTIFACT_FOLDERS:
+        root = run_dir / folder
+        if not root.is_dir():
+            continue
+        for path in sorted(root.rglob("*")):
+            inside_bundle = any(p.suffix == ".mlpackage" for p in path.relative_to(root).parents)
+            if path.suffix in ARTIFACT_RUNTIMES and not path.name.startswith(".") and not inside_bundle:
+                variants.append(artifact_variant(path, f"{folder}/{path.relative_to(root)}"))
+    return variants
+
+
+def load_variant(target: str | Path) -> Variant:
+    """A model folder, a foreign ``.pth`` checkpoint, or an artifact file (for ad-hoc ``styleslim evaluate``)."""
+    path = Path(target)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such model folder or artifact")
+    if path.suffix in ARTIFACT_RUNTIMES:
+        return artifact_variant(path)
+    return torch_variant(path.name or str(path), path)
