@@ -89,5 +89,37 @@ def train(
         typer.echo(f"loss {history[0]['total']:.4g} -> {history[-1]['total']:.4g}; model written to {output}")
 
 
+@app.command()
+def prune(
+    model_dir: Annotated[Path, typer.Argument(help="Model folder (spec.json + weights.safetensors).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Model folder to write.")],
+    ratio: Annotated[float, typer.Option(help="Fraction of channels to remove.")] = 0.5,
+    scope: Annotated[str, typer.Option(help="local (same ratio per layer) | global (one ranking).")] = "local",
+    round_to: Annotated[Optional[int], typer.Option(help="Keep channel counts multiples of this.")] = None,
+    ignore: Annotated[Optional[list[str]], typer.Option(help="Layer-name glob never pruned (repeatable).")] = None,
+    override: Annotated[Optional[list[str]], typer.Option(help="GLOB=RATIO per-layer ratio (repeatable).")] = None,
+    steps: Annotated[int, typer.Option(help="Reach the ratio in this many pruning steps.")] = 1,
+    vgg_mode: Annotated[str, typer.Option(help="VGG19: keep_taps | project_taps.")] = "keep_taps",
+) -> None:
+    """L1 structured channel pruning (torch-pruning); prints params and MACs before/after."""
+    from pydantic import ValidationError
+
+    from compressor.prune import prune_dir
+    from compressor.recipe import PruneStage, format_errors
+
+    try:
+        overrides = {glob: float(r) for glob, _, r in (item.rpartition("=") for item in override or [])}
+        config = PruneStage(ratio=ratio, scope=scope, round_to=round_to, ignore=ignore or [], overrides=overrides,
+                            iterative_steps=steps, vgg_mode=vgg_mode)
+        meta = prune_dir(model_dir, output, config)
+    except ValidationError as exc:
+        fail(f"invalid prune options\n{format_errors(exc)}")
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        fail(str(exc))
+    before, after = meta["before"], meta["after"]
+    typer.echo(f"params {before['params']:,} -> {after['params']:,} ({meta['params_ratio']:.1%})")
+    typer.echo(f"MACs   {before['macs']:,} -> {after['macs']:,} ({meta['macs_ratio']:.1%}) at {after['macs_at']}")
+    typer.echo(f"pruned model written to {output}")
+
 if __name__ == "__main__":
     app()

@@ -8,7 +8,7 @@ overrides work on the raw YAML before validation.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -31,9 +31,13 @@ class ModelStage(_Strict):
 
 
 class PruneStage(_Strict):
+    """L1 structured channel pruning (compressor.prune); layer names are module paths, VGG convs also ``conv3_1``."""
+
     ratio: float = Field(0.5, ge=0.0, lt=1.0, description="Fraction of channels to remove.")
-    scope: Literal["local", "global"] = "local"
-    overrides: dict[str, float] = Field(default_factory=dict, description="Layer-name glob -> ratio.")
+    scope: Literal["local", "global"] = Field("local", description="local: ratio per layer; global: one ranking.")
+    overrides: dict[str, Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
+        default_factory=dict, description="Layer-name glob -> ratio."
+    )
     ignore: list[str] = Field(default_factory=list, description="Layer-name globs never pruned.")
     round_to: int | None = Field(None, ge=1)
     iterative_steps: int = Field(1, ge=1)
