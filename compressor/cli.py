@@ -121,5 +121,66 @@ def prune(
     typer.echo(f"MACs   {before['macs']:,} -> {after['macs']:,} ({meta['macs_ratio']:.1%}) at {after['macs_at']}")
     typer.echo(f"pruned model written to {output}")
 
+@app.command()
+def evaluate(
+    targets: Annotated[list[str], typer.Argument(help="Model folders, .pth checkpoints or .onnx/.tflite artifacts.")],
+    teacher: Annotated[str, typer.Option(help="Reference model every degradation and PSNR refers to.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for report.json/md/html.")] = Path("evaluation"),
+    images: Annotated[str, typer.Option(help="Folder of evaluation images, or 'samples' (held out).")] = "samples",
+    style: Annotated[str, typer.Option(help="Style image path or bundled style name.")] = "starry_night",
+    size: int = 256,
+    latency_runs: int = 10,
+    threads: int = 2,
+    memory: Annotated[bool, typer.Option(help="Measure peak RSS per variant in a fresh process.")] = True,
+    loss_network: LossNetOpt = "imagenet",
+    strict_loss_network: StrictOpt = False,
+) -> None:
+    """Evaluate models/artifacts against a teacher: quality (reference VGG19), size, MACs, latency, memory."""
+    from compressor.recipe import EvaluateStage
+    from evaluation.stage import evaluate_paths
+
+    vgg = _loss_network(loss_network, strict_loss_network)
+    settings = EvaluateStage(images=images, size=size, latency_sizes=[size], latency_runs=latency_runs,
+                             threads=threads, memory=memory)
+    try:
+        evaluate_paths(targets, teacher, vgg, output, style=style, images=images, settings=settings)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo((output / "report.md").read_text())
+    typer.echo(f"reports written to {output}/report.{{json,md,html}}")
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="Run folder (or folder) holding report.json.")]) -> None:
+    """Re-render report.md and report.html from report.json."""
+    from evaluation.report import load_report, render
+
+    try:
+        render(load_report(run_dir), run_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(f"rendered {run_dir}/report.md and {run_dir}/report.html")
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="First run folder (holds report.json).")],
+    run_b: Annotated[Path, typer.Argument(help="Second run folder.")],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the table to this .md file.")] = None,
+) -> None:
+    """Side-by-side table of two runs' report.json (variants matched by name)."""
+    from compressor.models.checkpoint import atomic_write
+    from evaluation.report import compare as compare_reports
+    from evaluation.report import load_report
+
+    try:
+        table = compare_reports(load_report(run_a), load_report(run_b), run_a.name, run_b.name)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(table)
+    if output is not None:
+        atomic_write(output, lambda p: p.write_text(table))
+
+
 if __name__ == "__main__":
     app()

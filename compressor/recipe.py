@@ -70,11 +70,15 @@ class ExportStage(_Strict):
 
 
 class EvaluateStage(_Strict):
+    """Every variant of the run x every runtime -> report.json/md/html (see evaluation/README_section.md)."""
+
     images: str = Field("samples", description="Folder of evaluation images, or 'samples' (held-out set).")
-    size: int = Field(256, ge=16, description="Evaluation resolution (longest side).")
-    latency_sizes: list[int] = Field(default_factory=lambda: [256])
-    latency_runs: int = Field(10, ge=3)
-    threads: int = Field(2, ge=1)
+    size: int = Field(256, ge=16, description="Evaluation resolution (side of the centre square crop).")
+    latency_sizes: list[int] = Field(default_factory=lambda: [256], min_length=1, description="Square input sides timed.")
+    latency_runs: int = Field(10, ge=3, description="Timed runs per variant and size, after warm-up.")
+    warmup: int = Field(2, ge=0, description="Untimed runs per variant before timing.")
+    threads: int = Field(2, ge=1, description="Intra-op threads for every runtime that accepts a thread count.")
+    memory: bool = Field(True, description="Measure peak RSS of one inference per variant in a fresh process.")
 
 
 class Recipe(_Strict):

@@ -47,11 +47,12 @@ def slug(name: str) -> str:
 
 
 def artifact_size(variant: Variant) -> int | None:
-    """The fixed input side an artifact was exported with (from its manifest), if it says."""
-    for key in ("size", "input_size"):
-        if isinstance(variant.manifest.get(key), int):
-            return variant.manifest[key]
-    return None
+    """The fixed input side an artifact was exported with (its manifest's input shape); None if dynamic."""
+    shape = ((variant.manifest.get("inputs") or [{}])[0]).get("shape") or []
+    if len(shape) != 4:
+        return None
+    side = shape[2] if variant.manifest.get("layout", "nchw") == "nchw" else shape[1]
+    return side if isinstance(side, int) else None
 
 
 def evaluate(
@@ -73,7 +74,7 @@ def evaluate(
     _latency(variants, rows, style_image, settings, progress)
     if settings.memory:
         _memory(variants, rows, settings, style_path, progress)
-    _lossnet(variants, rows, vgg, images)
+    _lossnet(variants, rows, vgg)
     mark_pareto(rows)
     return {
         "schema_version": SCHEMA_VERSION,
@@ -114,14 +115,11 @@ def _describe(variant: Variant, settings: EvaluateStage, style: torch.Tensor) ->
         "errors": [],
     }
     model = variant.model
-    if model is None and variant.manifest.get("source"):
-        source = Path(variant.manifest["source"])
-        if (source / "spec.json").is_file():
-            from compressor.models import load_model
+    source_spec = (variant.manifest.get("source") or {}).get("spec")
+    if model is None and source_spec:
+        from compressor.models import build_model, parse_spec
 
-            model = load_model(source)
-            variant.family = variant.family or model.spec.family
-            row["family"] = variant.family
+        model = build_model(parse_spec(source_spec))  # architecture only: params and MACs need no weights
     if model is not None:
         x = torch.rand(1, 3, settings.size, settings.size)
         example = (x, style) if variant.family == "adain" else (x,)
@@ -243,8 +241,8 @@ def _memory(variants, rows, settings: EvaluateStage, style_path: Path | None, pr
             row["errors"].append(f"memory: {type(exc).__name__}: {exc}")
 
 
-def _lossnet(variants, rows, vgg, images) -> None:
-    """Loss-network (VGG19) variants: Spearman rank correlation of their losses vs the reference's.
+def _lossnet(variants, rows, vgg) -> None:
+    """Loss-network (VGG19) variants: Spearman rank correlation of their losses vs the reference VGG19's.
 
     Delegated to evaluation/lossnet.py, when that module exists.
     """
@@ -255,7 +253,7 @@ def _lossnet(variants, rows, vgg, images) -> None:
 
     for variant, row in targets:
         try:
-            row["quality"]["spearman"] = lossnet.evaluate_lossnet(variant.model, vgg, images)
+            row["quality"]["spearman"] = lossnet.loss_rank_correlation(variant.model, vgg)
         except Exception as exc:
             row["errors"].append(f"lossnet: {type(exc).__name__}: {exc}")
 

@@ -29,8 +29,14 @@ def load_report(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "report.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no report.json (run the evaluate stage or `styleslim evaluate` first)")
+    import jsonschema
+
     report = json.loads(path.read_text())
-    validate(report)
+    try:
+        validate(report)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(k) for k in exc.absolute_path) or "(top level)"
+        raise ValueError(f"{path}: does not match evaluation/report.schema.json at {where}: {exc.message}") from None
     return report
 
 
@@ -142,6 +148,13 @@ def markdown(report: dict[str, Any]) -> str:
                  str(e["parity"]["runtime"]), _num(e["parity"]["psnr_db"], "{:.1f}"), str(e["parity"]["passed"])]
                 for e in report["exports"]]
         parts.append(md_table(["format", "precision", "path", "size", "parity runtime", "parity PSNR", "passed"], rows))
+    ranked = [r for r in report["variants"] if r["quality"].get("spearman")]
+    if ranked:
+        parts += ["", "## Loss-network variants (Spearman rank correlation of losses vs the reference VGG19)", ""]
+        parts.append(md_table(["variant", "style ρ", "content ρ", "image pairs"], [
+            [r["name"], f"{r['quality']['spearman']['style_spearman']:.3f}",
+             f"{r['quality']['spearman']['content_spearman']:.3f}", str(r["quality"]["spearman"]["pairs"])]
+            for r in ranked]))
     sweep = [(r["name"], e) for r in report["variants"] for e in r["latency_sweep"]]
     if len({e["size"] for _, e in sweep}) > 1:
         parts += ["", "## Latency by input size", ""]

@@ -9,7 +9,6 @@ files with a JSON manifest beside them, run through ``exports.runtime``.
 from __future__ import annotations
 
 import inspect
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,10 +57,8 @@ class Variant:
 
         params = inspect.signature(load_runner).parameters
         run = load_runner(self.path, threads=threads) if "threads" in params else load_runner(self.path)
-        if self.family == "adain":
-            style_np = style.numpy()
-            return lambda x: torch.from_numpy(np.asarray(run(x.numpy(), style_np)))
-        return lambda x: torch.from_numpy(np.asarray(run(x.numpy())))
+        inputs = (style.numpy(),) if self.family == "adain" else ()
+        return lambda x: _to_torch(run(x.numpy(), *inputs))
 
     def threads_note(self, threads: int) -> int | str:
         """The thread count this variant actually ran with (artifacts: only if the runtime accepts it)."""
@@ -72,6 +69,13 @@ class Variant:
         return threads if "threads" in inspect.signature(load_runner).parameters else "runtime default"
 
 
+def _to_torch(output: Any) -> Any:
+    """Runner output (an array, or a dict of arrays for multi-output graphs such as VGG taps) as tensors."""
+    if isinstance(output, dict):
+        return {k: torch.from_numpy(np.asarray(v)) for k, v in output.items()}
+    return torch.from_numpy(np.asarray(output))
+
+
 def size_on_disk(path: Path) -> int:
     """Bytes of a file, or of every file under a folder (model folders, .mlpackage bundles)."""
     if path.is_file():
@@ -79,28 +83,14 @@ def size_on_disk(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
-def find_manifest(artifact: Path) -> Path | None:
-    """The JSON manifest beside an artifact: ``<file>.json``, ``<stem>.json`` or ``manifest.json``."""
-    for candidate in (artifact.with_name(artifact.name + ".json"), artifact.with_suffix(".json")):
-        if candidate.is_file():
-            return candidate
-    shared = artifact.parent / "manifest.json"
-    return shared if shared.is_file() else None
+def artifact_variant(path: Path, name: str | None = None) -> Variant:
+    """An exported artifact; its manifest (``<file>.manifest.json``, written by exports) tells family and shape."""
+    from exports.manifest import manifest_path, read_manifest
 
-
-def read_manifest(path: Path, artifact: Path) -> dict[str, Any]:
-    """The manifest entry for ``artifact`` (a shared manifest may list several artifacts)."""
-    try:
-        doc = json.loads(path.read_text())
-    except ValueError as exc:
-        raise ValueError(f"{path}: manifest is not valid JSON ({exc})") from exc
-    entries = doc.get("artifacts") if isinstance(doc, dict) and "artifacts" in doc else doc
-    if isinstance(entries, list):
-        for entry in entries:
-            if Path(str(entry.get("path", ""))).name == artifact.name:
-                return entry
-        raise ValueError(f"{path}: lists no entry for {artifact.name}")
-    return doc
+    manifest = read_manifest(path) or {}
+    family = ((manifest.get("source") or {}).get("spec") or {}).get("family")
+    return Variant(name=name or path.name, path=path, runtime=ARTIFACT_RUNTIMES[path.suffix], family=family,
+                   manifest=manifest, manifest_path=manifest_path(path) if manifest else None)
 
 
 def torch_variant(name: str, folder: Path) -> Variant:
@@ -111,18 +101,23 @@ def torch_variant(name: str, folder: Path) -> Variant:
     return Variant(name=name, path=Path(folder), runtime="torch", family=family, model=model)
 
 
-def artifact_variant(path: Path, name: str | None = None) -> Variant:
-    manifest_path = find_manifest(path)
-    manifest = read_manifest(manifest_path, path) if manifest_path else {}
-    runtime = ARTIFACT_RUNTIMES[path.suffix]
-    label = name or f"{path.parent.name}/{path.name}"
-    return Variant(name=label, path=path, runtime=runtime, family=manifest.get("family"), manifest=manifest,
-                   manifest_path=manifest_path)
+def discover(run_dir: Path) -> tuple[list[Variant], list[dict[str, str]]]:
+    """Every variant a run folder holds, teacher first, and what could not be loaded (path, reason).
 
+    Stages that did not run are simply absent; one unloadable folder does not stop the others.
+    """
+    found: list[Variant] = []
+    skipped: list[dict[str, str]] = []
 
-def discover(run_dir: Path) -> list[Variant]:
-    """Every variant a run folder holds, teacher first; stages that did not run are simply absent."""
-    variants = [torch_variant(name, run_dir / name) for name in MODEL_FOLDERS if (run_dir / name / "spec.json").is_file()]
+    def add(load: Callable[[], Variant], path: Path) -> None:
+        try:
+            found.append(load())
+        except Exception as exc:
+            skipped.append({"path": str(path), "reason": f"{type(exc).__name__}: {exc}"})
+
+    for name in MODEL_FOLDERS:
+        if (run_dir / name / "spec.json").is_file():
+            add(lambda name=name: torch_variant(name, run_dir / name), run_dir / name)
     for folder in ARTIFACT_FOLDERS:
         root = run_dir / folder
         if not root.is_dir():
@@ -130,8 +125,8 @@ def discover(run_dir: Path) -> list[Variant]:
         for path in sorted(root.rglob("*")):
             inside_bundle = any(p.suffix == ".mlpackage" for p in path.relative_to(root).parents)
             if path.suffix in ARTIFACT_RUNTIMES and not path.name.startswith(".") and not inside_bundle:
-                variants.append(artifact_variant(path, f"{folder}/{path.relative_to(root)}"))
-    return variants
+                add(lambda path=path: artifact_variant(path, f"{folder}/{path.relative_to(root)}"), path)
+    return found, skipped
 
 
 def load_variant(target: str | Path) -> Variant:
