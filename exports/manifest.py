@@ -1,0 +1,51 @@
+"""The JSON manifest written beside every artifact: what it is, where it came from, and whether it was verified."""
+
+from __future__ import annotations
+
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from compressor.models.checkpoint import atomic_write
+
+# Distributions whose versions matter for each format (converter + runtime).
+FORMAT_PACKAGES = {
+    "onnx": ("torch", "onnx", "onnxslim", "onnxruntime"),
+    "tflite": ("torch", "litert-torch", "ai-edge-quantizer", "ai-edge-litert"),
+    "coreml": ("torch", "coremltools"),
+}
+REQUIRED_KEYS = (
+    "format", "precision", "artifact", "source", "style", "inputs", "outputs", "layout",
+    "versions", "rewrites", "parity",
+)
+
+
+def manifest_path(artifact: str | Path) -> Path:
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + ".manifest.json")
+
+
+def versions(fmt: str) -> dict[str, str]:
+    found = {"python": platform.python_version(), "platform": platform.platform()}
+    for dist in FORMAT_PACKAGES[fmt]:
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = "not installed"
+    return found
+
+
+def write_manifest(artifact: str | Path, manifest: dict[str, Any]) -> Path:
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise ValueError(f"manifest for {artifact} lacks {missing}")
+    path = manifest_path(artifact)
+    atomic_write(path, lambda p: p.write_text(json.dumps(manifest, indent=2) + "\n"))
+    return path
+
+
+def read_manifest(artifact: str | Path) -> dict[str, Any] | None:
+    path = manifest_path(artifact)
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,0 +1,129 @@
+"""LiteRT quantization of a float .tflite (exported with the slice-padding rewrite) through ai-edge-quantizer.
+
+- static: full-integer ``static_wi8_ai8`` with calibration; graph inputs/outputs become int8
+  (``quantized_io_runner`` converts at the boundary).
+- dynamic: ``dynamic_wi8_afp32`` (int8 weights, activations quantized per run inside the kernels).
+- weight-only: ``weight_only_wi8_afp32`` (int8 weights dequantized to float, float compute).
+- fp16: float16 weights, float compute (the exporter's ``fp16_weights``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from exports.common import atomic_output
+from exports.runtime import Runner
+
+MODES = ("static", "dynamic", "weight-only", "fp16")
+
+
+def _module_name(tensor_name: str) -> str:
+    """litert-torch names op outputs by module stack: ``...ResidualBlock_res1/...ConvLayer_conv1/...Conv2d_conv2d;2``."""
+    parts = tensor_name.split(";")[0].split("/")[1:]
+    return ".".join(p.rpartition(".")[2].partition("_")[2] for p in parts)
+
+
+def _ops(interpreter) -> tuple[list[dict], dict[int, dict]]:
+    interpreter.allocate_tensors()
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    return interpreter._get_ops_details(), tensors
+
+
+def conv_layers(path: str | Path) -> dict[str, str]:
+    """CONV_2D output tensor name -> PyTorch module name."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    ops, tensors = _ops(Interpreter(model_path=str(path)))
+    return {tensors[o["outputs"][0]]["name"]: _module_name(tensors[o["outputs"][0]]["name"])
+            for o in ops if o["op_name"] == "CONV_2D"}
+
+
+def quantize_tflite(
+    float_tflite: str | Path,
+    out_path: str | Path,
+    mode: str = "static",
+    calibration: list[np.ndarray] | None = None,
+    keep_float: list[str] | tuple[str, ...] = (),
+) -> Path:
+    """Quantize ``float_tflite`` into ``out_path``; ``keep_float`` are module-name globs of convs left in float."""
+    from ai_edge_quantizer import qtyping, quantizer, recipe
+
+    from exports.tflite_export import fp16_weights
+
+    if mode not in MODES:
+        raise ValueError(f"TFLite quantization mode {mode!r}: choose from {', '.join(MODES)}")
+    float_tflite, out_path = Path(float_tflite), Path(out_path)
+    with atomic_output(out_path) as tmp:
+        if mode == "fp16":
+            tmp.write_bytes(fp16_weights(float_tflite.read_bytes()))
+            return out_path
+        q = quantizer.Quantizer(str(float_tflite))
+        q.load_quantization_recipe({"static": recipe.static_wi8_ai8, "dynamic": recipe.dynamic_wi8_afp32,
+                                    "weight-only": recipe.weight_only_wi8_afp32}[mode]())
+        for tensor, module in conv_layers(float_tflite).items():
+            if any(fnmatch.fnmatchcase(module, g) for g in keep_float):
+                q.update_quantization_recipe(regex=re.escape(tensor), operation_name=qtyping.TFLOperationName.CONV_2D,
+                                             algorithm_key=quantizer.AlgorithmName.NO_QUANTIZE)
+        result = None
+        if q.need_calibration:
+            if not calibration:
+                raise ValueError("static quantization needs calibration images")
+            signature, name = _signature_input(float_tflite)
+            result = q.calibrate({signature: [{name: x} for x in calibration]})
+        tmp.write_bytes(bytes(q.quantize(result).quantized_model))
+    return out_path
+
+
+def _signature_input(path: Path) -> tuple[str, str]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    signatures = Interpreter(model_path=str(path)).get_signature_list()
+    key = next(iter(signatures))
+    return key, signatures[key]["inputs"][0]
+
+
+def int8_contents(path: str | Path) -> dict:
+    """Which CONV_2D ops compute in int8 (int8 input and weights) and which stay float; op counts."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    ops, tensors = _ops(Interpreter(model_path=str(path)))
+    int8_convs, float_convs = [], []
+    for op in ops:
+        if op["op_name"] == "CONV_2D":
+            data, weight = (tensors[i]["dtype"] for i in op["inputs"][:2])
+            name = _module_name(tensors[op["outputs"][0]]["name"])
+            (int8_convs if data == np.int8 and weight == np.int8 else float_convs).append(name)
+    weights = Counter(np.dtype(t["dtype"]).name for t in tensors.values() if len(t["shape"]) == 4)
+    return {"int8_compute_convs": int8_convs, "float_compute_convs": float_convs,
+            "rank4_tensor_dtypes": dict(weights), "op_counts": dict(Counter(o["op_name"] for o in ops))}
+
+
+def quantized_io_runner(path: str | Path, threads: int | None = None) -> Runner:
+    """A float-in / float-out Runner for a TFLite model whose graph inputs/outputs may be int8."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    runner = interpreter.get_signature_runner()
+    ins, outs = runner.get_input_details(), runner.get_output_details()
+
+    def convert_in(x: np.ndarray, detail: dict) -> np.ndarray:
+        scale, zero = detail["quantization"]
+        if detail["dtype"] == np.float32 or not scale:
+            return x
+        info = np.iinfo(detail["dtype"])
+        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(detail["dtype"])
+
+    def convert_out(y: np.ndarray, detail: dict) -> np.ndarray:
+        scale, zero = detail["quantization"]
+        return y if y.dtype == np.float32 or not scale else ((y.astype(np.float32) - zero) * scale)
+
+    def run(xs: list[np.ndarray]) -> list[np.ndarray]:
+        result = runner(**{k: convert_in(x, ins[k]) for k, x in zip(ins, xs)})
+        return [convert_out(result[k], outs[k]) for k in outs]
+
+    return Runner(run, "litert", list(ins), list(outs), "nchw")

@@ -1,0 +1,108 @@
+"""Deployment rewrites: exact module substitutions applied per format before conversion.
+
+LiteRT's XNNPACK delegate does not take MIRROR_PAD (ReflectionPad2d), so the
+graph splits into many partitions. ``slice_pad`` rebuilds reflection padding
+from single-row/column slices and a concat, which XNNPACK delegates, and which
+copies the same values: the rewritten module is checked bit-for-bit against
+the original before any conversion. ``explicit_grid`` does the same for the
+spatial transformer's grid under Core ML.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compressor.models.transformer_net import SpatialTransformer
+from exports.common import ExportError
+
+
+def _reflect(x: torch.Tensor, dim: int, before: int, after: int) -> torch.Tensor:
+    n = x.shape[dim]
+    head = [x.narrow(dim, i, 1) for i in range(before, 0, -1)]
+    tail = [x.narrow(dim, n - 1 - i, 1) for i in range(1, after + 1)]
+    return torch.cat([*head, x, *tail], dim) if head or tail else x
+
+
+class SlicePad2d(nn.Module):
+    """ReflectionPad2d as slices + concat (same values, no MIRROR_PAD op)."""
+
+    def __init__(self, padding: tuple[int, int, int, int]):
+        super().__init__()
+        self.padding = padding  # left, right, top, bottom (ReflectionPad2d order)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        left, right, top, bottom = self.padding
+        return _reflect(_reflect(x, -1, left, right), -2, top, bottom)
+
+
+def slice_pad(model: nn.Module) -> int:
+    """Replace every ReflectionPad2d in ``model`` (in place); returns how many."""
+    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ReflectionPad2d)]
+    for name, m in targets:
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), attr, SlicePad2d(tuple(m.padding)))
+    return len(targets)
+
+
+def _linspace(steps: int) -> torch.Tensor:
+    return torch.linspace(-1, 1, steps) * (steps - 1) / steps  # align_corners=False, as aten computes it
+
+
+class ExplicitGridSTN(nn.Module):
+    """SpatialTransformer with the affine grid computed as aten does (base grid @ theta^T), as a plain tensor.
+
+    coremltools fuses affine_grid + grid_sample into an ``affine`` op that has
+    no border padding; given an explicit grid it emits ``resample``, which has.
+    """
+
+    def __init__(self, stn: nn.Module):
+        super().__init__()
+        self.localization = stn.localization
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, h, w = (int(d) for d in (x.shape[0], x.shape[2], x.shape[3]))  # fixed-shape export: constants
+        theta = self.localization(x).view(-1, 2, 3)
+        xs, ys = _linspace(w).expand(h, w), _linspace(h).unsqueeze(-1).expand(h, w)
+        base = torch.stack([xs, ys, torch.ones(h, w)], -1).expand(n, h, w, 3)
+        grid = base.reshape(n, h * w, 3).bmm(theta.transpose(1, 2)).view(n, h, w, 2)
+        return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+
+def explicit_grid(model: nn.Module) -> int:
+    """Replace every SpatialTransformer in ``model`` (in place) by ExplicitGridSTN; returns how many."""
+    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, SpatialTransformer)]
+    for name, m in targets:
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), attr, ExplicitGridSTN(m))
+    return len(targets)
+
+
+REWRITES = {"slice_pad": slice_pad, "explicit_grid": explicit_grid}
+# Rewrites each format gets by default (ONNX Runtime and Core ML handle reflection padding natively).
+FORMAT_REWRITES: dict[str, tuple[str, ...]] = {"onnx": (), "tflite": ("slice_pad",), "coreml": ("explicit_grid",)}
+
+
+def apply_rewrites(
+    model: nn.Module, names: tuple[str, ...] | list[str], inputs: tuple[torch.Tensor, ...]
+) -> tuple[nn.Module, list[dict]]:
+    """A rewritten copy of ``model`` and one record per rewrite; raises unless outputs stay bit-identical."""
+    unknown = [n for n in names if n not in REWRITES]
+    if unknown:
+        raise ExportError(f"unknown rewrite(s) {unknown}; choose from {sorted(REWRITES)}")
+    if not names:
+        return model, []
+    rewritten = copy.deepcopy(model).eval()
+    records = [{"name": n, "modules_replaced": REWRITES[n](rewritten)} for n in names]
+    with torch.no_grad():
+        before, after = model(*inputs), rewritten(*inputs)
+    pairs = zip(before.values(), after.values()) if isinstance(before, dict) else [(before, after)]
+    exact = all(torch.equal(a, b) for a, b in pairs)
+    if not exact:
+        raise ExportError(f"rewrite(s) {list(names)} changed the model's outputs; refusing to export")
+    for r in records:
+        r["bit_identical"] = True
+    return rewritten, records

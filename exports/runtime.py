@@ -1,0 +1,112 @@
+"""Run an exported artifact on its own runtime with the torch path's convention: float RGB [0, 1] NCHW in.
+
+``load_runner(path)`` returns a callable taking one NCHW float32 array per
+graph input and returning NCHW float32 (a dict by output name when the graph
+has several outputs, e.g. VGG19 taps). NHWC artifacts are transposed here, so
+callers never see the layout.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from exports.common import ExportError
+from exports.manifest import read_manifest
+
+Output = np.ndarray | dict[str, np.ndarray]
+
+
+class Runner:
+    """A loaded artifact: ``runner(*nchw_arrays)``; ``runtime``, ``input_names``, ``output_names`` describe it."""
+
+    def __init__(self, run: Callable[[list[np.ndarray]], list[np.ndarray]], runtime: str, input_names: list[str],
+                 output_names: list[str], layout: str):
+        self._run, self.runtime, self.layout = run, runtime, layout
+        self.input_names, self.output_names = input_names, output_names
+
+    def __call__(self, *inputs: np.ndarray) -> Output:
+        if len(inputs) != len(self.input_names):
+            raise ValueError(f"{self.runtime} artifact takes {len(self.input_names)} input(s) {self.input_names}, "
+                             f"got {len(inputs)}")
+        arrays = [np.ascontiguousarray(x, dtype=np.float32) for x in inputs]
+        if self.layout == "nhwc":
+            arrays = [np.ascontiguousarray(x.transpose(0, 2, 3, 1)) for x in arrays]
+        outs = self._run(arrays)
+        if self.layout == "nhwc":
+            outs = [y.transpose(0, 3, 1, 2) for y in outs]
+        return outs[0] if len(outs) == 1 else dict(zip(self.output_names, outs))
+
+
+def load_runner(path: str | Path, threads: int | None = None) -> Runner:
+    """A Runner for a .onnx (ONNX Runtime), .tflite (LiteRT) or, on macOS, .mlpackage (Core ML) artifact."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such artifact")
+    manifest = read_manifest(path) or {}
+    layout = manifest.get("layout", "nchw")
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return _onnx_runner(path, threads, layout)
+    if suffix == ".tflite":
+        return _tflite_runner(path, threads, layout, manifest)
+    if suffix == ".mlpackage":
+        return _coreml_runner(path, layout)
+    raise ExportError(f"{path}: unknown artifact type (expected .onnx, .tflite or .mlpackage)")
+
+
+def _onnx_runner(path: Path, threads: int | None, layout: str) -> Runner:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    return Runner(lambda xs: session.run(outputs, dict(zip(inputs, xs))), "onnxruntime", inputs, outputs, layout)
+
+
+def _index(key: str) -> int:
+    match = re.search(r"(\d+)$", key)
+    return int(match.group(1)) if match else 0
+
+
+def _tflite_runner(path: Path, threads: int | None, layout: str, manifest: dict) -> Runner:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    signature = interpreter.get_signature_runner()
+    details = signature.get_input_details()
+    in_keys = sorted(details, key=_index)
+    out_keys = sorted(signature.get_output_details(), key=_index)
+    in_names = [i["name"] for i in manifest.get("inputs", [])] or in_keys
+    out_names = [o["name"] for o in manifest.get("outputs", [])] or out_keys
+
+    def run(xs: list[np.ndarray]) -> list[np.ndarray]:
+        result = signature(**dict(zip(in_keys, xs)))
+        return [result[k] for k in out_keys]
+
+    return Runner(run, "litert", in_names, out_names, layout)
+
+
+def _coreml_runner(path: Path, layout: str) -> Runner:
+    from exports.coreml_export import PREDICTIONS_ON_LINUX, _coremltools, can_predict
+
+    if not can_predict():
+        raise ExportError(f"{path}: Core ML predictions {PREDICTIONS_ON_LINUX}")
+    ct = _coremltools()
+    mlmodel = ct.models.MLModel(str(path))
+    spec = mlmodel.get_spec()
+    inputs = [f.name for f in spec.description.input]
+    outputs = [f.name for f in spec.description.output]
+
+    def run(xs: list[np.ndarray]) -> list[np.ndarray]:
+        result = mlmodel.predict(dict(zip(inputs, xs)))
+        return [np.asarray(result[o], dtype=np.float32) for o in outputs]
+
+    return Runner(run, "coreml", inputs, outputs, layout)
