@@ -182,5 +182,30 @@ def compare(
         atomic_write(output, lambda p: p.write_text(table))
 
 
+@app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help="Model folder (spec.json + weights.safetensors).")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="onnx | tflite | coreml")] = "onnx",
+    precision: Annotated[Optional[str], typer.Option(help="fp32 | fp16 (default: ONNX/TFLite fp32, Core ML fp16)")] = None,
+    size: Annotated[tuple[int, int], typer.Option(help="Input height and width.")] = (256, 256),
+    layout: Annotated[str, typer.Option(help="nchw | nhwc (NHWC I/O for mobile callers)")] = "nchw",
+    dynamic: Annotated[bool, typer.Option(help="ONNX only: dynamic height/width.")] = False,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the artifact and its manifest.")] = Path("exports"),
+) -> None:
+    """Export a model to ONNX, TFLite or Core ML, verify it on its runtime, and write its manifest."""
+    from exports.common import ExportError
+    from exports.stage import export_artifact
+
+    try:
+        path, manifest = export_artifact(model, fmt, output, precision=precision, size=size, layout=layout,
+                                         dynamic=dynamic)
+    except (ExportError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    verdict = manifest["parity"]
+    numbers = (f"PSNR {verdict['psnr_db']} dB (>= {verdict['threshold_db']}), max abs {verdict['max_abs_error']:.3g}"
+               if "psnr_db" in verdict else f"structure verified; predictions {verdict['predictions']}")
+    typer.echo(f"{path}: {manifest['format']} {manifest['precision']} on {verdict['runtime']}: {numbers}")
+
+
 if __name__ == "__main__":
     app()

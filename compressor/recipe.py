@@ -63,8 +63,12 @@ class QuantizeStage(_Strict):
 
 
 class ExportStage(_Strict):
+    """Float artifacts of the newest model, each verified on its runtime (int8 ones come from quantize)."""
+
     formats: list[Literal["onnx", "tflite", "coreml"]] = Field(default_factory=lambda: ["onnx"])
-    precision: Literal["fp32", "fp16"] = "fp32"
+    precision: Literal["fp32", "fp16"] | None = Field(
+        None, description="None: each format's default (ONNX/TFLite fp32, Core ML fp16)."
+    )
     size: int = Field(256, ge=16, description="Square input side of the exported model.")
     layout: Literal["nchw", "nhwc"] = "nchw"
 
