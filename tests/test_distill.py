@@ -75,32 +75,37 @@ def _learns(student, objective, data, config, tmp_path, term="total") -> tuple[f
 
 def test_transformer_student_learns_from_teacher(vgg, data, grams, tmp_path):
     teacher = _tiny(TransformerNet, TEACHER_SPEC, seed=1)
+    with torch.no_grad():  # a random net's output is nearly flat; give the teacher a picture worth copying
+        teacher.deconv3.conv2d.weight.mul_(30)
     student = _tiny(TransformerNet, STUDENT_SPEC)
-    config = TrainConfig(steps=12, batch_size=2, crop=CROP, lr=1e-2, style_weight=1e3, output_weight=10.0,
+    config = TrainConfig(steps=10, batch_size=2, crop=CROP, lr=1e-2, style_weight=1e3, output_weight=10.0,
                          perceptual_weight=1.0)
     objective = make_objective(student, teacher, config, vgg, grams)
     terms = objective(student, batch_for_step(data, 0, 0, 2))
     assert set(terms) == {"content", "style", "tv", "output", "perceptual", "total"}
     before, after = _learns(student, objective, data, config, tmp_path, "output")
-    assert after < 0.85 * before
+    assert after < 0.93 * before
     saved = load_model(tmp_path / "out")
     assert saved.current_spec() == STUDENT_SPEC.model_copy(update={"style": None})
-    assert saved.meta["steps_done"] == 12
+    assert saved.meta["steps_done"] == 10
 
 
-@pytest.mark.parametrize("term", ["content", "style", "tv", "output", "perceptual"])
-def test_each_weight_scales_its_term(vgg, data, grams, term):
+def test_each_weight_scales_its_term(vgg, data, grams):
     teacher = _tiny(TransformerNet, TEACHER_SPEC, seed=1)
     student = _tiny(TransformerNet, STUDENT_SPEC)
-    base = dict(content_weight=1.0, style_weight=1.0, tv_weight=1.0, output_weight=1.0, perceptual_weight=1.0)
+    names = ["content", "style", "tv", "output", "perceptual"]
     batch = batch_for_step(data, 0, 0, 2)
     values = []
-    for w in (1.0, 3.0):
-        config = TrainConfig(crop=CROP, **{**base, f"{term}_weight": w})
+    for scale in (1.0, 3.0):
+        config = TrainConfig(crop=CROP, **{f"{n}_weight": scale * (i + 1) for i, n in enumerate(names)})
         with torch.no_grad():
-            values.append(float(make_objective(student, teacher, config, vgg, grams)(student, batch)[term]))
-    assert values[0] > 0
-    assert values[1] == pytest.approx(3 * values[0], rel=1e-5)
+            values.append(make_objective(student, teacher, config, vgg, grams)(student, batch))
+    for name in names:
+        assert float(values[0][name]) > 0
+        assert float(values[1][name]) == pytest.approx(3 * float(values[0][name]), rel=1e-5)
+    off = TrainConfig(crop=CROP, output_weight=0.0, perceptual_weight=0.0)
+    with torch.no_grad():
+        assert {"output", "perceptual"}.isdisjoint(make_objective(student, teacher, off, vgg, grams)(student, batch))
 
 
 def test_vgg_student_distils_taps_through_projections(data, tmp_path):
@@ -137,13 +142,15 @@ def test_adain_student_learns(vgg, data, tmp_path):
     student_spec = ADAIN_TEACHER.model_copy(update={"decoder": [8, 8, 8, 8, 4, 4, 2, 2]})
     student = _tiny(AdaINNet, student_spec)
     student.encoder.load_state_dict(teacher.encoder.state_dict())
-    config = TrainConfig(steps=12, batch_size=2, crop=CROP, lr=3e-3, output_weight=10.0, perceptual_weight=1.0)
+    config = TrainConfig(steps=8, batch_size=2, crop=CROP, lr=1e-2, output_weight=10.0, perceptual_weight=1.0)
     styles = [torch.rand(3, 48, 40), torch.rand(3, 40, 64)]
     objective = make_objective(student, teacher, config, vgg, None, styles)
     assert not any(p.requires_grad for p in student.encoder.parameters()), "unpruned encoder stays frozen"
     encoder_before = {k: v.clone() for k, v in student.encoder.state_dict().items()}
-    before, after = _learns(student, objective, data, config, tmp_path)
-    assert after < 0.9 * before
+    terms = objective(student, batch_for_step(data, 0, 0, 2))
+    assert set(terms) == {"content", "style", "tv", "output", "perceptual", "total"}
+    before, after = _learns(student, objective, data, config, tmp_path, "output")
+    assert after < 0.5 * before
     assert all(torch.equal(v, student.encoder.state_dict()[k]) for k, v in encoder_before.items())
 
 
@@ -165,74 +172,71 @@ def test_bf16_autocast_runs(vgg, data, grams, tmp_path):
     assert all(torch.isfinite(torch.tensor(row["total"])) for row in history)
 
 
+def tiny_distillation(out, steps: int, delay: float = 0.0, resume: bool = False) -> TransformerNet:
+    """A small teacher-only distillation run; also what the subprocesses below execute."""
+    torch.set_num_threads(1)
+    judge = load_vgg19("random", spec=VGG19Spec(taps=["relu1_1", "relu2_1"]))
+    teacher, student = _tiny(TransformerNet, TEACHER_SPEC, seed=1), _tiny(TransformerNet, STUDENT_SPEC)
+    config = TrainConfig(steps=steps, batch_size=2, crop=CROP, lr=3e-3, lr_schedule="cosine", checkpoint_every=2,
+                         output_weight=1.0, perceptual_weight=1.0)
+    objective = make_objective(student, teacher, config, judge, None)
+
+    def slow(model, batch):
+        time.sleep(delay)
+        return objective(model, batch)
+
+    data = ContentCrops(sample_content_paths("train"), CROP, length=64)
+    train(student, slow, data, config, out, resume=resume, progress=False)
+    return student
+
+
 _SCRIPT = """
-import sys, time, torch
-torch.set_num_threads(1)
-from compressor.data import ContentCrops, sample_content_paths
-from compressor.distill import TrainConfig, make_objective, train
-from compressor.models import TransformerNet, TransformerNetSpec, load_vgg19
-from compressor.losses import style_grams
-out, steps, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-vgg = load_vgg19("random")
-torch.manual_seed(0)
-grams = style_grams(vgg, torch.rand(1, 3, 64, 64))
-teacher_spec = TransformerNetSpec(conv1=8, conv2=16, trunk=16, res_inner=[16] * 5, deconv1=16, deconv2=8)
-student_spec = TransformerNetSpec(conv1=4, conv2=8, trunk=8, res_inner=[8] * 5, deconv1=8, deconv2=4)
-torch.manual_seed(1); teacher = TransformerNet(teacher_spec)
-torch.manual_seed(0); student = TransformerNet(student_spec)
-config = TrainConfig(steps=steps, batch_size=2, crop=32, lr=3e-3, lr_schedule="cosine", checkpoint_every=3,
-                     output_weight=1.0, perceptual_weight=1.0)
-objective = make_objective(student, teacher, config, vgg, grams)
-def slow(model, batch):
-    time.sleep(delay)
-    return objective(model, batch)
-data = ContentCrops(sample_content_paths("train"), 32, length=64)
-train(student, slow, data, config, out, resume="--resume" in sys.argv, progress=False)
-if torch.distributed.is_initialized() or "RANK" in __import__("os").environ:
-    from safetensors.torch import save_file
-    save_file(student.state_dict(), f"{out}/rank{__import__('os').environ['RANK']}.safetensors")
+import os, sys
+sys.path.insert(0, {tests!r})
+from safetensors.torch import save_file
+from test_distill import tiny_distillation
+student = tiny_distillation(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]))
+if "RANK" in os.environ:
+    save_file(student.state_dict(), os.path.join(sys.argv[1], "rank" + os.environ["RANK"] + ".safetensors"))
 """
 
 
-def _run_script(tmp_path, *args, launcher=()):
+def _script(tmp_path) -> tuple[str, dict]:
     script = tmp_path / "run.py"
-    script.write_text(_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return [*launcher, str(script), *map(str, args)], env
+    script.write_text(_SCRIPT.format(tests=os.path.dirname(__file__)))
+    return str(script), {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def test_sigkill_then_resume_is_bit_exact(tmp_path):
-    steps = 9
-    cmd, env = _run_script(tmp_path, tmp_path / "killed", steps, 0.3)
-    proc = subprocess.Popen([sys.executable, *cmd], env=env)
-    ckpt = tmp_path / "killed" / CHECKPOINT_FILE
+    steps, out = 6, tmp_path / "killed"
+    script, env = _script(tmp_path)
+    proc = subprocess.Popen([sys.executable, script, str(out), str(steps), "0.5"], env=env)
+    ckpt = out / CHECKPOINT_FILE
     deadline = time.time() + 90
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     state = torch.load(ckpt, weights_only=True)
     assert 0 < state["step"] < steps, "killed mid-run, after the first checkpoint"
-    assert not (tmp_path / "killed" / "weights.safetensors").exists()
-    for out, extra in (("killed", ["--resume"]), ("straight", [])):
-        cmd, env = _run_script(tmp_path, tmp_path / out, steps, 0.0)
-        subprocess.run([sys.executable, *cmd, *extra], env=env, check=True)
-    resumed = load_file(tmp_path / "killed" / "weights.safetensors")
-    straight = load_file(tmp_path / "straight" / "weights.safetensors")
-    assert resumed.keys() == straight.keys()
+    assert not (out / "weights.safetensors").exists()
+    resumed = tiny_distillation(out, steps, resume=True).state_dict()
+    straight = tiny_distillation(tmp_path / "straight", steps).state_dict()
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
-    log_rows = (tmp_path / "killed" / "train_log.csv").read_text().splitlines()[1:]
+    assert load_file(out / "weights.safetensors").keys() == straight.keys()
+    log_rows = (out / "train_log.csv").read_text().splitlines()[1:]
     assert [int(r.split(",")[0]) for r in log_rows] == list(range(1, steps + 1))
 
 
 def test_ddp_two_processes_stay_in_sync(tmp_path):
     out = tmp_path / "ddp"
-    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
-    cmd, env = _run_script(tmp_path, out, 4, 0.0, launcher=launcher)
-    subprocess.run(cmd, env=env, check=True, timeout=120)
+    script, env = _script(tmp_path)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    subprocess.run([*launcher, script, str(out), "3", "0"], env=env, check=True, timeout=180)
     rank0, rank1 = load_file(out / "rank0.safetensors"), load_file(out / "rank1.safetensors")
     saved = load_file(out / "weights.safetensors")
+    initial = _tiny(TransformerNet, STUDENT_SPEC).state_dict()
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), "ranks diverged"
-    assert all(torch.equal(saved[k], rank0[k]) for k in rank0)
-    rows = (out / "train_log.csv").read_text().splitlines()
-    assert len(rows) == 5, "rank 0 alone logs"
+    assert all(torch.equal(saved[k], rank0[k]) for k in rank0), "rank 0 saved its weights"
+    assert not torch.equal(saved["conv1.conv2d.weight"], initial["conv1.conv2d.weight"]), "it trained"
+    assert len((out / "train_log.csv").read_text().splitlines()) == 4, "rank 0 alone logs"
