@@ -14,7 +14,7 @@ from exports.common import ExportError, atomic_output
 from exports.coreml_export import _coremltools, inspect_coreml
 
 # Weight dtypes the spec must show for each compression.
-EXPECTED_WEIGHT_DTYPE = {"int8": "INT8", 4: "UINT4", 6: "UINT6"}
+EXPECTED_WEIGHT_DTYPE = {"int8": "INT8 data", 4: "16-entry LUT", 6: "64-entry LUT"}
 
 
 def compress_coreml(mlpackage: str | Path, out_path: str | Path, scheme: str | int) -> dict:
@@ -37,11 +37,32 @@ def compress_coreml(mlpackage: str | Path, out_path: str | Path, scheme: str | i
     out_path = Path(out_path)
     with atomic_output(out_path) as tmp:
         compressed.save(str(tmp))
-    structure = inspect_coreml(out_path)
+    structure = {**inspect_coreml(out_path), "compressed_weights": compressed_weights(out_path)}
     want = EXPECTED_WEIGHT_DTYPE[scheme]
-    if want not in structure["weight_dtypes"]:
-        raise ExportError(f"{out_path}: expected {want} weights after compression, spec shows {structure['weight_dtypes']}")
+    if want not in structure["compressed_weights"]:
+        raise ExportError(f"{out_path}: expected {want} compressed weights, spec shows {structure['compressed_weights']}")
     return {**structure, "size_bytes": package_size(out_path), "float_size_bytes": package_size(Path(mlpackage))}
+
+
+def compressed_weights(path: str | Path) -> dict[str, int]:
+    """Kind -> count of the compressed weight tensors (``constexpr_*`` ops): "INT8 data", "64-entry LUT", ..."""
+    ct = _coremltools()
+    spec = ct.utils.load_spec(str(path))
+    name = ct.proto.MIL_pb2.DataType.Name
+    found: dict[str, int] = {}
+    for function in spec.mlProgram.functions.values():
+        for block in function.block_specializations.values():
+            for op in block.operations:
+                if op.type.startswith("constexpr"):
+                    data, lut = op.attributes.get("quantized_data"), op.attributes.get("lut")
+                    if data is not None:
+                        kind = f"{name(data.type.tensorType.dataType)} data"
+                    elif lut is not None:
+                        kind = f"{lut.type.tensorType.dimensions[-1].constant.size}-entry LUT"
+                    else:
+                        kind = op.type
+                    found[kind] = found.get(kind, 0) + 1
+    return found
 
 
 def package_size(path: Path) -> int:
