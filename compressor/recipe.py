@@ -53,13 +53,21 @@ class DistillStage(TrainConfig):
 
 
 class QuantizeStage(_Strict):
+    """PTQ or QAT per runtime; artifacts keep float I/O semantics and are parity-checked against the fp32 model."""
+
     runtimes: list[Literal["onnx", "tflite", "coreml"]] = Field(default_factory=lambda: ["onnx"])
     mode: Literal["static", "dynamic", "fp16", "weight-only", "qat"] = "static"
-    calibration: str = Field("samples", description="Folder of calibration images, or 'samples'.")
+    calibration: str = Field("samples", description="Folder of calibration images, or 'samples' (never eval images).")
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    keep_float: list[str] = Field(default_factory=list, description="Layer-name globs kept in float.")
-    max_style_increase_pct: float | None = Field(None, ge=0, description="Sensitivity budget for mixed precision.")
-    size: int = Field(256, ge=16)
+    keep_float: list[str] = Field(default_factory=list, description="Conv module-name globs kept in float.")
+    max_style_increase_pct: float | None = Field(
+        None, ge=0, description="Mixed precision: keep the most sensitive convs float until style loss rises at most this."
+    )
+    size: int = Field(256, ge=16, description="Square input side of the quantized artifacts.")
+    coreml_palettize_bits: list[Literal[4, 6]] = Field(
+        default_factory=lambda: [6, 4], description="Core ML k-means palettization variants (besides int8 weights)."
+    )
+    qat: TrainConfig | None = Field(None, description="QAT fine-tuning settings (mode qat); None = built-in defaults.")
 
 
 class ExportStage(_Strict):
