@@ -68,9 +68,11 @@ class L1Importance(tp.importance.GroupMagnitudeImportance):
         return self._normalize(self._reduce(scores, root_idxs), self.normalizer)
 
 
-def example_inputs_for(model: nn.Module, size: int = 64) -> torch.Tensor | tuple[torch.Tensor, ...]:
+def example_inputs_for(
+    model: nn.Module, size: int = 32, device: torch.device | str = "cpu"
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Dummy inputs for graph tracing (AdaIN takes content and style)."""
-    x = torch.rand(1, 3, size, size)
+    x = torch.rand(1, 3, size, size, device=device)
     return (x, x.clone()) if isinstance(model, AdaINNet) else x
 
 
@@ -87,6 +89,10 @@ def _matching(layers: dict[str, nn.Module], pattern: str, option: str) -> list[n
     if not hits:
         raise ValueError(f"{option} {pattern!r} matches no prunable layer; layers are: {', '.join(layers)}")
     return list(dict.fromkeys(hits))
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def protected_layers(model: nn.Module, vgg_mode: str = "keep_taps") -> list[nn.Module]:
@@ -140,7 +146,7 @@ def prune_model(
     with torch.enable_grad():
         pruner = tp.pruner.BasePruner(
             model,
-            example_inputs if example_inputs is not None else example_inputs_for(model),
+            example_inputs if example_inputs is not None else example_inputs_for(model, device=_device(model)),
             importance=L1Importance(),
             global_pruning=config.scope == "global",
             pruning_ratio=config.ratio,
@@ -211,7 +217,7 @@ def prune_dir(model_dir: str | Path, out_dir: str | Path, config: PruneStage,
     """Load a model folder, prune it, save it; returns the meta written next to it."""
     model = load_model(model_dir)
     before = model_stats(model)
-    prune_model(model, config, finetune=finetune)
+    prune_model(model, config, finetune=finetune).cpu()
     after = model_stats(model)
     meta = {
         "source": str(model_dir),
@@ -234,25 +240,25 @@ def prune_stage(ctx) -> None:
 
 
 def _pipeline_finetune(ctx, config: PruneStage) -> Finetune:
-    """Distil the partly pruned model from the teacher for ``finetune_steps_between`` steps."""
+    """Distil the partly pruned model from the teacher for ``finetune_steps_between`` steps (recipe's distill settings)."""
     from compressor.data import ContentCrops, resolve_images
-    from compressor.distill import train, transformer_objective
+    from compressor.distill import default_device, make_objective, train
     from compressor.recipe import DistillStage
 
-    teacher = load_model(ctx.stage_dir("model")).requires_grad_(False)
-    if not isinstance(teacher, TransformerNet):
-        raise ValueError(
-            f"prune.finetune_steps_between: fine-tuning between steps is implemented for transformer_net, "
-            f"not {type(teacher).__name__}; set it to 0"
-        )
+    teacher = load_model(ctx.stage_dir("model"))
+    if isinstance(teacher, VGG19LossNet) and config.vgg_mode == "project_taps":
+        raise ValueError("prune.finetune_steps_between: needs vgg_mode keep_taps (projections exist only at the end)")
     n = config.finetune_steps_between
     train_config = (ctx.recipe.distill or DistillStage()).model_copy(update={"steps": n, "checkpoint_every": n})
     data = ContentCrops(resolve_images(ctx.recipe.content, "train"), train_config.crop)
-    objective = transformer_objective(train_config, ctx.loss_network, ctx.style_grams, teacher=teacher)
+    device = default_device()
+    vgg, teacher = ctx.loss_network.to(device), teacher.to(device)
+    grams = {k: v.to(device) for k, v in ctx.style_grams.items()}
 
     def finetune(model: nn.Module, step: int) -> None:
+        objective = make_objective(model, teacher, train_config, vgg, grams)
         with tempfile.TemporaryDirectory(dir=ctx.run_dir) as tmp:
-            train(model, objective, data, train_config, tmp, progress=ctx.progress)
+            train(model, objective, data, train_config, tmp, progress=ctx.progress, device=device)
         log.info("prune: fine-tuned %d steps after pruning step %d", n, step + 1)
 
     return finetune
