@@ -122,6 +122,93 @@ def prune(
     typer.echo(f"pruned model written to {output}")
 
 @app.command()
+def distill(
+    student_dir: Annotated[Path, typer.Argument(help="Student model folder (e.g. a pruned model).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Model folder to write (+ checkpoint.pt, log).")],
+    teacher: Annotated[Optional[Path], typer.Option(help="Teacher model folder (the uncompressed model).")] = None,
+    no_teacher: Annotated[bool, typer.Option("--no-teacher", help="Plain fine-tuning: no teacher terms.")] = False,
+    style: Annotated[Optional[str], typer.Option(
+        help="Style image or bundled name. TransformerNet: default the student's spec style; "
+             "AdaIN: crops of it (default: the bundled paintings); VGG19: unused.")] = None,
+    content_dir: Annotated[str, typer.Option(help="Folder of content images, or 'samples'.")] = "samples",
+    steps: int = 1000,
+    lr: float = 1e-3,
+    lr_schedule: Annotated[str, typer.Option(help="constant | cosine")] = "constant",
+    output_weight: Annotated[float, typer.Option(help="L1 to the teacher's output.")] = 1.0,
+    perceptual_weight: Annotated[float, typer.Option(help="VGG feature MSE to the teacher's output.")] = 1.0,
+    feature_weight: Annotated[float, typer.Option(help="VGG19 students: tap MSE to the teacher's taps.")] = 1.0,
+    style_weight: Annotated[Optional[float], typer.Option(
+        help="Gram style weight (TransformerNet, default 1e5) or AdaIN mean/std style weight (default 10).")] = None,
+    content_weight: float = 1.0,
+    tv_weight: float = 1e-3,
+    crop: int = 256,
+    batch_size: Annotated[int, typer.Option(help="Per process under torchrun.")] = 4,
+    style_size: int = 256,
+    checkpoint_every: int = 100,
+    seed: int = 0,
+    bf16: Annotated[bool, typer.Option(help="bf16 autocast.")] = False,
+    grad_checkpointing: Annotated[bool, typer.Option(help="Recompute activations: less memory.")] = False,
+    tensorboard: Annotated[bool, typer.Option(help="Also log to OUTPUT/tensorboard (needs tensorboard).")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue from OUTPUT/checkpoint.pt.")] = False,
+    loss_network: LossNetOpt = "imagenet",
+    strict_loss_network: StrictOpt = False,
+) -> None:
+    """Distil a (pruned) student from its teacher, or fine-tune it (--no-teacher). Runs under torchrun too."""
+    from pydantic import ValidationError
+
+    from compressor.data import ContentCrops, load_image, resolve_images, resolve_style
+    from compressor.distill import TrainConfig, default_device, make_objective, train
+    from compressor.models import AdaINNet, TransformerNet, load_model
+    from compressor.recipe import format_errors
+
+    if (teacher is None) != no_teacher:
+        fail("give --teacher DIR to distil, or --no-teacher for plain fine-tuning (not both)")
+    try:
+        student = load_model(student_dir)
+        teacher_model = load_model(teacher) if teacher is not None else None
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    weights = {"output_weight": 0.0, "perceptual_weight": 0.0} if no_teacher else {
+        "output_weight": output_weight, "perceptual_weight": perceptual_weight}
+    if style_weight is not None:
+        weights["adain_style_weight" if isinstance(student, AdaINNet) else "style_weight"] = style_weight
+    try:
+        config = TrainConfig(steps=steps, lr=lr, lr_schedule=lr_schedule, feature_weight=feature_weight,
+                             content_weight=content_weight, tv_weight=tv_weight, crop=crop, batch_size=batch_size,
+                             checkpoint_every=checkpoint_every, seed=seed, bf16=bf16,
+                             grad_checkpointing=grad_checkpointing, tensorboard=tensorboard, **weights)
+    except ValidationError as exc:
+        fail(f"invalid distill options\n{format_errors(exc)}")
+    vgg = _loss_network(loss_network, strict_loss_network)
+    grams, style_images = None, None
+    if isinstance(student, TransformerNet):
+        style = style or student.spec.style
+        if style is None:
+            fail(f"{student_dir}: the spec names no style; give --style")
+        grams = _style_grams(vgg, style, style_size, None)
+    elif isinstance(student, AdaINNet) and style is not None:
+        try:
+            style_images = [load_image(resolve_style(style), size=max(2 * crop, style_size))]
+        except ValueError as exc:
+            fail(str(exc))
+    device = default_device()
+    vgg.to(device)
+    if teacher_model is not None:
+        teacher_model.to(device)
+    try:
+        objective = make_objective(student, teacher_model, config, vgg,
+                                   {k: v.to(device) for k, v in grams.items()} if grams else None, style_images)
+        data = ContentCrops(resolve_images(content_dir, "train"), crop)
+        meta = {"student_from": str(student_dir), "teacher": str(teacher) if teacher else None, "style": style,
+                "loss_network": vgg.weights_source}
+        history = train(student, objective, data, config, output, resume=resume, meta=meta, device=device)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        fail(str(exc))
+    if history:
+        typer.echo(f"loss {history[0]['total']:.4g} -> {history[-1]['total']:.4g}; model written to {output}")
+
+
+@app.command()
 def evaluate(
     targets: Annotated[list[str], typer.Argument(help="Model folders, .pth checkpoints or .onnx/.tflite artifacts.")],
     teacher: Annotated[str, typer.Option(help="Reference model every degradation and PSNR refers to.")],

@@ -46,7 +46,11 @@ class PruneStage(_Strict):
 
 
 class DistillStage(TrainConfig):
-    """The student learns back from the teacher (set output/perceptual weights to 0 for plain fine-tuning)."""
+    """The pruned student (or a copy of the teacher) learns back from the teacher.
+
+    TransformerNet / AdaIN: output L1 + perceptual terms on top of their style losses; VGG19: tap MSE
+    (``feature_weight``). Output/perceptual weights 0 is plain fine-tuning.
+    """
 
     output_weight: float = Field(1.0, ge=0)
     perceptual_weight: float = Field(1.0, ge=0)
