@@ -66,6 +66,7 @@ def train(
     style_weight: float = 1e5,
     tv_weight: float = 1e-3,
     style_size: int = 256,
+    style_library: Annotated[Optional[Path], typer.Option(help="Precomputed Grams (styleslim style-library).")] = None,
     checkpoint_every: int = 100,
     seed: int = 0,
     stn: Annotated[bool, typer.Option(help="Put a spatial transformer in front of the network.")] = False,
@@ -80,13 +81,145 @@ def train(
     config = TrainConfig(steps=steps, batch_size=batch_size, crop=crop, lr=lr, content_weight=content_weight,
                          style_weight=style_weight, tv_weight=tv_weight, checkpoint_every=checkpoint_every, seed=seed)
     vgg = _loss_network(loss_network, strict_loss_network)
+    grams = _style_grams(vgg, style, style_size, style_library)
     try:
-        history = train_transformer(style, content_dir, output, config, vgg, style_size=style_size, stn=stn,
-                                    resume=resume)
+        history = train_transformer(grams, Path(style).stem, content_dir, output, config, vgg, stn=stn, resume=resume)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     if history:
         typer.echo(f"loss {history[0]['total']:.4g} -> {history[-1]['total']:.4g}; model written to {output}")
+
+
+def _style_grams(vgg, style: str, style_size: int, library: Path | None):
+    """Grams of a style: from a precomputed style library when given, else computed now."""
+    from compressor.data import load_image, resolve_style
+    from compressor.losses import load_style_library, style_grams
+
+    if library is not None:
+        styles, judged_by = load_style_library(library)
+        if style not in styles:
+            fail(f"{library}: no style {style!r} in this library (has: {', '.join(sorted(styles))})")
+        if judged_by != vgg.weights_source:
+            fail(f"{library}: Grams were computed with VGG19 {judged_by}, not {vgg.weights_source}")
+        return styles[style]
+    try:
+        return style_grams(vgg, load_image(resolve_style(style), size=style_size).unsqueeze(0))
+    except ValueError as exc:
+        fail(str(exc))
+
+
+@app.command("style-library")
+def style_library(
+    styles: Annotated[list[str], typer.Argument(help="Style image paths or bundled style names.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Library file (.safetensors).")] = Path(
+        "styles.safetensors"),
+    style_size: int = 256,
+    loss_network: LossNetOpt = "imagenet",
+    strict_loss_network: StrictOpt = False,
+) -> None:
+    """Precompute the Gram matrices of style images once, for reuse by gatys and train."""
+    from compressor.data import load_image, resolve_style
+    from compressor.losses import save_style_library, style_grams
+
+    vgg = _loss_network(loss_network, strict_loss_network)
+    grams = {}
+    for style in styles:
+        try:
+            path = resolve_style(style)
+            grams[path.stem] = style_grams(vgg, load_image(path, size=style_size).unsqueeze(0))
+        except ValueError as exc:
+            fail(str(exc))
+    save_style_library(output, grams, vgg.weights_source)
+    typer.echo(f"{len(grams)} style(s) ({', '.join(grams)}) written to {output}")
+
+
+@app.command()
+def gatys(
+    content: Annotated[Path, typer.Argument(help="Content image.")],
+    style: Annotated[str, typer.Argument(help="Style image path, bundled style name, or a name in --style-library.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output image.")] = Path("gatys.png"),
+    steps: int = 300,
+    optimizer: Annotated[str, typer.Option(help="lbfgs | adam")] = "lbfgs",
+    lr: Annotated[Optional[float], typer.Option(help="Default: 1.0 for lbfgs, 0.02 for adam.")] = None,
+    init: Annotated[str, typer.Option(help="content | noise")] = "content",
+    size: Annotated[int, typer.Option(help="Longest side of the result.")] = 512,
+    scales: Annotated[Optional[list[int]], typer.Option("--scale", help="Coarse-to-fine sides, e.g. --scale 256 "
+                                                         "--scale 512.")] = None,
+    content_weight: float = 1.0,
+    style_weight: float = 1e5,
+    tv_weight: float = 1e-3,
+    style_size: int = 256,
+    style_library: Annotated[Optional[Path], typer.Option(help="Precomputed Grams (styleslim style-library).")] = None,
+    snapshot_every: Annotated[int, typer.Option(help="Save intermediate images every N steps (0: never).")] = 0,
+    seed: int = 0,
+    loss_network: LossNetOpt = "imagenet",
+    strict_loss_network: StrictOpt = False,
+) -> None:
+    """Gatys et al. iterative style transfer (optimises the pixels; slow, model-free)."""
+    from compressor.data import ImageError, load_image, save_image
+    from compressor.gatys import GatysConfig, snapshot_writer, stylize_gatys
+    from compressor.losses import LossWeights
+
+    if optimizer not in ("lbfgs", "adam") or init not in ("content", "noise"):
+        fail("--optimizer must be lbfgs or adam, --init content or noise")
+    try:
+        content_image = load_image(content, size=size).unsqueeze(0)
+    except ImageError as exc:
+        fail(str(exc))
+    vgg = _loss_network(loss_network, strict_loss_network)
+    grams = _style_grams(vgg, style, style_size, style_library)
+    config = GatysConfig(steps=steps, optimizer=optimizer, lr=lr, init=init, scales=scales or [],
+                         weights=LossWeights(content=content_weight, style=style_weight, tv=tv_weight),
+                         snapshot_every=snapshot_every, seed=seed)
+    snapshots = snapshot_writer(output.parent / f"{output.stem}_snapshots") if snapshot_every else None
+    image, history = stylize_gatys(content_image, grams, vgg, config, snapshot=snapshots)
+    save_image(image, output)
+    typer.echo(f"loss {history[0]:.4g} -> {history[-1]:.4g} (judged by VGG19 {vgg.weights_source}); wrote {output}")
+
+
+@app.command()
+def stylize(
+    inputs: Annotated[list[Path], typer.Argument(help="Images, folders of images, or video files.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model folder, fast_neural_style .pth, or an "
+                                        ".onnx/.tflite artifact.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output file (one input) or folder.")] = Path(
+        "stylized"),
+    style: Annotated[Optional[str], typer.Option(help="Style image for AdaIN models.")] = None,
+    alpha: Annotated[float, typer.Option(help="AdaIN content (0) to style (1) blend.")] = 1.0,
+    size: Annotated[Optional[int], typer.Option(help="Resize the longest side first.")] = None,
+    batch_size: int = 4,
+) -> None:
+    """Stylise images, folders (batched) and videos (frame by frame, same fps) with a model or artifact."""
+    from compressor.data import ImageError, list_images
+    from compressor.stylize import VIDEO_SUFFIXES, load_stylizer, stylize_files
+
+    try:
+        files = [f for p in inputs for f in ([p] if p.suffix.lower() in VIDEO_SUFFIXES else list_images(p))]
+        stylizer = load_stylizer(model, style=style, alpha=alpha)
+        written = stylize_files(stylizer, files, output, size=size, batch_size=batch_size)
+    except (ImageError, ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    typer.echo(f"wrote {len(written)} file(s): {written[0]}{' ...' if len(written) > 1 else ''}")
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see recipes/).")],
+    out: Annotated[Path, typer.Option("--out", help="Root folder of runs.")] = Path("runs"),
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key, e.g. --set "
+                                                           "prune.ratio=0.75.")] = None,
+    force: Annotated[bool, typer.Option(help="Re-run stages even when their inputs are unchanged.")] = False,
+) -> None:
+    """Run a compression recipe: model -> prune -> distill -> quantize -> export -> evaluate."""
+    from compressor.pipeline import run_recipe
+    from compressor.recipe import RecipeError, load_recipe
+
+    try:
+        parsed = load_recipe(recipe, overrides)
+    except RecipeError as exc:
+        fail(str(exc))
+    run_dir = run_recipe(parsed, out, force=force)
+    typer.echo(f"run finished: {run_dir}")
 
 
 @app.command()
@@ -120,6 +253,7 @@ def prune(
     typer.echo(f"params {before['params']:,} -> {after['params']:,} ({meta['params_ratio']:.1%})")
     typer.echo(f"MACs   {before['macs']:,} -> {after['macs']:,} ({meta['macs_ratio']:.1%}) at {after['macs_at']}")
     typer.echo(f"pruned model written to {output}")
+
 
 @app.command()
 def distill(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from compressor.data import ContentCrops, load_image, resolve_images, resolve_style
+from compressor.data import ContentCrops, resolve_images, sample_content_paths
 from compressor.distill import TrainConfig, train, transformer_objective
-from compressor.losses import style_grams
 from compressor.models import (
     STNSpec,
     TransformerNet,
@@ -24,22 +24,20 @@ from compressor.models.vgg import VGG19LossNet
 
 
 def train_transformer(
-    style: str,
+    grams: dict[str, torch.Tensor],
+    style_name: str,
     content: str,
     out_dir: str | Path,
     config: TrainConfig,
     vgg: VGG19LossNet,
-    style_size: int = 256,
     stn: bool = False,
     resume: bool = False,
     progress: bool = True,
 ) -> list[dict[str, float]]:
-    """Train a fresh TransformerNet on ``style`` (path or bundled name) and save it to ``out_dir``."""
-    style_path = resolve_style(style)
-    grams = style_grams(vgg, load_image(style_path, size=style_size).unsqueeze(0))
-    model = TransformerNet(TransformerNetSpec(style=style_path.stem, stn=STNSpec() if stn else None))
+    """Train a fresh TransformerNet towards a style's Gram matrices and save it to ``out_dir``."""
+    model = TransformerNet(TransformerNetSpec(style=style_name, stn=STNSpec() if stn else None))
     data = ContentCrops(resolve_images(content, "train"), config.crop)
-    meta = {"style": str(style_path), "loss_network": vgg.weights_source}
+    meta = {"style": style_name, "loss_network": vgg.weights_source}
     return train(model, transformer_objective(config, vgg, grams), data, config, out_dir, resume, meta, progress)
 
 
@@ -74,3 +72,11 @@ def model_stage(ctx) -> None:
     objective = transformer_objective(stage.train, ctx.loss_network, ctx.style_grams)
     meta = {"style": ctx.recipe.style, "loss_network": ctx.loss_network.weights_source}
     train(model, objective, data, stage.train, out, resume=ctx.resume, meta=meta, progress=ctx.progress)
+    write_previews(model, out / "samples")
+
+
+def write_previews(model: nn.Module, out: Path, size: int = 256) -> list[Path]:
+    """Stylise the held-out sample photos so a person can look at what a model does."""
+    from compressor.stylize import stylize_files
+
+    return stylize_files(torch.no_grad()(model.eval()), sample_content_paths("eval"), out, size=size, progress=False)

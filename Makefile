@@ -1,0 +1,26 @@
+# The two commands of the README: `make quickstart` and `make test`.
+# Both create (once) a project virtualenv in .venv with everything the tool and its tests need.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: quickstart test bench browser
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[tflite,coreml,dev]"
+	touch $@
+
+quickstart: $(BIN)/.installed
+	$(BIN)/styleslim run recipes/quickstart.yaml
+
+# The report tests drive a real headless browser (Debian's chromium).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+test: $(BIN)/.installed browser
+	$(BIN)/pytest
+
+bench: $(BIN)/.installed
+	$(BIN)/python -m benchmarks

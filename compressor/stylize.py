@@ -1,0 +1,131 @@
+"""Apply a style model to images, folders and videos.
+
+A model is a model folder (PyTorch), a pytorch/examples ``.pth``, or an
+exported ``.onnx`` / ``.tflite`` artifact run on its own runtime, all with the
+same pre- and post-processing so their outputs can be compared side by side.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from compressor.data import IMAGE_SUFFIXES, ImageError, load_image, pil_to_tensor, save_image, tensor_to_pil
+from compressor.models import AdaINNet, VGG19LossNet
+from compressor.models.checkpoint import atomic_write
+
+VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif"}
+ARTIFACT_SUFFIXES = {".onnx", ".tflite"}
+Stylizer = Callable[[torch.Tensor], torch.Tensor]
+
+
+def load_stylizer(model_path: str | Path, style: str | Path | None = None, alpha: float = 1.0,
+                  style_size: int = 512) -> Stylizer:
+    """A function mapping a (N, 3, H, W) batch in [0, 1] to its stylised version."""
+    from compressor.teacher import load_any
+
+    model_path = Path(model_path)
+    if model_path.suffix in ARTIFACT_SUFFIXES:
+        from exports.runtime import load_runner
+
+        runner = load_runner(model_path)
+        return lambda batch: torch.from_numpy(np.asarray(runner(batch.numpy())))
+    model = load_any(model_path)
+    if isinstance(model, VGG19LossNet):
+        raise ValueError(f"{model_path}: a VGG19 loss network does not stylise images")
+    if isinstance(model, AdaINNet):
+        if style is None:
+            raise ValueError(f"{model_path}: AdaIN is arbitrary-style; pass --style")
+        from compressor.data import resolve_style
+
+        style_image = load_image(resolve_style(style), size=style_size).unsqueeze(0)
+
+        @torch.no_grad()
+        def adain(batch: torch.Tensor) -> torch.Tensor:
+            return model(batch, style_image.expand(batch.shape[0], -1, -1, -1), alpha=alpha)
+
+        return adain
+    return torch.no_grad()(model)
+
+
+def stylize_files(stylizer: Stylizer, inputs: list[Path], out: Path, size: int | None = None,
+                  batch_size: int = 4, progress: bool = True) -> list[Path]:
+    """Stylise images (batched by size) and videos; returns the written files.
+
+    With one input and an ``out`` that has a file suffix, ``out`` is the file;
+    otherwise ``out`` is a folder and outputs keep their input names.
+    """
+    if not inputs:
+        raise ImageError("no input images or videos given")
+    single_file = len(inputs) == 1 and out.suffix != ""
+    targets = {p: out if single_file else out / (p.stem + (p.suffix if p.suffix.lower() in VIDEO_SUFFIXES
+                                                          else ".png")) for p in inputs}
+    videos = [p for p in inputs if p.suffix.lower() in VIDEO_SUFFIXES]
+    images = [p for p in inputs if p not in videos]
+    unknown = [p for p in images if p.suffix.lower() not in IMAGE_SUFFIXES]
+    if unknown:
+        raise ImageError(f"{unknown[0]}: not an image or video this tool reads")
+    written = _stylize_images(stylizer, images, targets, size, batch_size, progress)
+    for video in videos:
+        written.append(stylize_video(stylizer, video, targets[video], size, progress))
+    return written
+
+
+def _stylize_images(stylizer, images, targets, size, batch_size, progress) -> list[Path]:
+    by_shape: dict[tuple[int, ...], list[tuple[Path, torch.Tensor]]] = defaultdict(list)
+    for path in images:
+        tensor = load_image(path, size=size)
+        by_shape[tuple(tensor.shape)].append((path, tensor))
+    written = []
+    with tqdm(total=len(images), disable=not progress or len(images) < 2, desc="stylize") as bar:
+        for group in by_shape.values():
+            for start in range(0, len(group), batch_size):
+                chunk = group[start : start + batch_size]
+                outputs = stylizer(torch.stack([t for _, t in chunk]))
+                for (path, _), output in zip(chunk, outputs):
+                    written.append(save_image(output, targets[path]))
+                bar.update(len(chunk))
+    return written
+
+
+def stylize_video(stylizer: Stylizer, source: Path, target: Path, size: int | None = None,
+                  progress: bool = True) -> Path:
+    """Frame by frame, keeping the frame rate; written to a temp file and renamed when complete."""
+    import imageio.v3 as iio
+
+    try:
+        meta = iio.immeta(source)
+    except Exception as exc:
+        raise ImageError(f"{source}: not a readable video ({exc})") from None
+    fps = meta.get("fps") or (1000.0 / meta["duration"] if meta.get("duration") else 25.0)
+
+    def write(tmp: Path) -> None:
+        frames = []
+        for frame in tqdm(iio.imiter(source), disable=not progress, desc=f"video {source.name}"):
+            image = pil_to_tensor(Image.fromarray(np.asarray(frame)).convert("RGB"))
+            if size:
+                image = load_resized(image, size)
+            frames.append(np.asarray(tensor_to_pil(stylizer(image.unsqueeze(0))[0])))
+        if not frames:
+            raise ImageError(f"{source}: video has no frames")
+        if target.suffix.lower() == ".gif":
+            iio.imwrite(tmp, frames, extension=".gif", duration=1000.0 / fps, loop=0)
+        else:
+            iio.imwrite(tmp, frames, extension=target.suffix, fps=fps)
+
+    atomic_write(target, write)
+    return target
+
+
+def load_resized(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a (3, H, W) tensor so its longest side is ``size``; sides rounded to even for video codecs."""
+    h, w = image.shape[-2:]
+    scale = size / max(h, w)
+    new = (max(2, round(h * scale / 2) * 2), max(2, round(w * scale / 2) * 2))
+    return torch.nn.functional.interpolate(image[None], size=new, mode="bilinear", antialias=True)[0].clamp(0, 1)
