@@ -182,13 +182,15 @@ def _kept_out_channels(pruner: tp.pruner.BasePruner, model: nn.Module) -> dict[s
 def _add_tap_projections(
     vgg: VGG19LossNet, taps: dict[str, nn.Conv2d], original: dict[str, int], kept: dict[str, list[int]]
 ) -> None:
-    """1x1 projections from each pruned tap back to its original width, starting as a channel re-embedding.
+    """1x1 projections from each narrowed tap back to its original width, starting as a channel re-embedding.
 
     Kept channel j goes back to its original index; pruned channels start at zero.
     """
     names = {m: n for n, m in vgg.named_modules()}
     projections = {}
     for tap, conv in taps.items():
+        if conv.out_channels == original[tap]:
+            continue
         proj = nn.Conv2d(conv.out_channels, original[tap], 1)
         with torch.no_grad():
             proj.weight.zero_()
@@ -197,7 +199,7 @@ def _add_tap_projections(
                 proj.weight[k, j] = 1.0
         projections[tap] = proj
     vgg.projections = nn.ModuleDict(projections)
-    vgg.spec = vgg.spec.model_copy(update={"projections": dict(original)})
+    vgg.spec = vgg.spec.model_copy(update={"projections": {tap: original[tap] for tap in projections}})
 
 
 def model_stats(model: nn.Module, example_inputs: Any = None) -> dict[str, Any]:
