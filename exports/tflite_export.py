@@ -10,7 +10,7 @@ from exports.common import ExportError, ExportWrapper, atomic_output, conversion
 from exports.rewrites import FORMAT_REWRITES, apply_rewrites
 
 # Ops whose constant weights the fp16 variant stores as float16 (computed in float32 after DEQUANTIZE).
-FP16_WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+FP16_WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "CONV_2D_TRANSPOSE")
 
 
 def export_tflite(

@@ -1,0 +1,125 @@
+"""Latency of exported artifacts on their runtimes vs PyTorch eager, measured side by side in one run.
+
+Formats: ONNX (ONNX Runtime), TFLite (LiteRT + XNNPACK) with the slice-pad
+rewrite and with plain MIRROR_PAD. Core ML runs only on macOS and is skipped
+elsewhere. Models: TransformerNet and VGG19 to relu4_1, unpruned and with every
+width halved (a 50%-pruned spec). Random weights: latency does not depend on them.
+
+    python benchmarks/bench_export.py --quick   # one small model, 128 px, a few minutes
+    python benchmarks/bench_export.py           # 256 and 512 px, all four models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+try:
+    import triton  # noqa: F401  (before anything that might import TensorFlow)
+except ImportError:
+    pass
+
+from compressor.models import TransformerNet, TransformerNetSpec, VGG19LossNet, VGG19Spec
+from compressor.models.checkpoint import atomic_write
+from exports.onnx_export import export_onnx
+from exports.runtime import load_runner
+from exports.tflite_export import export_tflite
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def models(quick: bool) -> dict[str, torch.nn.Module]:
+    half = TransformerNetSpec(conv1=16, conv2=32, trunk=64, res_inner=[64] * 5, deconv1=32, deconv2=16)
+    found = {"transformer_net-pruned50": TransformerNet(half)}
+    if quick:
+        return {k: m.eval() for k, m in found.items()}
+    vgg = VGG19Spec(taps=["relu4_1"])
+    found = {
+        "transformer_net": TransformerNet(TransformerNetSpec()),
+        **found,
+        "vgg19-relu4_1": VGG19LossNet(vgg),
+        "vgg19-relu4_1-pruned50": VGG19LossNet(vgg.model_copy(update={"widths": [w // 2 for w in vgg.widths]})),
+    }
+    return {k: m.eval() for k, m in found.items()}
+
+
+def latency(fn, runs: int, warmup: int = 3) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    return {"median_ms": statistics.median(times), "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
+            "runs": runs}
+
+
+def tflite_ops(path: Path) -> dict[str, int]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    ops = [d["op_name"] for d in Interpreter(model_path=str(path))._get_ops_details()]
+    return {"mirror_pad_ops": ops.count("MIRROR_PAD"), "xnnpack_partitions": ops.count("DELEGATE"),
+            "undelegated_ops": sum(op != "DELEGATE" for op in ops)}
+
+
+def bench(quick: bool, runs: int) -> list[dict]:
+    sizes = [128] if quick else [256, 512]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model in models(quick).items():
+            for size in sizes:
+                x = torch.rand(1, 3, size, size)
+                artifacts = {
+                    "onnxruntime": export_onnx(model, Path(tmp) / f"{name}-{size}.onnx", (size, size)),
+                    "litert slice-pad": export_tflite(model, Path(tmp) / f"{name}-{size}-slice.tflite", (size, size)),
+                }
+                if any(isinstance(m, torch.nn.ReflectionPad2d) for m in model.modules()):
+                    artifacts["litert mirror-pad"] = export_tflite(
+                        model, Path(tmp) / f"{name}-{size}-mirror.tflite", (size, size), rewrites=())
+                for threads in (1, 2):
+                    torch.set_num_threads(threads)
+                    with torch.no_grad():
+                        base = latency(lambda: model(x), runs)
+                    rows.append({"model": name, "size": size, "runtime": "torch eager", "threads": threads, **base,
+                                 "speedup_vs_torch": 1.0})
+                    for runtime, path in artifacts.items():
+                        runner = load_runner(path, threads=threads)
+                        arr = x.numpy()
+                        row = {"model": name, "size": size, "runtime": runtime, "threads": threads,
+                               **latency(lambda: runner(arr), runs)}
+                        row["speedup_vs_torch"] = base["median_ms"] / row["median_ms"]
+                        if path.suffix == ".tflite":
+                            row.update(tflite_ops(path))
+                        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one pruned TransformerNet at 128 px")
+    parser.add_argument("--runs", type=int, default=None, help="timed runs per measurement (>= 10)")
+    args = parser.parse_args()
+    runs = max(10, args.runs or (10 if args.quick else 30))
+    rows = bench(args.quick, runs)
+    doc = {"benchmark": "bench_export", "quick": args.quick, "torch": torch.__version__, "rows": rows,
+           "note": "Core ML predictions run only on macOS; not measured here."}
+    out = RESULTS / f"bench_export{'_quick' if args.quick else ''}.json"
+    atomic_write(out, lambda p: p.write_text(json.dumps(doc, indent=2) + "\n"))
+    print(f"{'model':26} {'size':>4} {'runtime':18} {'thr':>3} {'median ms':>10} {'p90 ms':>8} {'vs torch':>8}  xnnpack")
+    for r in rows:
+        extra = f"{r['xnnpack_partitions']} part., {r['undelegated_ops']} undelegated" if "xnnpack_partitions" in r else ""
+        print(f"{r['model']:26} {r['size']:>4} {r['runtime']:18} {r['threads']:>3} {r['median_ms']:>10.2f} "
+              f"{r['p90_ms']:>8.2f} {r['speedup_vs_torch']:>7.2f}x  {extra}")
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()
