@@ -18,7 +18,15 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 from compressor.data import load_image, sample_content_paths, sample_style_path
-from compressor.losses import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, LossWeights, gram_matrix, style_grams
+from compressor.gatys import GatysConfig, stylize_gatys
+from compressor.losses import (
+    DEFAULT_CONTENT_LAYERS,
+    DEFAULT_STYLE_LAYERS,
+    LossWeights,
+    StyleTransferLoss,
+    gram_matrix,
+    style_grams,
+)
 from compressor.models.vgg import VGG19LossNet
 
 
@@ -71,11 +79,14 @@ def _pair_losses(
     return {"style": sum(per_layer.values()), "content": content, **{f"style/{k}": v for k, v in per_layer.items()}}
 
 
-def _common_layers(a: VGG19LossNet, b: VGG19LossNet, wanted: dict[str, float]) -> list[str]:
-    layers = [k for k in wanted if k in a.spec.taps and k in b.spec.taps]
-    if not layers:
-        raise ValueError(f"the networks share none of the loss layers {list(wanted)} (taps {a.spec.taps} vs {b.spec.taps})")
-    return layers
+def _loss_layers(a: VGG19LossNet, b: VGG19LossNet) -> tuple[list[str], list[str]]:
+    """Default style layers both networks tap; content relu4_2, else the deepest common style layer."""
+    style = [k for k in DEFAULT_STYLE_LAYERS if k in a.spec.taps and k in b.spec.taps]
+    if not style:
+        raise ValueError(f"the networks share none of the style layers {list(DEFAULT_STYLE_LAYERS)} "
+                         f"(taps {a.spec.taps} vs {b.spec.taps})")
+    content = [k for k in DEFAULT_CONTENT_LAYERS if k in a.spec.taps and k in b.spec.taps]
+    return style, content or [style[-1]]
 
 
 def loss_rank_correlation(
@@ -84,16 +95,11 @@ def loss_rank_correlation(
     """Spearman rank correlation of style and content losses over image pairs, pruned vs reference network.
 
     1.0 means the pruned network orders every pair exactly as the reference
-    does. Style layers are the default style layers both networks tap
-    (relu1_1..relu5_1), content layers likewise (relu4_2, else the deepest common tap).
+    does. Layers: see ``_loss_layers``.
     """
     images = loss_views(size, seed)
     pairs = list(itertools.combinations(range(len(images)), 2))
-    style_layers = _common_layers(pruned, reference, DEFAULT_STYLE_LAYERS)
-    try:
-        content_layers = _common_layers(pruned, reference, DEFAULT_CONTENT_LAYERS)
-    except ValueError:
-        content_layers = [style_layers[-1]]
+    style_layers, content_layers = _loss_layers(pruned, reference)
     ours = _pair_losses(pruned, images, pairs, style_layers, content_layers)
     ref = _pair_losses(reference, images, pairs, style_layers, content_layers)
     rho = {key: float(spearmanr(ours[key].numpy(), ref[key].numpy()).statistic) for key in ref}
@@ -121,18 +127,17 @@ def gatys_check(
 ) -> dict[str, Any]:
     """Run a short Gatys transfer with each network; judge both results with the reference network.
 
-    ``content`` and ``style`` are (1, 3, H, W) in [0, 1]. The pruned run's
-    reference losses over the reference run's show what pruning cost.
+    ``content`` and ``style`` are (1, 3, H, W) in [0, 1]; only the loss
+    layers both networks tap are used (``weights`` gives their weights).
+    The pruned run's reference losses over the reference run's show what
+    pruning cost.
     """
-    from compressor.gatys import GatysConfig, stylize_gatys
-    from compressor.losses import StyleTransferLoss
-
     weights = weights or LossWeights()
-    layers = _common_layers(pruned, reference, {**weights.style_layers, **weights.content_layers})
+    style_layers, content_layers = _loss_layers(pruned, reference)
     weights = LossWeights(
         content=weights.content, style=weights.style, tv=weights.tv,
-        content_layers={k: v for k, v in weights.content_layers.items() if k in layers},
-        style_layers={k: v for k, v in weights.style_layers.items() if k in layers},
+        content_layers={k: weights.content_layers.get(k, 1.0) for k in content_layers},
+        style_layers={k: weights.style_layers.get(k, 1.0) for k in style_layers},
     )
     config = GatysConfig(steps=steps, weights=weights)
     judge = StyleTransferLoss(reference, style_grams(reference, style), weights)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import subprocess
 import sys
 
@@ -257,8 +258,9 @@ def test_prune_stage_fine_tunes_between_steps(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned", "teacher"]  # no fine-tuning leftovers
 
 
-def test_loss_rank_correlation():
-    from evaluation.lossnet import loss_rank_correlation
+def test_loss_rank_correlation_and_gatys_check():
+    from compressor.data import load_image, sample_content_paths, sample_style_path
+    from evaluation.lossnet import gatys_check, loss_rank_correlation
 
     reference = _model("vgg19")
     same = loss_rank_correlation(reference, reference, size=32)
@@ -268,3 +270,9 @@ def test_loss_rank_correlation():
     assert -1.0 <= result["style_spearman"] <= 1.0 and -1.0 <= result["content_spearman"] <= 1.0
     assert result["content_layers"] == ["relu4_1"]  # relu4_2 not tapped: deepest common tap
     assert result["pairs"] == result["images"] * (result["images"] - 1) // 2
+
+    content = load_image(sample_content_paths("eval")[0], size=32).unsqueeze(0)
+    style = load_image(sample_style_path("starry_night"), size=32).unsqueeze(0)
+    check = gatys_check(pruned, reference, content, style, steps=2)
+    assert check["pruned"]["total"] > 0 and check["reference_run"]["total"] > 0
+    assert math.isfinite(check["style_ratio"]) and math.isfinite(check["content_ratio"])
