@@ -57,7 +57,7 @@ def current_spec(model: nn.Module) -> ModelSpec:
 def atomic_write(path: Path, write: Any) -> None:
     """Call ``write(tmp_path)`` then rename to ``path``: readers never see a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts are meant to be shared
     try:
