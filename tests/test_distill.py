@@ -240,3 +240,38 @@ def test_ddp_two_processes_stay_in_sync(tmp_path):
     assert all(torch.equal(saved[k], rank0[k]) for k in rank0), "rank 0 saved its weights"
     assert not torch.equal(saved["conv1.conv2d.weight"], initial["conv1.conv2d.weight"]), "it trained"
     assert len((out / "train_log.csv").read_text().splitlines()) == 4, "rank 0 alone logs"
+
+
+def test_distill_stage_in_a_recipe_without_prune(tmp_path):
+    from compressor.pipeline import run_recipe
+    from compressor.recipe import Recipe
+
+    recipe = Recipe.model_validate({
+        "name": "tiny", "loss_network": "random",
+        "model": {"family": "transformer_net", "spec": STUDENT_SPEC.model_dump(exclude={"family", "style", "stn"})},
+        "distill": {"steps": 2, "crop": CROP, "batch_size": 1, "perceptual_weight": 0.0},
+    })
+    run_dir = run_recipe(recipe, tmp_path, progress=False)
+    distilled = load_model(run_dir / "distilled")
+    assert distilled.current_spec().res_inner == STUDENT_SPEC.res_inner
+    assert distilled.meta["student_from"] == str(run_dir / "teacher")
+    assert distilled.meta["loss_network"] == "random(seed=0)"
+
+
+def test_cli_distill_and_fine_tune(tmp_path):
+    from typer.testing import CliRunner
+
+    from compressor.cli import app
+    from compressor.models import save_model
+
+    save_model(_tiny(TransformerNet, TEACHER_SPEC.model_copy(update={"style": "starry_night"})), tmp_path / "t")
+    save_model(_tiny(TransformerNet, STUDENT_SPEC.model_copy(update={"style": "starry_night"})), tmp_path / "s")
+    common = ["--steps", "1", "--crop", str(CROP), "--batch-size", "1", "--loss-network", "random"]
+    runner = CliRunner()
+    result = runner.invoke(app, ["distill", str(tmp_path / "s"), "-o", str(tmp_path / "d")] + common)
+    assert result.exit_code == 2 and "--no-teacher" in result.output
+    for out, extra in (("d", ["--teacher", str(tmp_path / "t")]), ("f", ["--no-teacher"])):
+        result = runner.invoke(app, ["distill", str(tmp_path / "s"), "-o", str(tmp_path / out), *extra, *common])
+        assert result.exit_code == 0, result.output
+    assert "output" in (tmp_path / "d" / "train_log.csv").read_text().splitlines()[0]
+    assert "output" not in (tmp_path / "f" / "train_log.csv").read_text().splitlines()[0]
