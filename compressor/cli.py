@@ -288,6 +288,8 @@ def distill(
     strict_loss_network: StrictOpt = False,
 ) -> None:
     """Distil a (pruned) student from its teacher, or fine-tune it (--no-teacher). Runs under torchrun too."""
+    import os
+
     from pydantic import ValidationError
 
     from compressor.data import ContentCrops, load_image, resolve_images, resolve_style
@@ -338,7 +340,7 @@ def distill(
         history = train(student, objective, data, config, output, resume=resume, meta=meta, device=device)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         fail(str(exc))
-    if history:
+    if history and os.environ.get("RANK", "0") == "0":
         typer.echo(f"loss {history[0]['total']:.4g} -> {history[-1]['total']:.4g}; model written to {output}")
 
 
