@@ -24,8 +24,10 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.pruner import function as tpf
 
+from compressor.data import ContentCrops, resolve_images
+from compressor.distill import default_device, make_objective, train
 from compressor.models import AdaINNet, TransformerNet, VGG19LossNet, load_model, save_model
-from compressor.recipe import PruneStage
+from compressor.recipe import DistillStage, PruneStage
 
 log = logging.getLogger(__name__)
 
@@ -214,14 +216,15 @@ def _shape(inputs: Any) -> tuple[int, ...]:
     return tuple((inputs[0] if isinstance(inputs, tuple) else inputs).shape)
 
 
-def prune_dir(model_dir: str | Path, out_dir: str | Path, config: PruneStage,
-              finetune: Finetune | None = None) -> dict[str, Any]:
-    """Load a model folder, prune it, save it; returns the meta written next to it."""
+def prune_dir(model_dir: str | Path, out_dir: str | Path, config: PruneStage, finetune: Finetune | None = None,
+              meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load a model folder, prune it, save it; returns the meta written next to it (``meta`` merged in)."""
     model = load_model(model_dir)
     before = model_stats(model)
     prune_model(model, config, finetune=finetune).cpu()
     after = model_stats(model)
     meta = {
+        **(meta or {}),
         "source": str(model_dir),
         "prune": config.model_dump(mode="json"),
         "importance": "L1 group magnitude (conv/linear in+out, InstanceNorm gamma; per-layer mean-normalised)",
@@ -237,16 +240,18 @@ def prune_dir(model_dir: str | Path, out_dir: str | Path, config: PruneStage,
 def prune_stage(ctx) -> None:
     """Recipe stage ``prune``: teacher/ -> pruned/, fine-tuning against the teacher between iterative steps."""
     config: PruneStage = ctx.recipe.prune
-    finetune = _pipeline_finetune(ctx, config) if config.finetune_steps_between and config.iterative_steps > 1 else None
-    prune_dir(ctx.stage_dir("model"), ctx.stage_dir("prune"), config, finetune)
+    if config.finetune_steps_between and config.iterative_steps > 1:
+        meta = {"loss_network": ctx.loss_network.weights_source}
+        prune_dir(ctx.stage_dir("model"), ctx.stage_dir("prune"), config, _pipeline_finetune(ctx, config), meta)
+    else:
+        prune_dir(ctx.stage_dir("model"), ctx.stage_dir("prune"), config)
 
 
 def _pipeline_finetune(ctx, config: PruneStage) -> Finetune:
-    """Distil the partly pruned model from the teacher for ``finetune_steps_between`` steps (recipe's distill settings)."""
-    from compressor.data import ContentCrops, resolve_images
-    from compressor.distill import default_device, make_objective, train
-    from compressor.recipe import DistillStage
+    """Distil the partly pruned model from the teacher for ``finetune_steps_between`` steps.
 
+    Uses the recipe's distill settings (or their defaults) for everything but the step count.
+    """
     teacher = load_model(ctx.stage_dir("model"))
     if isinstance(teacher, VGG19LossNet) and config.vgg_mode == "project_taps":
         raise ValueError("prune.finetune_steps_between: needs vgg_mode keep_taps (projections exist only at the end)")

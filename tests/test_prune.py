@@ -250,7 +250,7 @@ def test_prune_stage_fine_tunes_between_steps(tmp_path):
     save_model(teacher, ctx.stage_dir("model"))
     prune_stage(ctx)
     spec, meta = read_spec(ctx.stage_dir("prune"))
-    assert spec.trunk == 64 and meta["prune"]["iterative_steps"] == 2
+    assert spec.trunk == 64 and meta["prune"]["iterative_steps"] == 2 and "random" in meta["loss_network"]
     pruned = load_model(ctx.stage_dir("prune"))
     one_shot = prune_model(teacher, PruneStage(ratio=0.5))
     assert spec == one_shot.current_spec()
