@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -31,7 +32,10 @@ def export_onnx(
     axes = {name: {h: "height", w: "width"} for name in wrapper.input_names + wrapper.output_names}
     with atomic_output(path) as tmp:
         try:
-            with torch.no_grad():
+            with torch.no_grad(), warnings.catch_warnings():
+                # Expected noise: fixed shapes in the trace, instance norm's input statistics, slice folding.
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                warnings.simplefilter("ignore", UserWarning)
                 torch.onnx.export(
                     wrapper, inputs, str(tmp), input_names=wrapper.input_names, output_names=wrapper.output_names,
                     opset_version=opset, dynamo=False, dynamic_axes=axes if dynamic else None,
