@@ -114,9 +114,11 @@ def main() -> None:
            "note": "Core ML predictions run only on macOS; not measured here."}
     out = RESULTS / f"bench_export{'_quick' if args.quick else ''}.json"
     atomic_write(out, lambda p: p.write_text(json.dumps(doc, indent=2) + "\n"))
-    print(f"{'model':26} {'size':>4} {'runtime':18} {'thr':>3} {'median ms':>10} {'p90 ms':>8} {'vs torch':>8}  xnnpack graph")
+    print(f"{'model':26} {'size':>4} {'runtime':18} {'thr':>3} {'median ms':>10} {'p90 ms':>8} {'vs torch':>8}  "
+          "xnnpack graph")
     for r in rows:
-        extra = f"{r['xnnpack_partitions']} partitions, {r['mirror_pad_ops']} MIRROR_PAD" if "xnnpack_partitions" in r else ""
+        extra = (f"{r['xnnpack_partitions']} partitions, {r['mirror_pad_ops']} MIRROR_PAD"
+                 if "xnnpack_partitions" in r else "")
         print(f"{r['model']:26} {r['size']:>4} {r['runtime']:18} {r['threads']:>3} {r['median_ms']:>10.2f} "
               f"{r['p90_ms']:>8.2f} {r['speedup_vs_torch']:>7.2f}x  {extra}")
     print(f"written {out}")

@@ -85,7 +85,9 @@ def atomic_output(path: Path) -> Iterator[Path]:
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
-_OP_PATTERNS = (r"aten::(\w+)", r"aten\.(\w+)", r"operator '?(\w+)'?", r"\bop '(\w+)'", r"op(?:erator)? type[: ]+'?(\w+)'?")
+_OP_PATTERNS = (
+    r"aten::(\w+)", r"aten\.(\w+)", r"operator '?(\w+)'?", r"\bop '(\w+)'", r"op(?:erator)? type[: ]+'?(\w+)'?",
+)
 
 
 def conversion_error(fmt: str, module: nn.Module, inputs: tuple[torch.Tensor, ...], exc: BaseException) -> ExportError:

@@ -47,7 +47,8 @@ def export_coreml(
             traced = torch.jit.trace(wrapper, inputs)
             mlmodel = ct.convert(
                 traced,
-                inputs=[ct.TensorType(name=n, shape=x.shape, dtype=np.float32) for n, x in zip(wrapper.input_names, inputs)],
+                inputs=[ct.TensorType(name=n, shape=x.shape, dtype=np.float32)
+                        for n, x in zip(wrapper.input_names, inputs)],
                 outputs=[ct.TensorType(name=n, dtype=np.float32) for n in wrapper.output_names],
                 convert_to="mlprogram",
                 compute_precision=compute,
@@ -69,8 +70,8 @@ def inspect_coreml(path: str | Path) -> dict:
 
     def arrays(features) -> list[dict]:
         dtype = ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name
-        return [{"name": f.name, "shape": list(f.type.multiArrayType.shape), "dtype": dtype(f.type.multiArrayType.dataType)}
-                for f in features]
+        return [{"name": f.name, "shape": list(f.type.multiArrayType.shape),
+                 "dtype": dtype(f.type.multiArrayType.dataType)} for f in features]
 
     tensor_dtype = ct.proto.MIL_pb2.DataType.Name
     ops: set[str] = set()

@@ -84,7 +84,8 @@ def export_artifact(
     verdict = manifest["parity"]
     if verdict.get("passed") is False:
         raise ParityError(
-            f"{path}: parity FAILED on {verdict['runtime']}: PSNR {verdict['psnr_db']} dB < {verdict['threshold_db']} dB "
+            f"{path}: parity FAILED on {verdict['runtime']}: "
+            f"PSNR {verdict['psnr_db']} dB < {verdict['threshold_db']} dB "
             f"({precision}), max abs error {verdict['max_abs_error']:.3g}"
         )
     return path, manifest
@@ -96,6 +97,7 @@ def describe(model: nn.Module, model_dir: Path | None, fmt: str, precision: str,
     h, w = ("height", "width") if dynamic else size
     shape = [1, 3, h, w] if layout == "nchw" else [1, h, w, 3]
     image_out = out_names == ["stylized"]
+    out_range = "nominally [0, 1]; clamp before saving" if image_out else "unbounded features (ReLU >= 0)"
     return {
         "format": fmt,
         "precision": precision,
@@ -106,7 +108,7 @@ def describe(model: nn.Module, model_dir: Path | None, fmt: str, precision: str,
         "inputs": [{"name": n, "shape": shape, "dtype": "float32", "layout": layout, "range": INPUT_RANGE,
                     "color": "RGB"} for n in in_names],
         "outputs": [{"name": n, "dtype": "float32", "layout": layout,
-                     "range": "nominally [0, 1]; clamp before saving" if image_out else "unbounded features (ReLU >= 0)"}
+                     "range": out_range}
                     for n in out_names],
         "versions": versions(fmt),
         "rewrites": rewrites,

@@ -21,7 +21,10 @@ def export_tflite(
     layout: str = "nchw",
     rewrites: tuple[str, ...] = FORMAT_REWRITES["tflite"],
 ) -> Path:
-    """Write ``model`` as a .tflite flatbuffer (fp32, or fp16 weights); ``rewrites`` are applied first, checked exact."""
+    """Write ``model`` as a .tflite flatbuffer (fp32, or fp16 weights).
+
+    ``rewrites`` (by default the slice-pad one) are applied first and checked bit-exact.
+    """
     import triton  # noqa: F401  (import before anything that might pull TensorFlow in: TF then triton segfaults)
     import litert_torch
 
