@@ -190,6 +190,23 @@ def tiny_distillation(out, steps: int, delay: float = 0.0, resume: bool = False)
     return student
 
 
+@pytest.mark.parametrize("family", ["transformer_net", "adain"])
+def test_grad_checkpointing_gives_the_same_weights(vgg, data, grams, tmp_path, family):
+    weights = []
+    for enabled in (False, True):
+        if family == "adain":
+            student = _tiny(AdaINNet, ADAIN_TEACHER)
+            objective = make_objective(student, None, TrainConfig(crop=CROP), vgg, None, [torch.rand(3, 40, 40)])
+        else:
+            student = _tiny(TransformerNet, STUDENT_SPEC)
+            objective = make_objective(student, None, TrainConfig(crop=CROP), vgg, grams)
+        config = TrainConfig(steps=2, batch_size=2, crop=CROP, grad_checkpointing=enabled)
+        train(student, objective, data, config, tmp_path / str(enabled), progress=False)
+        weights.append(student.state_dict())
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-6) for k in weights[0])
+    assert "forward" not in vars(student.res1 if family == "transformer_net" else student.decoder), "unpatched after"
+
+
 _SCRIPT = """
 import os, sys
 sys.path.insert(0, {tests!r})
