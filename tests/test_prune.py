@@ -201,6 +201,9 @@ def test_vgg_keep_taps_keeps_tap_widths():
     assert [feats[t].shape[1] for t in VGG_TAPS] == [64, 128, 256, 512]
     assert not model.projections
 
+    named = prune_model(_model("vgg19"), PruneStage(ratio=0.5, ignore=["conv3_*"]))  # VGG layer names work too
+    assert [m.out_channels for m in named.features if isinstance(m, nn.Conv2d)][4:8] == [256] * 4
+
 
 def test_vgg_project_taps_builds_reembedding_projections():
     reference = _model("vgg19")
@@ -217,6 +220,9 @@ def test_vgg_project_taps_builds_reembedding_projections():
     kept = restored.abs().flatten(2).sum(-1)[0] > 0
     assert kept.sum() == 32
     assert torch.allclose(restored[:, kept], ref["relu1_1"][:, kept])
+
+    unpruned = prune_model(_model("vgg19"), PruneStage(ratio=0.0, vgg_mode="project_taps"))
+    assert not unpruned.projections and unpruned.current_spec().projections == {}
 
 
 def test_prune_command_and_stage_meta(tmp_path):
