@@ -54,7 +54,7 @@ def bench(quick: bool, steps: int, warmup: int) -> dict:
     crop, batch = (128, 2) if quick else (256, 4)
     device = default_device()
     vgg = load_vgg19("imagenet", allow_fallback=True).to(device)
-    grams = {k: v.to(device) for k, v in style_grams(vgg, load_image(sample_style_path(), 256)[None].to(device)).items()}
+    grams = style_grams(vgg, load_image(sample_style_path(), 256)[None].to(device))
     data = ContentCrops(sample_content_paths("train"), crop, length=1000)
     rows = []
     for name, options in VARIANTS.items():

@@ -357,7 +357,8 @@ def train(
         log.warning("--resume given but %s has no checkpoint; starting from step 0", out_dir)
     model = student
     if dist.is_initialized():
-        model = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+        device_ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(student, device_ids=device_ids)
     history: list[dict[str, float]] = []
     student.train()
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not (progress and writer),
@@ -372,7 +373,8 @@ def train(
             terms["total"].backward()
             optimizer.step()
             scheduler.step()
-            row = {"step": step + 1, "lr": scheduler.get_last_lr()[0], **{k: float(v.detach()) for k, v in terms.items()}}
+            row = {"step": step + 1, "lr": scheduler.get_last_lr()[0]}
+            row.update({k: float(v.detach()) for k, v in terms.items()})
             history.append(row)
             run_log.write(row)
             bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k not in ("step", "lr")})
