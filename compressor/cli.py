@@ -240,8 +240,16 @@ def prune(
     from compressor.prune import prune_dir
     from compressor.recipe import PruneStage, format_errors
 
+    overrides = {}
+    for item in override or []:
+        glob, _, value = item.rpartition("=")
+        try:
+            if not glob:
+                raise ValueError
+            overrides[glob] = float(value)
+        except ValueError:
+            fail(f"--override {item!r}: expected GLOB=RATIO, e.g. 'res*.conv1.conv2d=0.75'")
     try:
-        overrides = {glob: float(r) for glob, _, r in (item.rpartition("=") for item in override or [])}
         config = PruneStage(ratio=ratio, scope=scope, round_to=round_to, ignore=ignore or [], overrides=overrides,
                             iterative_steps=steps, vgg_mode=vgg_mode)
         meta = prune_dir(model_dir, output, config)
