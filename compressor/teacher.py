@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from compressor.data import ContentCrops, resolve_images, sample_content_paths
-from compressor.distill import TrainConfig, train, transformer_objective
+from compressor.distill import TrainConfig, make_objective, train, transformer_objective
 from compressor.models import (
+    AdaINNet,
     STNSpec,
     TransformerNet,
     TransformerNetSpec,
@@ -17,9 +18,11 @@ from compressor.models import (
     load_adain,
     load_fast_neural_style,
     load_model,
+    load_vgg19,
     parse_spec,
     save_model,
 )
+from compressor.models.checkpoint import init_adain_encoder_from_vgg
 from compressor.models.vgg import VGG19LossNet
 
 
@@ -54,29 +57,47 @@ def load_any(path: str | Path, adain_decoder: str | Path | None = None) -> nn.Mo
 
 
 def model_stage(ctx) -> None:
-    """Recipe stage ``model``: write the teacher to ``teacher/``."""
+    """Recipe stage ``model``: write the teacher to ``teacher/``.
+
+    VGG19 teachers are the reference loss network itself; AdaIN teachers get
+    their encoder from it (and train only the decoder); TransformerNets train
+    from scratch when ``model.train`` is set.
+    """
     stage = ctx.recipe.model
     out = ctx.stage_dir("model")
     if stage.path:
         model = load_any(stage.path, stage.adain_decoder)
         save_model(model, out, meta={"source": stage.path})
+        write_previews(model, out / "samples", style=ctx.style_image)
         return
-    spec = parse_spec({"family": stage.family, **stage.spec})
-    if stage.train is None:
-        save_model(build_model(spec), out, meta={"source": "random init"})
-        return
-    if stage.family != "transformer_net":
-        raise ValueError(f"model.train: training from scratch is implemented for transformer_net, not {stage.family}")
-    model = build_model(spec.model_copy(update={"style": Path(str(ctx.recipe.style)).stem}))
-    data = ContentCrops(resolve_images(ctx.recipe.content, "train"), stage.train.crop)
-    objective = transformer_objective(stage.train, ctx.loss_network, ctx.style_grams)
+    spec = parse_spec({"family": stage.family, "style": Path(str(ctx.recipe.style)).stem, **stage.spec})
     meta = {"style": ctx.recipe.style, "loss_network": ctx.loss_network.weights_source}
-    train(model, objective, data, stage.train, out, resume=ctx.resume, meta=meta, progress=ctx.progress)
-    write_previews(model, out / "samples")
+    if stage.family == "vgg19":
+        model = load_vgg19(ctx.recipe.loss_network, spec, allow_fallback=ctx.recipe.allow_random_loss_network)
+        save_model(model, out, meta={**meta, "source": model.weights_source})
+        return
+    model = build_model(spec)
+    if isinstance(model, AdaINNet):
+        init_adain_encoder_from_vgg(model, ctx.loss_network)
+        model.encoder.requires_grad_(False)
+    if stage.train is not None:
+        data = ContentCrops(resolve_images(ctx.recipe.content, "train"), stage.train.crop)
+        objective = make_objective(model, None, stage.train, ctx.loss_network, ctx.style_grams)
+        train(model, objective, data, stage.train, out, resume=ctx.resume, meta=meta, progress=ctx.progress)
+    else:
+        save_model(model, out, meta={**meta, "source": "random init"})
+    write_previews(model, out / "samples", style=ctx.style_image)
 
 
-def write_previews(model: nn.Module, out: Path, size: int = 256) -> list[Path]:
+def write_previews(model: nn.Module, out: Path, style: torch.Tensor, size: int = 256) -> list[Path]:
     """Stylise the held-out sample photos so a person can look at what a model does."""
     from compressor.stylize import stylize_files
 
-    return stylize_files(torch.no_grad()(model.eval()), sample_content_paths("eval"), out, size=size, progress=False)
+    model.eval()
+    if isinstance(model, AdaINNet):
+        stylizer = torch.no_grad()(lambda batch: model(batch, style.expand(batch.shape[0], -1, -1, -1)))
+    elif isinstance(model, TransformerNet):
+        stylizer = torch.no_grad()(model)
+    else:
+        return []
+    return stylize_files(stylizer, sample_content_paths("eval"), out, size=size, progress=False)

@@ -1,0 +1,90 @@
+"""Recipe validation and the pipeline that runs it."""
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from compressor.cli import app
+from compressor.models import load_model
+from compressor.pipeline import run_recipe
+from compressor.recipe import RecipeError, load_recipe
+
+TINY = {
+    "name": "tiny",
+    "loss_network": "random",
+    "style_size": 64,
+    "model": {
+        "family": "transformer_net",
+        "spec": {"conv1": 8, "conv2": 16, "trunk": 16, "res_inner": [16] * 5, "deconv1": 16, "deconv2": 8},
+        "train": {"steps": 2, "batch_size": 1, "crop": 32, "checkpoint_every": 1},
+    },
+    "prune": {"ratio": 0.5},
+    "distill": {"steps": 2, "batch_size": 1, "crop": 32, "checkpoint_every": 1},
+}
+
+
+def write(tmp_path, data) -> str:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("recipe", ["quickstart", "johnson_prune50_distill", "johnson_prune75_distill",
+                                    "vgg19_lossnet_prune50", "adain_encoder_decoder_prune"])
+def test_bundled_recipes_validate(recipe):
+    from pathlib import Path
+
+    assert load_recipe(Path(__file__).parents[1] / "recipes" / f"{recipe}.yaml").name == recipe
+
+
+def test_unknown_key_names_path_and_allowed_keys(tmp_path):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write(tmp_path, {**TINY, "prune": {"ratio": 0.5, "ratoi": 0.3}}))
+    message = str(err.value)
+    assert "recipe.yaml" in message and "prune.ratoi: unknown key" in message and "allowed keys: ratio" in message
+
+
+def test_bad_values_name_key_and_allowed_values(tmp_path):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write(tmp_path, {**TINY, "prune": {"ratio": 1.5, "scope": "everywhere"}}))
+    message = str(err.value)
+    assert "prune.ratio" in message and "less than 1" in message
+    assert "prune.scope" in message and "'local' or 'global'" in message
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        (tmp_path / "broken.yaml").write_text("name: [unclosed")
+        load_recipe(tmp_path / "broken.yaml")
+    with pytest.raises(RecipeError, match="recipe not found"):
+        load_recipe(tmp_path / "missing.yaml")
+
+
+def test_set_overrides_apply_before_validation(tmp_path):
+    recipe = load_recipe(write(tmp_path, TINY), ["prune.ratio=0.75", "distill.lr_schedule=cosine"])
+    assert recipe.prune.ratio == 0.75 and recipe.distill.lr_schedule == "cosine"
+    with pytest.raises(RecipeError, match="expected KEY.PATH=VALUE"):
+        load_recipe(write(tmp_path, TINY), ["prune.ratio"])
+
+
+def test_pipeline_runs_stages_skips_unchanged_and_reruns_changed(tmp_path):
+    recipe = load_recipe(write(tmp_path, TINY))
+    run_dir = run_recipe(recipe, tmp_path / "runs", progress=False)
+    teacher, pruned, distilled = (load_model(run_dir / d) for d in ("teacher", "pruned", "distilled"))
+    assert teacher.current_spec().trunk == 16 and pruned.current_spec().trunk == 8
+    assert distilled.current_spec() == pruned.current_spec()
+    assert list((run_dir / "teacher" / "samples").glob("*.png"))
+    stamps = {d: (run_dir / d / ".stage.json").stat().st_mtime_ns for d in ("teacher", "pruned", "distilled")}
+
+    run_recipe(recipe, tmp_path / "runs", progress=False)
+    assert {d: (run_dir / d / ".stage.json").stat().st_mtime_ns for d in stamps} == stamps
+
+    changed = load_recipe(write(tmp_path, TINY), ["distill.lr=0.0005"])
+    run_recipe(changed, tmp_path / "runs", progress=False)
+    assert (run_dir / "teacher" / ".stage.json").stat().st_mtime_ns == stamps["teacher"]
+    assert (run_dir / "distilled" / ".stage.json").stat().st_mtime_ns != stamps["distilled"]
+    assert json.loads((run_dir / "distilled" / ".stage.json").read_text())["status"] == "done"
+
+
+def test_run_cli_reports_recipe_errors(tmp_path):
+    result = CliRunner().invoke(app, ["run", write(tmp_path, {**TINY, "evaluate": {"sizes": [1]}})])
+    assert result.exit_code == 2 and "evaluate.sizes: unknown key" in result.output
