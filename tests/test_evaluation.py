@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -129,7 +130,9 @@ def test_report_and_compare_commands(report, run_dir, tmp_path):
 def test_html_renders_in_headless_chromium(report, run_dir, tmp_path):
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and driver):
-        pytest.skip("needs Debian packages chromium and chromium-driver")
+        # `make test` installs them; only a hand-made environment may lack them, never CI.
+        assert not os.environ.get("CI"), "CI must have Debian's chromium and chromium-driver (see Makefile)"
+        pytest.skip("needs Debian packages chromium and chromium-driver (make browser)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
