@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from compressor.models.checkpoint import SPEC_FILE, WEIGHTS_FILE
+
 ARTIFACT_RUNTIMES = {".onnx": "onnxruntime", ".tflite": "litert", ".mlpackage": "coreml", ".mlmodel": "coreml"}
 MODEL_FOLDERS = ("teacher", "pruned", "distilled", "quantized")
 ARTIFACT_FOLDERS = ("quantized", "exports")
@@ -77,9 +79,11 @@ def _to_torch(output: Any) -> Any:
 
 
 def size_on_disk(path: Path) -> int:
-    """Bytes of a file, or of every file under a folder (model folders, .mlpackage bundles)."""
+    """Bytes of a file, of a model folder's spec + weights (not its training checkpoint), or of a bundle."""
     if path.is_file():
         return path.stat().st_size
+    if (path / SPEC_FILE).is_file():
+        return sum((path / name).stat().st_size for name in (SPEC_FILE, WEIGHTS_FILE))
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
