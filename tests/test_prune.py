@@ -184,12 +184,10 @@ def test_pruned_model_reloads_without_torch_pruning(tmp_path):
     with torch.no_grad():
         assert torch.equal(torch.load(tmp_path / "y.pt", weights_only=True), model(x))
 
-    for family in ("adain", "vgg19"):
-        model = prune_model(_model(family), PruneStage(ratio=0.5, vgg_mode="project_taps"))
-        reloaded = load_model(save_model(model, tmp_path / family))
-        inputs = example_inputs_for(model, 32)
-        assert torch.equal(_run(reloaded, inputs), _run(model, inputs))
-        assert reloaded.state_dict().keys() == model.state_dict().keys()
+    vgg = prune_model(_model("vgg19"), PruneStage(ratio=0.5, vgg_mode="project_taps"))
+    reloaded = load_model(save_model(vgg, tmp_path / "vgg19"))
+    assert torch.equal(_run(reloaded, x), _run(vgg, x))
+    assert reloaded.state_dict().keys() == vgg.state_dict().keys()  # projections saved and rebuilt
 
 
 def test_vgg_keep_taps_keeps_tap_widths():
