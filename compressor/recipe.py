@@ -86,7 +86,7 @@ class ExportStage(_Strict):
 
 
 class EvaluateStage(_Strict):
-    """Every variant of the run x every runtime -> report.json/md/html (see evaluation/README_section.md)."""
+    """Every variant of the run x every runtime -> report.json/md/html (see the README, "Evaluation and reports")."""
 
     images: str = Field("samples", description="Folder of evaluation images, or 'samples' (held-out set).")
     size: int = Field(256, ge=16, description="Evaluation resolution (side of the centre square crop).")
