@@ -1,7 +1,8 @@
 """Latency of exported artifacts on their runtimes vs PyTorch eager, measured side by side in one run.
 
-Formats: ONNX (ONNX Runtime), TFLite (LiteRT + XNNPACK) with the slice-pad
-rewrite and with plain MIRROR_PAD. Core ML runs only on macOS and is skipped
+Formats: ONNX (ONNX Runtime), TFLite (LiteRT + XNNPACK) with the default
+rewrites (slice-pad + concat-upsample), with slice-pad only, and with plain
+MIRROR_PAD (no rewrite). Core ML runs only on macOS and is skipped
 elsewhere. Models: TransformerNet and VGG19 to relu4_1, unpruned and with every
 width halved (a 50%-pruned spec). Random weights: latency does not depend on them.
 
@@ -78,13 +79,16 @@ def bench(quick: bool, runs: int) -> list[dict]:
         for name, model in models(quick).items():
             for size in sizes:
                 x = torch.rand(1, 3, size, size)
+                stem = Path(tmp) / f"{name}-{size}"
                 artifacts = {
-                    "onnxruntime": export_onnx(model, Path(tmp) / f"{name}-{size}.onnx", (size, size)),
-                    "litert slice-pad": export_tflite(model, Path(tmp) / f"{name}-{size}-slice.tflite", (size, size)),
+                    "onnxruntime": export_onnx(model, stem.with_suffix(".onnx"), (size, size)),
+                    "litert rewritten": export_tflite(model, stem.with_suffix(".rewritten.tflite"), (size, size)),
                 }
                 if any(isinstance(m, torch.nn.ReflectionPad2d) for m in model.modules()):
+                    artifacts["litert slice-pad"] = export_tflite(
+                        model, stem.with_suffix(".slice.tflite"), (size, size), rewrites=("slice_pad",))
                     artifacts["litert mirror-pad"] = export_tflite(
-                        model, Path(tmp) / f"{name}-{size}-mirror.tflite", (size, size), rewrites=())
+                        model, stem.with_suffix(".mirror.tflite"), (size, size), rewrites=())
                 for threads in (1, 2):
                     torch.set_num_threads(threads)
                     with torch.no_grad():

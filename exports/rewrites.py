@@ -4,8 +4,9 @@ LiteRT's XNNPACK delegate does not take MIRROR_PAD (ReflectionPad2d), so the
 graph splits into many partitions. ``slice_pad`` rebuilds reflection padding
 from single-row/column slices and a concat, which XNNPACK delegates, and which
 copies the same values: the rewritten module is checked bit-for-bit against
-the original before any conversion. ``explicit_grid`` does the same for the
-spatial transformer's grid under Core ML.
+the original before any conversion. ``concat_upsample`` does the same for
+nearest x2 upsampling (no RESIZE_NEAREST_NEIGHBOR in XNNPACK either), and
+``explicit_grid`` for the spatial transformer's grid under Core ML.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.models.transformer_net import SpatialTransformer
+from compressor.models.transformer_net import SpatialTransformer, UpsampleConvLayer
 from exports.common import ExportError
 
 
 def _reflect(x: torch.Tensor, dim: int, before: int, after: int) -> torch.Tensor:
+    # Note: the converter folds this into one CONCATENATION of before + 1 + after inputs; XNNPACK delegates
+    # 2 to 5 inputs, so padding 1-2 is delegated, the 9x9 layers' padding 4 still is not.
     n = x.shape[dim]
     head = [x.narrow(dim, i, 1) for i in range(before, 0, -1)]
     tail = [x.narrow(dim, n - 1 - i, 1) for i in range(1, after + 1)]
@@ -81,9 +84,53 @@ def explicit_grid(model: nn.Module) -> int:
     return len(targets)
 
 
-REWRITES = {"slice_pad": slice_pad, "explicit_grid": explicit_grid}
-# Rewrites each format gets by default (ONNX Runtime and Core ML handle reflection padding natively).
-FORMAT_REWRITES: dict[str, tuple[str, ...]] = {"onnx": (), "tflite": ("slice_pad",), "coreml": ("explicit_grid",)}
+def _repeat2(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Each row/column twice along ``dim`` (negative): nearest x2 as concat + reshape."""
+    u = x.unsqueeze(dim)
+    shape = list(x.shape)
+    shape[dim] *= 2
+    return torch.cat([u, u], dim).reshape(shape)
+
+
+class ConcatUpsample2x(nn.Module):
+    """Nearest-neighbour x2 upsampling as concat + reshape (same values; XNNPACK has no RESIZE_NEAREST_NEIGHBOR)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _repeat2(_repeat2(x, -1), -2)
+
+
+class _UpsampleThenConv(nn.Module):
+    def __init__(self, layer: UpsampleConvLayer):
+        super().__init__()
+        self.upsample, self.reflection_pad, self.conv2d = ConcatUpsample2x(), layer.reflection_pad, layer.conv2d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2d(self.reflection_pad(self.upsample(x)))
+
+
+def concat_upsample(model: nn.Module) -> int:
+    """Replace nearest x2 upsampling (nn.Upsample, TransformerNet's UpsampleConvLayer) in place; returns how many."""
+    count = 0
+    for name, m in list(model.named_modules()):
+        if isinstance(m, nn.Upsample) and m.mode == "nearest" and m.scale_factor in (2, 2.0, (2.0, 2.0)):
+            new: nn.Module = ConcatUpsample2x()
+        elif isinstance(m, UpsampleConvLayer) and m.upsample == 2:
+            new = _UpsampleThenConv(m)
+        else:
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), attr, new)
+        count += 1
+    return count
+
+
+REWRITES = {"slice_pad": slice_pad, "concat_upsample": concat_upsample, "explicit_grid": explicit_grid}
+# Rewrites each format gets by default (ONNX Runtime and Core ML run reflection padding and resizing natively).
+FORMAT_REWRITES: dict[str, tuple[str, ...]] = {
+    "onnx": (),
+    "tflite": ("slice_pad", "concat_upsample"),
+    "coreml": ("explicit_grid",),
+}
 
 
 def apply_rewrites(

@@ -17,7 +17,7 @@ from compressor.models.checkpoint import file_sha256
 from exports.common import ExportError, example_inputs
 from exports.manifest import REQUIRED_KEYS, read_manifest
 from exports.parity import PARITY_THRESHOLDS_DB
-from exports.rewrites import SlicePad2d, apply_rewrites
+from exports.rewrites import ConcatUpsample2x, SlicePad2d, apply_rewrites
 from exports.runtime import load_runner
 from exports.stage import export_artifact
 
@@ -84,17 +84,23 @@ def test_slice_pad_is_bit_identical_to_reflection_pad(padding):
     assert torch.equal(SlicePad2d(padding)(x), nn.ReflectionPad2d(padding)(x))
 
 
+def test_concat_upsample_is_bit_identical_to_nearest():
+    x = torch.randn(2, 5, 7, 9)
+    assert torch.equal(ConcatUpsample2x()(x), nn.Upsample(scale_factor=2, mode="nearest")(x))
+
+
 def test_rewrites_keep_whole_models_bit_identical(tnet_dir, adain):
     model = load_model(tnet_dir)
     for net in (model, adain):
         inputs = example_inputs(net, (37, 50))
-        rewritten, records = apply_rewrites(net, ("slice_pad", "explicit_grid"), inputs)
-        assert not any(isinstance(m, nn.ReflectionPad2d) for m in rewritten.modules())
+        rewritten, records = apply_rewrites(net, ("slice_pad", "explicit_grid", "concat_upsample"), inputs)
+        assert not any(isinstance(m, (nn.ReflectionPad2d, nn.Upsample)) for m in rewritten.modules())
         assert any(isinstance(m, nn.ReflectionPad2d) for m in net.modules()), "the original must stay untouched"
         assert records[0]["modules_replaced"] > 0 and all(r["bit_identical"] for r in records)
         with torch.no_grad():
             assert torch.equal(net(*inputs), rewritten(*inputs))
     assert records[1]["modules_replaced"] == 0  # AdaIN has no spatial transformer
+    assert records[2]["modules_replaced"] == 3  # the AdaIN decoder upsamples three times
 
 
 # --- ONNX --------------------------------------------------------------------------------------------------------
@@ -155,9 +161,10 @@ def test_tflite_transformer_net_fp32_and_fp16(tnet_dir, out):
 
     path, manifest = export_artifact(tnet_dir, "tflite", out / "tnet", size=SIZE)
     _check(manifest, "tflite", "fp32")
-    assert manifest["rewrites"][0]["name"] == "slice_pad" and manifest["rewrites"][0]["bit_identical"]
+    assert [r["name"] for r in manifest["rewrites"]] == ["slice_pad", "concat_upsample"]
+    assert all(r["bit_identical"] for r in manifest["rewrites"])
     ops = {d["op_name"] for d in Interpreter(model_path=str(path))._get_ops_details()}
-    assert "MIRROR_PAD" not in ops
+    assert not ops & {"MIRROR_PAD", "RESIZE_NEAREST_NEIGHBOR"}
     # The fp16 variant is the same flatbuffer with float16 weights: checked against the fp16 threshold.
     from exports.parity import parity
 
