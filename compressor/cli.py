@@ -438,5 +438,43 @@ def export(
     typer.echo(f"{path}: {manifest['format']} {manifest['precision']} on {verdict['runtime']}: {numbers}")
 
 
+@app.command()
+def quantize(
+    model: Annotated[Path, typer.Argument(help="Model folder (spec.json + weights.safetensors).")],
+    runtime: Annotated[list[str], typer.Option("--runtime", "-r", help="onnx | tflite | coreml (repeatable)")] = ["onnx"],
+    mode: Annotated[str, typer.Option(help="static | dynamic | fp16 | weight-only | qat")] = "static",
+    calibration: Annotated[str, typer.Option(help="Folder of calibration images, or 'samples'.")] = "samples",
+    method: Annotated[str, typer.Option(help="Calibration: minmax | entropy | percentile")] = "minmax",
+    keep_float: Annotated[list[str], typer.Option("--keep-float", help="Conv module-name glob kept float.")] = [],
+    max_style_increase_pct: Annotated[Optional[float], typer.Option(help="Mixed-precision budget (%).")] = None,
+    size: Annotated[int, typer.Option(help="Square input side of the artifacts.")] = 256,
+    style: Annotated[str, typer.Option(help="Style the sensitivity/quality numbers are judged against.")] = "starry_night",
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for artifacts and manifests.")] = Path("quantized"),
+    loss_network: LossNetOpt = "imagenet",
+    strict_loss_network: StrictOpt = False,
+) -> None:
+    """Quantize a model for ONNX Runtime, LiteRT or Core ML (PTQ or QAT), verify parity, write manifests."""
+    from pydantic import ValidationError
+
+    from compressor.quantize import QuantizeError, quantize as run_quantize
+    from compressor.recipe import QuantizeStage, format_errors
+
+    try:
+        settings = QuantizeStage(runtimes=runtime, mode=mode, calibration=calibration, calibration_method=method,
+                                 keep_float=keep_float, max_style_increase_pct=max_style_increase_pct, size=size)
+    except ValidationError as exc:
+        fail("invalid options\n" + format_errors(exc))
+    vgg = _loss_network(loss_network, strict_loss_network)
+    try:
+        manifests = run_quantize(model, output, settings, vgg, _style_grams(vgg, style, 256, None))
+    except (QuantizeError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    for m in manifests:
+        p = m["parity"]
+        verdict = (f"PSNR {p['psnr_db']} dB (>= {p['threshold_db']}) {'ok' if p['passed'] else 'FAILED'}"
+                   if p.get("psnr_db") is not None else "structure verified (no predictions on this OS)")
+        typer.echo(f"{output / m['format'] / m['artifact']}: {m['precision']}: {verdict}")
+
+
 if __name__ == "__main__":
     app()

@@ -23,12 +23,17 @@ STATIC_OP_TYPES = ["Conv", "Pad", "Resize", "Relu", "Add"]
 METHODS = ("minmax", "entropy", "percentile")
 
 
+def _module_name(node_name: str) -> str:
+    """``/model/res1/conv1/conv2d/Conv`` (the exporter's wrapper holds the net as ``model``) -> ``res1.conv1.conv2d``."""
+    return node_name.strip("/").rsplit("/", 1)[0].replace("/", ".").removeprefix("model.")
+
+
 def conv_layers(path: str | Path) -> dict[str, str]:
-    """Conv node name -> PyTorch module name (``/res1/conv1/conv2d/Conv`` -> ``res1.conv1.conv2d``)."""
+    """Conv node name -> PyTorch module name."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    return {n.name: n.name.strip("/").rsplit("/", 1)[0].replace("/", ".") for n in graph.node if n.op_type == "Conv"}
+    return {n.name: _module_name(n.name) for n in graph.node if n.op_type == "Conv"}
 
 
 class _Reader:
@@ -146,7 +151,7 @@ def int8_contents(path: str | Path) -> dict:
             int8_weight = weight in int8_inits or weight in dq_int8
             data = producers.get(node.input[0])
             int8_data = node.op_type == "ConvInteger" or (data is not None and data.op_type == "DequantizeLinear")
-            label = names.get(node.name, node.name.strip("/").rsplit("/", 1)[0].replace("/", "."))
+            label = names.get(node.name, _module_name(node.name))
             (int8_convs if int8_weight and int8_data else float_convs).append(label)
     return {
         "int8_compute_convs": int8_convs,

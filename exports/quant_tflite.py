@@ -23,9 +23,11 @@ MODES = ("static", "dynamic", "weight-only", "fp16")
 
 
 def _module_name(tensor_name: str) -> str:
-    """litert-torch names op outputs by module stack: ``...ResidualBlock_res1/...ConvLayer_conv1/...Conv2d_conv2d;2``."""
-    parts = tensor_name.split(";")[0].split("/")[1:]
-    return ".".join(p.rpartition(".")[2].partition("_")[2] for p in parts)
+    """litert-torch names op outputs by module stack (``ExportWrapper/..TransformerNet_model/..ResidualBlock_res1/
+    ..ConvLayer_conv1/..Conv2d_conv2d;2``, fused ops joined by ``;``): the deepest stack, as ``res1.conv1.conv2d``."""
+    stack = max(tensor_name.split(";"), key=lambda part: part.count("/"))
+    attrs = [p.rpartition(".")[2].partition("_")[2] for p in stack.split("/")[1:]]
+    return ".".join(attrs).removeprefix("model.")
 
 
 def _ops(interpreter) -> tuple[list[dict], dict[int, dict]]:

@@ -1,0 +1,153 @@
+"""Quantization: artifacts really run in int8 on their runtime and keep parity; sensitivity, QAT, data hygiene."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from compressor.data import ContentCrops, load_image, sample_content_paths, sample_style_path
+from compressor.distill import TrainConfig, train
+from compressor.losses import style_grams
+from compressor.models import TransformerNet, TransformerNetSpec, load_model, load_vgg19, save_model
+from compressor.quantize import (
+    QUANT_THRESHOLDS_DB,
+    Judge,
+    QuantizeError,
+    calibration_set,
+    layer_sensitivity,
+    quantize,
+)
+from compressor.recipe import QuantizeStage
+
+SIZE = 64
+SPEC = TransformerNetSpec(conv1=8, conv2=16, trunk=32, res_inner=[32] * 5, deconv1=16, deconv2=8)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny TransformerNet trained for a few steps toward a smooth image-to-image map (its own input).
+
+    Random-init nets output high-frequency noise that no quantizer keeps; a briefly trained net behaves
+    like a real style model: outputs are images.
+    """
+    torch.manual_seed(0)
+    model = TransformerNet(SPEC)
+    config = TrainConfig(steps=40, batch_size=2, crop=SIZE, lr=3e-3, checkpoint_every=1000)
+
+    def identity(student, batch):
+        loss = (student(batch) - batch).abs().mean()
+        return {"l1": loss, "total": loss}
+
+    out = tmp_path_factory.mktemp("model")
+    train(model, identity, ContentCrops(sample_content_paths("train"), SIZE), config, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def judge_parts():
+    vgg = load_vgg19("random")
+    return vgg, style_grams(vgg, load_image(sample_style_path(), size=SIZE).unsqueeze(0))
+
+
+def test_calibration_must_not_overlap_eval(tmp_path):
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    shutil.copy(sample_content_paths("train")[0], folder / "a.png")
+    calibration_set(str(folder), SIZE)  # fine
+    shutil.copy(sample_content_paths("eval")[0], folder / "renamed.png")  # same bytes, other name
+    with pytest.raises(QuantizeError, match="renamed.png"):
+        calibration_set(str(folder), SIZE)
+
+
+def test_onnx_static_int8_via_cli(model_dir, tmp_path):
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+    from typer.testing import CliRunner
+
+    from compressor.cli import app
+
+    out = tmp_path / "q"
+    result = CliRunner().invoke(app, ["quantize", str(model_dir), "--runtime", "onnx", "--size", str(SIZE),
+                                      "--keep-float", "res5.conv2*", "--loss-network", "random", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    path = out / "onnx" / "model-int8.onnx"
+    manifest = json.loads(Path(str(path) + ".manifest.json").read_text())
+    assert manifest["parity"]["passed"], manifest["parity"]
+    assert manifest["parity"]["threshold_db"] == QUANT_THRESHOLDS_DB["int8"]
+    q = manifest["quantization"]
+    assert set(q["contents"]["float_compute_convs"]) == {"res5.conv2.conv2d", "deconv3.conv2d"}
+    assert len(q["contents"]["int8_compute_convs"]) == 14
+    # The file really holds int8 weights behind DequantizeLinear, and ORT fuses them into QLinearConv.
+    graph = onnx.load(str(path)).graph
+    int8 = [i for i in graph.initializer if numpy_helper.to_array(i).dtype == np.int8 and i.dims and len(i.dims) == 4]
+    assert len(int8) == 14
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert fused.count("QLinearConv") == 14
+
+
+def test_tflite_full_integer(model_dir, judge_parts, tmp_path):
+    vgg, grams = judge_parts
+    settings = QuantizeStage(runtimes=["tflite"], size=SIZE)
+    [manifest] = quantize(model_dir, tmp_path, settings, vgg, grams, progress=False)
+    assert manifest["parity"]["passed"], manifest["parity"]
+    contents = manifest["quantization"]["contents"]
+    assert contents["float_compute_convs"] == ["deconv3.conv2d"]
+    assert len(contents["int8_compute_convs"]) == 15
+    assert "MIRROR_PAD" not in contents["op_counts"]  # slice padding rewrite carried over
+
+
+def test_sensitivity_ranks_the_harmful_layer_first(model_dir, judge_parts, tmp_path):
+    """A huge bias on one channel of res2.conv1 changes nothing in float (InstanceNorm removes it) but
+    stretches that conv's int8 output range so every other channel loses its resolution."""
+    from exports.stage import export_artifact
+
+    vgg, grams = judge_parts
+    model = load_model(model_dir)
+    with torch.no_grad():
+        model.res2.conv1.conv2d.bias[0] += 5e4
+    harmed = save_model(model, tmp_path / "harmed")
+    float_onnx, _ = export_artifact(harmed, "onnx", tmp_path / "float", size=(SIZE, SIZE))
+    calibration, _ = calibration_set("samples", SIZE)
+    ranking = layer_sensitivity(float_onnx, calibration, Judge(model, vgg, grams, SIZE))
+    assert ranking[0]["layer"] == "res2.conv1.conv2d", ranking[:3]
+    assert ranking[0]["psnr_db"] < ranking[1]["psnr_db"]
+
+
+def test_keep_float_glob_must_match(model_dir, judge_parts, tmp_path):
+    vgg, grams = judge_parts
+    with pytest.raises(QuantizeError, match="no_such_layer"):
+        quantize(model_dir, tmp_path, QuantizeStage(size=SIZE, keep_float=["no_such_layer"]), vgg, grams)
+
+
+@pytest.fixture(scope="module")
+def raw_model_dir(tmp_path_factory) -> Path:
+    """A random-init tiny TransformerNet scaled so its output spans an image's range: PTQ loses several dB on it."""
+    torch.manual_seed(0)
+    model = TransformerNet(SPEC).eval()
+    x = load_image(sample_style_path(), size=96).unsqueeze(0)
+    with torch.no_grad():
+        model.deconv3.conv2d.weight.mul_(0.2 / float(model(x).std()))
+        model.deconv3.conv2d.bias.add_(255 * (0.5 - float(model(x).mean())))
+    return save_model(model, tmp_path_factory.mktemp("raw"))
+
+
+def test_qat_end_to_end_beats_ptq_in_the_same_int8_scheme(raw_model_dir, judge_parts, tmp_path):
+    """QAT (torchao PT2E fake quant, teacher = fp32) vs PTQ, both in PT2E's x86 int8 scheme; the QAT-trained weights
+    then go through ORT's static quantizer into a real int8 artifact that must keep parity."""
+    vgg, grams = judge_parts
+    config = TrainConfig(steps=60, batch_size=2, crop=SIZE, lr=1e-4, output_weight=1.0, checkpoint_every=1000)
+    settings = QuantizeStage(runtimes=["onnx"], mode="qat", size=SIZE, qat=config)
+    [manifest] = quantize(raw_model_dir, tmp_path, settings, vgg, grams, qat=config, progress=False)
+    qat = manifest["quantization"]["qat"]
+    assert qat["pt2e_qat_int8_quality"]["psnr_db"] > qat["pt2e_ptq_int8_quality"]["psnr_db"] + 1.0, qat
+    assert manifest["precision"] == "int8-qat" and manifest["parity"]["passed"], manifest["parity"]
+    assert (tmp_path / "qat" / "spec.json").is_file()
