@@ -1,0 +1,206 @@
+"""What int8 buys: torch fp32 eager vs ORT fp32 vs ORT static int8 vs LiteRT full-integer int8, side by side.
+
+Models: TransformerNet unpruned and 50%-pruned (compressor.prune, L1), VGG19 to relu4_1 unpruned and 50%-pruned.
+Batch 1, 2 threads everywhere. Random weights (latency does not depend on them); calibration on the bundled
+train images. Each int8 model's throughput is also given as a fraction of this machine's int8 conv peak
+(one large QLinearConv, u8 x s8, measured here), and an ORT per-op profile shows where int8 time goes.
+
+    python benchmarks/bench_quant.py --quick   # TransformerNet pair at 256 px
+    python benchmarks/bench_quant.py           # all four models at 512 px
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+try:
+    import triton  # noqa: F401  (before anything that might import TensorFlow)
+except ImportError:
+    pass
+
+import numpy as np
+import torch
+from torch import nn
+
+from compressor.models import TransformerNet, TransformerNetSpec, VGG19LossNet, VGG19Spec
+from compressor.models.checkpoint import atomic_write
+from compressor.quantize import calibration_set
+from exports.quant_onnx import quantize_onnx
+from exports.quant_tflite import quantize_tflite, quantized_io_runner
+from exports.runtime import load_runner
+from exports.stage import export_artifact
+
+RESULTS = Path(__file__).parent / "results"
+THREADS = 2
+TARGETS = {  # speed-up vs torch fp32 eager of the unpruned model of the same family
+    "transformer_net int8 (best runtime)": 5.0,
+    "transformer_net-pruned50 int8 (best runtime)": 12.0,
+    "vgg19-relu4_1-pruned50 ORT int8": 15.0,
+}
+
+
+def pruned(model: nn.Module, size: int) -> nn.Module:
+    from compressor.prune import prune_model
+    from compressor.recipe import PruneStage
+
+    return prune_model(model, PruneStage(ratio=0.5), torch.rand(1, 3, size, size)).eval()
+
+
+def models(quick: bool, size: int) -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    found = {"transformer_net": TransformerNet(TransformerNetSpec()).eval()}
+    found["transformer_net-pruned50"] = pruned(TransformerNet(TransformerNetSpec()), size)
+    if not quick:
+        vgg = VGG19Spec(taps=["relu4_1"])
+        found["vgg19-relu4_1"] = VGG19LossNet(vgg).eval()
+        found["vgg19-relu4_1-pruned50"] = pruned(VGG19LossNet(vgg), size)
+    return found
+
+
+def conv_macs(model: nn.Module, size: int) -> int:
+    total = 0
+
+    def hook(module: nn.Conv2d, _, out: torch.Tensor) -> None:
+        nonlocal total
+        k = module.kernel_size[0] * module.kernel_size[1]
+        total += out.numel() * module.in_channels // module.groups * k
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        model(torch.rand(1, 3, size, size))
+    for h in handles:
+        h.remove()
+    return total
+
+
+def latency_ms(fn, runs: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def int8_peak_macs_per_s(runs: int) -> dict:
+    """One 3x3 QLinearConv, 256 -> 256 channels at 128x128 (u8 activations, s8 weights): ORT's best int8 case."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    c, hw = 256, 128
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.integers(-127, 127, (c, c, 3, 3), dtype=np.int8), "w"),
+        numpy_helper.from_array(np.float32(0.02), "xs"), numpy_helper.from_array(np.uint8(128), "xz"),
+        numpy_helper.from_array(np.full(c, 0.01, np.float32), "ws"), numpy_helper.from_array(np.zeros(c, np.int8), "wz"),
+        numpy_helper.from_array(np.float32(0.5), "ys"), numpy_helper.from_array(np.uint8(128), "yz"),
+    ]
+    node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"], pads=[1, 1, 1, 1])
+    graph = helper.make_graph([node], "peak", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, c, hw, hw])],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, c, hw, hw])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    x = rng.integers(0, 255, (1, c, hw, hw), dtype=np.uint8)
+    ms = latency_ms(lambda: session.run(None, {"x": x}), runs)
+    macs = hw * hw * c * c * 9
+    return {"layer": f"QLinearConv 3x3 {c}->{c} @ {hw}x{hw}", "macs": macs, "ms": ms, "macs_per_s": macs / ms * 1e3}
+
+
+def ort_profile(path: Path, x: np.ndarray, top: int = 8) -> list[dict]:
+    """Share of ORT run time per op type (SessionOptions.enable_profiling)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
+    options.enable_profiling = True
+    options.profile_file_prefix = str(path.with_suffix(""))
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    for _ in range(3):
+        session.run(None, {name: x})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    per_op: dict[str, float] = defaultdict(float)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_op[e["args"]["op_name"]] += e["dur"]
+    total = sum(per_op.values()) or 1
+    return [{"op": op, "share": round(us / total, 3)} for op, us in sorted(per_op.items(), key=lambda kv: -kv[1])[:top]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--runs", type=int, default=None)
+    args = parser.parse_args()
+    size = 256 if args.quick else 512
+    runs = args.runs or (3 if args.quick else 7)
+    torch.set_num_threads(THREADS)
+    calibration, _ = calibration_set("samples", size)
+    peak = int8_peak_macs_per_s(runs)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model in models(args.quick, size).items():
+            work = Path(tmp) / name
+            x = calibration[0]
+            macs = conv_macs(model, size)
+            onnx_path, _ = export_artifact(model, "onnx", work / "float", size=(size, size))
+            int8_path = quantize_onnx(onnx_path, work / "int8.onnx", "static", calibration)
+            tfl_path, _ = export_artifact(model, "tflite", work / "tflite", size=(size, size))
+            tfl_int8 = quantize_tflite(tfl_path, work / "int8.tflite", "static", calibration)
+            with torch.no_grad():
+                xt = torch.from_numpy(x)
+                timings = {"torch fp32": latency_ms(lambda: model(xt), runs)}
+            for label, runner in (("ORT fp32", load_runner(onnx_path, THREADS)), ("ORT int8", load_runner(int8_path, THREADS)),
+                                  ("TFLite int8", quantized_io_runner(tfl_int8, THREADS))):
+                timings[label] = latency_ms(lambda: runner(x), runs)
+            row = {"model": name, "size": size, "conv_gmacs": round(macs / 1e9, 3),
+                   "ms": {k: round(v, 1) for k, v in timings.items()}}
+            for label in ("ORT int8", "TFLite int8"):
+                row.setdefault("int8_fraction_of_peak", {})[label] = round(macs / timings[label] * 1e3 / peak["macs_per_s"], 3)
+            if name in ("transformer_net", "vgg19-relu4_1"):
+                row["ort_int8_profile"] = ort_profile(int8_path, x)
+            rows.append(row)
+            print(f"{name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in timings.items()), flush=True)
+    for row in rows:
+        family = row["model"].removesuffix("-pruned50")
+        base = next(r for r in rows if r["model"] == family)
+        row["speedup_vs_torch_fp32_unpruned"] = {k: round(base["ms"]["torch fp32"] / v, 2) for k, v in row["ms"].items()}
+        row["speedup_vs_ort_int8_unpruned"] = {k: round(base["ms"]["ORT int8"] / v, 2) for k, v in row["ms"].items()}
+    targets = {}
+    for row in rows:
+        best = max(row["speedup_vs_torch_fp32_unpruned"][k] for k in ("ORT int8", "TFLite int8"))
+        targets[f"{row['model']} int8 (best runtime)"] = best
+        targets[f"{row['model']} ORT int8"] = row["speedup_vs_torch_fp32_unpruned"]["ORT int8"]
+    verdicts = {k: {"target": t, "measured": targets.get(k), "met": targets.get(k) is not None and targets[k] >= t}
+                for k, t in TARGETS.items()}
+    report = {"threads": THREADS, "batch": 1, "size": size, "runs": runs, "int8_peak": peak, "rows": rows,
+              "targets": verdicts, "note": "random weights; latencies are medians; int8 = u8 activations, s8 weights"}
+    print(f"\nint8 peak: {peak['layer']}: {peak['macs_per_s'] / 1e9:.1f} GMAC/s")
+    header = f"{'model':28} {'GMAC':>6} " + " ".join(f"{k:>12}" for k in rows[0]["ms"]) + "  x torch(unpruned)  x ORT-int8(unpruned)"
+    print(header)
+    for r in rows:
+        ms = " ".join(f"{v:>10.1f}ms" for v in r["ms"].values())
+        best = max(r["speedup_vs_torch_fp32_unpruned"]["ORT int8"], r["speedup_vs_torch_fp32_unpruned"]["TFLite int8"])
+        print(f"{r['model']:28} {r['conv_gmacs']:>6} {ms}  {best:>8.2f}x  "
+              f"{max(r['speedup_vs_ort_int8_unpruned']['ORT int8'], r['speedup_vs_ort_int8_unpruned']['TFLite int8']):>8.2f}x")
+    for k, v in verdicts.items():
+        print(f"target {k}: >= {v['target']}x, measured {v['measured']}: {'met' if v['met'] else 'NOT met'}")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"bench_quant{'_quick' if args.quick else ''}.json"
+    atomic_write(out, lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()
