@@ -31,7 +31,7 @@ from torch import nn
 from compressor.models import TransformerNet, TransformerNetSpec, VGG19LossNet, VGG19Spec
 from compressor.models.checkpoint import atomic_write
 from compressor.quantize import calibration_set
-from exports.quant_onnx import quantize_onnx
+from exports.quant_onnx import conv_layers, quantize_onnx
 from exports.quant_tflite import quantize_tflite, quantized_io_runner
 from exports.runtime import load_runner
 from exports.stage import export_artifact
@@ -155,9 +155,12 @@ def main() -> None:
             x = calibration[0]
             macs = conv_macs(model, size)
             onnx_path, _ = export_artifact(model, "onnx", work / "float", size=(size, size))
-            int8_path = quantize_onnx(onnx_path, work / "int8.onnx", "static", calibration)
+            # As the quantize stage does: the RGB output conv stays float.
+            rgb = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.out_channels == 3]
+            keep = [node for node, module in conv_layers(onnx_path).items() if module in rgb]
+            int8_path = quantize_onnx(onnx_path, work / "int8.onnx", "static", calibration, keep_float=keep)
             tfl_path, _ = export_artifact(model, "tflite", work / "tflite", size=(size, size))
-            tfl_int8 = quantize_tflite(tfl_path, work / "int8.tflite", "static", calibration)
+            tfl_int8 = quantize_tflite(tfl_path, work / "int8.tflite", "static", calibration, keep_float=rgb)
             with torch.no_grad():
                 xt = torch.from_numpy(x)
                 timings = {"torch fp32": latency_ms(lambda: model(xt), runs)}
