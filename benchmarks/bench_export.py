@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -113,9 +114,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=None, help="timed runs per measurement (>= 10)")
     args = parser.parse_args()
     runs = max(10, args.runs or (10 if args.quick else 30))
+    load_before = os.getloadavg()
     rows = bench(args.quick, runs)
-    doc = {"benchmark": "bench_export", "quick": args.quick, "torch": torch.__version__, "rows": rows,
-           "note": "Core ML predictions run only on macOS; not measured here."}
+    doc = {"benchmark": "bench_export", "quick": args.quick, "torch": torch.__version__, "cpus": os.cpu_count(),
+           "load_average_before_after": [load_before, os.getloadavg()], "rows": rows,
+           "note": "Core ML predictions run only on macOS; not measured here. Multi-thread numbers need idle cores: "
+                   "torch eager at 2 threads slows down ~20x when another process holds one of 2 cores."}
     out = RESULTS / f"bench_export{'_quick' if args.quick else ''}.json"
     atomic_write(out, lambda p: p.write_text(json.dumps(doc, indent=2) + "\n"))
     print(f"{'model':26} {'size':>4} {'runtime':18} {'thr':>3} {'median ms':>10} {'p90 ms':>8} {'vs torch':>8}  "

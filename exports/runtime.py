@@ -21,17 +21,33 @@ Output = np.ndarray | dict[str, np.ndarray]
 
 
 class Runner:
-    """A loaded artifact: ``runner(*nchw_arrays)``; ``runtime``, ``input_names``, ``output_names`` describe it."""
+    """A loaded artifact: ``runner(*nchw_arrays)``; ``runtime``, ``input_names``, ``output_names`` describe it.
+
+    ``input_shape`` is the graph's input shape in its own layout (strings or None for dynamic dims). A
+    batch larger than a fixed batch of 1 runs image by image; a wrong fixed H x W is refused by name.
+    """
 
     def __init__(self, run: Callable[[list[np.ndarray]], list[np.ndarray]], runtime: str, input_names: list[str],
-                 output_names: list[str], layout: str):
+                 output_names: list[str], layout: str, input_shape: list | None = None):
         self._run, self.runtime, self.layout = run, runtime, layout
         self.input_names, self.output_names = input_names, output_names
+        self.input_shape = input_shape
 
     def __call__(self, *inputs: np.ndarray) -> Output:
         if len(inputs) != len(self.input_names):
             raise ValueError(f"{self.runtime} artifact takes {len(self.input_names)} input(s) {self.input_names}, "
                              f"got {len(inputs)}")
+        if self.input_shape is not None:
+            batch, hw = self.input_shape[0], self.input_shape[2:] if self.layout == "nchw" else self.input_shape[1:3]
+            if all(isinstance(d, int) for d in hw) and tuple(inputs[0].shape[2:]) != tuple(hw):
+                got = f"{inputs[0].shape[2]}x{inputs[0].shape[3]}"
+                raise ValueError(f"this {self.runtime} artifact takes {hw[0]}x{hw[1]} images (fixed shape), got "
+                                 f"{got}: resize, or export with --size / --dynamic")
+            if batch == 1 and inputs[0].shape[0] > 1:
+                parts = [self(*(x[i : i + 1] for x in inputs)) for i in range(inputs[0].shape[0])]
+                if isinstance(parts[0], dict):
+                    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+                return np.concatenate(parts)
         arrays = [np.ascontiguousarray(x, dtype=np.float32) for x in inputs]
         if self.layout == "nhwc":
             arrays = [np.ascontiguousarray(x.transpose(0, 2, 3, 1)) for x in arrays]
@@ -68,7 +84,9 @@ def _onnx_runner(path: Path, threads: int | None, layout: str) -> Runner:
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
-    return Runner(lambda xs: session.run(outputs, dict(zip(inputs, xs))), "onnxruntime", inputs, outputs, layout)
+    shape = list(session.get_inputs()[0].shape)
+    return Runner(lambda xs: session.run(outputs, dict(zip(inputs, xs))), "onnxruntime", inputs, outputs, layout,
+                  shape)
 
 
 def _index(key: str) -> int:
@@ -91,7 +109,8 @@ def _tflite_runner(path: Path, threads: int | None, layout: str, manifest: dict)
         result = signature(**dict(zip(in_keys, xs)))
         return [result[k] for k in out_keys]
 
-    return Runner(run, "litert", in_names, out_names, layout)
+    shape = [int(d) for d in details[in_keys[0]]["shape"]]
+    return Runner(run, "litert", in_names, out_names, layout, shape)
 
 
 def _coreml_runner(path: Path, layout: str) -> Runner:
@@ -109,4 +128,4 @@ def _coreml_runner(path: Path, layout: str) -> Runner:
         result = mlmodel.predict(dict(zip(inputs, xs)))
         return [np.asarray(result[o], dtype=np.float32) for o in outputs]
 
-    return Runner(run, "coreml", inputs, outputs, layout)
+    return Runner(run, "coreml", inputs, outputs, layout, list(spec.description.input[0].type.multiArrayType.shape))

@@ -131,18 +131,21 @@ def test_onnx_dynamic_size_and_nhwc(tnet_dir, out):
     path, manifest = export_artifact(model, "onnx", out / "dyn", size=SIZE, layout="nhwc", dynamic=True)
     _check(manifest, "onnx", "fp32")
     assert manifest["inputs"][0]["shape"] == [1, "height", "width", 3]
-    x = torch.rand(1, 3, 48, 80)
+    x = torch.rand(2, 3, 48, 80)
     got = load_runner(path)(x.numpy())  # the runner takes NCHW and transposes for the NHWC artifact
     with torch.no_grad():
-        np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4)
+        np.testing.assert_allclose(got, model(x).numpy(), atol=1e-3)  # grid_sample rounding
 
 
 def test_onnx_vgg_outputs_named_by_tap(vgg, out):
     path, manifest = export_artifact(vgg, "onnx", out / "vgg", size=SIZE)
     _check(manifest, "onnx", "fp32")
     assert [o["name"] for o in manifest["outputs"]] == ["relu1_1", "relu2_1", "relu3_1"]
-    got = load_runner(path)(example_inputs(vgg, SIZE)[0].numpy())
-    assert set(got) == {"relu1_1", "relu2_1", "relu3_1"} and got["relu3_1"].shape == (1, 32, 16, 16)
+    runner = load_runner(path)
+    got = runner(torch.rand(3, 3, *SIZE).numpy())  # fixed batch of 1: runs image by image
+    assert set(got) == {"relu1_1", "relu2_1", "relu3_1"} and got["relu3_1"].shape == (3, 32, 16, 16)
+    with pytest.raises(ValueError, match="takes 64x64 images"):
+        runner(torch.rand(1, 3, 32, 48).numpy())
 
 
 def test_onnx_adain_two_inputs(adain, out):
