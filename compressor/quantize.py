@@ -327,11 +327,12 @@ def _onnx(reference, model_dir, out_dir, settings, calibration, judge, extra) ->
                   keep_float=_module_globs_to_nodes(layers, keep))
     runner = load_runner(path)
     info = {**extra, "keep_float": keep, "runs_in_int8": RUNS_IN_INT8["onnx", mode], "contents": int8_contents(path),
-            "quality": judge(runner)}
+            "quality": judge(runner) if judge else None}
     return [_write(reference, "onnx", path, settings, precision, info, model_dir, runner)]
 
 
 def _tflite(reference, model_dir, out_dir, settings, calibration, judge, extra) -> list[dict]:
+    from exports.common import io_names
     from exports.quant_tflite import conv_layers, int8_contents, quantize_tflite, quantized_io_runner
     from exports.stage import artifact_name, export_artifact
 
@@ -343,8 +344,9 @@ def _tflite(reference, model_dir, out_dir, settings, calibration, judge, extra) 
     path = out_dir / artifact_name("tflite", precision, "nchw")
     quantize_tflite(float_path, path, mode, calibration, keep_float=keep)
     runner = quantized_io_runner(path)
+    runner.output_names = io_names(reference)[1]
     info = {**extra, "keep_float": keep, "runs_in_int8": RUNS_IN_INT8["tflite", mode], "contents": int8_contents(path),
-            "quality": judge(runner), "rewrites": float_manifest["rewrites"]}
+            "quality": judge(runner) if judge else None, "rewrites": float_manifest["rewrites"]}
     return [_write(reference, "tflite", path, settings, precision, info, model_dir, runner)]
 
 
@@ -379,7 +381,6 @@ def quantize(
     settings: QuantizeStage,
     vgg: VGG19LossNet,
     grams: dict[str, torch.Tensor],
-    qat: TrainConfig | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> list[dict]:
@@ -396,13 +397,19 @@ def quantize(
         "calibration_images": [str(p) for p in calib_paths], "evaluation_images": [
             str(p) for p in sample_content_paths("eval")], "loss_network": vgg.weights_source,
     }
-    judge = Judge(model, vgg, grams, settings.size)
+    if not isinstance(model, (TransformerNet, VGG19LossNet)):
+        raise QuantizeError(f"{model_dir}: quantizing {type(model).__name__} (two inputs) is not supported; "
+                            "quantize TransformerNet or VGG19 models")
+    # Style/content/PSNR quality needs an image-to-image model; VGG19 gets parity on its taps only.
+    judge = Judge(model, vgg, grams, settings.size) if isinstance(model, TransformerNet) else None
+    if judge is None and (settings.max_style_increase_pct is not None or settings.mode == "qat"):
+        raise QuantizeError("max_style_increase_pct and mode qat need an image-to-image model (TransformerNet)")
     # The RGB output conv (3 channels, 9x9) gains nothing from int8 and costs the most quality.
     rgb_out = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.out_channels == 3]
     settings = settings.model_copy(update={"keep_float": sorted(set(settings.keep_float) | set(rgb_out))})
     source_dir = model_dir
     if settings.mode == "qat":
-        config = qat or default_qat_config()
+        config = settings.qat or default_qat_config()
         _, int8_reference = qat_finetune(model, vgg, config, out_dir / "qat", settings.calibration, resume, progress)
         extra["qat"] = {"steps": config.steps, "pt2e_qat_int8_quality": judge(int8_reference),
                         "pt2e_ptq_int8_quality": judge(pt2e_ptq(model, calibration)),
@@ -440,4 +447,4 @@ def quantize_stage(ctx) -> None:
     """Pipeline stage: quantize the run's newest float model into ``quantized/``."""
     settings = ctx.recipe.quantize
     quantize(ctx.latest_model_dir(), ctx.stage_dir("quantize"), settings, ctx.loss_network, ctx.style_grams,
-             qat=settings.qat, resume=ctx.resume, progress=ctx.progress)
+             resume=ctx.resume, progress=ctx.progress)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from exports.common import atomic_output
-from exports.runtime import Runner
+from exports.runtime import Runner, _index
 
 MODES = ("static", "dynamic", "weight-only", "fp16")
 
@@ -112,6 +112,7 @@ def quantized_io_runner(path: str | Path, threads: int | None = None) -> Runner:
     interpreter = Interpreter(model_path=str(path), num_threads=threads)
     runner = interpreter.get_signature_runner()
     ins, outs = runner.get_input_details(), runner.get_output_details()
+    in_keys, out_keys = sorted(ins, key=_index), sorted(outs, key=_index)
 
     def convert_in(x: np.ndarray, detail: dict) -> np.ndarray:
         scale, zero = detail["quantization"]
@@ -125,7 +126,7 @@ def quantized_io_runner(path: str | Path, threads: int | None = None) -> Runner:
         return y if y.dtype == np.float32 or not scale else ((y.astype(np.float32) - zero) * scale)
 
     def run(xs: list[np.ndarray]) -> list[np.ndarray]:
-        result = runner(**{k: convert_in(x, ins[k]) for k, x in zip(ins, xs)})
-        return [convert_out(result[k], outs[k]) for k in outs]
+        result = runner(**{k: convert_in(x, ins[k]) for k, x in zip(in_keys, xs)})
+        return [convert_out(result[k], outs[k]) for k in out_keys]
 
-    return Runner(run, "litert", list(ins), list(outs), "nchw")
+    return Runner(run, "litert", in_keys, out_keys, "nchw")

@@ -105,9 +105,10 @@ def test_tflite_full_integer(model_dir, judge_parts, tmp_path):
     assert "MIRROR_PAD" not in contents["op_counts"]  # slice padding rewrite carried over
 
 
-def test_sensitivity_ranks_the_harmful_layer_first(model_dir, judge_parts, tmp_path):
+def test_sensitivity_keeps_the_harmful_layer_float(model_dir, judge_parts, tmp_path):
     """A huge bias on one channel of res2.conv1 changes nothing in float (InstanceNorm removes it) but
-    stretches that conv's int8 output range so every other channel loses its resolution."""
+    stretches that conv's int8 output range so every other channel loses its resolution: the per-layer
+    sensitivity ranks it first and a style budget below its damage keeps it in float."""
     from exports.stage import export_artifact
 
     vgg, grams = judge_parts
@@ -120,6 +121,13 @@ def test_sensitivity_ranks_the_harmful_layer_first(model_dir, judge_parts, tmp_p
     ranking = layer_sensitivity(float_onnx, calibration, Judge(model, vgg, grams, SIZE))
     assert ranking[0]["layer"] == "res2.conv1.conv2d", ranking[:3]
     assert ranking[0]["psnr_db"] < ranking[1]["psnr_db"]
+    budget = ranking[0]["style_increase_pct"] / 2
+    assert budget > 0, ranking[:3]
+    settings = QuantizeStage(size=SIZE, max_style_increase_pct=budget)
+    [manifest] = quantize(harmed, tmp_path / "q", settings, vgg, grams, progress=False)
+    quantization = manifest["quantization"]
+    assert "res2.conv1.conv2d" in quantization["contents"]["float_compute_convs"], quantization["mixed_precision"]
+    assert quantization["quality"]["style_increase_pct"] <= budget
 
 
 def test_keep_float_glob_must_match(model_dir, judge_parts, tmp_path):
@@ -146,7 +154,7 @@ def test_qat_end_to_end_beats_ptq_in_the_same_int8_scheme(raw_model_dir, judge_p
     vgg, grams = judge_parts
     config = TrainConfig(steps=60, batch_size=2, crop=SIZE, lr=1e-4, output_weight=1.0, checkpoint_every=1000)
     settings = QuantizeStage(runtimes=["onnx"], mode="qat", size=SIZE, qat=config)
-    [manifest] = quantize(raw_model_dir, tmp_path, settings, vgg, grams, qat=config, progress=False)
+    [manifest] = quantize(raw_model_dir, tmp_path, settings, vgg, grams, progress=False)
     qat = manifest["quantization"]["qat"]
     assert qat["pt2e_qat_int8_quality"]["psnr_db"] > qat["pt2e_ptq_int8_quality"]["psnr_db"] + 1.0, qat
     assert manifest["precision"] == "int8-qat" and manifest["parity"]["passed"], manifest["parity"]
