@@ -32,7 +32,7 @@ from compressor.models import TransformerNet, TransformerNetSpec, VGG19LossNet, 
 from compressor.models.checkpoint import atomic_write
 from compressor.quantize import calibration_set
 from exports.quant_onnx import conv_layers, quantize_onnx
-from exports.quant_tflite import quantize_tflite, quantized_io_runner
+from exports.quant_tflite import quantize_tflite
 from exports.runtime import load_runner
 from exports.stage import export_artifact
 
@@ -93,7 +93,6 @@ def latency_ms(fn, runs: int, warmup: int = 2) -> float:
 
 def int8_peak_macs_per_s(runs: int) -> dict:
     """One 3x3 QLinearConv, 256 -> 256 channels at 128x128 (u8 activations, s8 weights): ORT's best int8 case."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -166,7 +165,7 @@ def main() -> None:
                 xt = torch.from_numpy(x)
                 timings = {"torch fp32": latency_ms(lambda: model(xt), runs)}
             for label, runner in (("ORT fp32", load_runner(onnx_path, THREADS)), ("ORT int8", load_runner(int8_path, THREADS)),
-                                  ("TFLite int8", quantized_io_runner(tfl_int8, THREADS))):
+                                  ("TFLite int8", load_runner(tfl_int8, THREADS))):
                 timings[label] = latency_ms(lambda: runner(x), runs)
             row = {"model": name, "size": size, "conv_gmacs": round(macs / 1e9, 3),
                    "ms": {k: round(v, 1) for k, v in timings.items()}}

@@ -333,7 +333,8 @@ def _onnx(reference, model_dir, out_dir, settings, calibration, judge, extra) ->
 
 def _tflite(reference, model_dir, out_dir, settings, calibration, judge, extra) -> list[dict]:
     from exports.common import io_names
-    from exports.quant_tflite import conv_layers, int8_contents, quantize_tflite, quantized_io_runner
+    from exports.quant_tflite import conv_layers, int8_contents, quantize_tflite
+    from exports.runtime import load_runner
     from exports.stage import artifact_name, export_artifact
 
     float_path, float_manifest = export_artifact(model_dir, "tflite", out_dir / "float",
@@ -343,7 +344,7 @@ def _tflite(reference, model_dir, out_dir, settings, calibration, judge, extra) 
     precision = PRECISION[settings.mode]
     path = out_dir / artifact_name("tflite", precision, "nchw")
     quantize_tflite(float_path, path, mode, calibration, keep_float=keep)
-    runner = quantized_io_runner(path)
+    runner = load_runner(path)
     runner.output_names = io_names(reference)[1]
     info = {**extra, "keep_float": keep, "runs_in_int8": RUNS_IN_INT8["tflite", mode], "contents": int8_contents(path),
             "quality": judge(runner) if judge else None, "rewrites": float_manifest["rewrites"]}

@@ -1,7 +1,7 @@
 """LiteRT quantization of a float .tflite (exported with the slice-padding rewrite) through ai-edge-quantizer.
 
 - static: full-integer ``static_wi8_ai8`` with calibration; graph inputs/outputs become int8
-  (``quantized_io_runner`` converts at the boundary).
+  (``exports.runtime.load_runner`` converts at the boundary).
 - dynamic: ``dynamic_wi8_afp32`` (int8 weights, activations quantized per run inside the kernels).
 - weight-only: ``weight_only_wi8_afp32`` (int8 weights dequantized to float, float compute).
 - fp16: float16 weights, float compute (the exporter's ``fp16_weights``).
@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from exports.common import atomic_output
-from exports.runtime import Runner, _index
 
 MODES = ("static", "dynamic", "weight-only", "fp16")
 
@@ -105,28 +104,3 @@ def int8_contents(path: str | Path) -> dict:
             "rank4_tensor_dtypes": dict(weights), "op_counts": dict(Counter(o["op_name"] for o in ops))}
 
 
-def quantized_io_runner(path: str | Path, threads: int | None = None) -> Runner:
-    """A float-in / float-out Runner for a TFLite model whose graph inputs/outputs may be int8."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path), num_threads=threads)
-    runner = interpreter.get_signature_runner()
-    ins, outs = runner.get_input_details(), runner.get_output_details()
-    in_keys, out_keys = sorted(ins, key=_index), sorted(outs, key=_index)
-
-    def convert_in(x: np.ndarray, detail: dict) -> np.ndarray:
-        scale, zero = detail["quantization"]
-        if detail["dtype"] == np.float32 or not scale:
-            return x
-        info = np.iinfo(detail["dtype"])
-        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(detail["dtype"])
-
-    def convert_out(y: np.ndarray, detail: dict) -> np.ndarray:
-        scale, zero = detail["quantization"]
-        return y if y.dtype == np.float32 or not scale else ((y.astype(np.float32) - zero) * scale)
-
-    def run(xs: list[np.ndarray]) -> list[np.ndarray]:
-        result = runner(**{k: convert_in(x, ins[k]) for k, x in zip(in_keys, xs)})
-        return [convert_out(result[k], outs[k]) for k in out_keys]
-
-    return Runner(run, "litert", in_keys, out_keys, "nchw")

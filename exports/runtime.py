@@ -94,20 +94,34 @@ def _index(key: str) -> int:
     return int(match.group(1)) if match else 0
 
 
+def _quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
+    """Float to the graph's integer input type (full-integer int8 models have int8 graph inputs)."""
+    scale, zero = detail["quantization"]
+    if detail["dtype"] == np.float32 or not scale:
+        return x
+    info = np.iinfo(detail["dtype"])
+    return np.clip(np.round(x / scale + zero), info.min, info.max).astype(detail["dtype"])
+
+
+def _dequantize_output(y: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero = detail["quantization"]
+    return y if y.dtype == np.float32 or not scale else (y.astype(np.float32) - zero) * scale
+
+
 def _tflite_runner(path: Path, threads: int | None, layout: str, manifest: dict) -> Runner:
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(path), num_threads=threads)
     signature = interpreter.get_signature_runner()
-    details = signature.get_input_details()
+    details, out_details = signature.get_input_details(), signature.get_output_details()
     in_keys = sorted(details, key=_index)
-    out_keys = sorted(signature.get_output_details(), key=_index)
+    out_keys = sorted(out_details, key=_index)
     in_names = [i["name"] for i in manifest.get("inputs", [])] or in_keys
     out_names = [o["name"] for o in manifest.get("outputs", [])] or out_keys
 
     def run(xs: list[np.ndarray]) -> list[np.ndarray]:
-        result = signature(**dict(zip(in_keys, xs)))
-        return [result[k] for k in out_keys]
+        result = signature(**{k: _quantize_input(x, details[k]) for k, x in zip(in_keys, xs)})
+        return [_dequantize_output(result[k], out_details[k]) for k in out_keys]
 
     shape = [int(d) for d in details[in_keys[0]]["shape"]]
     return Runner(run, "litert", in_names, out_names, layout, shape)

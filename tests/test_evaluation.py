@@ -14,7 +14,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from compressor.cli import app
-from compressor.models import TransformerNet, TransformerNetSpec, load_vgg19, save_model
+from compressor.models import TransformerNet, TransformerNetSpec, save_model
 from compressor.pipeline import RunContext
 from compressor.recipe import EvaluateStage, Recipe
 from evaluation.latency import measure_latency
