@@ -108,23 +108,29 @@ def bench(quick: bool, runs: int) -> list[dict]:
     return rows
 
 
+def run(quick: bool, runs: int | None = None) -> dict:
+    """The benchmark-runner entry point (see benchmarks/README.md)."""
+    runs = max(10, runs or (10 if quick else 15))
+    load_before = os.getloadavg()
+    rows = bench(quick, runs)
+    return {"benchmark": "bench_export", "quick": quick, "torch": torch.__version__, "cpus": os.cpu_count(),
+            "load_average_before_after": [load_before, os.getloadavg()], "table": rows,
+            "note": "Core ML predictions run only on macOS; not measured here. Multi-thread numbers need idle cores: "
+                    "torch eager at 2 threads slows down ~20x when another process holds one of 2 cores."}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one pruned TransformerNet at 128 px")
     parser.add_argument("--runs", type=int, default=None, help="timed runs per measurement (>= 10)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON to write (default benchmarks/results/)")
     args = parser.parse_args()
-    runs = max(10, args.runs or (10 if args.quick else 30))
-    load_before = os.getloadavg()
-    rows = bench(args.quick, runs)
-    doc = {"benchmark": "bench_export", "quick": args.quick, "torch": torch.__version__, "cpus": os.cpu_count(),
-           "load_average_before_after": [load_before, os.getloadavg()], "rows": rows,
-           "note": "Core ML predictions run only on macOS; not measured here. Multi-thread numbers need idle cores: "
-                   "torch eager at 2 threads slows down ~20x when another process holds one of 2 cores."}
-    out = RESULTS / f"bench_export{'_quick' if args.quick else ''}.json"
+    doc = run(args.quick, args.runs)
+    out = args.out or RESULTS / f"bench_export{'_quick' if args.quick else ''}.json"
     atomic_write(out, lambda p: p.write_text(json.dumps(doc, indent=2) + "\n"))
     print(f"{'model':26} {'size':>4} {'runtime':18} {'thr':>3} {'median ms':>10} {'p90 ms':>8} {'vs torch':>8}  "
           "xnnpack graph")
-    for r in rows:
+    for r in doc["table"]:
         extra = (f"{r['xnnpack_partitions']} partitions, {r['mirror_pad_ops']} MIRROR_PAD"
                  if "xnnpack_partitions" in r else "")
         print(f"{r['model']:26} {r['size']:>4} {r['runtime']:18} {r['threads']:>3} {r['median_ms']:>10.2f} "
