@@ -93,7 +93,7 @@ def main() -> None:
         "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
         "vgg_weights": vgg_source, "transformer_net_weights": "random init (seed 0); latency does not depend on it",
         "note": "projection 1x1 convs of project_taps are not in the forward pass (distillation only)",
-        "rows": rows,
+        "table": rows,
     }
     atomic_write(args.out, lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
     print(f"\n{'model':28} {'ratio':>5} {'size':>5} {'params':>11} {'GMACs':>8} {'MACs%':>6} "

@@ -142,6 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--runs", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="JSON to write (default benchmarks/results/)")
     args = parser.parse_args()
     size = 256 if args.quick else 512
     runs = args.runs or (3 if args.quick else 7)
@@ -189,7 +190,7 @@ def main() -> None:
             row["speedup_vs_ort_int8_unpruned"][k] for k in ("ORT int8", "TFLite int8"))
     verdicts = {k: {"target": t, "measured": targets.get(k), "met": targets.get(k) is not None and targets[k] >= t}
                 for k, t in TARGETS.items()}
-    report = {"threads": THREADS, "batch": 1, "size": size, "runs": runs, "int8_peak": peak, "rows": rows,
+    report = {"threads": THREADS, "batch": 1, "size": size, "runs": runs, "int8_peak": peak, "table": rows,
               "targets": verdicts, "note": "random weights; latencies are medians; int8 = u8 activations, s8 weights"}
     print(f"\nint8 peak: {peak['layer']}: {peak['macs_per_s'] / 1e9:.1f} GMAC/s")
     header = f"{'model':28} {'GMAC':>6} " + " ".join(f"{k:>12}" for k in rows[0]["ms"]) + "  x torch(unpruned)  x ORT-int8(unpruned)"
@@ -202,7 +203,7 @@ def main() -> None:
     for k, v in verdicts.items():
         print(f"target {k}: >= {v['target']}x, measured {v['measured']}: {'met' if v['met'] else 'NOT met'}")
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"bench_quant{'_quick' if args.quick else ''}.json"
+    out = args.out or RESULTS / f"bench_quant{'_quick' if args.quick else ''}.json"
     atomic_write(out, lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
     print(f"written {out}")
 
