@@ -34,8 +34,7 @@ def load_stylizer(model_path: str | Path, style: str | Path | None = None, alpha
     if model_path.suffix in ARTIFACT_SUFFIXES:
         from exports.runtime import load_runner
 
-        runner = load_runner(model_path)
-        return lambda batch: torch.from_numpy(np.asarray(runner(batch.numpy())))
+        return _artifact_stylizer(load_runner(model_path))
     model = load_any(model_path)
     if isinstance(model, VGG19LossNet):
         raise ValueError(f"{model_path}: a VGG19 loss network does not stylise images")
@@ -52,6 +51,24 @@ def load_stylizer(model_path: str | Path, style: str | Path | None = None, alpha
 
         return adain
     return torch.no_grad()(model)
+
+
+def _artifact_stylizer(runner) -> Stylizer:
+    """Run an exported artifact; a fixed-shape one gets its input size and the result is resized back."""
+    shape = runner.input_shape or []
+    hw = shape[2:4] if runner.layout == "nchw" else shape[1:3]
+    fixed = tuple(hw) if len(hw) == 2 and all(isinstance(d, int) for d in hw) else None
+
+    def stylize(batch: torch.Tensor) -> torch.Tensor:
+        size = tuple(batch.shape[-2:])
+        if fixed and size != fixed:
+            batch = torch.nn.functional.interpolate(batch, size=fixed, mode="bilinear", antialias=True)
+        out = torch.from_numpy(np.asarray(runner(batch.numpy())))
+        if out.shape[-2:] != size:
+            out = torch.nn.functional.interpolate(out, size=size, mode="bilinear", antialias=True)
+        return out
+
+    return stylize
 
 
 def stylize_files(stylizer: Stylizer, inputs: list[Path], out: Path, size: int | None = None,
