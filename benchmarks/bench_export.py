@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -29,6 +27,7 @@ except ImportError:
 
 from compressor.models import TransformerNet, TransformerNetSpec, VGG19LossNet, VGG19Spec
 from compressor.models.checkpoint import atomic_write
+from evaluation.latency import measure_latency
 from exports.onnx_export import export_onnx
 from exports.runtime import load_runner
 from exports.tflite_export import export_tflite
@@ -52,16 +51,8 @@ def models(quick: bool) -> dict[str, torch.nn.Module]:
 
 
 def latency(fn, runs: int, warmup: int = 3) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    times.sort()
-    return {"median_ms": statistics.median(times), "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
-            "runs": runs}
+    stats = measure_latency({"fn": fn}, runs=runs, warmup=warmup)["fn"]
+    return {"median_ms": stats["p50"], "p90_ms": stats["p90"], "runs": runs}
 
 
 def tflite_ops(path: Path) -> dict[str, int]:

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from torch import nn
 from compressor.models import TransformerNet, TransformerNetSpec, VGG19LossNet, VGG19Spec
 from compressor.models.checkpoint import atomic_write
 from compressor.quantize import calibration_set
+from evaluation.latency import measure_latency
 from exports.quant_onnx import conv_layers, quantize_onnx
 from exports.quant_tflite import quantize_tflite
 from exports.runtime import load_runner
@@ -81,14 +80,7 @@ def conv_macs(model: nn.Module, size: int) -> int:
 
 
 def latency_ms(fn, runs: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    return measure_latency({"fn": fn}, runs=runs, warmup=warmup)["fn"]["p50"]
 
 
 def int8_peak_macs_per_s(runs: int) -> dict:
