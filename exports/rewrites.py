@@ -7,6 +7,13 @@ copies the same values: the rewritten module is checked bit-for-bit against
 the original before any conversion. ``concat_upsample`` does the same for
 nearest x2 upsampling (no RESIZE_NEAREST_NEIGHBOR in XNNPACK either), and
 ``explicit_grid`` for the spatial transformer's grid under Core ML.
+
+``explicit_instance_norm`` writes InstanceNorm2d as mean / variance / rsqrt over
+H, W. The converter lowers ``aten.instance_norm`` through NCHW<->NHWC
+TRANSPOSEs around every norm (32 in TransformerNet); the explicit form reduces
+over NHWC's spatial axes directly (6 left), which made full-integer LiteRT 1.27x
+faster at 256 px here. It reorders float sums, so it is checked to 1e-4 rather
+than bit-for-bit.
 """
 
 from __future__ import annotations
@@ -84,6 +91,31 @@ def explicit_grid(model: nn.Module) -> int:
     return len(targets)
 
 
+class ExplicitInstanceNorm2d(nn.Module):
+    """InstanceNorm2d (no running stats) as mean, biased variance and rsqrt over H, W."""
+
+    def __init__(self, norm: nn.InstanceNorm2d):
+        super().__init__()
+        self.eps, self.weight, self.bias = norm.eps, norm.weight, norm.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - x.mean((2, 3), keepdim=True)
+        scale = torch.rsqrt((centred * centred).mean((2, 3), keepdim=True) + self.eps)
+        if self.weight is None:
+            return centred * scale
+        return centred * (scale * self.weight.view(1, -1, 1, 1)) + self.bias.view(1, -1, 1, 1)
+
+
+def explicit_instance_norm(model: nn.Module) -> int:
+    """Replace every InstanceNorm2d without running statistics (in place); returns how many."""
+    targets = [(name, m) for name, m in model.named_modules()
+               if isinstance(m, nn.InstanceNorm2d) and not m.track_running_stats]
+    for name, m in targets:
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), attr, ExplicitInstanceNorm2d(m))
+    return len(targets)
+
+
 def _repeat2(x: torch.Tensor, dim: int) -> torch.Tensor:
     """Each row/column twice along ``dim`` (negative): nearest x2 as concat + reshape."""
     u = x.unsqueeze(dim)
@@ -124,11 +156,14 @@ def concat_upsample(model: nn.Module) -> int:
     return count
 
 
-REWRITES = {"slice_pad": slice_pad, "concat_upsample": concat_upsample, "explicit_grid": explicit_grid}
+REWRITES = {"slice_pad": slice_pad, "concat_upsample": concat_upsample, "explicit_grid": explicit_grid,
+            "explicit_instance_norm": explicit_instance_norm}
+# Rewrites that reorder float arithmetic: checked with this absolute/relative tolerance instead of bit-for-bit.
+TOLERANCE = {"explicit_instance_norm": 1e-4}
 # Rewrites each format gets by default (ONNX Runtime and Core ML run reflection padding and resizing natively).
 FORMAT_REWRITES: dict[str, tuple[str, ...]] = {
     "onnx": (),
-    "tflite": ("slice_pad", "concat_upsample"),
+    "tflite": ("slice_pad", "concat_upsample", "explicit_instance_norm"),
     "coreml": ("explicit_grid",),
 }
 
@@ -136,7 +171,10 @@ FORMAT_REWRITES: dict[str, tuple[str, ...]] = {
 def apply_rewrites(
     model: nn.Module, names: tuple[str, ...] | list[str], inputs: tuple[torch.Tensor, ...]
 ) -> tuple[nn.Module, list[dict]]:
-    """A rewritten copy of ``model`` and one record per rewrite; raises unless outputs stay bit-identical."""
+    """A rewritten copy of ``model`` and one record per rewrite.
+
+    Raises unless the outputs stay bit-identical, or within ``TOLERANCE`` when a rewrite reorders float sums.
+    """
     unknown = [n for n in names if n not in REWRITES]
     if unknown:
         raise ExportError(f"unknown rewrite(s) {unknown}; choose from {sorted(REWRITES)}")
@@ -146,10 +184,14 @@ def apply_rewrites(
     records = [{"name": n, "modules_replaced": REWRITES[n](rewritten)} for n in names]
     with torch.no_grad():
         before, after = model(*inputs), rewritten(*inputs)
-    pairs = zip(before.values(), after.values()) if isinstance(before, dict) else [(before, after)]
+    pairs = list(zip(before.values(), after.values()) if isinstance(before, dict) else [(before, after)])
     exact = all(torch.equal(a, b) for a, b in pairs)
-    if not exact:
-        raise ExportError(f"rewrite(s) {list(names)} changed the model's outputs; refusing to export")
+    tolerance = max((TOLERANCE.get(n, 0.0) for n in names), default=0.0)
+    max_diff = max(float((a - b).abs().max()) for a, b in pairs)
+    if not (exact or (tolerance and all(torch.allclose(a, b, rtol=tolerance, atol=tolerance) for a, b in pairs))):
+        raise ExportError(f"rewrite(s) {list(names)} changed the model's outputs (max abs difference {max_diff:.3g}, "
+                          f"allowed {tolerance:g}); refusing to export")
     for r in records:
-        r["bit_identical"] = True
+        r["bit_identical"] = exact
+        r["max_abs_difference"] = max_diff
     return rewritten, records
