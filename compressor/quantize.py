@@ -62,7 +62,7 @@ RUNS_IN_INT8 = {
     ("onnx", "dynamic"): "Conv as ConvInteger, activations quantized per run (DynamicQuantizeLinear); rest float",
     ("onnx", "weight-only"): "nothing: int8 weights are dequantized once, all compute float32",
     ("onnx", "fp16"): "nothing: fp16 weights and graph (ORT CPU casts to float32 where it has no fp16 kernel)",
-    ("tflite", "static"): "full integer: CONV_2D and elementwise ops int8 (int8 graph I/O); ops without int8 kernels float",
+    ("tflite", "static"): "CONV_2D, padding/upsampling copies and residual ADD int8 (int8 graph I/O); InstanceNorm float",
     ("tflite", "dynamic"): "CONV_2D with int8 weights, activations quantized per run inside the kernel; rest float",
     ("tflite", "weight-only"): "nothing: int8 weights dequantized, float compute",
     ("tflite", "fp16"): "nothing: fp16 weights dequantized, float compute",

@@ -18,7 +18,14 @@ from exports.common import ExportError, example_inputs
 from exports.manifest import REQUIRED_KEYS, read_manifest
 from exports.parity import PARITY_THRESHOLDS_DB
 from exports import rewrites
-from exports.rewrites import ConcatUpsample2x, ExplicitInstanceNorm2d, SlicePad2d, apply_rewrites
+from exports.rewrites import (
+    ConcatUpsample2x,
+    ExplicitInstanceNorm2d,
+    SlicePad2d,
+    SubpixelConv2d,
+    apply_rewrites,
+    subpixel_output_conv,
+)
 from exports.runtime import load_runner
 from exports.stage import export_artifact
 
@@ -108,6 +115,17 @@ def test_explicit_instance_norm_matches_within_tolerance_and_refuses_beyond(affi
         apply_rewrites(model, ("explicit_instance_norm",), example_inputs(model, (40, 40)))
 
 
+@pytest.mark.parametrize("size", [(20, 20), (19, 26)])
+def test_subpixel_output_conv_computes_the_same_conv(size):
+    conv = nn.Conv2d(8, 3, 9)
+    x = torch.randn(1, 8, *size)
+    with torch.no_grad():
+        torch.testing.assert_close(SubpixelConv2d(conv)(x), conv(x), rtol=1e-5, atol=1e-5)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 3, 9), nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 3, padding=1))
+    assert subpixel_output_conv(model) == 1  # not the 8-wide, 1x1 or zero-padded convs
+    assert isinstance(model[1], SubpixelConv2d) and model[1].weight.shape == (12, 8, 10, 10)
+
+
 def test_rewrites_keep_whole_models_bit_identical(tnet_dir, adain):
     model = load_model(tnet_dir)
     for net in (model, adain):
@@ -142,7 +160,7 @@ def test_onnx_transformer_net_from_folder_with_manifest(tnet_dir, out):
     assert on_disk["inputs"][0] == {"name": "image", "shape": [1, 3, 64, 64], "dtype": "float32", "layout": "nchw",
                                     "range": [0.0, 1.0], "color": "RGB"}
     assert {"torch", "onnx", "onnxruntime", "onnxslim"} <= set(on_disk["versions"])
-    assert on_disk["rewrites"] == []
+    assert [(r["name"], r["modules_replaced"]) for r in on_disk["rewrites"]] == [("subpixel_output_conv", 1)]
 
 
 def test_onnx_dynamic_size_and_nhwc(tnet_dir, out):
@@ -183,7 +201,8 @@ def test_tflite_transformer_net_fp32_and_fp16(tnet_dir, out):
 
     path, manifest = export_artifact(tnet_dir, "tflite", out / "tnet", size=SIZE)
     _check(manifest, "tflite", "fp32")
-    assert [r["name"] for r in manifest["rewrites"]] == ["slice_pad", "concat_upsample", "explicit_instance_norm"]
+    assert [r["name"] for r in manifest["rewrites"]] == ["slice_pad", "concat_upsample", "explicit_instance_norm",
+                                                          "subpixel_output_conv"]
     assert all(r["max_abs_difference"] < 1e-4 for r in manifest["rewrites"])
     ops = [d["op_name"] for d in Interpreter(model_path=str(path))._get_ops_details()]
     assert not set(ops) & {"MIRROR_PAD", "RESIZE_NEAREST_NEIGHBOR"}

@@ -94,7 +94,7 @@ def test_onnx_static_int8_via_cli(model_dir, tmp_path):
     assert fused.count("QLinearConv") == 14
 
 
-def test_tflite_full_integer(model_dir, judge_parts, tmp_path):
+def test_tflite_static_int8(model_dir, judge_parts, tmp_path):
     vgg, grams = judge_parts
     settings = QuantizeStage(runtimes=["tflite"], size=SIZE)
     [manifest] = quantize(model_dir, tmp_path, settings, vgg, grams, progress=False)
@@ -103,6 +103,9 @@ def test_tflite_full_integer(model_dir, judge_parts, tmp_path):
     assert contents["float_compute_convs"] == ["deconv3.conv2d"]
     assert len(contents["int8_compute_convs"]) == 15
     assert "MIRROR_PAD" not in contents["op_counts"]  # slice padding rewrite carried over
+    norms = sum(isinstance(m, torch.nn.InstanceNorm2d) for m in load_model(model_dir).modules())
+    assert contents["float_op_counts"]["RSQRT"] == contents["op_counts"]["RSQRT"] == norms  # norms stay float
+    assert "CONCATENATION" not in contents["float_op_counts"]  # padding copies stay int8
 
 
 def test_sensitivity_keeps_the_harmful_layer_float(model_dir, judge_parts, tmp_path):
