@@ -95,6 +95,15 @@ def test_latency_harness_orders_a_4x_heavier_model():
     assert stats["heavy"]["p50"] > 2.0 * stats["light"]["p50"]
 
 
+def test_latency_blocks_visit_each_call_back_to_back():
+    order: list[str] = []
+    stats = measure_latency({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, runs=5, warmup=1,
+                            block=3)
+    assert stats["a"]["runs"] == stats["b"]["runs"] == 5
+    # warm-up a b; round 1: re-warm + 3 timed each; round 2: re-warm + the 2 runs left
+    assert "".join(order) == "ab" + "aaaa" + "bbbb" + "aaa" + "bbb"
+
+
 def test_report_files_validate_against_schema(report, run_dir):
     schema = json.loads(SCHEMA_PATH.read_text())
     on_disk = json.loads((run_dir / "report.json").read_text())
