@@ -4,6 +4,9 @@ Models: TransformerNet unpruned and 50%-pruned (compressor.prune, L1), VGG19 to 
 Batch 1, 2 threads everywhere. Random weights (latency does not depend on them); calibration on the bundled
 train images. Each int8 model's throughput is also given as a fraction of this machine's int8 conv peak
 (one large QLinearConv, u8 x s8, measured here), and an ORT per-op profile shows where int8 time goes.
+For TransformerNet a "conv floor" is timed too: the same network with the norms removed and zero padding
+(which XNNPACK folds into the convs) instead of reflection padding, as LiteRT int8. It is not a usable
+model; it shows what int8 could reach here if everything between the convs were free.
 
     python benchmarks/bench_quant.py --quick   # TransformerNet pair at 256 px
     python benchmarks/bench_quant.py           # all four models at 512 px
@@ -12,10 +15,12 @@ train images. Each int8 model's throughput is also given as a fraction of this m
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import tempfile
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 
 try:
     import triton  # noqa: F401  (before anything that might import TensorFlow)
@@ -63,6 +68,20 @@ def models(quick: bool, size: int) -> dict[str, nn.Module]:
     return found
 
 
+def convs_only(model: nn.Module) -> nn.Module:
+    """``model`` with InstanceNorm removed and reflection padding replaced by zero padding."""
+    import copy
+
+    bare = copy.deepcopy(model)
+    for name, module in list(bare.named_modules()):
+        parent_name, _, attr = name.rpartition(".")
+        if isinstance(module, nn.InstanceNorm2d):
+            setattr(bare.get_submodule(parent_name), attr, nn.Identity())
+        elif isinstance(module, nn.ReflectionPad2d):  # XNNPACK folds a constant PAD into the next conv
+            setattr(bare.get_submodule(parent_name), attr, nn.ZeroPad2d(module.padding))
+    return bare.eval()
+
+
 def conv_macs(model: nn.Module, size: int) -> int:
     total = 0
 
@@ -79,12 +98,10 @@ def conv_macs(model: nn.Module, size: int) -> int:
     return total
 
 
-def latency_ms(fn, runs: int, warmup: int = 2) -> float:
-    return measure_latency({"fn": fn}, runs=runs, warmup=warmup)["fn"]["p50"]
+def int8_peak_layer() -> tuple[Callable[[], object], dict]:
+    """One 3x3 QLinearConv, 256 -> 256 channels at 128x128 (u8 activations, s8 weights): ORT's best int8 case.
 
-
-def int8_peak_macs_per_s(runs: int) -> dict:
-    """One 3x3 QLinearConv, 256 -> 256 channels at 128x128 (u8 activations, s8 weights): ORT's best int8 case."""
+    Returns the call to time and its description (layer, MACs)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -104,9 +121,8 @@ def int8_peak_macs_per_s(runs: int) -> dict:
     options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     x = rng.integers(0, 255, (1, c, hw, hw), dtype=np.uint8)
-    ms = latency_ms(lambda: session.run(None, {"x": x}), runs)
-    macs = hw * hw * c * c * 9
-    return {"layer": f"QLinearConv 3x3 {c}->{c} @ {hw}x{hw}", "macs": macs, "ms": ms, "macs_per_s": macs / ms * 1e3}
+    return functools.partial(session.run, None, {"x": x}), {"layer": f"QLinearConv 3x3 {c}->{c} @ {hw}x{hw}",
+                                                             "macs": hw * hw * c * c * 9}
 
 
 def ort_profile(path: Path, x: np.ndarray, top: int = 8) -> list[dict]:
@@ -137,16 +153,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON to write (default benchmarks/results/)")
     args = parser.parse_args()
     size = 256 if args.quick else 512
-    runs = args.runs or (3 if args.quick else 7)
+    runs = args.runs or (3 if args.quick else 9)
     torch.set_num_threads(THREADS)
     calibration, _ = calibration_set("samples", size)
-    peak = int8_peak_macs_per_s(runs)
+    peak_call, peak = int8_peak_layer()
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory() as tmp:
+    x = calibration[0]
+    calls: dict[str, Callable[[], object]] = {"int8 peak": peak_call}  # "model: variant" -> one inference
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         for name, model in models(args.quick, size).items():
             work = Path(tmp) / name
-            x = calibration[0]
-            macs = conv_macs(model, size)
             onnx_path, _ = export_artifact(model, "onnx", work / "float", size=(size, size))
             # As the quantize stage does: the RGB output conv stays float.
             rgb = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.out_channels == 3]
@@ -154,20 +170,27 @@ def main() -> None:
             int8_path = quantize_onnx(onnx_path, work / "int8.onnx", "static", calibration, keep_float=keep)
             tfl_path, _ = export_artifact(model, "tflite", work / "tflite", size=(size, size))
             tfl_int8 = quantize_tflite(tfl_path, work / "int8.tflite", "static", calibration, keep_float=rgb)
-            with torch.no_grad():
-                xt = torch.from_numpy(x)
-                timings = {"torch fp32": latency_ms(lambda: model(xt), runs)}
-            for label, runner in (("ORT fp32", load_runner(onnx_path, THREADS)), ("ORT int8", load_runner(int8_path, THREADS)),
-                                  ("TFLite int8", load_runner(tfl_int8, THREADS))):
-                timings[label] = latency_ms(lambda: runner(x), runs)
-            row = {"model": name, "size": size, "conv_gmacs": round(macs / 1e9, 3),
-                   "ms": {k: round(v, 1) for k, v in timings.items()}}
-            for label in ("ORT int8", "TFLite int8"):
-                row.setdefault("int8_fraction_of_peak", {})[label] = round(macs / timings[label] * 1e3 / peak["macs_per_s"], 3)
+            runners = {"ORT fp32": load_runner(onnx_path, THREADS), "ORT int8": load_runner(int8_path, THREADS),
+                       "TFLite int8": load_runner(tfl_int8, THREADS)}
+            if name.startswith("transformer_net"):
+                bare, _ = export_artifact(convs_only(model), "tflite", work / "bare", size=(size, size))
+                bare_int8 = quantize_tflite(bare, work / "bare-int8.tflite", "static", calibration, keep_float=rgb)
+                runners["TFLite int8 conv floor"] = load_runner(bare_int8, THREADS)
+            calls[f"{name}: torch fp32"] = functools.partial(model, torch.from_numpy(x))
+            calls.update({f"{name}: {label}": functools.partial(runner, x) for label, runner in runners.items()})
+            row = {"model": name, "size": size, "conv_gmacs": round(conv_macs(model, size) / 1e9, 3)}
             if name in ("transformer_net", "vgg19-relu4_1"):
                 row["ort_int8_profile"] = ort_profile(int8_path, x)
             rows.append(row)
-            print(f"{name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in timings.items()), flush=True)
+        # Every variant of every model in one loop, 3 back-to-back runs per visit, so drift hits them all alike.
+        stats = measure_latency(calls, runs=runs, warmup=2, block=3)
+    peak["ms"] = stats["int8 peak"]["p50"]
+    peak["macs_per_s"] = peak["macs"] / peak["ms"] * 1e3
+    for row in rows:
+        row["ms"] = {key.partition(": ")[2]: round(stats[key]["p50"], 1) for key in calls
+                     if key.partition(": ")[0] == row["model"]}
+        row["int8_fraction_of_peak"] = {label: round(row["conv_gmacs"] * 1e9 / row["ms"][label] * 1e3 / peak["macs_per_s"], 3)
+                                        for label in ("ORT int8", "TFLite int8")}
     for row in rows:
         family = row["model"].removesuffix("-pruned50")
         base = next(r for r in rows if r["model"] == family)
@@ -185,13 +208,12 @@ def main() -> None:
     report = {"threads": THREADS, "batch": 1, "size": size, "runs": runs, "int8_peak": peak, "table": rows,
               "targets": verdicts, "note": "random weights; latencies are medians; int8 = u8 activations, s8 weights"}
     print(f"\nint8 peak: {peak['layer']}: {peak['macs_per_s'] / 1e9:.1f} GMAC/s")
-    header = f"{'model':28} {'GMAC':>6} " + " ".join(f"{k:>12}" for k in rows[0]["ms"]) + "  x torch(unpruned)  x ORT-int8(unpruned)"
-    print(header)
     for r in rows:
-        ms = " ".join(f"{v:>10.1f}ms" for v in r["ms"].values())
+        ms = ", ".join(f"{k} {v:.1f} ms" for k, v in r["ms"].items())
         best = max(r["speedup_vs_torch_fp32_unpruned"]["ORT int8"], r["speedup_vs_torch_fp32_unpruned"]["TFLite int8"])
-        print(f"{r['model']:28} {r['conv_gmacs']:>6} {ms}  {best:>8.2f}x  "
-              f"{max(r['speedup_vs_ort_int8_unpruned']['ORT int8'], r['speedup_vs_ort_int8_unpruned']['TFLite int8']):>8.2f}x")
+        print(f"{r['model']} ({r['conv_gmacs']} GMAC): {ms}; best int8 {best:.2f}x torch fp32 (unpruned), "
+              f"{max(r['speedup_vs_ort_int8_unpruned']['ORT int8'], r['speedup_vs_ort_int8_unpruned']['TFLite int8']):.2f}x "
+              "ORT int8 (unpruned)")
     for k, v in verdicts.items():
         print(f"target {k}: >= {v['target']}x, measured {v['measured']}: {'met' if v['met'] else 'NOT met'}")
     RESULTS.mkdir(exist_ok=True)
