@@ -1,8 +1,8 @@
 """Latency of exported artifacts on their runtimes vs PyTorch eager, measured side by side in one run.
 
-Formats: ONNX (ONNX Runtime), TFLite (LiteRT + XNNPACK) with the default
-rewrites (slice-pad + concat-upsample), with slice-pad only, and with plain
-MIRROR_PAD (no rewrite). Core ML runs only on macOS and is skipped
+Formats: ONNX (ONNX Runtime; default rewrites: sub-pixel output conv), TFLite (LiteRT + XNNPACK) with
+the default rewrites (exports.rewrites.FORMAT_REWRITES: slice-pad, concat-upsample, explicit
+InstanceNorm, sub-pixel output conv), with slice-pad only, and with plain MIRROR_PAD (no rewrite). Core ML runs only on macOS and is skipped
 elsewhere. Models: TransformerNet and VGG19 to relu4_1, unpruned and with every
 width halved (a 50%-pruned spec). Random weights: latency does not depend on them.
 
