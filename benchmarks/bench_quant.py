@@ -19,8 +19,8 @@ import functools
 import json
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 try:
     import triton  # noqa: F401  (before anything that might import TensorFlow)

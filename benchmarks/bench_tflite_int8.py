@@ -10,6 +10,7 @@ and the same calibration images; quality is PSNR against the torch fp32 model on
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import tempfile
 from pathlib import Path
@@ -80,7 +81,7 @@ def run(quick: bool, model_dir: Path = DEFAULT_MODEL, runs: int | None = None) -
             runner = load_runner(path, THREADS)
             outputs = [torch.from_numpy(runner(x.numpy())).clamp(0, 1) for x in images]
             quality = float(np.mean([fidelity(o, r)["psnr_vs_teacher"] for o, r in zip(outputs, reference)]))
-            ms = measure_latency({"r": lambda: runner(images[0].numpy())}, runs=runs)["r"]["p50"]
+            ms = measure_latency({"r": functools.partial(runner, images[0].numpy())}, runs=runs)["r"]["p50"]
             rows.append({"path": label, "ms": round(ms, 1), "psnr_db": round(quality, 1),
                          "speedup_vs_torch_fp32": round(torch_ms / ms, 2)})
     return {"model": str(model_dir), "size": size, "threads": THREADS, "table": rows}

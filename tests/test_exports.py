@@ -11,13 +11,21 @@ import torch
 from torch import nn
 
 from compressor.models import (
-    AdaINNet, AdaINSpec, STNSpec, TransformerNet, TransformerNetSpec, VGG19LossNet, VGG19Spec, load_model, save_model,
+    AdaINNet,
+    AdaINSpec,
+    STNSpec,
+    TransformerNet,
+    TransformerNetSpec,
+    VGG19LossNet,
+    VGG19Spec,
+    load_model,
+    save_model,
 )
 from compressor.models.checkpoint import file_sha256
+from exports import rewrites
 from exports.common import ExportError, example_inputs
 from exports.manifest import REQUIRED_KEYS, read_manifest
 from exports.parity import PARITY_THRESHOLDS_DB
-from exports import rewrites
 from exports.rewrites import (
     ConcatUpsample2x,
     ExplicitInstanceNorm2d,
