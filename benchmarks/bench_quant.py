@@ -15,6 +15,7 @@ model; it shows what int8 could reach here if everything between the convs were 
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import json
 import tempfile
@@ -37,6 +38,7 @@ from compressor.quantize import calibration_set
 from evaluation.latency import measure_latency
 from exports.quant_onnx import conv_layers, quantize_onnx
 from exports.quant_tflite import quantize_tflite
+from exports.rewrites import replace_modules
 from exports.runtime import load_runner
 from exports.stage import export_artifact
 
@@ -70,16 +72,10 @@ def models(quick: bool, size: int) -> dict[str, nn.Module]:
 
 def convs_only(model: nn.Module) -> nn.Module:
     """``model`` with InstanceNorm removed and reflection padding replaced by zero padding."""
-    import copy
-
-    bare = copy.deepcopy(model)
-    for name, module in list(bare.named_modules()):
-        parent_name, _, attr = name.rpartition(".")
-        if isinstance(module, nn.InstanceNorm2d):
-            setattr(bare.get_submodule(parent_name), attr, nn.Identity())
-        elif isinstance(module, nn.ReflectionPad2d):  # XNNPACK folds a constant PAD into the next conv
-            setattr(bare.get_submodule(parent_name), attr, nn.ZeroPad2d(module.padding))
-    return bare.eval()
+    bare = copy.deepcopy(model).eval()
+    replace_modules(bare, lambda m: nn.Identity() if isinstance(m, nn.InstanceNorm2d) else
+                    nn.ZeroPad2d(m.padding) if isinstance(m, nn.ReflectionPad2d) else None)  # XNNPACK folds the PAD
+    return bare
 
 
 def conv_macs(model: nn.Module, size: int) -> int:

@@ -36,7 +36,7 @@ from compressor.models.transformer_net import SpatialTransformer, UpsampleConvLa
 from exports.common import ExportError
 
 
-def _replace(model: nn.Module, make: Callable[[nn.Module], nn.Module | None]) -> int:
+def replace_modules(model: nn.Module, make: Callable[[nn.Module], nn.Module | None]) -> int:
     """Swap every submodule for which ``make`` returns a replacement (in place); returns how many."""
     swaps = [(name, new) for name, m in model.named_modules() if name and (new := make(m)) is not None]
     for name, new in swaps:
@@ -68,7 +68,7 @@ class SlicePad2d(nn.Module):
 
 def slice_pad(model: nn.Module) -> int:
     """Replace every ReflectionPad2d in ``model`` (in place); returns how many."""
-    return _replace(model, lambda m: SlicePad2d(tuple(m.padding)) if isinstance(m, nn.ReflectionPad2d) else None)
+    return replace_modules(model, lambda m: SlicePad2d(tuple(m.padding)) if isinstance(m, nn.ReflectionPad2d) else None)
 
 
 def _linspace(steps: int) -> torch.Tensor:
@@ -97,7 +97,7 @@ class ExplicitGridSTN(nn.Module):
 
 def explicit_grid(model: nn.Module) -> int:
     """Replace every SpatialTransformer in ``model`` (in place) by ExplicitGridSTN; returns how many."""
-    return _replace(model, lambda m: ExplicitGridSTN(m) if isinstance(m, SpatialTransformer) else None)
+    return replace_modules(model, lambda m: ExplicitGridSTN(m) if isinstance(m, SpatialTransformer) else None)
 
 
 class ExplicitInstanceNorm2d(nn.Module):
@@ -117,7 +117,7 @@ class ExplicitInstanceNorm2d(nn.Module):
 
 def explicit_instance_norm(model: nn.Module) -> int:
     """Replace every InstanceNorm2d without running statistics (in place); returns how many."""
-    return _replace(model, lambda m: ExplicitInstanceNorm2d(m)
+    return replace_modules(model, lambda m: ExplicitInstanceNorm2d(m)
                     if isinstance(m, nn.InstanceNorm2d) and not m.track_running_stats else None)
 
 
@@ -155,7 +155,7 @@ def subpixel_output_conv(model: nn.Module) -> int:
                 and m.padding == (0, 0) and m.dilation == (1, 1) and m.kernel_size[0] == m.kernel_size[1] > 1)
         return SubpixelConv2d(m) if fits else None
 
-    return _replace(model, make)
+    return replace_modules(model, make)
 
 
 def _repeat2(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -192,7 +192,7 @@ def concat_upsample(model: nn.Module) -> int:
             return _UpsampleThenConv(m)
         return None
 
-    return _replace(model, make)
+    return replace_modules(model, make)
 
 
 REWRITES = {"slice_pad": slice_pad, "concat_upsample": concat_upsample, "explicit_grid": explicit_grid,
