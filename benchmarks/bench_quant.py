@@ -34,7 +34,7 @@ from torch import nn
 
 from compressor.models import TransformerNet, TransformerNetSpec, VGG19LossNet, VGG19Spec
 from compressor.models.checkpoint import atomic_write
-from compressor.quantize import calibration_set
+from compressor.quantize import calibration_set, rgb_output_convs
 from evaluation.latency import measure_latency
 from exports.quant_onnx import conv_layers, quantize_onnx
 from exports.quant_tflite import quantize_tflite
@@ -161,7 +161,7 @@ def main() -> None:
             work = Path(tmp) / name
             onnx_path, _ = export_artifact(model, "onnx", work / "float", size=(size, size))
             # As the quantize stage does: the RGB output conv stays float.
-            rgb = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.out_channels == 3]
+            rgb = rgb_output_convs(model)
             keep = [node for node, module in conv_layers(onnx_path).items() if module in rgb]
             int8_path = quantize_onnx(onnx_path, work / "int8.onnx", "static", calibration, keep_float=keep)
             tfl_path, _ = export_artifact(model, "tflite", work / "tflite", size=(size, size))

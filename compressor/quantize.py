@@ -377,6 +377,11 @@ def _coreml(reference, model_dir, out_dir, settings, calibration, judge, extra) 
 RUNTIMES = {"onnx": _onnx, "tflite": _tflite, "coreml": _coreml}
 
 
+def rgb_output_convs(model: nn.Module) -> list[str]:
+    """Names of the convs that produce RGB (3 channels): kept float, as int8 gains nothing there and costs most."""
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.out_channels == 3]
+
+
 def quantize(
     model_dir: str | Path,
     out_dir: str | Path,
@@ -406,9 +411,8 @@ def quantize(
     judge = Judge(model, vgg, grams, settings.size) if isinstance(model, TransformerNet) else None
     if judge is None and (settings.max_style_increase_pct is not None or settings.mode == "qat"):
         raise QuantizeError("max_style_increase_pct and mode qat need an image-to-image model (TransformerNet)")
-    # The RGB output conv (3 channels, 9x9) gains nothing from int8 and costs the most quality.
-    rgb_out = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.out_channels == 3]
-    settings = settings.model_copy(update={"keep_float": sorted(set(settings.keep_float) | set(rgb_out))})
+    keep = sorted(set(settings.keep_float) | set(rgb_output_convs(model)))
+    settings = settings.model_copy(update={"keep_float": keep})
     source_dir = model_dir
     if settings.mode == "qat":
         config = settings.qat or default_qat_config()
