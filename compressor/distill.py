@@ -35,7 +35,8 @@ from compressor.data import BUNDLED_STYLES, ContentCrops, load_image, resolve_im
 from compressor.losses import LossWeights, StyleTransferLoss, adain_style_loss, content_loss, tv_loss
 from compressor.models import AdaINNet, TransformerNet, VGG19LossNet, load_model, save_model
 from compressor.models.adain import adaptive_instance_norm
-from compressor.models.checkpoint import atomic_write, init_adain_encoder_from_vgg
+from compressor.errors import UserError
+from compressor.models.checkpoint import atomic_write, init_adain_encoder_from_vgg, load_weights_only
 from compressor.models.transformer_net import ResidualBlock
 
 log = logging.getLogger(__name__)
@@ -317,6 +318,13 @@ def _grad_checkpointing(model: nn.Module, enabled: bool):
             del module.forward
 
 
+def check_fresh_output(out_dir: str | Path, resume: bool, force: bool) -> None:
+    """Refuse to silently restart over an earlier (perhaps killed) run's checkpoint."""
+    ckpt = Path(out_dir) / CHECKPOINT_FILE
+    if ckpt.is_file() and not resume and not force:
+        raise UserError(ckpt, "an earlier run's checkpoint is here", "--resume continues it, --force starts over")
+
+
 def train(
     student: nn.Module,
     objective: Objective,
@@ -401,10 +409,14 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int, config:
 
 
 def _load_checkpoint(path: Path, model, optimizer, scheduler, config: TrainConfig, device: torch.device) -> int:
-    state = torch.load(path, map_location=device, weights_only=True)
+    state = load_weights_only(path, map_location=device)
+    if not isinstance(state, dict) or not {"step", "model", "optimizer", "scheduler", "config"} <= set(state):
+        raise UserError(path, "not a training checkpoint of this tool", "--force starts over")
     saved = TrainConfig.model_validate_json(state["config"])
     if saved.model_dump(exclude=_RESUME_FREE) != config.model_dump(exclude=_RESUME_FREE):
-        raise ValueError(f"{path}: checkpoint was made with different settings; resume with the same config")
+        changed = sorted(k for k, v in saved.model_dump(exclude=_RESUME_FREE).items() if getattr(config, k) != v)
+        raise UserError(path, f"checkpoint was made with different settings ({', '.join(changed)})",
+                        "resume with the same settings, or --force to start over")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -3,57 +3,153 @@
 A model is a model folder (PyTorch), a pytorch/examples ``.pth``, or an
 exported ``.onnx`` / ``.tflite`` artifact run on its own runtime, all with the
 same pre- and post-processing so their outputs can be compared side by side.
+
+Outputs keep the input's exact size (inputs are reflect-padded to the size the
+network needs, and the result is cropped back), one unreadable input never
+stops the others, and an image too large for memory is refused before it is run.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import math
+import re
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 from tqdm import tqdm
 
 from compressor.data import IMAGE_SUFFIXES, ImageError, load_image, pil_to_tensor, save_image, tensor_to_pil
+from compressor.errors import UserError
 from compressor.models import AdaINNet, VGG19LossNet
 from compressor.models.checkpoint import atomic_write
+from compressor.outputs import check_output_dir, check_output_file
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif"}
 ARTIFACT_SUFFIXES = {".onnx", ".tflite"}
-Stylizer = Callable[[torch.Tensor], torch.Tensor]
+# Each side must be a multiple of this for the output to come back the input's size (downsampling depth).
+SIZE_MULTIPLE = {"transformer_net": 4, "adain": 8}
+# Peak memory of a forward pass over the sum of its layer outputs: 0.37 measured for TransformerNet (CPU, no_grad).
+PEAK_OVER_LAYER_OUTPUTS = 0.4
+ARTIFACT_BYTES_PER_PIXEL = 1200  # ONNX Runtime / LiteRT: about TransformerNet's torch figure
+
+
+class Stylizer:
+    """Maps a (N, 3, H, W) batch in [0, 1] to its stylised version of exactly the same size.
+
+    ``bytes_per_pixel`` estimates peak memory per input pixel (for :func:`check_fits`);
+    ``model`` (torch models) lets a NaN/Inf output be traced to the layer that made it.
+    """
+
+    def __init__(self, run: Callable[[torch.Tensor], torch.Tensor], source: str, multiple: int = 1,
+                 bytes_per_pixel: float | None = None, model: nn.Module | None = None):
+        self.run, self.source, self.multiple = run, source, multiple
+        self.bytes_per_pixel, self.model = bytes_per_pixel, model
+
+    @torch.no_grad()
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        h, w = batch.shape[-2:]
+        padded = pad_to_multiple(batch, self.multiple)
+        out = self.run(padded)[..., :h, :w]
+        if not bool(torch.isfinite(out).all()):
+            layer = first_nonfinite_layer(self.model, self.run, padded) if self.model is not None else None
+            where = f", first produced by layer {layer}" if layer else ""
+            raise UserError(self.source, f"the output holds NaN/Inf values{where}",
+                            "the model is broken (corrupt or overflowing weights); retrain or re-export it")
+        return out
+
+
+def pad_to_multiple(batch: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Reflect-pad bottom/right so both sides are multiples of ``multiple`` (replicate when too small to reflect)."""
+    h, w = batch.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if not ph and not pw:
+        return batch
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(batch, (0, pw, 0, ph), mode=mode)
+
+
+def first_nonfinite_layer(model: nn.Module, run: Callable, batch: torch.Tensor) -> str | None:
+    """The name of the first leaf module of ``model`` whose output holds NaN/Inf (hooks on one rerun of ``run``)."""
+    found: list[str] = []
+    hooks = []
+    for name, module in model.named_modules():
+        if not list(module.children()):
+            def hook(mod, args, out, name=name):
+                if not found and torch.is_tensor(out) and not bool(torch.isfinite(out).all()):
+                    found.append(name)
+            hooks.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            run(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    return found[0] if found else None
+
+
+def layer_output_bytes(run: Callable[[torch.Tensor], object], model: nn.Module, side: int = 64) -> float:
+    """Sum of every leaf module's output bytes per input pixel, from one small probe."""
+    total = [0]
+
+    def hook(mod, args, out):
+        if torch.is_tensor(out):
+            total[0] += out.numel() * out.element_size()
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            run(torch.rand(1, 3, side, side))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total[0] / (side * side)
+
+
+def model_stylizer(model: nn.Module, style_image: torch.Tensor | None = None, alpha: float = 1.0,
+                   source: str = "model") -> Stylizer:
+    """A Stylizer for a torch model (AdaIN: with its style image)."""
+    model.eval()
+    family = model.current_spec().family
+    if isinstance(model, VGG19LossNet):
+        raise UserError(source, "a VGG19 loss network does not stylise images", "give a TransformerNet or AdaIN model")
+    if isinstance(model, AdaINNet):
+        if style_image is None:
+            raise UserError(source, "AdaIN is arbitrary-style", "pass --style")
+
+        def run(batch: torch.Tensor) -> torch.Tensor:
+            return model(batch, style_image.expand(batch.shape[0], -1, -1, -1), alpha=alpha)
+    else:
+        run = model
+    bpp = PEAK_OVER_LAYER_OUTPUTS * layer_output_bytes(run, model)
+    return Stylizer(run, source, SIZE_MULTIPLE.get(family, 8), bpp, model)
 
 
 def load_stylizer(model_path: str | Path, style: str | Path | None = None, alpha: float = 1.0,
                   style_size: int = 512) -> Stylizer:
-    """A function mapping a (N, 3, H, W) batch in [0, 1] to its stylised version."""
+    """A Stylizer for a model folder, a .pth checkpoint or an exported artifact."""
     from compressor.teacher import load_any
 
     model_path = Path(model_path)
     if model_path.suffix in ARTIFACT_SUFFIXES:
         from exports.runtime import load_runner
 
-        return _artifact_stylizer(load_runner(model_path))
+        return _artifact_stylizer(load_runner(model_path), str(model_path))
     model = load_any(model_path)
-    if isinstance(model, VGG19LossNet):
-        raise ValueError(f"{model_path}: a VGG19 loss network does not stylise images")
-    if isinstance(model, AdaINNet):
-        if style is None:
-            raise ValueError(f"{model_path}: AdaIN is arbitrary-style; pass --style")
+    style_image = None
+    if isinstance(model, AdaINNet) and style is not None:
         from compressor.data import resolve_style
 
         style_image = load_image(resolve_style(style), size=style_size).unsqueeze(0)
-
-        @torch.no_grad()
-        def adain(batch: torch.Tensor) -> torch.Tensor:
-            return model(batch, style_image.expand(batch.shape[0], -1, -1, -1), alpha=alpha)
-
-        return adain
-    return torch.no_grad()(model)
+    return model_stylizer(model, style_image, alpha, str(model_path))
 
 
-def _artifact_stylizer(runner) -> Stylizer:
+def _artifact_stylizer(runner, source: str) -> Stylizer:
     """Run an exported artifact; a fixed-shape one gets its input size and the result is resized back."""
     shape = runner.input_shape or []
     hw = shape[2:4] if runner.layout == "nchw" else shape[1:3]
@@ -62,43 +158,131 @@ def _artifact_stylizer(runner) -> Stylizer:
     def stylize(batch: torch.Tensor) -> torch.Tensor:
         size = tuple(batch.shape[-2:])
         if fixed and size != fixed:
-            batch = torch.nn.functional.interpolate(batch, size=fixed, mode="bilinear", antialias=True)
+            batch = F.interpolate(batch, size=fixed, mode="bilinear", antialias=True)
         out = torch.from_numpy(np.asarray(runner(batch.numpy())))
         if out.shape[-2:] != size:
-            out = torch.nn.functional.interpolate(out, size=size, mode="bilinear", antialias=True)
+            out = F.interpolate(out, size=size, mode="bilinear", antialias=True)
         return out
 
-    return stylize
+    bpp = None if fixed else ARTIFACT_BYTES_PER_PIXEL
+    return Stylizer(stylize, source, 1 if fixed else 8, bpp)
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: MemAvailable, capped by a cgroup limit; None where unknown."""
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    found = re.search(r"MemAvailable:\s+(\d+) kB", meminfo)
+    available = int(found.group(1)) * 1024 if found else None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max" and available is not None:
+            available = min(available, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def check_fits(stylizer: Stylizer, batch_shape: tuple[int, ...], source: Path) -> None:
+    """Refuse, before running, a batch whose forward pass will not fit in memory (with a --size that would)."""
+    bpp = getattr(stylizer, "bytes_per_pixel", None)
+    available = available_memory()
+    if not bpp or available is None:
+        return
+    n, _, h, w = batch_shape
+    need = bpp * n * h * w
+    if need <= 0.9 * available:
+        return
+    side = int(max(h, w) * math.sqrt(0.9 * available / need)) // 16 * 16
+    hint = f"give --size {side} or smaller" if side >= 16 else "free some memory"
+    if n > 1:
+        hint += ", or --batch-size 1"
+    raise UserError(source, f"{w}x{h} (x{n}) needs about {need / 2**30:.1f} GiB to stylise at once, "
+                            f"{available / 2**30:.1f} GiB is available", hint)
+
+
+class SomeInputsFailed(UserError):
+    """Some inputs could not be stylised; every good one was written (``written``), each bad one is named."""
+
+    def __init__(self, failures: list[tuple[Path, str]], written: list[Path]):
+        self.failures, self.written = failures, written
+        names = "; ".join(f"{p}: {reason}" for p, reason in failures)
+        super().__init__(f"{len(failures)} of {len(failures) + len(written)} input(s) failed", names,
+                         f"the other {len(written)} were written" if written else "nothing was written")
+
+
+def output_targets(inputs: list[Path], out: Path) -> dict[Path, Path]:
+    """Where each input's result goes; refuses a bad output path before any work.
+
+    One input and an ``out`` with a file suffix: ``out`` is the file. Otherwise ``out`` is a folder
+    and each output keeps its input's name; inputs whose names collide (``photo.png`` and ``photo.jpg``,
+    or the same name in two folders) get distinct names, never one overwriting the other.
+    """
+    if not inputs:
+        raise ImageError("no input images or videos given")
+    known = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+    if len(inputs) == 1 and out.suffix != "" and not out.is_dir():
+        suffixes = VIDEO_SUFFIXES if inputs[0].suffix.lower() in VIDEO_SUFFIXES else IMAGE_SUFFIXES
+        return {inputs[0]: check_output_file(out, suffixes=suffixes)}
+    if len(inputs) == 1 and out.suffix.lower() in known and out.is_dir():
+        raise UserError(f"-o {out}", "is a folder, not a file", "give a file name, or a folder without an extension")
+    if len(inputs) > 1 and out.suffix.lower() in known:
+        raise UserError(f"-o {out}", f"{len(inputs)} inputs need an output folder, not a file",
+                        "give a folder, e.g. -o stylized")
+    check_output_dir(out)
+    names = {p: p.stem + (p.suffix if p.suffix.lower() in VIDEO_SUFFIXES else ".png") for p in inputs}
+    stems = Counter(names.values())
+    names = {p: f"{p.stem}_{p.suffix.lstrip('.').lower()}{Path(n).suffix}" if stems[n] > 1 else n
+             for p, n in names.items()}
+    taken: set[str] = set()
+    targets = {}
+    for p, name in names.items():
+        stem, suffix, i = Path(name).stem, Path(name).suffix, 1
+        while name in taken:
+            i += 1
+            name = f"{stem}_{i}{suffix}"
+        taken.add(name)
+        targets[p] = out / name
+    return targets
 
 
 def stylize_files(stylizer: Stylizer, inputs: list[Path], out: Path, size: int | None = None,
                   batch_size: int = 4, progress: bool = True) -> list[Path]:
     """Stylise images (batched by size) and videos; returns the written files.
 
-    With one input and an ``out`` that has a file suffix, ``out`` is the file;
-    otherwise ``out`` is a folder and outputs keep their input names.
+    Every readable input is stylised even when others fail; then :class:`SomeInputsFailed` names each bad one.
     """
-    if not inputs:
-        raise ImageError("no input images or videos given")
-    single_file = len(inputs) == 1 and out.suffix != ""
-    targets = {p: out if single_file else out / (p.stem + (p.suffix if p.suffix.lower() in VIDEO_SUFFIXES
-                                                          else ".png")) for p in inputs}
+    targets = output_targets(inputs, out)
     videos = [p for p in inputs if p.suffix.lower() in VIDEO_SUFFIXES]
     images = [p for p in inputs if p not in videos]
-    unknown = [p for p in images if p.suffix.lower() not in IMAGE_SUFFIXES]
-    if unknown:
-        raise ImageError(f"{unknown[0]}: not an image or video this tool reads")
-    written = _stylize_images(stylizer, images, targets, size, batch_size, progress)
+    failures: list[tuple[Path, str]] = [(p, "not an image or video this tool reads") for p in images
+                                        if p.suffix.lower() not in IMAGE_SUFFIXES]
+    images = [p for p in images if p.suffix.lower() in IMAGE_SUFFIXES]
+    written = _stylize_images(stylizer, images, targets, size, batch_size, progress, failures)
     for video in videos:
-        written.append(stylize_video(stylizer, video, targets[video], size, progress))
+        try:
+            written.append(stylize_video(stylizer, video, targets[video], size, progress))
+        except ImageError as exc:
+            failures.append((video, exc.what.removeprefix(f"{video}: ")))
+    if failures:
+        raise SomeInputsFailed(failures, written)
     return written
 
 
-def _stylize_images(stylizer, images, targets, size, batch_size, progress) -> list[Path]:
+def _stylize_images(stylizer, images, targets, size, batch_size, progress, failures) -> list[Path]:
     by_shape: dict[tuple[int, ...], list[tuple[Path, torch.Tensor]]] = defaultdict(list)
     for path in images:
-        tensor = load_image(path, size=size)
+        try:
+            tensor = load_image(path, size=size)
+        except ImageError as exc:
+            failures.append((path, exc.line().removeprefix(f"{path}: ")))
+            continue
         by_shape[tuple(tensor.shape)].append((path, tensor))
+    for shape, group in by_shape.items():
+        check_fits(stylizer, (min(batch_size, len(group)), *shape), group[0][0])
     written = []
     with tqdm(total=len(images), disable=not progress or len(images) < 2, desc="stylize") as bar:
         for group in by_shape.values():
@@ -111,6 +295,14 @@ def _stylize_images(stylizer, images, targets, size, batch_size, progress) -> li
     return written
 
 
+def ffmpeg_reason(exc: BaseException) -> str:
+    """The line of an ffmpeg/imageio error that says what is wrong, without the banner."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    banner = ("ffmpeg version", "built with", "configuration:", "lib", "=== stderr ===", "Copyright")
+    lines = [re.sub(r"^\[[^\]]+\]\s*", "", line) for line in lines if not line.startswith(banner)]
+    return lines[-1][:200] if lines else type(exc).__name__
+
+
 def stylize_video(stylizer: Stylizer, source: Path, target: Path, size: int | None = None,
                   progress: bool = True) -> Path:
     """Frame by frame, keeping the frame rate; written to a temp file and renamed when complete."""
@@ -119,16 +311,21 @@ def stylize_video(stylizer: Stylizer, source: Path, target: Path, size: int | No
     try:
         meta = iio.immeta(source)
     except Exception as exc:
-        raise ImageError(f"{source}: not a readable video ({exc})") from None
+        raise ImageError(f"{source}: not a readable video ({ffmpeg_reason(exc)})") from None
     fps = meta.get("fps") or (1000.0 / meta["duration"] if meta.get("duration") else 25.0)
 
     def write(tmp: Path) -> None:
         frames = []
-        for frame in tqdm(iio.imiter(source), disable=not progress, desc=f"video {source.name}"):
-            image = pil_to_tensor(Image.fromarray(np.asarray(frame)).convert("RGB"))
-            if size:
-                image = load_resized(image, size)
-            frames.append(np.asarray(tensor_to_pil(stylizer(image.unsqueeze(0))[0])))
+        try:
+            for frame in tqdm(iio.imiter(source), disable=not progress, desc=f"video {source.name}"):
+                image = pil_to_tensor(Image.fromarray(np.asarray(frame)).convert("RGB"))
+                if size:
+                    image = load_resized(image, size)
+                frames.append(np.asarray(tensor_to_pil(stylizer(image.unsqueeze(0))[0])))
+        except (OSError, RuntimeError, ValueError) as exc:
+            if isinstance(exc, UserError) or getattr(exc, "errno", None):
+                raise
+            raise ImageError(f"{source}: not a readable video ({ffmpeg_reason(exc)})") from None
         if not frames:
             raise ImageError(f"{source}: video has no frames")
         if target.suffix.lower() == ".gif":
@@ -145,4 +342,4 @@ def load_resized(image: torch.Tensor, size: int) -> torch.Tensor:
     h, w = image.shape[-2:]
     scale = size / max(h, w)
     new = (max(2, round(h * scale / 2) * 2), max(2, round(w * scale / 2) * 2))
-    return torch.nn.functional.interpolate(image[None], size=new, mode="bilinear", antialias=True)[0].clamp(0, 1)
+    return F.interpolate(image[None], size=new, mode="bilinear", antialias=True)[0].clamp(0, 1)

@@ -38,6 +38,7 @@ def train_transformer(
     progress: bool = True,
 ) -> list[dict[str, float]]:
     """Train a fresh TransformerNet towards a style's Gram matrices and save it to ``out_dir``."""
+    torch.manual_seed(config.seed)  # the initial weights are part of the run: same seed, same model
     model = TransformerNet(TransformerNetSpec(style=style_name, stn=STNSpec() if stn else None))
     data = ContentCrops(resolve_images(content, "train"), config.crop)
     meta = {"style": style_name, "loss_network": vgg.weights_source}
@@ -76,6 +77,7 @@ def model_stage(ctx) -> None:
         model = load_vgg19(ctx.recipe.loss_network, spec, allow_fallback=ctx.recipe.allow_random_loss_network)
         save_model(model, out, meta={**meta, "source": model.weights_source})
         return
+    torch.manual_seed(stage.train.seed if stage.train is not None else 0)
     model = build_model(spec)
     if isinstance(model, AdaINNet):
         init_adain_encoder_from_vgg(model, ctx.loss_network)
@@ -91,13 +93,8 @@ def model_stage(ctx) -> None:
 
 def write_previews(model: nn.Module, out: Path, style: torch.Tensor, size: int = 256) -> list[Path]:
     """Stylise the held-out sample photos so a person can look at what a model does."""
-    from compressor.stylize import stylize_files
+    from compressor.stylize import model_stylizer, stylize_files
 
-    model.eval()
-    if isinstance(model, AdaINNet):
-        stylizer = torch.no_grad()(lambda batch: model(batch, style.expand(batch.shape[0], -1, -1, -1)))
-    elif isinstance(model, TransformerNet):
-        stylizer = torch.no_grad()(model)
-    else:
+    if not isinstance(model, (AdaINNet, TransformerNet)):
         return []
-    return stylize_files(stylizer, sample_content_paths("eval"), out, size=size, progress=False)
+    return stylize_files(model_stylizer(model, style), sample_content_paths("eval"), out, size=size, progress=False)

@@ -9,15 +9,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from compressor.errors import UserError, one_line, pydantic_line, strip_unsafe_advice
 from compressor.models.adain import AdaINNet
 from compressor.models.spec import AdaINSpec, ModelSpec, TransformerNetSpec, VGG19Spec
 from compressor.models.transformer_net import TransformerNet
@@ -55,17 +57,36 @@ def current_spec(model: nn.Module) -> ModelSpec:
 
 
 def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename to ``path``: readers never see a half-written file."""
+    """Call ``write(tmp_path)``, fsync, then rename to ``path``: readers never see a half-written file.
+
+    On failure (a full disk included) the temp file is removed and the error names ``path``.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts are meant to be shared
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 (and some writers replace the file); artifacts are shared
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.errno is None or exc.filename == str(path):
+            raise
+        raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_model(model: nn.Module, directory: str | Path, meta: dict[str, Any] | None = None) -> Path:
@@ -86,9 +107,16 @@ def read_spec(directory: str | Path) -> tuple[ModelSpec, dict[str, Any]]:
         raise FileNotFoundError(f"{path}: no model spec here (a model folder holds {SPEC_FILE} + {WEIGHTS_FILE})")
     try:
         doc = json.loads(path.read_text())
-        return parse_spec(doc["spec"]), doc.get("meta", {})
-    except (ValueError, KeyError) as exc:
-        raise ValueError(f"{path}: not a valid styleslim spec: {exc}") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(path, f"not valid JSON ({exc})", "re-create the model folder") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("spec"), dict):
+        raise UserError(path, 'must be a JSON object {"spec": {...}, "meta": {...}}', "re-create the model folder")
+    try:
+        spec = parse_spec(doc["spec"])
+    except ValidationError as exc:
+        raise UserError(path, f"invalid spec: {pydantic_line(exc, where='spec')}", "fix or re-create it") from None
+    meta = doc.get("meta")
+    return spec, meta if isinstance(meta, dict) else {}
 
 
 def load_model(directory: str | Path) -> nn.Module:
@@ -96,7 +124,7 @@ def load_model(directory: str | Path) -> nn.Module:
     directory = Path(directory)
     spec, meta = read_spec(directory)
     model = build_model(spec)
-    load_weights(model, load_file(str(directory / WEIGHTS_FILE)), str(directory / WEIGHTS_FILE))
+    load_weights(model, read_safetensors(directory / WEIGHTS_FILE), str(directory / WEIGHTS_FILE))
     model.meta = meta
     return model.eval()
 
@@ -109,16 +137,42 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def load_weights_only(path: Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(weights_only=True)``; a file holding code or garbage is one UserError naming it.
+
+    Torch's own message advises re-running with ``weights_only=False``; that advice is dropped.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise UserError(path, "no such file", "check the path") from None
+    except Exception as exc:
+        found = re.search(r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+|"
+                          r"Trying to load unsupported GLOBAL [\w.]+)", str(exc))
+        what = f"refused to unpickle it ({found.group(1)})" if found else f"not a weights-only torch checkpoint " \
+            f"({type(exc).__name__}: {strip_unsafe_advice(one_line(str(exc)))[:120]})"
+        raise UserError(path, what, "use a plain state dict of tensors, or .safetensors") from None
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """``safetensors.load_file``; a truncated, empty or corrupt file is one UserError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(path, "no such file", "a model folder holds spec.json + weights.safetensors")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors_rust.SafetensorError, OSError from a short read, ...
+        raise UserError(path, f"not a readable safetensors file ({one_line(str(exc))[:160]})",
+                        "re-create it; it may be truncated") from None
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors from ``.safetensors`` or a ``.pth``/``.pt`` file (loaded with weights_only=True)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a loadable weights-only checkpoint ({exc})") from exc
+        return read_safetensors(path)
+    state = load_weights_only(path)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -141,7 +195,17 @@ def check_shapes(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     check_shapes(model.state_dict(), state, source)
+    check_finite(state, source)
     model.load_state_dict(state)
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """NaN or Inf in weights would give black or garbage images with exit 0: refuse, naming the layer."""
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise UserError(source, f"layer {key.rsplit('.', 1)[0]} ({key}) holds {bad} NaN/Inf value(s)",
+                            "the weights are corrupt; retrain or re-create them")
 
 
 def load_fast_neural_style(path: str | Path, style: str | None = None) -> TransformerNet:

@@ -20,6 +20,11 @@ VGG19_CONV_NAMES: list[str] = [
 ]
 
 
+# Channel widths: at least 1, and bounded so a typo (100000) is refused instead of allocating gigabytes.
+MAX_WIDTH = 4096
+Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     style: str | None = Field(None, description="Name of the style image the weights were trained on, if any.")
@@ -29,9 +34,9 @@ class STNSpec(BaseModel):
     """Localisation net of the optional spatial transformer in front of TransformerNet."""
 
     model_config = ConfigDict(extra="forbid")
-    conv1: int = 8
-    conv2: int = 16
-    hidden: int = 32
+    conv1: Width = 8
+    conv2: Width = 16
+    hidden: Width = 32
 
 
 class TransformerNetSpec(_Spec):
@@ -42,12 +47,12 @@ class TransformerNetSpec(_Spec):
     """
 
     family: Literal["transformer_net"] = "transformer_net"
-    conv1: int = 32
-    conv2: int = 64
-    trunk: int = 128
-    res_inner: list[int] = Field(default_factory=lambda: [128] * 5)
-    deconv1: int = 64
-    deconv2: int = 32
+    conv1: Width = 32
+    conv2: Width = 64
+    trunk: Width = 128
+    res_inner: list[Width] = Field(default_factory=lambda: [128] * 5, min_length=5, max_length=5)
+    deconv1: Width = 64
+    deconv2: Width = 32
     stn: STNSpec | None = None
 
 
@@ -55,10 +60,11 @@ class VGG19Spec(_Spec):
     """VGG19 ``features`` prefix up to the deepest tap, with ImageNet normalisation inside."""
 
     family: Literal["vgg19"] = "vgg19"
-    widths: list[int] = Field(default_factory=lambda: [w for w in VGG19_CFG if w != "M"])
+    widths: list[Width] = Field(default_factory=lambda: [w for w in VGG19_CFG if w != "M"], min_length=16,
+                                max_length=16)
     taps: list[str] = Field(default_factory=lambda: ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"])
     pooling: Literal["max", "avg"] = "max"
-    projections: dict[str, int] = Field(
+    projections: dict[str, Width] = Field(
         default_factory=dict,
         description="Tap name -> original width, for pruned taps distilled through learned 1x1 projections.",
     )
@@ -72,8 +78,10 @@ class AdaINSpec(_Spec):
     """
 
     family: Literal["adain"] = "adain"
-    encoder: list[int] = Field(default_factory=lambda: [64, 64, 128, 128, 256, 256, 256, 256, 512])
-    decoder: list[int] = Field(default_factory=lambda: [256, 256, 256, 256, 128, 128, 64, 64])
+    encoder: list[Width] = Field(default_factory=lambda: [64, 64, 128, 128, 256, 256, 256, 256, 512], min_length=9,
+                                 max_length=9)
+    decoder: list[Width] = Field(default_factory=lambda: [256, 256, 256, 256, 128, 128, 64, 64], min_length=8,
+                                 max_length=8)
 
 
 ModelSpec = Annotated[TransformerNetSpec | VGG19Spec | AdaINSpec, Field(discriminator="family")]
