@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from compressor.models.adain import mean_std
 from compressor.models.vgg import VGG19LossNet
@@ -120,10 +120,16 @@ def load_style_library(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], 
     """Styles -> layer -> Gram, and the loss network the Grams were computed with."""
     from safetensors import safe_open
 
+    from compressor.errors import UserError
+    from compressor.models.checkpoint import read_safetensors
+
+    tensors = read_safetensors(path)
     with safe_open(str(path), framework="pt") as f:
         loss_network = (f.metadata() or {}).get("loss_network", "unknown")
     library: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in load_file(str(path)).items():
+    for key, tensor in tensors.items():
+        if "/" not in key:
+            raise UserError(path, f"tensor {key!r} is not STYLE/LAYER", "create it with 'styleslim style-library'")
         style, layer = key.rsplit("/", 1)
         library.setdefault(style, {})[layer] = tensor
     return library, loss_network

@@ -43,7 +43,8 @@ def square_image(path: Path, size: int) -> torch.Tensor:
 
 
 def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    """A folder name for a variant; dots go too, so no folder looks like a model file (``model-fp32_onnx``)."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name)
 
 
 def artifact_size(variant: Variant) -> int | None:

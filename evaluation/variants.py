@@ -109,7 +109,10 @@ def discover(run_dir: Path) -> tuple[list[Variant], list[dict[str, str]]]:
     """Every variant a run folder holds, teacher first, and what could not be loaded (path, reason).
 
     Stages that did not run are simply absent; one unloadable folder does not stop the others.
+    An artifact counts only with a valid manifest (written last); hidden temp folders are interrupted writes.
     """
+    from exports.manifest import manifest_problem
+
     found: list[Variant] = []
     skipped: list[dict[str, str]] = []
 
@@ -127,9 +130,18 @@ def discover(run_dir: Path) -> tuple[list[Variant], list[dict[str, str]]]:
         if not root.is_dir():
             continue
         for path in sorted(root.rglob("*")):
-            inside_bundle = any(p.suffix == ".mlpackage" for p in path.relative_to(root).parents)
-            if path.suffix in ARTIFACT_RUNTIMES and not path.name.startswith(".") and not inside_bundle:
-                add(lambda path=path: artifact_variant(path, f"{folder}/{path.relative_to(root)}"), path)
+            rel = path.relative_to(root)
+            inside_bundle = any(p.suffix == ".mlpackage" for p in rel.parents)
+            if path.suffix not in ARTIFACT_RUNTIMES or inside_bundle:
+                continue
+            if any(part.startswith(".") for part in rel.parts):
+                skipped.append({"path": str(path), "reason": "inside a hidden temp folder: an interrupted write"})
+                continue
+            problem = manifest_problem(path)
+            if problem:
+                skipped.append({"path": str(path), "reason": problem})
+                continue
+            add(lambda path=path, rel=rel: artifact_variant(path, f"{folder}/{rel}"), path)
     return found, skipped
 
 

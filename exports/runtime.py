@@ -65,13 +65,22 @@ def load_runner(path: str | Path, threads: int | None = None) -> Runner:
     manifest = read_manifest(path) or {}
     layout = manifest.get("layout", "nchw")
     suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        return _onnx_runner(path, threads, layout)
-    if suffix == ".tflite":
-        return _tflite_runner(path, threads, layout, manifest)
-    if suffix == ".mlpackage":
-        return _coreml_runner(path, layout)
-    raise ExportError(f"{path}: unknown artifact type (expected .onnx, .tflite or .mlpackage)")
+    loaders = {".onnx": ("ONNX Runtime", lambda: _onnx_runner(path, threads, layout)),
+               ".tflite": ("LiteRT", lambda: _tflite_runner(path, threads, layout, manifest)),
+               ".mlpackage": ("Core ML", lambda: _coreml_runner(path, layout))}
+    if suffix not in loaders:
+        raise ExportError(f"{path}: unknown artifact type (expected .onnx, .tflite or .mlpackage)")
+    runtime, load = loaders[suffix]
+    try:
+        return load()
+    except ExportError:
+        raise
+    except ImportError as exc:
+        raise ExportError(f"{path}: {runtime} is not installed ({exc.name or exc}); install it to run this artifact"
+                          ) from None
+    except Exception as exc:  # garbage, empty or truncated files: each runtime raises its own type
+        detail = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise ExportError(f"{path}: {runtime} cannot load it ({detail}); re-export the artifact") from None
 
 
 def _onnx_runner(path: Path, threads: int | None, layout: str) -> Runner:

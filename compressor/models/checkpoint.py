@@ -149,8 +149,9 @@ def load_weights_only(path: Path, map_location: Any = "cpu") -> Any:
     except Exception as exc:
         found = re.search(r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+|"
                           r"Trying to load unsupported GLOBAL [\w.]+)", str(exc))
-        what = f"refused to unpickle it ({found.group(1)})" if found else f"not a weights-only torch checkpoint " \
-            f"({type(exc).__name__}: {strip_unsafe_advice(one_line(str(exc)))[:120]})"
+        what = (f"not a weights-only checkpoint: it holds Python objects, never unpickled ({found.group(1)})"
+                if found else f"not a weights-only torch checkpoint ({type(exc).__name__}: "
+                f"{strip_unsafe_advice(one_line(str(exc)))[:120]})")
         raise UserError(path, what, "use a plain state dict of tensors, or .safetensors") from None
 
 
