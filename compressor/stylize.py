@@ -16,41 +16,41 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from compressor.data import IMAGE_SUFFIXES, ImageError, load_image, pil_to_tensor, save_image, tensor_to_pil
-from compressor.models import AdaINNet, VGG19LossNet
-from compressor.models.checkpoint import atomic_write
+from compressor.data import (
+    IMAGE_SUFFIXES,
+    ImageError,
+    load_image,
+    pil_to_tensor,
+    resolve_style,
+    save_image,
+    tensor_to_pil,
+)
+from compressor.io import atomic_write
+from compressor.models import get_family, load_any
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif"}
-ARTIFACT_SUFFIXES = {".onnx", ".tflite"}
 Stylizer = Callable[[torch.Tensor], torch.Tensor]
 
 
 def load_stylizer(model_path: str | Path, style: str | Path | None = None, alpha: float = 1.0,
-                  style_size: int = 512) -> Stylizer:
-    """A function mapping a (N, 3, H, W) batch in [0, 1] to its stylised version."""
-    from compressor.teacher import load_any
+                  style_size: int = 512, runner: Callable | None = None) -> Stylizer:
+    """A function mapping a (N, 3, H, W) batch in [0, 1] to its stylised version.
 
+    ``model_path`` is a model folder or foreign checkpoint; an exported artifact comes in as ``runner``
+    (``exports.runtime.load_runner``: the app layer loads it, this library module does not import exports).
+    """
+    if runner is not None:
+        return _artifact_stylizer(runner)
     model_path = Path(model_path)
-    if model_path.suffix in ARTIFACT_SUFFIXES:
-        from exports.runtime import load_runner
-
-        return _artifact_stylizer(load_runner(model_path))
     model = load_any(model_path)
-    if isinstance(model, VGG19LossNet):
-        raise ValueError(f"{model_path}: a VGG19 loss network does not stylise images")
-    if isinstance(model, AdaINNet):
-        if style is None:
-            raise ValueError(f"{model_path}: AdaIN is arbitrary-style; pass --style")
-        from compressor.data import resolve_style
-
+    family = get_family(model)
+    style_image = None
+    if family.role == "arbitrary_style" and style is not None:
         style_image = load_image(resolve_style(style), size=style_size).unsqueeze(0)
-
-        @torch.no_grad()
-        def adain(batch: torch.Tensor) -> torch.Tensor:
-            return model(batch, style_image.expand(batch.shape[0], -1, -1, -1), alpha=alpha)
-
-        return adain
-    return torch.no_grad()(model)
+    try:
+        return family.stylizer(model, style_image, alpha)
+    except ValueError as exc:
+        raise ValueError(f"{model_path}: {exc}") from None
 
 
 def _artifact_stylizer(runner) -> Stylizer:
