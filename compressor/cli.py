@@ -23,10 +23,9 @@ from pydantic import BaseModel, ValidationError
 from typer.core import TyperGroup
 
 from compressor import __version__
-from compressor.distill import TrainConfig
+from compressor.config import DistillStage, EvaluateStage, ExportStage, PruneStage, QuantizeStage, Recipe, TrainConfig
 from compressor.errors import UserError, pydantic_line, user_error
 from compressor.outputs import check_output_dir, check_output_file
-from compressor.recipe import DistillStage, EvaluateStage, ExportStage, PruneStage, QuantizeStage, Recipe
 
 _STATE = {"debug": False}
 LOG_DIR = Path(tempfile.gettempdir()) / "styleslim-logs"
@@ -371,10 +370,12 @@ def stylize(
     """Stylise images, folders (batched) and videos (frame by frame, same fps) with a model or artifact."""
     from compressor.data import list_images
     from compressor.stylize import VIDEO_SUFFIXES, SomeInputsFailed, load_stylizer, output_targets, stylize_files
+    from exports.runtime import is_artifact, load_runner
 
     files = [f for p in inputs for f in ([p] if p.suffix.lower() in VIDEO_SUFFIXES else list_images(p))]
     output_targets(files, output)  # refuses a bad output path before the model is loaded
-    stylizer = load_stylizer(model, style=style, alpha=alpha)
+    runner = load_runner(model) if is_artifact(model) else None
+    stylizer = load_stylizer(model, style=style, alpha=alpha, runner=runner)
     try:
         written = stylize_files(stylizer, files, output, size=size, batch_size=batch_size)
     except SomeInputsFailed as exc:
@@ -477,7 +478,7 @@ def distill(
     from compressor.data import ContentCrops, load_image, resolve_images, resolve_style
     from compressor.distill import check_fresh_output, default_device, make_objective
     from compressor.distill import train as train_loop
-    from compressor.models import AdaINNet, TransformerNet, load_model
+    from compressor.models import get_family, load_model
 
     if (teacher is None) != no_teacher:
         fail("--teacher", "give --teacher DIR to distil, or --no-teacher for plain fine-tuning", "not both")
@@ -488,13 +489,14 @@ def distill(
     teacher_model = load_model(teacher) if teacher is not None else None
     weights = {"output_weight": 0.0, "perceptual_weight": 0.0} if no_teacher else {
         "output_weight": output_weight, "perceptual_weight": perceptual_weight}
+    family = get_family(student)
     if style_weight is not None:
-        weights["adain_style_weight" if isinstance(student, AdaINNet) else "style_weight"] = style_weight
-    config = build(TrainConfig, {"adain_style_weight": "--style-weight"}, steps=steps, lr=lr, lr_schedule=lr_schedule,
+        weights[family.style_weight_key] = style_weight
+    config = build(TrainConfig, {family.style_weight_key: "--style-weight"}, steps=steps, lr=lr, lr_schedule=lr_schedule,
                    feature_weight=feature_weight, content_weight=content_weight, tv_weight=tv_weight, crop=crop,
                    batch_size=batch_size, checkpoint_every=checkpoint_every, seed=seed, bf16=bf16,
                    grad_checkpointing=grad_checkpointing, tensorboard=tensorboard, **weights)
-    if isinstance(student, TransformerNet):
+    if family.role == "style_transformer":
         style = style or student.spec.style
         if style is None:
             fail(student_dir, "the spec names no style", "give --style")
@@ -502,9 +504,9 @@ def distill(
         _style_path(style, None)
     vgg = _loss_network(loss_network, strict_loss_network)
     grams, style_images = None, None
-    if isinstance(student, TransformerNet):
+    if family.role == "style_transformer":
         grams = _style_grams(vgg, style, style_size, None)
-    elif isinstance(student, AdaINNet) and style is not None:
+    elif family.role == "arbitrary_style" and style is not None:
         style_images = [load_image(resolve_style(style), size=max(2 * crop, style_size))]
     device = default_device()
     vgg.to(device)
@@ -571,7 +573,7 @@ def compare(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the table to this .md file.")] = None,
 ) -> None:
     """Side-by-side table of two runs' report.json (variants matched by name)."""
-    from compressor.models.checkpoint import atomic_write
+    from compressor.io import atomic_write
     from evaluation.report import compare as compare_reports
     from evaluation.report import load_report
 

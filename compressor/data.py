@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from compressor.errors import UserError, one_line
+from compressor.io import atomic_write
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -92,8 +93,6 @@ def tensor_to_pil(tensor: torch.Tensor) -> Image.Image:
 
 
 def save_image(tensor: torch.Tensor, path: str | Path) -> Path:
-    from compressor.models.checkpoint import atomic_write
-
     path = Path(path)
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:

@@ -24,16 +24,21 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from compressor.data import IMAGE_SUFFIXES, ImageError, load_image, pil_to_tensor, save_image, tensor_to_pil
+from compressor.data import (
+    IMAGE_SUFFIXES,
+    ImageError,
+    load_image,
+    pil_to_tensor,
+    resolve_style,
+    save_image,
+    tensor_to_pil,
+)
 from compressor.errors import UserError
-from compressor.models import AdaINNet, VGG19LossNet
-from compressor.models.checkpoint import atomic_write
+from compressor.io import atomic_write
+from compressor.models import get_family, load_any
 from compressor.outputs import check_output_dir, check_output_file
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif"}
-ARTIFACT_SUFFIXES = {".onnx", ".tflite"}
-# Each side must be a multiple of this for the output to come back the input's size (downsampling depth).
-SIZE_MULTIPLE = {"transformer_net": 4, "adain": 8}
 # Peak memory of a forward pass over the sum of its layer outputs: 0.37 measured for TransformerNet (CPU, no_grad).
 PEAK_OVER_LAYER_OUTPUTS = 0.4
 ARTIFACT_BYTES_PER_PIXEL = 1200  # ONNX Runtime / LiteRT: about TransformerNet's torch figure
@@ -113,38 +118,29 @@ def layer_output_bytes(run: Callable[[torch.Tensor], object], model: nn.Module, 
 
 def model_stylizer(model: nn.Module, style_image: torch.Tensor | None = None, alpha: float = 1.0,
                    source: str = "model") -> Stylizer:
-    """A Stylizer for a torch model (AdaIN: with its style image)."""
+    """A Stylizer for a torch model (arbitrary-style families: with their style image)."""
     model.eval()
-    family = model.current_spec().family
-    if isinstance(model, VGG19LossNet):
-        raise UserError(source, "a VGG19 loss network does not stylise images", "give a TransformerNet or AdaIN model")
-    if isinstance(model, AdaINNet):
-        if style_image is None:
-            raise UserError(source, "AdaIN is arbitrary-style", "pass --style")
-
-        def run(batch: torch.Tensor) -> torch.Tensor:
-            return model(batch, style_image.expand(batch.shape[0], -1, -1, -1), alpha=alpha)
-    else:
-        run = model
+    family = get_family(model)
+    try:
+        run = family.stylizer(model, style_image, alpha)
+    except ValueError as exc:
+        raise UserError(source, str(exc)) from None
     bpp = PEAK_OVER_LAYER_OUTPUTS * layer_output_bytes(run, model)
-    return Stylizer(run, source, SIZE_MULTIPLE.get(family, 8), bpp, model)
+    return Stylizer(run, source, family.size_multiple, bpp, model)
 
 
 def load_stylizer(model_path: str | Path, style: str | Path | None = None, alpha: float = 1.0,
-                  style_size: int = 512) -> Stylizer:
-    """A Stylizer for a model folder, a .pth checkpoint or an exported artifact."""
-    from compressor.teacher import load_any
+                  style_size: int = 512, runner: Callable | None = None) -> Stylizer:
+    """A Stylizer for a model folder or foreign checkpoint.
 
-    model_path = Path(model_path)
-    if model_path.suffix in ARTIFACT_SUFFIXES:
-        from exports.runtime import load_runner
-
-        return _artifact_stylizer(load_runner(model_path), str(model_path))
-    model = load_any(model_path)
+    An exported artifact comes in as ``runner`` (``exports.runtime.load_runner``: the app layer loads it,
+    this library module does not import exports).
+    """
+    if runner is not None:
+        return _artifact_stylizer(runner, str(model_path))
+    model = load_any(Path(model_path))
     style_image = None
-    if isinstance(model, AdaINNet) and style is not None:
-        from compressor.data import resolve_style
-
+    if get_family(model).role == "arbitrary_style" and style is not None:
         style_image = load_image(resolve_style(style), size=style_size).unsqueeze(0)
     return model_stylizer(model, style_image, alpha, str(model_path))
 
