@@ -461,7 +461,8 @@ def quantize(
     """Quantize a model for ONNX Runtime, LiteRT or Core ML (PTQ or QAT), verify parity, write manifests."""
     from pydantic import ValidationError
 
-    from compressor.quantize import QuantizeError, quantize as run_quantize
+    from compressor.quantize import QuantizeError
+    from exports.quantize import quantize as run_quantize
     from compressor.config import QuantizeStage
     from compressor.recipe import format_errors
 
