@@ -36,8 +36,8 @@ from compressor.models import TransformerNet, TransformerNetSpec, VGG19LossNet, 
 from compressor.io import atomic_write
 from compressor.quantize import calibration_set, rgb_output_convs
 from evaluation.latency import measure_latency
-from exports.quant_onnx import conv_layers, quantize_onnx
-from exports.quant_tflite import quantize_tflite
+from exports.backends.onnxruntime import conv_layers, quantize_onnx
+from exports.backends.litert import quantize_tflite
 from exports.rewrites import replace_modules
 from exports.runtime import load_runner
 from exports.stage import export_artifact

@@ -30,7 +30,7 @@ from compressor.quantize import calibration_set, image_batch
 from evaluation.latency import measure_latency
 from evaluation.metrics import fidelity
 from exports.common import ExportWrapper, example_inputs
-from exports.quant_tflite import quantize_tflite
+from exports.backends.litert import quantize_tflite
 from exports.rewrites import FORMAT_REWRITES, apply_rewrites
 from exports.runtime import load_runner
 from exports.stage import export_artifact

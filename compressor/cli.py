@@ -631,7 +631,7 @@ def quantize(
     strict_loss_network: StrictOpt = False,
 ) -> None:
     """Quantize a model for ONNX Runtime, LiteRT or Core ML (PTQ or QAT), verify parity, write manifests."""
-    from compressor.quantize import quantize as run_quantize
+    from exports.quantize import quantize as run_quantize
 
     settings = build(QuantizeStage, {"runtimes": "--runtime", "calibration_method": "--method"}, runtimes=runtime,
                      mode=mode, calibration=calibration, calibration_method=method, keep_float=keep_float,

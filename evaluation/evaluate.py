@@ -26,7 +26,7 @@ from evaluation import lossnet
 from evaluation.latency import machine_info, measure_latency
 from evaluation.memory import peak_rss
 from evaluation.metrics import degradation_pct, fidelity, layer_widths, params_and_macs, perceptual_losses
-from evaluation.variants import CORE_ML_NOTE, Variant, size_on_disk
+from evaluation.variants import Variant, size_on_disk
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -138,7 +138,7 @@ def _quality(variants, rows, images, image_paths, vgg, grams, style, settings, w
         if variant.role == "loss_network":
             row["quality"]["note"] = "loss-network variant: judged by rank correlation of losses"
         elif not variant.measurable:
-            row["quality"]["note"] = CORE_ML_NOTE
+            row["quality"]["note"] = variant.not_measurable_note
         else:
             try:
                 run = variant.runner(style, settings.threads)
@@ -203,7 +203,7 @@ def _latency(variants, rows, style, settings: EvaluateStage, progress: bool) -> 
         calls = {}
         for i, (variant, row) in enumerate(zip(variants, rows)):
             if not variant.measurable:
-                row["latency_ms"][variant.runtime] = {"p50": None, "p90": None, "note": CORE_ML_NOTE}
+                row["latency_ms"][variant.runtime] = {"p50": None, "p90": None, "note": variant.not_measurable_note}
                 continue
             fixed = artifact_size(variant)
             if fixed and fixed != size:

@@ -2,14 +2,12 @@
 
 A variant is anything that maps a content image to a stylised one (or, for a
 VGG19 loss-network variant, to features). Torch variants are model folders
-(``spec.json`` + weights); artifacts are ``.onnx`` / ``.tflite`` / Core ML
-files with a JSON manifest beside them, run through ``exports.runtime``.
+(``spec.json`` + weights); artifacts are files with a JSON manifest beside
+them, run on the runtime the manifest names (``exports.backends``).
 """
 
 from __future__ import annotations
 
-import inspect
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +18,14 @@ import torch
 from torch import nn
 
 from compressor.models import get_family, load_any
+from compressor.io import path_size
 from compressor.models.checkpoint import SPEC_FILE, WEIGHTS_FILE
+from exports.backends import backend_for_artifact, get_backend
+from exports.manifest import manifest_path, manifest_problem, read_manifest
+from exports.runtime import load_runner
 
-ARTIFACT_RUNTIMES = {".onnx": "onnxruntime", ".tflite": "litert", ".mlpackage": "coreml", ".mlmodel": "coreml"}
 MODEL_FOLDERS = ("teacher", "pruned", "distilled", "quantized")
 ARTIFACT_FOLDERS = ("quantized", "exports")
-CORE_ML_NOTE = "not measurable on Linux (Core ML predictions need macOS)"
 
 
 @dataclass
@@ -51,8 +51,12 @@ class Variant:
 
     @property
     def measurable(self) -> bool:
-        """Core ML predictions need macOS; everything else runs here."""
-        return not (self.runtime == "coreml" and sys.platform != "darwin")
+        """Whether this machine can run the variant (Core ML predictions need macOS)."""
+        return self.model is not None or get_backend(self.runtime).can_run()
+
+    @property
+    def not_measurable_note(self) -> str:
+        return f"not measurable here: {self.runtime} predictions {get_backend(self.runtime).cannot_run_note}"
 
     def runner(self, style: torch.Tensor | None, threads: int) -> Callable[[torch.Tensor], Any]:
         """A callable mapping a (1, 3, H, W) tensor to the variant's output (tensor, or dict of VGG features)."""
@@ -60,19 +64,12 @@ class Variant:
         if self.model is not None:
             model = self.model.eval()
             return lambda x: model(*family.inputs(x, style))
-        from exports.runtime import load_runner
-
-        params = inspect.signature(load_runner).parameters
-        run = load_runner(self.path, threads=threads) if "threads" in params else load_runner(self.path)
+        run = load_runner(self.path, threads=threads)
         return lambda x: _to_torch(run(*(t.numpy() for t in family.inputs(x, style))))
 
-    def threads_note(self, threads: int) -> int | str:
-        """The thread count this variant actually ran with (artifacts: only if the runtime accepts it)."""
-        if self.model is not None:
-            return threads
-        from exports.runtime import load_runner
-
-        return threads if "threads" in inspect.signature(load_runner).parameters else "runtime default"
+    def threads_note(self, threads: int) -> int:
+        """The thread count this variant ran with (every runtime here takes one)."""
+        return threads
 
 
 def _to_torch(output: Any) -> Any:
@@ -84,20 +81,19 @@ def _to_torch(output: Any) -> Any:
 
 def size_on_disk(path: Path) -> int:
     """Bytes of a file, of a model folder's spec + weights (not its training checkpoint), or of a bundle."""
-    if path.is_file():
-        return path.stat().st_size
     if (path / SPEC_FILE).is_file():
         return sum((path / name).stat().st_size for name in (SPEC_FILE, WEIGHTS_FILE))
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return path_size(path)
 
 
 def artifact_variant(path: Path, name: str | None = None) -> Variant:
-    """An exported artifact; its manifest (``<file>.manifest.json``, written by exports) tells family and shape."""
-    from exports.manifest import manifest_path, read_manifest
-
+    """An exported artifact; its manifest (``<file>.manifest.json``, written by exports) tells runtime, family, shape."""
     manifest = read_manifest(path) or {}
     family = ((manifest.get("source") or {}).get("spec") or {}).get("family")
-    return Variant(name=name or path.name, path=path, runtime=ARTIFACT_RUNTIMES[path.suffix], family=family,
+    backend = backend_for_artifact(path, manifest)
+    if backend is None:
+        raise ValueError(f"{path}: not an artifact of a known runtime")
+    return Variant(name=name or path.name, path=path, runtime=backend.runtime, family=family,
                    manifest=manifest, manifest_path=manifest_path(path) if manifest else None)
 
 
@@ -113,8 +109,6 @@ def discover(run_dir: Path) -> tuple[list[Variant], list[dict[str, str]]]:
     Stages that did not run are simply absent; one unloadable folder does not stop the others.
     An artifact counts only with a valid manifest (written last); hidden temp folders are interrupted writes.
     """
-    from exports.manifest import manifest_problem
-
     found: list[Variant] = []
     skipped: list[dict[str, str]] = []
 
@@ -132,10 +126,13 @@ def discover(run_dir: Path) -> tuple[list[Variant], list[dict[str, str]]]:
         if not root.is_dir():
             continue
         for path in sorted(root.rglob("*")):
-            rel = path.relative_to(root)
-            inside_bundle = any(p.suffix == ".mlpackage" for p in rel.parents)
-            if path.suffix not in ARTIFACT_RUNTIMES or inside_bundle:
+            if path.name.endswith(".manifest.json"):
                 continue
+            rel = path.relative_to(root)
+            if any(manifest_path(root / p).is_file() for p in rel.parents if p.name):
+                continue  # a file inside a bundle artifact (.mlpackage)
+            if not manifest_path(path).is_file() and backend_for_artifact(path, None) is None:
+                continue  # not an artifact at all
             if any(part.startswith(".") for part in rel.parts):
                 skipped.append({"path": str(path), "reason": "inside a hidden temp folder: an interrupted write"})
                 continue
@@ -152,6 +149,6 @@ def load_variant(target: str | Path) -> Variant:
     path = Path(target)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such model folder or artifact")
-    if path.suffix in ARTIFACT_RUNTIMES:
+    if backend_for_artifact(path, read_manifest(path)) is not None:
         return artifact_variant(path)
     return torch_variant(path.name or str(path), path)

@@ -205,7 +205,7 @@ def test_onnx_adain_two_inputs(adain, out):
 def test_tflite_transformer_net_fp32_and_fp16(tnet_dir, out):
     from ai_edge_litert.interpreter import Interpreter
 
-    from exports.tflite_export import fp16_weights
+    from exports.backends.litert import fp16_weights
 
     path, manifest = export_artifact(tnet_dir, "tflite", out / "tnet", size=SIZE)
     _check(manifest, "tflite", "fp32")

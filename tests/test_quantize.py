@@ -10,20 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from compressor.config import QuantizeStage, TrainConfig
 from compressor.data import ContentCrops, load_image, sample_content_paths, sample_style_path
-from compressor.config import TrainConfig
 from compressor.distill import train
 from compressor.losses import style_grams
 from compressor.models import TransformerNet, TransformerNetSpec, load_model, load_vgg19, save_model
-from compressor.quantize import (
-    QUANT_THRESHOLDS_DB,
-    Judge,
-    QuantizeError,
-    calibration_set,
-    layer_sensitivity,
-    quantize,
-)
-from compressor.config import QuantizeStage
+from compressor.quantize import Judge, QuantizeError, calibration_set
+from exports.quantize import QUANT_THRESHOLDS_DB, layer_sensitivity, quantize
 
 SIZE = 64
 SPEC = TransformerNetSpec(conv1=8, conv2=16, trunk=32, res_inner=[32] * 5, deconv1=16, deconv2=8)
