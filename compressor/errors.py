@@ -54,7 +54,8 @@ def pydantic_line(exc, names: dict[str, str] | None = None, where: str = "") -> 
     items = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
-        key = names.get(loc) or (f"{where}.{loc}" if where and loc else where or loc or "(top level)")
+        top = str(err["loc"][0]) if err["loc"] else ""
+        key = names.get(loc) or names.get(top) or (f"{where}.{loc}" if where and loc else where or loc or "(top level)")
         got = err.get("input")
         shown = f" (got {got!r})" if isinstance(got, int | float | str) and err["type"] != "missing" else ""
         items.append(f"{key}: {err['msg']}{shown}")

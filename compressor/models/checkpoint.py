@@ -18,7 +18,7 @@ from torch import nn
 
 from compressor.errors import UserError, one_line, pydantic_line, strip_unsafe_advice
 from compressor.io import atomic_write, file_sha256, write_json
-from compressor.models.registry import create_model, families, parse_spec
+from compressor.models.registry import create_model, families, get_family
 
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -56,7 +56,11 @@ def read_spec(directory: str | Path) -> tuple[BaseModel, dict[str, Any]]:
     if not isinstance(doc, dict) or not isinstance(doc.get("spec"), dict):
         raise UserError(path, 'must be a JSON object {"spec": {...}, "meta": {...}}', "re-create the model folder")
     try:
-        spec = parse_spec(doc["spec"])
+        spec_class = get_family(str(doc["spec"].get("family"))).spec
+    except ValueError as exc:
+        raise UserError(path, f"spec.family: {exc}", "fix or re-create it") from None
+    try:
+        spec = spec_class.model_validate(doc["spec"])
     except ValidationError as exc:
         raise UserError(path, f"invalid spec: {pydantic_line(exc, where='spec')}", "fix or re-create it") from None
     meta = doc.get("meta")
