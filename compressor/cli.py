@@ -181,7 +181,10 @@ def _option_names(model: type[BaseModel], renames: dict[str, str] | None = None)
 
 
 def build(model: type[BaseModel], renames: dict[str, str] | None = None, **values: Any) -> Any:
-    """``model(**values)``; a ValidationError becomes one line naming the ``--option`` (``renames``: field -> option)."""
+    """``model(**values)``; a ValidationError becomes one line naming the ``--option``.
+
+    ``renames`` maps a field to its option where the name differs (``iterative_steps`` -> ``--steps``).
+    """
     try:
         return model(**values)
     except ValidationError as exc:
@@ -189,9 +192,15 @@ def build(model: type[BaseModel], renames: dict[str, str] | None = None, **value
                         "see the command's --help") from None
 
 
-LossNetOpt = Annotated[
-    str, typer.Option("--loss-network", help="VGG19 weights: imagenet | random | path to a weights file.")
-]
+def _loss_network_option() -> Any:
+    return field_option(Recipe, "loss_network", "--loss-network", help="VGG19 weights: imagenet | random | path to "
+                        "a weights file.")
+
+
+def _style_option(help_text: str = "Style image path or bundled style name.") -> Any:
+    return field_option(Recipe, "style", "--style", help=help_text)
+
+
 StrictOpt = Annotated[
     bool, typer.Option("--strict-loss-network", help="Fail instead of falling back to a random VGG19.")
 ]
@@ -250,8 +259,8 @@ def _content(source: str, option: str = "--content-dir") -> None:
 
 @app.command()
 def train(
-    style: Annotated[str, typer.Option(help="Style image path or bundled style name.")] = "starry_night",
-    content_dir: Annotated[str, typer.Option(help="Folder of content images, or 'samples'.")] = "samples",
+    style: str = _style_option(),
+    content_dir: str = field_option(Recipe, "content", "--content-dir"),
     output: Annotated[Path, typer.Option("-o", "--output", help="Model folder to write.")] = Path("model"),
     steps: int = field_option(_T, "steps"),
     batch_size: int = field_option(_T, "batch_size"),
@@ -267,7 +276,7 @@ def train(
     stn: Annotated[bool, typer.Option(help="Put a spatial transformer in front of the network.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue from OUTPUT/checkpoint.pt.")] = False,
     force: Annotated[bool, typer.Option(help="Start over even if OUTPUT holds a checkpoint.")] = False,
-    loss_network: LossNetOpt = "imagenet",
+    loss_network: str = _loss_network_option(),
     strict_loss_network: StrictOpt = False,
 ) -> None:
     """Train a fast-style TransformerNet (Johnson et al. 2016) on one style."""
@@ -293,7 +302,7 @@ def style_library(
     output: Annotated[Path, typer.Option("-o", "--output", help="Library file (.safetensors).")] = Path(
         "styles.safetensors"),
     style_size: int = field_option(Recipe, "style_size"),
-    loss_network: LossNetOpt = "imagenet",
+    loss_network: str = _loss_network_option(),
     strict_loss_network: StrictOpt = False,
 ) -> None:
     """Precompute the Gram matrices of style images once, for reuse by gatys and train."""
@@ -327,7 +336,7 @@ def gatys(
     style_library: Annotated[Optional[Path], typer.Option(help="Precomputed Grams (styleslim style-library).")] = None,
     snapshot_every: Annotated[int, typer.Option(min=0, help="Save intermediate images every N steps (0: never).")] = 0,
     seed: int = field_option(_T, "seed"),
-    loss_network: LossNetOpt = "imagenet",
+    loss_network: str = _loss_network_option(),
     strict_loss_network: StrictOpt = False,
 ) -> None:
     """Gatys et al. iterative style transfer (optimises the pixels; slow, model-free)."""
@@ -448,7 +457,7 @@ def distill(
     style: Annotated[Optional[str], typer.Option(
         help="Style image or bundled name. TransformerNet: default the student's spec style; "
              "AdaIN: crops of it (default: the bundled paintings); VGG19: unused.")] = None,
-    content_dir: Annotated[str, typer.Option(help="Folder of content images, or 'samples'.")] = "samples",
+    content_dir: str = field_option(Recipe, "content", "--content-dir"),
     steps: int = field_option(_T, "steps"),
     lr: float = field_option(_T, "lr"),
     lr_schedule: str = field_option(_T, "lr_schedule"),
@@ -458,7 +467,8 @@ def distill(
     feature_weight: float = field_option(_T, "feature_weight"),
     style_weight: Annotated[Optional[float], typer.Option(
         min=0, help=f"Gram style weight (TransformerNet, default {_T.model_fields['style_weight'].default:g}) or "
-                    f"AdaIN mean/std style weight (default {_T.model_fields['adain_style_weight'].default:g}).")] = None,
+                    f"AdaIN mean/std style weight (default {_T.model_fields['adain_style_weight'].default:g})."
+    )] = None,
     content_weight: float = field_option(_T, "content_weight"),
     tv_weight: float = field_option(_T, "tv_weight"),
     crop: int = field_option(_T, "crop"),
@@ -471,7 +481,7 @@ def distill(
     tensorboard: bool = field_option(_T, "tensorboard"),
     resume: Annotated[bool, typer.Option(help="Continue from OUTPUT/checkpoint.pt.")] = False,
     force: Annotated[bool, typer.Option(help="Start over even if OUTPUT holds a checkpoint.")] = False,
-    loss_network: LossNetOpt = "imagenet",
+    loss_network: str = _loss_network_option(),
     strict_loss_network: StrictOpt = False,
 ) -> None:
     """Distil a (pruned) student from its teacher, or fine-tune it (--no-teacher). Runs under torchrun too."""
@@ -492,8 +502,8 @@ def distill(
     family = get_family(student)
     if style_weight is not None:
         weights[family.style_weight_key] = style_weight
-    config = build(TrainConfig, {family.style_weight_key: "--style-weight"}, steps=steps, lr=lr, lr_schedule=lr_schedule,
-                   feature_weight=feature_weight, content_weight=content_weight, tv_weight=tv_weight, crop=crop,
+    config = build(TrainConfig, {family.style_weight_key: "--style-weight"}, steps=steps, lr=lr,
+                   lr_schedule=lr_schedule, feature_weight=feature_weight, content_weight=content_weight, tv_weight=tv_weight, crop=crop,
                    batch_size=batch_size, checkpoint_every=checkpoint_every, seed=seed, bf16=bf16,
                    grad_checkpointing=grad_checkpointing, tensorboard=tensorboard, **weights)
     if family.role == "style_transformer":
@@ -528,12 +538,12 @@ def evaluate(
     teacher: Annotated[str, typer.Option(help="Reference model every degradation and PSNR refers to.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for report.json/md/html.")] = Path("evaluation"),
     images: str = field_option(EvaluateStage, "images"),
-    style: Annotated[str, typer.Option(help="Style image path or bundled style name.")] = "starry_night",
+    style: str = _style_option(),
     size: int = field_option(EvaluateStage, "size"),
     latency_runs: int = field_option(EvaluateStage, "latency_runs"),
     threads: int = field_option(EvaluateStage, "threads"),
     memory: bool = field_option(EvaluateStage, "memory"),
-    loss_network: LossNetOpt = "imagenet",
+    loss_network: str = _loss_network_option(),
     strict_loss_network: StrictOpt = False,
 ) -> None:
     """Evaluate models/artifacts against a teacher: quality (reference VGG19), size, MACs, latency, memory."""
@@ -625,9 +635,9 @@ def quantize(
     keep_float: list[str] = field_option(_Q, "keep_float", "--keep-float"),
     max_style_increase_pct: Optional[float] = field_option(_Q, "max_style_increase_pct"),
     size: int = field_option(_Q, "size"),
-    style: Annotated[str, typer.Option(help="Style the sensitivity/quality numbers are judged against.")] = "starry_night",
+    style: str = _style_option("Style the sensitivity/quality numbers are judged against."),
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for artifacts and manifests.")] = Path("quantized"),
-    loss_network: LossNetOpt = "imagenet",
+    loss_network: str = _loss_network_option(),
     strict_loss_network: StrictOpt = False,
 ) -> None:
     """Quantize a model for ONNX Runtime, LiteRT or Core ML (PTQ or QAT), verify parity, write manifests."""
@@ -639,7 +649,8 @@ def quantize(
     check_output_dir(output)
     _style_path(style, None)
     vgg = _loss_network(loss_network, strict_loss_network)
-    manifests = run_quantize(model, output, settings, vgg, _style_grams(vgg, style, 256, None))
+    grams = _style_grams(vgg, style, Recipe.model_fields["style_size"].default, None)
+    manifests = run_quantize(model, output, settings, vgg, grams)
     for m in manifests:
         p = m["parity"]
         verdict = (f"PSNR {p['psnr_db']} dB (>= {p['threshold_db']}) {'ok' if p['passed'] else 'FAILED'}"

@@ -69,11 +69,11 @@ def adain_style_loss(features: dict[str, torch.Tensor], target: dict[str, torch.
 
 @dataclass
 class LossWeights:
-    """Weights of the style-transfer objective; defaults suit [0, 1] images and Gram/(C·H·W)."""
+    """Weights of the style-transfer objective; defaults (TrainConfig's) suit [0, 1] images and Gram/(C·H·W)."""
 
-    content: float = 1.0
-    style: float = 1e5
-    tv: float = 1e-3
+    content: float = TrainConfig.model_fields["content_weight"].default
+    style: float = TrainConfig.model_fields["style_weight"].default
+    tv: float = TrainConfig.model_fields["tv_weight"].default
     content_layers: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CONTENT_LAYERS))
     style_layers: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_STYLE_LAYERS))
 
