@@ -486,7 +486,7 @@ def distill(
 ) -> None:
     """Distil a (pruned) student from its teacher, or fine-tune it (--no-teacher). Runs under torchrun too."""
     from compressor.data import ContentCrops, load_image, resolve_images, resolve_style
-    from compressor.distill import check_fresh_output, default_device, make_objective
+    from compressor.distill import check_fresh_output, make_objective, prepare_run
     from compressor.distill import train as train_loop
     from compressor.models import get_family, load_model
 
@@ -518,16 +518,12 @@ def distill(
         grams = _style_grams(vgg, style, style_size, None)
     elif family.role == "arbitrary_style" and style is not None:
         style_images = [load_image(resolve_style(style), size=max(2 * crop, style_size))]
-    device = default_device()
-    vgg.to(device)
-    if teacher_model is not None:
-        teacher_model.to(device)
-    objective = make_objective(student, teacher_model, config, vgg,
-                               {k: v.to(device) for k, v in grams.items()} if grams else None, style_images)
+    run = prepare_run(vgg, teacher_model, grams)
+    objective = make_objective(student, run.teacher, config, run.vgg, run.grams, style_images)
     data = ContentCrops(resolve_images(content_dir, "train"), crop)
     meta = {"student_from": str(student_dir), "teacher": str(teacher) if teacher else None, "style": style,
             "loss_network": vgg.weights_source}
-    history = train_loop(student, objective, data, config, output, resume=resume, meta=meta, device=device)
+    history = train_loop(student, objective, data, config, output, resume=resume, meta=meta, device=run.device)
     if history and os.environ.get("RANK", "0") == "0":
         typer.echo(f"loss {history[0]['total']:.4g} -> {history[-1]['total']:.4g}; model written to {output}")
 

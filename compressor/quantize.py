@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from compressor.config import TrainConfig
 from compressor.data import load_image, resolve_images, sample_content_paths
+from compressor.images import resize
 from compressor.io import file_sha256
-from compressor.losses import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, content_loss, style_loss
+from compressor.losses import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, content_loss, psnr, style_loss
 from compressor.models import get_family, save_model
 
 log = logging.getLogger(__name__)
@@ -53,8 +52,7 @@ def check_disjoint(calibration: list[Path], evaluation: list[Path]) -> None:
 
 def image_batch(paths: list[Path], size: int) -> list[torch.Tensor]:
     """(1, 3, size, size) tensors, resized as the parity check resizes."""
-    return [F.interpolate(load_image(p).unsqueeze(0), size=(size, size), mode="bilinear", antialias=True,
-                          align_corners=False).clamp(0, 1) for p in paths]
+    return [resize(load_image(p).unsqueeze(0), (size, size)) for p in paths]
 
 
 def calibration_set(source: str | Path | None, size: int) -> tuple[list[np.ndarray], list[Path]]:
@@ -94,12 +92,11 @@ class Judge:
         else:
             outputs = [torch.from_numpy(np.asarray(run(x.numpy()), dtype=np.float32)) for x in self.images]
         losses = self._losses(outputs)
-        mse = max(float(torch.mean((o.clamp(0, 1) - r.clamp(0, 1)) ** 2)) for o, r in zip(outputs, self.reference))
         return {
             "style_increase_pct": 100 * (losses["style"] - self.baseline["style"]) / max(self.baseline["style"], 1e-12),
             "content_increase_pct": 100 * (losses["content"] - self.baseline["content"])
             / max(self.baseline["content"], 1e-12),
-            "psnr_db": min(200.0, 10 * math.log10(1 / mse)) if mse > 0 else 200.0,
+            "psnr_db": min(200.0, *(psnr(o.clamp(0, 1), r.clamp(0, 1)) for o, r in zip(outputs, self.reference))),
         }
 
 
@@ -170,7 +167,7 @@ def qat_finetune(model: nn.Module, vgg: nn.Module, config: TrainConfig, out_dir:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     from compressor.data import ContentCrops
-    from compressor.distill import make_objective, train
+    from compressor.distill import make_objective, prepare_run, train
 
     if get_family(model).role != "style_transformer":
         raise QuantizeError(f"QAT supports image-to-image style transformers, got {type(model).__name__}")
@@ -179,9 +176,11 @@ def qat_finetune(model: nn.Module, vgg: nn.Module, config: TrainConfig, out_dir:
     student = _QATModule(_pt2e_graph(model, True, example), model)
     paths = resolve_images(content, "train")
     check_disjoint(paths, sample_content_paths("eval"))
-    objective = make_objective(model, teacher, config, vgg, None)
+    run = prepare_run(vgg, teacher)
+    objective = make_objective(model, run.teacher, config, run.vgg, None)
     train(student, objective, ContentCrops(paths, config.crop), config, out_dir / "train", resume=resume,
-          progress=progress)
+          progress=progress, device=run.device)
+    student.cpu()
     learned = copy.deepcopy(model)
     params = dict(student.graph.named_parameters())
     with torch.no_grad():

@@ -34,6 +34,7 @@ from compressor.data import (
     tensor_to_pil,
 )
 from compressor.errors import UserError
+from compressor.images import fit_longest, resize
 from compressor.io import atomic_write
 from compressor.models import get_family, load_any
 from compressor.outputs import check_output_dir, check_output_file
@@ -154,11 +155,8 @@ def _artifact_stylizer(runner, source: str) -> Stylizer:
     def stylize(batch: torch.Tensor) -> torch.Tensor:
         size = tuple(batch.shape[-2:])
         if fixed and size != fixed:
-            batch = F.interpolate(batch, size=fixed, mode="bilinear", antialias=True)
-        out = torch.from_numpy(np.asarray(runner(batch.numpy())))
-        if out.shape[-2:] != size:
-            out = F.interpolate(out, size=size, mode="bilinear", antialias=True)
-        return out
+            batch = resize(batch, fixed)
+        return resize(torch.from_numpy(np.asarray(runner(batch.numpy()))), size)
 
     bpp = None if fixed else ARTIFACT_BYTES_PER_PIXEL
     return Stylizer(stylize, source, 1 if fixed else 8, bpp)
@@ -316,7 +314,7 @@ def stylize_video(stylizer: Stylizer, source: Path, target: Path, size: int | No
             for frame in tqdm(iio.imiter(source), disable=not progress, desc=f"video {source.name}"):
                 image = pil_to_tensor(Image.fromarray(np.asarray(frame)).convert("RGB"))
                 if size:
-                    image = load_resized(image, size)
+                    image = fit_longest(image, size, multiple=2)
                 frames.append(np.asarray(tensor_to_pil(stylizer(image.unsqueeze(0))[0])))
         except (OSError, RuntimeError, ValueError) as exc:
             if isinstance(exc, UserError) or getattr(exc, "errno", None):
@@ -331,11 +329,3 @@ def stylize_video(stylizer: Stylizer, source: Path, target: Path, size: int | No
 
     atomic_write(target, write)
     return target
-
-
-def load_resized(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize a (3, H, W) tensor so its longest side is ``size``; sides rounded to even for video codecs."""
-    h, w = image.shape[-2:]
-    scale = size / max(h, w)
-    new = (max(2, round(h * scale / 2) * 2), max(2, round(w * scale / 2) * 2))
-    return F.interpolate(image[None], size=new, mode="bilinear", antialias=True)[0].clamp(0, 1)

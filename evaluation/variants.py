@@ -60,17 +60,12 @@ class Variant:
 
     def runner(self, style: torch.Tensor | None, threads: int) -> Callable[[torch.Tensor], Any]:
         """A callable mapping a (1, 3, H, W) tensor to the variant's output (tensor, or dict of VGG features)."""
-        family = get_family(self.family)
+        inputs = get_family(self.family).inputs if self.family else lambda x, style: (x,)  # foreign: one input
         if self.model is not None:
             model = self.model.eval()
-            return lambda x: model(*family.inputs(x, style))
+            return lambda x: model(*inputs(x, style))
         run = load_runner(self.path, threads=threads)
-        return lambda x: _to_torch(run(*(t.numpy() for t in family.inputs(x, style))))
-
-    def threads_note(self, threads: int) -> int:
-        """The thread count this variant ran with (every runtime here takes one)."""
-        return threads
-
+        return lambda x: _to_torch(run(*(t.numpy() for t in inputs(x, style))))
 
 def _to_torch(output: Any) -> Any:
     """Runner output (an array, or a dict of arrays for multi-output graphs such as VGG taps) as tensors."""

@@ -271,7 +271,18 @@ def test_loss_rank_correlation_and_gatys_check():
     assert same["style_spearman"] == pytest.approx(1.0) and same["content_spearman"] == pytest.approx(1.0)
     pruned = prune_model(copy.deepcopy(reference), PruneStage(ratio=0.75))
     result = loss_rank_correlation(pruned, reference, size=32)
-    assert -1.0 <= result["style_spearman"] <= 1.0 and -1.0 <= result["content_spearman"] <= 1.0
+    # Measured: 0.998 (style) / 0.94 (content) for the 75%-pruned net; a VGG19 with other random weights,
+    # the same architecture, ranks the same pairs at 0.89 / 0.85. Pruning must keep the ranking closer than that.
+    unrelated = copy.deepcopy(reference)
+    gen = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        for m in unrelated.features:
+            if isinstance(m, nn.Conv2d):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * m.weight.std())
+    control = loss_rank_correlation(unrelated, reference, size=32)
+    assert result["style_spearman"] > 0.95 and result["content_spearman"] > 0.9
+    assert result["style_spearman"] > control["style_spearman"] + 0.05
+    assert result["content_spearman"] > control["content_spearman"] + 0.05
     assert result["content_layers"] == ["relu4_1"]  # relu4_2 not tapped: deepest common tap
     assert result["pairs"] == result["images"] * (result["images"] - 1) // 2
 
