@@ -32,8 +32,8 @@ from compressor.data import ContentCrops, resolve_images
 from compressor.errors import UserError
 from compressor.io import atomic_write
 from compressor.models import get_family, load_model, save_model
-from compressor.models.checkpoint import load_weights_only
 from compressor.models.registry import Objective
+from compressor.safeload import load_weights_only
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"

@@ -19,7 +19,9 @@ from torch import nn
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from compressor.config import TrainConfig
+from compressor.errors import UserError
 from compressor.io import atomic_write
+from compressor.safeload import read_safetensors
 
 DEFAULT_STYLE_LAYERS = {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0, "relu4_1": 1.0, "relu5_1": 1.0}
 DEFAULT_CONTENT_LAYERS = {"relu4_2": 1.0}
@@ -161,9 +163,6 @@ def save_style_library(path: Path, grams: dict[str, dict[str, torch.Tensor]], lo
 def load_style_library(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], str]:
     """Styles -> layer -> Gram, and the loss network the Grams were computed with."""
     from safetensors import safe_open
-
-    from compressor.errors import UserError
-    from compressor.models.checkpoint import read_safetensors
 
     tensors = read_safetensors(path)
     with safe_open(str(path), framework="pt") as f:

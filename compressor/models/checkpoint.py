@@ -7,17 +7,17 @@ Nothing here unpickles code: our own weights are safetensors, foreign
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import BaseModel, ValidationError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from compressor.errors import UserError, one_line, pydantic_line, strip_unsafe_advice
+from compressor.errors import UserError, pydantic_line
 from compressor.io import atomic_write, file_sha256, write_json
+from compressor.safeload import load_weights_only, read_safetensors
 from compressor.models.registry import create_model, families, get_family
 
 SPEC_FILE = "spec.json"
@@ -75,36 +75,6 @@ def load_model(directory: str | Path) -> nn.Module:
     load_weights(model, read_safetensors(directory / WEIGHTS_FILE), str(directory / WEIGHTS_FILE))
     model.meta = meta
     return model.eval()
-
-
-def load_weights_only(path: Path, map_location: Any = "cpu") -> Any:
-    """``torch.load(weights_only=True)``; a file holding code or garbage is one UserError naming it.
-
-    Torch's own message advises re-running with ``weights_only=False``; that advice is dropped.
-    """
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise UserError(path, "no such file", "check the path") from None
-    except Exception as exc:
-        found = re.search(r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+|"
-                          r"Trying to load unsupported GLOBAL [\w.]+)", str(exc))
-        what = (f"not a weights-only checkpoint: it holds Python objects, never unpickled ({found.group(1)})"
-                if found else f"not a weights-only torch checkpoint ({type(exc).__name__}: "
-                f"{strip_unsafe_advice(one_line(str(exc)))[:120]})")
-        raise UserError(path, what, "use a plain state dict of tensors, or .safetensors") from None
-
-
-def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """``safetensors.load_file``; a truncated, empty or corrupt file is one UserError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(path, "no such file", "a model folder holds spec.json + weights.safetensors")
-    try:
-        return load_file(str(path))
-    except Exception as exc:  # safetensors_rust.SafetensorError, OSError from a short read, ...
-        raise UserError(path, f"not a readable safetensors file ({one_line(str(exc))[:160]})",
-                        "re-create it; it may be truncated") from None
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
