@@ -40,7 +40,10 @@ class _Boundary(TyperGroup):
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
             code = result if isinstance(result, int) else 0
         except Exception as exc:  # the boundary: nothing escapes as a traceback
-            code = _handle(exc)
+            try:
+                code = _handle(exc)
+            except Exception:
+                code = _crash(exc)
         except KeyboardInterrupt:
             code = _report(UserError("", "interrupted"), 130)
         if standalone_mode:
@@ -99,7 +102,7 @@ def _usage_where(exc) -> str:
         opts = getattr(param, "opts", [])
         if getattr(param, "param_type_name", "") == "option" and opts:
             return max(opts, key=len)
-        return param.human_readable_name
+        return (getattr(param, "human_readable_name", None) or param.name or "argument").upper()
     if getattr(exc, "option_name", None):
         return exc.option_name
     return exc.ctx.command_path if exc.ctx is not None else "styleslim"

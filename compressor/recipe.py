@@ -59,6 +59,8 @@ def safe_yaml(text: str) -> Any:
     loader = _LimitedLoader(text)
     try:
         return loader.get_single_data()
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
     finally:
         loader.dispose()
 

@@ -26,11 +26,11 @@ def load_weights_only(path: Path, map_location: Any = "cpu") -> Any:
     except FileNotFoundError:
         raise UserError(path, "no such file", "check the path") from None
     except Exception as exc:
-        found = re.search(r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+|"
-                          r"Trying to load unsupported GLOBAL [\w.]+)", str(exc))
-        what = (f"not a weights-only checkpoint: it holds Python objects, never unpickled ({found.group(1)})"
-                if found else f"not a weights-only torch checkpoint ({type(exc).__name__}: "
-                f"{strip_unsafe_advice(one_line(str(exc)))[:120]})")
+        code = re.search(r"(Unsupported global: GLOBAL [\w.]+|Trying to load unsupported GLOBAL [\w.]+)", str(exc))
+        if code:
+            what = f"not a weights-only checkpoint: it holds Python objects, never unpickled ({code.group(1)})"
+        else:
+            what = f"not a torch checkpoint of tensors ({_reason(exc)})"
         raise UserError(path, what, "use a plain state dict of tensors, or .safetensors") from None
 
 
@@ -44,3 +44,11 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # safetensors_rust.SafetensorError, OSError from a short read, ...
         raise UserError(path, f"not a readable safetensors file ({one_line(str(exc))[:160]})",
                         "re-create it; it may be truncated") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """The line of torch's message that says what is wrong, without its advice to load unsafely."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = [line for line in lines if "weights_only" not in line and not line.startswith(
+        ("Weights only load failed", "Please file an issue", "Check the documentation", "(1)", "(2)"))]
+    return strip_unsafe_advice(one_line(lines[-1]))[:160] if lines else type(exc).__name__

@@ -31,7 +31,10 @@ def load_report(run_dir: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: no report.json (run the evaluate stage or `styleslim evaluate` first)")
     import jsonschema
 
-    report = json.loads(path.read_text())
+    try:
+        report = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); re-run the evaluation to rewrite it") from None
     try:
         validate(report)
     except jsonschema.ValidationError as exc:

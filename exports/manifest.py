@@ -65,4 +65,12 @@ def manifest_problem(artifact: str | Path) -> str | None:
 
 def read_manifest(artifact: str | Path) -> dict[str, Any] | None:
     path = manifest_path(artifact)
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); re-export the artifact") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: a manifest is a JSON object; re-export the artifact")
+    return manifest

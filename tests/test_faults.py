@@ -116,6 +116,8 @@ OPTION_CASES = [
     (["distill", "MODEL", "-o", "OUT", "--no-teacher", "--steps", "-1"], "--steps"),
     (["distill", "MODEL", "-o", "OUT", "--teacher", "MODEL", "--no-teacher"], "--teacher"),
     (["distill", "MODEL"], "--output"),
+    (["stylize", "-m", "MODEL"], "INPUTS"),
+    (["stylize", "PHOTO", "-m", "MODEL", "--size", "big"], "--size"),
     (["evaluate", "MODEL", "--teacher", "MODEL", "--latency-runs", "0"], "--latency-runs"),
     (["evaluate", "MODEL", "--teacher", "MODEL", "--threads", "0"], "--threads"),
     (["evaluate", "MODEL", "--teacher", "MODEL", "--size", "8"], "--size"),
@@ -472,6 +474,23 @@ def test_bad_set_override(override, names, tmp_path):
 def test_bad_recipe_names_the_key(text, names, tmp_path):
     expect_error(cli("run", _recipe(tmp_path, text), "--out", tmp_path / "runs"), *names)
     assert not (tmp_path / "runs" / "r" / "teacher" / "spec.json").exists()
+
+
+def test_deeply_nested_recipe_is_refused(tmp_path):
+    text = "name: r\nx: " + "[" * 5000 + "1" + "]" * 5000 + "\n"
+    expect_error(cli("run", _recipe(tmp_path, text), "--out", tmp_path / "runs"), "recipe.yaml", "nested too deeply")
+
+
+@pytest.mark.parametrize("which", ["report", "manifest"])
+def test_corrupt_json_names_the_file(which, tmp_path, photo, out):
+    if which == "report":
+        (tmp_path / "report.json").write_text("{truncated")
+        expect_error(cli("report", tmp_path), "report.json", "not valid JSON")
+    else:
+        (tmp_path / "model.onnx").write_bytes(b"onnx")
+        (tmp_path / "model.onnx.manifest.json").write_text("{truncated")
+        expect_error(cli("stylize", photo, "-m", tmp_path / "model.onnx", "-o", out), "manifest.json", "JSON")
+        nothing_in(out)
 
 
 def test_missing_recipe(tmp_path):

@@ -22,6 +22,7 @@ from compressor.models.registry import create_model, families, get_family
 
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "weights.safetensors"
+MAX_SPEC_BYTES = 1 << 20  # a spec is a few hundred bytes; anything near this is not one
 
 
 class CheckpointMismatch(ValueError):
@@ -49,9 +50,12 @@ def read_spec(directory: str | Path) -> tuple[BaseModel, dict[str, Any]]:
     path = Path(directory) / SPEC_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no model spec here (a model folder holds {SPEC_FILE} + {WEIGHTS_FILE})")
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise UserError(path, f"{path.stat().st_size:,} bytes is too big for a spec (at most {MAX_SPEC_BYTES:,})",
+                        "re-create the model folder")
     try:
         doc = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise UserError(path, f"not valid JSON ({exc})", "re-create the model folder") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("spec"), dict):
         raise UserError(path, 'must be a JSON object {"spec": {...}, "meta": {...}}', "re-create the model folder")
