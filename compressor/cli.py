@@ -239,8 +239,8 @@ def prune(
     """L1 structured channel pruning (torch-pruning); prints params and MACs before/after."""
     from pydantic import ValidationError
 
-    from compressor.prune import prune_dir
     from compressor.config import PruneStage
+    from compressor.prune import prune_dir
     from compressor.recipe import format_errors
 
     overrides = {}
@@ -303,8 +303,8 @@ def distill(
 
     from pydantic import ValidationError
 
-    from compressor.data import ContentCrops, load_image, resolve_images, resolve_style
     from compressor.config import TrainConfig
+    from compressor.data import ContentCrops, load_image, resolve_images, resolve_style
     from compressor.distill import make_objective, prepare_run, train
     from compressor.models import get_family, load_model
     from compressor.recipe import format_errors
@@ -457,10 +457,10 @@ def quantize(
     """Quantize a model for ONNX Runtime, LiteRT or Core ML (PTQ or QAT), verify parity, write manifests."""
     from pydantic import ValidationError
 
-    from compressor.quantize import QuantizeError
-    from exports.quantize import quantize as run_quantize
     from compressor.config import QuantizeStage
+    from compressor.quantize import QuantizeError
     from compressor.recipe import format_errors
+    from exports.quantize import quantize as run_quantize
 
     try:
         settings = QuantizeStage(runtimes=runtime, mode=mode, calibration=calibration, calibration_method=method,

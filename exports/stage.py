@@ -15,8 +15,8 @@ from typing import Any
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from compressor.models import load_model
 from compressor.io import file_sha256
+from compressor.models import load_model
 from compressor.models.checkpoint import WEIGHTS_FILE
 from exports.backends import Backend, backend_for_format, backends
 from exports.common import ExportError, ParityError, example_inputs, io_names
