@@ -25,8 +25,8 @@ try:
 except ImportError:
     pass
 
-from compressor.models import TransformerNet, TransformerNetSpec, VGG19LossNet, VGG19Spec
 from compressor.io import atomic_write
+from compressor.models import TransformerNet, TransformerNetSpec, VGG19LossNet, VGG19Spec
 from evaluation.latency import measure_latency
 from exports.backends.litert import export_tflite
 from exports.backends.onnxruntime import export_onnx
@@ -85,7 +85,8 @@ def bench(quick: bool, runs: int) -> list[dict]:
                 if any(isinstance(m, torch.nn.ReflectionPad2d) for m in model.modules()):
                     artifacts["litert slice-pad"] = export_tflite(
                         rewritten(("slice_pad",)), stem.with_suffix(".slice.tflite"), (size, size))
-                    artifacts["litert mirror-pad"] = export_tflite(model, stem.with_suffix(".mirror.tflite"), (size, size))
+                    artifacts["litert mirror-pad"] = export_tflite(model, stem.with_suffix(".mirror.tflite"),
+                                                                   (size, size))
                 for threads in (1, 2):
                     torch.set_num_threads(threads)
                     with torch.no_grad():

@@ -21,6 +21,7 @@ import types
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
 import torch
 import torch.distributed as dist
 from torch import nn

@@ -24,7 +24,7 @@ def crop_resize(images: torch.Tensor, top: int, left: int, side: int, size: int)
 
 
 def center_square(images: torch.Tensor, size: int) -> torch.Tensor:
-    """The centre square crop resized to ``size``: every runtime, fixed-shape artifacts included, sees the same input."""
+    """The centre square crop, resized to ``size`` x ``size``."""
     h, w = images.shape[-2:]
     side = min(h, w)
     return crop_resize(images, (h - side) // 2, (w - side) // 2, side, size)

@@ -12,20 +12,20 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from compressor.data import load_image, resolve_images, resolve_style
-from compressor.errors import UserError, user_error
-from compressor.losses import style_grams
 from compressor.config import Recipe
-from compressor.io import atomic_write
+from compressor.data import load_image, resolve_images, resolve_style
 from compressor.distill import distill_stage
+from compressor.errors import UserError, user_error
+from compressor.io import atomic_write
+from compressor.losses import style_grams
 from compressor.models import VGG19LossNet, load_vgg19
 from compressor.prune import prune_stage
 from compressor.teacher import model_stage

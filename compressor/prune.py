@@ -149,7 +149,7 @@ def _kept_out_channels(pruner: tp.pruner.BasePruner, model: nn.Module) -> dict[s
     kept = {name: list(range(pruner.layer_init_out_ch[m])) for name, m in model.named_modules()
             if isinstance(m, _PRUNABLE)}
     for name, is_out, idxs in pruner.pruning_history():
-        if is_out:
+        if is_out and name in kept:  # group roots are convs/linears; a custom pruner's layer may not be
             drop = {int(i) for i in idxs}
             kept[name] = [k for j, k in enumerate(kept[name]) if j not in drop]
     return kept

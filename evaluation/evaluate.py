@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from compressor.config import EvaluateStage
 from compressor.data import load_image, save_image
 from compressor.images import center_square, resize
 from compressor.losses import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, style_grams
 from compressor.models import create_model, get_family
-from compressor.config import EvaluateStage
 from evaluation import lossnet
 from evaluation.latency import machine_info, measure_latency
 from evaluation.memory import peak_rss

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from compressor.models import get_family, load_any
 from compressor.io import path_size
+from compressor.models import get_family, load_any
 from compressor.models.checkpoint import SPEC_FILE, WEIGHTS_FILE
 from exports.backends import backend_for_artifact, get_backend
 from exports.manifest import manifest_path, manifest_problem, read_manifest
@@ -82,7 +82,7 @@ def size_on_disk(path: Path) -> int:
 
 
 def artifact_variant(path: Path, name: str | None = None) -> Variant:
-    """An exported artifact; its manifest (``<file>.manifest.json``, written by exports) tells runtime, family, shape."""
+    """An exported artifact; its manifest (``<file>.manifest.json``) tells its runtime, family and shape."""
     manifest = read_manifest(path) or {}
     family = ((manifest.get("source") or {}).get("spec") or {}).get("family")
     backend = backend_for_artifact(path, manifest)

@@ -1,4 +1,4 @@
-"""The quantize stage: PTQ (static / dynamic / fp16 / weight-only) and QAT, ending in artifacts that run on their runtime.
+"""The quantize stage: PTQ (static / dynamic / fp16 / weight-only) and QAT -> artifacts verified on their runtime.
 
 1. export the float model (``exports.stage``; each runtime's rewrites),
 2. calibrate on content images that never overlap the evaluation images (``compressor.quantize``),

@@ -15,10 +15,10 @@ from typing import Any
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from compressor.models import load_model
 from compressor.io import file_sha256
+from compressor.models import load_model
 from compressor.models.checkpoint import WEIGHTS_FILE
-from exports.backends import Backend, backend_for_format, backends
+from exports.backends import Backend, backend_for_format
 from exports.common import ExportError, ParityError, example_inputs, io_names
 from exports.manifest import versions, write_manifest
 from exports.parity import parity
@@ -51,9 +51,10 @@ def export_artifact(
     dynamic: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """Convert ``model`` (a module or a model folder) to ``fmt`` in ``out_dir``; returns (artifact, manifest)."""
-    if fmt not in {b.format for b in backends()}:
-        raise ExportError(f"unknown format {fmt!r}; choose from {', '.join(b.format for b in backends())}")
-    backend = backend_for_format(fmt)
+    try:
+        backend = backend_for_format(fmt)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
     model_dir = None
     if not isinstance(model, nn.Module):
         model_dir = Path(model)

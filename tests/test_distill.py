@@ -21,8 +21,16 @@ from compressor.distill import (
     train,
 )
 from compressor.losses import style_grams
-from compressor.models import AdaINNet, AdaINSpec, TransformerNet, TransformerNetSpec, VGG19LossNet, VGG19Spec
-from compressor.models import load_model, load_vgg19
+from compressor.models import (
+    AdaINNet,
+    AdaINSpec,
+    TransformerNet,
+    TransformerNetSpec,
+    VGG19LossNet,
+    VGG19Spec,
+    load_model,
+    load_vgg19,
+)
 
 CROP = 32
 TEACHER_SPEC = TransformerNetSpec(conv1=8, conv2=16, trunk=16, res_inner=[16] * 5, deconv1=16, deconv2=8)
@@ -283,6 +291,7 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path):
     assert [int(r.split(",")[0]) for r in log_rows] == list(range(1, steps + 1))
 
 
+@pytest.mark.slow  # ~20-30 s on a shared 2-core machine
 def test_ddp_two_processes_stay_in_sync(tmp_path):
     out = tmp_path / "ddp"
     script, env = _script(tmp_path)
@@ -298,8 +307,8 @@ def test_ddp_two_processes_stay_in_sync(tmp_path):
 
 
 def test_distill_stage_in_a_recipe_without_prune(tmp_path):
-    from compressor.pipeline import run_recipe
     from compressor.config import Recipe
+    from compressor.pipeline import run_recipe
 
     recipe = Recipe.model_validate({
         "name": "tiny", "loss_network": "random",

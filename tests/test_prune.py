@@ -13,19 +13,19 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+from compressor.config import PruneStage
 from compressor.models import (
     AdaINNet,
     STNSpec,
     TransformerNet,
     TransformerNetSpec,
+    VGG19Spec,
     load_model,
     load_vgg19,
     read_spec,
     save_model,
 )
-from compressor.models import VGG19Spec
 from compressor.prune import example_inputs_for, prune_model
-from compressor.config import PruneStage
 
 torch.set_num_threads(2)
 VGG_TAPS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1"]
@@ -174,6 +174,7 @@ with torch.no_grad():
 """
 
 
+@pytest.mark.slow  # ~20-30 s on a shared 2-core machine
 def test_pruned_model_reloads_without_torch_pruning(tmp_path):
     model = prune_model(_model("transformer_net_stn"), PruneStage(ratio=0.5, round_to=8))
     save_model(model, tmp_path / "pruned")
@@ -240,9 +241,9 @@ def test_prune_command_and_stage_meta(tmp_path):
 
 
 def test_prune_stage_fine_tunes_between_steps(tmp_path):
+    from compressor.config import Recipe
     from compressor.pipeline import RunContext
     from compressor.prune import prune_stage
-    from compressor.config import Recipe
 
     recipe = Recipe.model_validate({
         "name": "t", "loss_network": "random", "style_size": 32,

@@ -102,6 +102,7 @@ def test_tflite_static_int8(model_dir, judge_parts, tmp_path):
     assert "CONCATENATION" not in contents["float_op_counts"]  # padding copies stay int8
 
 
+@pytest.mark.slow  # ~20-30 s on a shared 2-core machine
 def test_sensitivity_keeps_the_harmful_layer_float(model_dir, judge_parts, tmp_path):
     """A huge bias on one channel of res2.conv1 changes nothing in float (InstanceNorm removes it) but
     stretches that conv's int8 output range so every other channel loses its resolution: the per-layer

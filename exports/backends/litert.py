@@ -44,7 +44,7 @@ def export_tflite(
 
     Deployment rewrites (``exports.rewrites``) are the caller's: the export stage applies the format's.
     """
-    import triton  # noqa: F401  (import before anything that might pull TensorFlow in: TF then triton segfaults)
+    import triton  # noqa: F401, I001  (before anything that may pull TensorFlow in: TF, then triton, segfaults)
     import litert_torch
 
     if dynamic:
