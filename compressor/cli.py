@@ -207,7 +207,6 @@ def _style_option(help_text: str = "Style image path or bundled style name.") ->
 StrictOpt = Annotated[
     bool, typer.Option("--strict-loss-network", help="Fail instead of falling back to a random VGG19.")
 ]
-IMAGE_OUT = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 _T = TrainConfig
 
 
@@ -343,7 +342,7 @@ def gatys(
     strict_loss_network: StrictOpt = False,
 ) -> None:
     """Gatys et al. iterative style transfer (optimises the pixels; slow, model-free)."""
-    from compressor.data import load_image, save_image
+    from compressor.data import IMAGE_SUFFIXES, load_image, save_image
     from compressor.gatys import GatysConfig, snapshot_writer, stylize_gatys
     from compressor.losses import LossWeights
 
@@ -353,7 +352,7 @@ def gatys(
         fail("--init", f"{init!r} is not content or noise")
     if lr is not None and lr <= 0:
         fail("--lr", f"{lr} is not > 0")
-    check_output_file(output, suffixes=IMAGE_OUT)
+    check_output_file(output, suffixes=IMAGE_SUFFIXES)
     content_image = load_image(content, size=size).unsqueeze(0)
     _style_path(style, style_library, "STYLE")
     vgg = _loss_network(loss_network, strict_loss_network)

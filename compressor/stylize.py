@@ -181,7 +181,11 @@ def available_memory() -> int | None:
 
 
 def check_fits(stylizer: Stylizer, batch_shape: tuple[int, ...], source: Path) -> None:
-    """Refuse, before running, a batch whose forward pass will not fit in memory (with a --size that would)."""
+    """Refuse, before running, a batch whose forward pass will not fit in memory (with a --size that would).
+
+    The one place that decides what to do with an image too big to run at once: tiled stylization can
+    replace this refusal by routing such images to tiles.
+    """
     bpp = getattr(stylizer, "bytes_per_pixel", None)
     available = available_memory()
     if not bpp or available is None:
@@ -315,6 +319,8 @@ def stylize_video(stylizer: Stylizer, source: Path, target: Path, size: int | No
                 image = pil_to_tensor(Image.fromarray(np.asarray(frame)).convert("RGB"))
                 if size:
                     image = fit_longest(image, size, multiple=2)
+                if not frames:
+                    check_fits(stylizer, (1, *image.shape), source)
                 frames.append(np.asarray(tensor_to_pil(stylizer(image.unsqueeze(0))[0])))
         except (OSError, RuntimeError, ValueError) as exc:
             if isinstance(exc, UserError) or getattr(exc, "errno", None):
