@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +67,13 @@ def export_artifact(
     rewritten, rewrites = apply_rewrites(model, format_rewrites(model, fmt), example_inputs(model, size))
     log.info("exporting %s %s %s -> %s", type(model).__name__, fmt, precision, path)
     backend.export(rewritten, path, size, precision=precision, layout=layout, dynamic=dynamic)
-    manifest = describe(model, model_dir, backend, precision, path, size, layout, dynamic, rewrites)
-    manifest["parity"] = verify(model, path, backend, precision, size, manifest)
-    write_manifest(path, manifest)
+    try:
+        manifest = describe(model, model_dir, backend, precision, path, size, layout, dynamic, rewrites)
+        manifest["parity"] = verify(model, path, backend, precision, size, manifest)
+        write_manifest(path, manifest)
+    except BaseException:  # all or nothing: no artifact without its manifest (a full disk, a crashed verification)
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        raise
     verdict = manifest["parity"]
     if verdict.get("passed") is False:
         raise ParityError(

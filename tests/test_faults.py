@@ -561,6 +561,18 @@ def test_discovery_skips_temp_folders_and_artifacts_without_a_valid_manifest(run
     assert "unreadable manifest" in reasons["half.onnx"]
 
 
+def test_full_disk_before_the_manifest_leaves_no_artifact(model, tmp_path, monkeypatch):
+    import exports.stage
+
+    def full(path, manifest):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path) + ".manifest.json")
+
+    monkeypatch.setattr(exports.stage, "write_manifest", full)
+    result = cli("export", model, "--format", "onnx", "--size", "16", "16", "-o", tmp_path / "exports")
+    expect_error(result, "manifest.json", "no space left")
+    nothing_in(tmp_path / "exports")
+
+
 def test_evaluation_image_folders_do_not_look_like_model_files():
     from evaluation.evaluate import slug
 
