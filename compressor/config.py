@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class TrainConfig(BaseModel):
     """Hyper-parameters of a training, distillation or fine-tuning run."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     steps: int = Field(1000, ge=1)
     batch_size: int = Field(4, ge=1, description="Per rank under torchrun.")
     crop: int = Field(256, ge=16, description="Side of the square training crops.")
@@ -37,7 +37,7 @@ class TrainConfig(BaseModel):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelStage(_Strict):

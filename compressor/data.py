@@ -69,11 +69,11 @@ def load_image(path: str | Path, size: int | None = None) -> torch.Tensor:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """8-bit RGB; 16-bit values are divided by 65535 (a dark 16-bit photo stays dark)."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        full = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        img = Image.fromarray((np.clip(arr / full, 0, 1) * 255).round().astype(np.uint8))
+    """8-bit RGB, scaled by the type's maximum: 16-bit by 65535, float by 1 (a dark photo stays dark)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        full = 1.0 if img.mode == "F" else 65535.0
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64)) / full
+        img = Image.fromarray((np.clip(arr, 0, 1) * 255).round().astype(np.uint8))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -109,7 +109,7 @@ def list_images(path: str | Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise ImageError(f"{path}: no such file or folder")
-    images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not images:
         raise ImageError(f"{path}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return images

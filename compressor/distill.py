@@ -201,6 +201,10 @@ def train(
             batch = batch_for_step(data, config.seed, step, config.batch_size, rank).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 terms = objective(model, batch)
+            if not bool(torch.isfinite(terms["total"])):
+                bad = [k for k, v in terms.items() if k != "total" and not bool(torch.isfinite(v))]
+                raise UserError(f"step {step + 1}", f"the loss is NaN/Inf ({', '.join(bad) or 'total'})",
+                                "lower --lr or the loss weights; nothing of this step was saved")
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimizer.step()

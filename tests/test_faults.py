@@ -111,6 +111,8 @@ OPTION_CASES = [
     (["train", "--lr", "0"], "--lr"),
     (["train", "--style-size", "8"], "--style-size"),
     (["train", "--checkpoint-every", "0"], "--checkpoint-every"),
+    (["train", "--style-weight", "inf"], "--style-weight"),
+    (["train", "--lr", "nan"], "--lr"),
     (["train", "--bogus"], "--bogus"),
     (["distill", "MODEL", "-o", "OUT", "--no-teacher", "--lr-schedule", "sometimes"], "--lr-schedule"),
     (["distill", "MODEL", "-o", "OUT", "--no-teacher", "--steps", "-1"], "--steps"),
@@ -244,12 +246,13 @@ def test_exif_orientation_is_applied(model, tmp_path):
     assert Image.open(tmp_path / "o.png").size == (20, 40)
 
 
-def test_16_bit_input_is_scaled_not_stretched(tmp_path):
+@pytest.mark.parametrize("name, array", [("dark16.png", np.full((32, 32), 6553, dtype=np.uint16)),
+                                         ("dark.tif", np.full((32, 32), 0.1, dtype=np.float32))])
+def test_deep_images_are_scaled_by_their_type_not_stretched(name, array, tmp_path):
     from compressor.data import load_image
 
-    path = tmp_path / "dark16.png"
-    Image.fromarray(np.full((32, 32), 6553, dtype=np.uint16)).save(path)  # 10% grey in 16 bits
-    assert abs(float(load_image(path).mean()) - 0.1) < 0.01
+    Image.fromarray(array).save(tmp_path / name)  # 10% grey
+    assert abs(float(load_image(tmp_path / name).mean()) - 0.1) < 0.01
 
 
 def test_folder_run_stylizes_every_good_file_and_names_each_bad(model, tmp_path, out):
@@ -259,6 +262,7 @@ def test_folder_run_stylizes_every_good_file_and_names_each_bad(model, tmp_path,
         write_image(folder / name, 32, 24)
     (folder / "broken.png").write_bytes(b"garbage")
     (folder / "empty.jpg").write_bytes(b"")
+    (folder / "not-an-image.png").mkdir()  # a folder with an image suffix is not an input
     line = expect_error(cli("stylize", folder, "-m", model, "-o", out), "broken.png", "empty.jpg", "2 of 5")
     assert "3 were written" in line
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
@@ -324,6 +328,24 @@ def test_nan_weights_are_refused_naming_the_layer(model, tmp_path, out, photo):
     save_file(state, str(folder / "weights.safetensors"))
     expect_error(cli("stylize", photo, "-m", folder, "-o", out), "res3.conv1.conv2d", "NaN")
     nothing_in(out)
+
+
+def test_nan_loss_stops_training_before_anything_is_saved(tmp_path):
+    from compressor.config import TrainConfig
+    from compressor.distill import train
+
+    class Crops:
+        def __getitem__(self, index):
+            return torch.rand(3, 16, 16)
+
+    def objective(model, batch):
+        style = model(batch).mean() * float("nan")
+        return {"style": style, "total": style}
+
+    with pytest.raises(ValueError, match=r"step 1: the loss is NaN/Inf \(style\)"):
+        train(TransformerNet(TINY), objective, Crops(), TrainConfig(steps=2, batch_size=1, crop=16),
+              tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "spec.json").exists() and not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
 def test_overflowing_output_is_refused_naming_the_layer(tmp_path, out, photo):
