@@ -76,4 +76,42 @@ class AdaINSpec(_Spec):
     decoder: list[int] = Field(default_factory=lambda: [256, 256, 256, 256, 128, 128, 64, 64])
 
 
-ModelSpec = Annotated[TransformerNetSpec | VGG19Spec | AdaINSpec, Field(discriminator="family")]
+class MultiStyleSpec(_Spec):
+    """Dumoulin et al. 2017 multi-style network (TensorFlow's Android stylize demo).
+
+    ``contract`` holds the 9x9 input conv and the two stride-2 convs; the last
+    is the residual trunk, shared by every residual block's output (the
+    residual coupling). ``res_inner`` are the residual blocks' inner widths,
+    ``expand`` the two upsampling convs before the 9x9 RGB output conv.
+    Every conv is followed by a conditional instance norm with gamma/beta of
+    shape [n_styles, C].
+    """
+
+    family: Literal["multistyle"] = "multistyle"
+    n_styles: int = 26
+    contract: list[int] = Field(default_factory=lambda: [32, 32, 32])
+    res_inner: list[int] = Field(default_factory=lambda: [32] * 6)
+    expand: list[int] = Field(default_factory=lambda: [8, 4])
+    eps: float = 1e-5
+
+
+class ArbitrarySpec(_Spec):
+    """Ghiasi et al. 2017 arbitrary-style transform network (Magenta).
+
+    ``contract``: 9x9 conv and two stride-2 convs (bias, no norm); the last is
+    the residual trunk. Residual and ``expand`` convs are followed by
+    instance norms whose gamma/beta come from the ``style_dim`` style vector
+    through dense layers; the 9x9 RGB output conv ends in a sigmoid.
+    """
+
+    family: Literal["arbitrary"] = "arbitrary"
+    style_dim: int = 100
+    contract: list[int] = Field(default_factory=lambda: [8, 16, 32])
+    res_inner: list[int] = Field(default_factory=lambda: [32] * 5)
+    expand: list[int] = Field(default_factory=lambda: [16, 8])
+    eps: float = 1e-5
+
+
+ModelSpec = Annotated[
+    TransformerNetSpec | VGG19Spec | AdaINSpec | MultiStyleSpec | ArbitrarySpec, Field(discriminator="family")
+]

