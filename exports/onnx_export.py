@@ -29,7 +29,8 @@ def export_onnx(
     wrapper = ExportWrapper(model, layout)
     inputs = example_inputs(model, size, layout)
     h, w = (2, 3) if layout == "nchw" else (1, 2)
-    axes = {name: {h: "height", w: "width"} for name in wrapper.input_names + wrapper.output_names}
+    images = [n for n, x in zip(wrapper.input_names, inputs) if x.dim() == 4] + wrapper.output_names
+    axes = {name: {h: "height", w: "width"} for name in images}
     with atomic_output(path) as tmp:
         try:
             with torch.no_grad(), warnings.catch_warnings():

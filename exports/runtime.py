@@ -43,14 +43,14 @@ class Runner:
                 got = f"{inputs[0].shape[2]}x{inputs[0].shape[3]}"
                 raise ValueError(f"this {self.runtime} artifact takes {hw[0]}x{hw[1]} images (fixed shape), got "
                                  f"{got}: resize, or export with --size / --dynamic")
-            if batch == 1 and inputs[0].shape[0] > 1:
-                parts = [self(*(x[i : i + 1] for x in inputs)) for i in range(inputs[0].shape[0])]
+            if batch == 1 and inputs[0].shape[0] > 1:  # image by image; a 1-D style input goes whole to each
+                parts = [self(*(x[i : i + 1] if x.ndim == 4 else x for x in inputs)) for i in range(inputs[0].shape[0])]
                 if isinstance(parts[0], dict):
                     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
                 return np.concatenate(parts)
         arrays = [np.ascontiguousarray(x, dtype=np.float32) for x in inputs]
         if self.layout == "nhwc":
-            arrays = [np.ascontiguousarray(x.transpose(0, 2, 3, 1)) for x in arrays]
+            arrays = [np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if x.ndim == 4 else x for x in arrays]
         outs = self._run(arrays)
         if self.layout == "nhwc":
             outs = [y.transpose(0, 3, 1, 2) for y in outs]

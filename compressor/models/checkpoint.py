@@ -19,7 +19,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from compressor.models.adain import AdaINNet
-from compressor.models.spec import AdaINSpec, ModelSpec, TransformerNetSpec, VGG19Spec
+from compressor.models.arbitrary import ArbitraryStyleNet
+from compressor.models.multistyle import MultiStyleNet
+from compressor.models.spec import AdaINSpec, ArbitrarySpec, ModelSpec, MultiStyleSpec, TransformerNetSpec, VGG19Spec
 from compressor.models.transformer_net import TransformerNet
 from compressor.models.vgg import VGG19LossNet
 
@@ -40,6 +42,10 @@ def build_model(spec: ModelSpec) -> nn.Module:
         return VGG19LossNet(spec)
     if isinstance(spec, AdaINSpec):
         return AdaINNet(spec)
+    if isinstance(spec, MultiStyleSpec):
+        return MultiStyleNet(spec)
+    if isinstance(spec, ArbitrarySpec):
+        return ArbitraryStyleNet(spec)
     raise TypeError(f"not a model spec: {spec!r}")
 
 

@@ -32,7 +32,7 @@ from compressor.models.multistyle import MultiStyleNet, parse_style_weights
 from compressor.models.spec import ArbitrarySpec, MultiStyleSpec
 
 
-class ImportError_(ValueError):
+class OnnxImportError(ValueError):
     """An ONNX file this importer does not recognise or cannot map; the message names the file and the tensor."""
 
 
@@ -97,7 +97,7 @@ class _Graph:
                 if constant is not None and constant.size == 1:
                     values.add(float(f"{float(constant.reshape(-1)[0]):.6g}"))
         if len(values) != 1:
-            raise ImportError_(f"expected one instance-norm epsilon in the graph, found {sorted(values) or 'none'}")
+            raise OnnxImportError(f"expected one instance-norm epsilon in the graph, found {sorted(values) or 'none'}")
         return values.pop()
 
     def _through_qdq(self, name: str) -> str:
@@ -121,7 +121,7 @@ def detect_family(proto) -> str:
         return "multistyle"
     if "transformer/contract/conv1/weights" in names:
         return "arbitrary"
-    raise ImportError_("not a recognised style network (known layouts: multistyle, arbitrary)")
+    raise OnnxImportError("not a recognised style network (known layouts: multistyle, arbitrary)")
 
 
 def import_onnx(path: str | Path) -> nn.Module:
@@ -133,24 +133,24 @@ def import_onnx(path: str | Path) -> nn.Module:
     try:
         proto = onnx.load(str(path))
     except Exception as exc:
-        raise ImportError_(f"{path}: not a readable ONNX model ({exc})") from None
+        raise OnnxImportError(f"{path}: not a readable ONNX model ({exc})") from None
     try:
         graph = _Graph(proto)
         family = detect_family(proto)
         model = _import_multistyle(graph, path.stem) if family == "multistyle" else _import_arbitrary(graph, path.stem)
-    except ImportError_ as exc:
-        raise ImportError_(f"{path}: {exc}") from None
+    except OnnxImportError as exc:
+        raise OnnxImportError(f"{path}: {exc}") from None
     return model.eval()
 
 
 def _load(model: nn.Module, state: dict[str, np.ndarray]) -> nn.Module:
     from compressor.models.checkpoint import CheckpointMismatch, check_shapes
 
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+    tensors = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()}
     try:
         check_shapes(model.state_dict(), tensors, "the ONNX graph")
     except CheckpointMismatch as exc:
-        raise ImportError_(str(exc)) from None
+        raise OnnxImportError(str(exc)) from None
     model.load_state_dict(tensors)
     return model
 
@@ -199,14 +199,14 @@ def _import_arbitrary(graph: _Graph, name: str) -> ArbitraryStyleNet:
     for weight_name, weight, bias in graph.convs():
         key = _arbitrary_key(weight_name)
         if key is None:
-            raise ImportError_(f"conv weights {weight_name!r} fit no known arbitrary-network layer")
+            raise OnnxImportError(f"conv weights {weight_name!r} fit no known arbitrary-network layer")
         if key.endswith((".gamma", ".beta")):
             state[key + ".weight"], state[key + ".bias"] = weight.reshape(weight.shape[0], -1), bias
         elif key.startswith("contract."):
             state[key + ".weight"], state[key + ".bias"] = weight, bias
         else:
             if bias is not None and np.abs(bias).max() > 0:
-                raise ImportError_(f"{weight_name}: a conv before a style norm has a non-zero bias")
+                raise OnnxImportError(f"{weight_name}: a conv before a style norm has a non-zero bias")
             state[key + ".weight"] = weight
     n_res = sum(1 for k in state if re.fullmatch(r"res\.\d+\.0\.conv\.weight", k))
     spec = ArbitrarySpec(
