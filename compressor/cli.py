@@ -184,7 +184,10 @@ def stylize(
                                         ".onnx/.tflite artifact.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output file (one input) or folder.")] = Path(
         "stylized"),
-    style: Annotated[Optional[str], typer.Option(help="Style image for AdaIN models.")] = None,
+    style: Annotated[Optional[str], typer.Option(help="Style image for AdaIN and arbitrary models.")] = None,
+    style_index: Annotated[Optional[int], typer.Option(help="Multi-style models: the style to apply.")] = None,
+    style_weights: Annotated[Optional[str], typer.Option(help="Multi-style models: a blend, e.g. '3:0.5,12:0.5'.")
+                             ] = None,
     alpha: Annotated[float, typer.Option(help="AdaIN content (0) to style (1) blend.")] = 1.0,
     size: Annotated[Optional[int], typer.Option(help="Resize the longest side first.")] = None,
     batch_size: int = 4,
@@ -193,13 +196,50 @@ def stylize(
     from compressor.data import ImageError, list_images
     from compressor.stylize import VIDEO_SUFFIXES, load_stylizer, stylize_files
 
+    if style_index is not None and style_weights is not None:
+        fail("--style-index / --style-weights: give one of them")
     try:
         files = [f for p in inputs for f in ([p] if p.suffix.lower() in VIDEO_SUFFIXES else list_images(p))]
-        stylizer = load_stylizer(model, style=style, alpha=alpha)
+        stylizer = load_stylizer(model, style=style, alpha=alpha,
+                                 style_weights=str(style_index) if style_index is not None else style_weights)
         written = stylize_files(stylizer, files, output, size=size, batch_size=batch_size)
     except (ImageError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     typer.echo(f"wrote {len(written)} file(s): {written[0]}{' ...' if len(written) > 1 else ''}")
+
+
+@app.command("import")
+def import_model(
+    source: Annotated[Path, typer.Argument(help="ONNX file of a trained style network (multistyle or arbitrary).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Model folder to write.")],
+    images: Annotated[str, typer.Option(help="Held-out photos for the check, or 'samples'.")] = "samples",
+    size: Annotated[int, typer.Option(help="Longest side of the check photos.")] = 256,
+    min_psnr: Annotated[float, typer.Option(help="Fail when the rebuild is further than this from ONNX Runtime (dB).")
+                        ] = 40.0,
+) -> None:
+    """Rebuild an ONNX style network as a native model folder, checked against ONNX Runtime on held-out photos."""
+    from compressor.data import ImageError, resolve_images
+    from compressor.models import save_model
+    from compressor.models.onnx_import import OnnxImportError, import_onnx, verify_import
+
+    try:
+        model = import_onnx(source)
+        check = verify_import(source, model, resolve_images(images, "eval"), size=size)
+    except (OnnxImportError, ImageError, FileNotFoundError) as exc:
+        fail(str(exc))
+    for case, psnr in check["cases"].items():
+        typer.echo(f"  {case}: {psnr:.1f} dB")
+    reference = f" (vs {check['reference']})" if "reference" in check else ""
+    if check["min_psnr_db"] < min_psnr:
+        fail(f"{source}: the rebuild reaches only {check['min_psnr_db']:.1f} dB{reference} against ONNX Runtime "
+             f"(needs >= {min_psnr}; nothing written)")
+    save_model(model, output, meta={"imported_from": str(source), "import_check": check})
+    typer.echo(f"{check['family']}: {model.current_spec().model_dump_json()}")
+    typer.echo(f"import parity: min {check['min_psnr_db']:.1f} dB{reference}; model written to {output}")
+    if "int8_graph_min_psnr_db" in check:
+        typer.echo(f"vs the int8 graph itself: min {check['int8_graph_min_psnr_db']:.1f} dB: its activations are "
+                   f"rounded to int8 (ONNX Runtime's fused and plain runs of that graph differ by "
+                   f"{check['int8_runtime_floor_db']:.1f} dB themselves)")
 
 
 @app.command()

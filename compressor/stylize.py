@@ -17,27 +17,51 @@ from PIL import Image
 from tqdm import tqdm
 
 from compressor.data import IMAGE_SUFFIXES, ImageError, load_image, pil_to_tensor, save_image, tensor_to_pil
-from compressor.models import AdaINNet, VGG19LossNet
+from compressor.models import AdaINNet, ArbitraryStyleNet, MultiStyleNet, SingleStyle, VGG19LossNet
 from compressor.models.checkpoint import atomic_write
+from compressor.models.multistyle import parse_style_weights
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif"}
 ARTIFACT_SUFFIXES = {".onnx", ".tflite"}
+SIZE_MULTIPLE = 4  # conditional networks: two stride-2 convs then x4 upsampling; other sizes come out larger
 Stylizer = Callable[[torch.Tensor], torch.Tensor]
 
 
 def load_stylizer(model_path: str | Path, style: str | Path | None = None, alpha: float = 1.0,
-                  style_size: int = 512) -> Stylizer:
-    """A function mapping a (N, 3, H, W) batch in [0, 1] to its stylised version."""
+                  style_size: int = 512, style_weights: str | None = None) -> Stylizer:
+    """A function mapping a (N, 3, H, W) batch in [0, 1] to its stylised version.
+
+    ``style`` is the style image of arbitrary-style models (AdaIN, arbitrary);
+    ``style_weights`` picks or blends the styles of a multi-style model
+    (``"7"`` or ``"3:0.5,12:0.5"``).
+    """
     from compressor.teacher import load_any
 
     model_path = Path(model_path)
     if model_path.suffix in ARTIFACT_SUFFIXES:
         from exports.runtime import load_runner
 
-        return _artifact_stylizer(load_runner(model_path))
+        runner = load_runner(model_path)
+        return _artifact_stylizer(runner, _artifact_style_input(runner, model_path, style, style_weights))
     model = load_any(model_path)
     if isinstance(model, VGG19LossNet):
         raise ValueError(f"{model_path}: a VGG19 loss network does not stylise images")
+    if isinstance(model, MultiStyleNet):
+        if style_weights is None:
+            raise ValueError(f"{model_path}: a multi-style model ({model.spec.n_styles} styles); pass --style-index K "
+                             "or --style-weights '3:0.5,12:0.5'")
+        single = SingleStyle(model, parse_style_weights(style_weights, model.spec.n_styles)).eval()
+        return torch.no_grad()(_padded(single, SIZE_MULTIPLE))
+    if isinstance(model, ArbitraryStyleNet):
+        if style is None:
+            raise ValueError(f"{model_path}: an arbitrary-style model; pass --style IMAGE")
+        vector = _style_vector(style)
+
+        @torch.no_grad()
+        def arbitrary(batch: torch.Tensor) -> torch.Tensor:
+            return model(batch, vector)
+
+        return _padded(arbitrary, SIZE_MULTIPLE)
     if isinstance(model, AdaINNet):
         if style is None:
             raise ValueError(f"{model_path}: AdaIN is arbitrary-style; pass --style")
@@ -53,22 +77,57 @@ def load_stylizer(model_path: str | Path, style: str | Path | None = None, alpha
     return torch.no_grad()(model)
 
 
-def _artifact_stylizer(runner) -> Stylizer:
+def _artifact_stylizer(runner, style_input: np.ndarray | None = None) -> Stylizer:
     """Run an exported artifact; a fixed-shape one gets its input size and the result is resized back."""
     shape = runner.input_shape or []
     hw = shape[2:4] if runner.layout == "nchw" else shape[1:3]
     fixed = tuple(hw) if len(hw) == 2 and all(isinstance(d, int) for d in hw) else None
+    extra = () if style_input is None else (style_input,)
 
     def stylize(batch: torch.Tensor) -> torch.Tensor:
         size = tuple(batch.shape[-2:])
         if fixed and size != fixed:
             batch = torch.nn.functional.interpolate(batch, size=fixed, mode="bilinear", antialias=True)
-        out = torch.from_numpy(np.asarray(runner(batch.numpy())))
+        out = torch.from_numpy(np.asarray(runner(batch.numpy(), *extra)))
         if out.shape[-2:] != size:
             out = torch.nn.functional.interpolate(out, size=size, mode="bilinear", antialias=True)
         return out
 
-    return stylize
+    return stylize if fixed or style_input is None else _padded(stylize, SIZE_MULTIPLE)
+
+
+def _artifact_style_input(runner, path: Path, style: str | Path | None, style_weights: str | None) -> np.ndarray | None:
+    """The 1-D style input of a two-input artifact (``style_weights`` or ``style_vector``, as exported)."""
+    if len(runner.input_names) < 2 or runner.input_names[1] not in ("style_weights", "style_vector"):
+        return None
+    n = runner.input_shapes[1][-1]
+    if runner.input_names[1] == "style_weights":
+        if style_weights is None:
+            raise ValueError(f"{path}: a multi-style model ({n} styles); pass --style-index K or --style-weights")
+        return parse_style_weights(style_weights, int(n)).numpy()
+    if style is None:
+        raise ValueError(f"{path}: an arbitrary-style model; pass --style IMAGE")
+    return _style_vector(style).numpy()
+
+
+def _style_vector(style: str | Path) -> torch.Tensor:
+    from compressor.data import resolve_style
+    from compressor.models.arbitrary import style_vector
+
+    return style_vector(load_image(resolve_style(style)))
+
+
+def _padded(stylizer: Stylizer, multiple: int) -> Stylizer:
+    """Reflect-pad H and W up to a multiple of ``multiple`` and crop back: outputs keep the input's size."""
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        h, w = batch.shape[-2:]
+        ph, pw = -h % multiple, -w % multiple
+        if not (ph or pw):
+            return stylizer(batch)
+        return stylizer(torch.nn.functional.pad(batch, (0, pw, 0, ph), mode="reflect"))[..., :h, :w]
+
+    return run
 
 
 def stylize_files(stylizer: Stylizer, inputs: list[Path], out: Path, size: int | None = None,

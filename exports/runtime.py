@@ -23,15 +23,18 @@ Output = np.ndarray | dict[str, np.ndarray]
 class Runner:
     """A loaded artifact: ``runner(*nchw_arrays)``; ``runtime``, ``input_names``, ``output_names`` describe it.
 
-    ``input_shape`` is the graph's input shape in its own layout (strings or None for dynamic dims). A
+    ``input_shape`` is the graph's (first) input shape in its own layout (strings or None for dynamic dims),
+    ``input_shapes`` every input's. A
     batch larger than a fixed batch of 1 runs image by image; a wrong fixed H x W is refused by name.
     """
 
     def __init__(self, run: Callable[[list[np.ndarray]], list[np.ndarray]], runtime: str, input_names: list[str],
-                 output_names: list[str], layout: str, input_shape: list | None = None):
+                 output_names: list[str], layout: str, input_shape: list | None = None,
+                 input_shapes: list[list] | None = None):
         self._run, self.runtime, self.layout = run, runtime, layout
         self.input_names, self.output_names = input_names, output_names
         self.input_shape = input_shape
+        self.input_shapes = input_shapes or [input_shape]
 
     def __call__(self, *inputs: np.ndarray) -> Output:
         if len(inputs) != len(self.input_names):
@@ -84,9 +87,9 @@ def _onnx_runner(path: Path, threads: int | None, layout: str) -> Runner:
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
-    shape = list(session.get_inputs()[0].shape)
+    shapes = [list(i.shape) for i in session.get_inputs()]
     return Runner(lambda xs: session.run(outputs, dict(zip(inputs, xs))), "onnxruntime", inputs, outputs, layout,
-                  shape)
+                  shapes[0], shapes)
 
 
 def _index(key: str) -> int:
