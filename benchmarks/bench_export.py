@@ -26,7 +26,7 @@ except ImportError:
     pass
 
 from compressor.models import TransformerNet, TransformerNetSpec, VGG19LossNet, VGG19Spec
-from compressor.models.checkpoint import atomic_write
+from compressor.io import atomic_write
 from evaluation.latency import measure_latency
 from exports.onnx_export import export_onnx
 from exports.runtime import load_runner

@@ -23,9 +23,9 @@ from compressor.data import load_image, sample_content_paths, sample_style_path
 from compressor.gatys import GatysConfig, stylize_gatys
 from compressor.losses import LossWeights, StyleTransferLoss, style_grams
 from compressor.models import load_vgg19
-from compressor.models.checkpoint import atomic_write
+from compressor.io import atomic_write
 from compressor.prune import prune_model
-from compressor.recipe import PruneStage
+from compressor.config import PruneStage
 
 RESULTS = Path(__file__).parent / "results"
 RATIOS = (0.0, 0.5, 0.75)

@@ -25,7 +25,7 @@ import torch
 
 from compressor.data import sample_content_paths
 from compressor.models import load_model
-from compressor.models.checkpoint import atomic_write
+from compressor.io import atomic_write
 from compressor.quantize import calibration_set, image_batch
 from evaluation.latency import measure_latency
 from evaluation.metrics import fidelity

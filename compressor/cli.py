@@ -75,7 +75,7 @@ def train(
     strict_loss_network: StrictOpt = False,
 ) -> None:
     """Train a fast-style TransformerNet (Johnson et al. 2016) on one style."""
-    from compressor.distill import TrainConfig
+    from compressor.config import TrainConfig
     from compressor.teacher import train_transformer
 
     config = TrainConfig(steps=steps, batch_size=batch_size, crop=crop, lr=lr, content_weight=content_weight,
@@ -195,12 +195,14 @@ def stylize(
     """Stylise images, folders (batched) and videos (frame by frame, same fps) with a model or artifact."""
     from compressor.data import ImageError, list_images
     from compressor.stylize import VIDEO_SUFFIXES, load_stylizer, stylize_files
+    from exports.runtime import is_artifact, load_runner
 
     if style_index is not None and style_weights is not None:
         fail("--style-index / --style-weights: give one of them")
     try:
         files = [f for p in inputs for f in ([p] if p.suffix.lower() in VIDEO_SUFFIXES else list_images(p))]
-        stylizer = load_stylizer(model, style=style, alpha=alpha,
+        runner = load_runner(model) if is_artifact(model) else None
+        stylizer = load_stylizer(model, style=style, alpha=alpha, runner=runner,
                                  style_weights=str(style_index) if style_index is not None else style_weights)
         written = stylize_files(stylizer, files, output, size=size, batch_size=batch_size)
     except (ImageError, ValueError, FileNotFoundError) as exc:
@@ -278,7 +280,8 @@ def prune(
     from pydantic import ValidationError
 
     from compressor.prune import prune_dir
-    from compressor.recipe import PruneStage, format_errors
+    from compressor.config import PruneStage
+    from compressor.recipe import format_errors
 
     overrides = {}
     for item in override or []:
@@ -341,8 +344,9 @@ def distill(
     from pydantic import ValidationError
 
     from compressor.data import ContentCrops, load_image, resolve_images, resolve_style
-    from compressor.distill import TrainConfig, default_device, make_objective, train
-    from compressor.models import AdaINNet, TransformerNet, load_model
+    from compressor.config import TrainConfig
+    from compressor.distill import default_device, make_objective, train
+    from compressor.models import get_family, load_model
     from compressor.recipe import format_errors
 
     if (teacher is None) != no_teacher:
@@ -354,8 +358,9 @@ def distill(
         fail(str(exc))
     weights = {"output_weight": 0.0, "perceptual_weight": 0.0} if no_teacher else {
         "output_weight": output_weight, "perceptual_weight": perceptual_weight}
+    family = get_family(student)
     if style_weight is not None:
-        weights["adain_style_weight" if isinstance(student, AdaINNet) else "style_weight"] = style_weight
+        weights[family.style_weight_key] = style_weight
     try:
         config = TrainConfig(steps=steps, lr=lr, lr_schedule=lr_schedule, feature_weight=feature_weight,
                              content_weight=content_weight, tv_weight=tv_weight, crop=crop, batch_size=batch_size,
@@ -365,12 +370,12 @@ def distill(
         fail(f"invalid distill options\n{format_errors(exc)}")
     vgg = _loss_network(loss_network, strict_loss_network)
     grams, style_images = None, None
-    if isinstance(student, TransformerNet):
+    if family.role == "style_transformer":
         style = style or student.spec.style
         if style is None:
             fail(f"{student_dir}: the spec names no style; give --style")
         grams = _style_grams(vgg, style, style_size, None)
-    elif isinstance(student, AdaINNet) and style is not None:
+    elif family.role == "arbitrary_style" and style is not None:
         try:
             style_images = [load_image(resolve_style(style), size=max(2 * crop, style_size))]
         except ValueError as exc:
@@ -407,7 +412,7 @@ def evaluate(
     strict_loss_network: StrictOpt = False,
 ) -> None:
     """Evaluate models/artifacts against a teacher: quality (reference VGG19), size, MACs, latency, memory."""
-    from compressor.recipe import EvaluateStage
+    from compressor.config import EvaluateStage
     from evaluation.stage import evaluate_paths
 
     vgg = _loss_network(loss_network, strict_loss_network)
@@ -440,7 +445,7 @@ def compare(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the table to this .md file.")] = None,
 ) -> None:
     """Side-by-side table of two runs' report.json (variants matched by name)."""
-    from compressor.models.checkpoint import atomic_write
+    from compressor.io import atomic_write
     from evaluation.report import compare as compare_reports
     from evaluation.report import load_report
 
@@ -497,7 +502,8 @@ def quantize(
     from pydantic import ValidationError
 
     from compressor.quantize import QuantizeError, quantize as run_quantize
-    from compressor.recipe import QuantizeStage, format_errors
+    from compressor.config import QuantizeStage
+    from compressor.recipe import format_errors
 
     try:
         settings = QuantizeStage(runtimes=runtime, mode=mode, calibration=calibration, calibration_method=method,

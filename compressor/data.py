@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from compressor.io import atomic_write
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 # Content photos that ship inside scikit-image's wheel. Training/calibration and
@@ -70,8 +72,6 @@ def tensor_to_pil(tensor: torch.Tensor) -> Image.Image:
 
 
 def save_image(tensor: torch.Tensor, path: str | Path) -> Path:
-    from compressor.models.checkpoint import atomic_write
-
     path = Path(path)
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:

@@ -22,10 +22,9 @@ import torch
 
 from compressor.data import load_image, resolve_style
 from compressor.losses import style_grams
-from compressor.models import load_vgg19
-from compressor.models.checkpoint import atomic_write
-from compressor.models.vgg import VGG19LossNet
-from compressor.recipe import Recipe
+from compressor.config import Recipe
+from compressor.io import atomic_write
+from compressor.models import VGG19LossNet, load_vgg19
 
 log = logging.getLogger(__name__)
 

@@ -37,12 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from compressor.data import load_image, resolve_images, sample_content_paths
-from compressor.distill import TrainConfig
+from compressor.config import TrainConfig
 from compressor.losses import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, content_loss, style_loss
-from compressor.models import TransformerNet, load_model, save_model
-from compressor.models.checkpoint import atomic_write
-from compressor.models.vgg import VGG19LossNet
-from compressor.recipe import QuantizeStage
+from compressor.config import QuantizeStage
+from compressor.io import atomic_write
+from compressor.models import get_family, load_model, save_model
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +113,7 @@ def calibration_set(source: str | Path | None, size: int) -> tuple[list[np.ndarr
 class Judge:
     """Style / content loss by the reference VGG19 and PSNR vs the fp32 outputs, on the eval images."""
 
-    def __init__(self, model: nn.Module, vgg: VGG19LossNet, grams: dict[str, torch.Tensor], size: int):
+    def __init__(self, model: nn.Module, vgg: nn.Module, grams: dict[str, torch.Tensor], size: int):
         self.vgg, self.grams = vgg, grams
         self.images = image_batch(sample_content_paths("eval"), size)
         with torch.no_grad():
@@ -224,9 +223,9 @@ def pt2e_ptq(model: nn.Module, calibration: list[np.ndarray]) -> nn.Module:
     return convert_pt2e(prepared)
 
 
-def qat_finetune(model: TransformerNet, vgg: VGG19LossNet, config: TrainConfig, out_dir: Path,
+def qat_finetune(model: nn.Module, vgg: nn.Module, config: TrainConfig, out_dir: Path,
                  content: str | Path | None = None, resume: bool = False, progress: bool = True
-                 ) -> tuple[TransformerNet, nn.Module]:
+                 ) -> tuple[nn.Module, nn.Module]:
     """Fine-tune ``model`` with int8 fake quantization (torchao PT2E), teacher = its fp32 self.
 
     Returns the float model carrying the learned weights (saved to ``out_dir``)
@@ -235,16 +234,16 @@ def qat_finetune(model: TransformerNet, vgg: VGG19LossNet, config: TrainConfig, 
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     from compressor.data import ContentCrops
-    from compressor.distill import train, transformer_objective
+    from compressor.distill import make_objective, train
 
-    if not isinstance(model, TransformerNet):
-        raise QuantizeError(f"QAT supports TransformerNet students, got {type(model).__name__}")
+    if get_family(model).role != "style_transformer":
+        raise QuantizeError(f"QAT supports image-to-image style transformers, got {type(model).__name__}")
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
     example = torch.rand(config.batch_size, 3, config.crop, config.crop)
     student = _QATModule(_pt2e_graph(model, True, example), model)
     paths = resolve_images(content, "train")
     check_disjoint(paths, sample_content_paths("eval"))
-    objective = transformer_objective(config, vgg, None, teacher)
+    objective = make_objective(model, teacher, config, vgg, None)
     train(student, objective, ContentCrops(paths, config.crop), config, out_dir / "train", resume=resume,
           progress=progress)
     learned = copy.deepcopy(model)
@@ -386,7 +385,7 @@ def quantize(
     model_dir: str | Path,
     out_dir: str | Path,
     settings: QuantizeStage,
-    vgg: VGG19LossNet,
+    vgg: nn.Module,
     grams: dict[str, torch.Tensor],
     resume: bool = False,
     progress: bool = True,
@@ -404,11 +403,12 @@ def quantize(
         "calibration_images": [str(p) for p in calib_paths], "evaluation_images": [
             str(p) for p in sample_content_paths("eval")], "loss_network": vgg.weights_source,
     }
-    if not isinstance(model, (TransformerNet, VGG19LossNet)):
+    family = get_family(model)
+    if len(family.io_names(model)[0]) != 1:
         raise QuantizeError(f"{model_dir}: quantizing {type(model).__name__} (two inputs) is not supported; "
-                            "quantize TransformerNet or VGG19 models")
-    # Style/content/PSNR quality needs an image-to-image model; VGG19 gets parity on its taps only.
-    judge = Judge(model, vgg, grams, settings.size) if isinstance(model, TransformerNet) else None
+                            "quantize a one-input model (a style transformer or a loss network)")
+    # Style/content/PSNR quality needs an image-to-image model; a loss network gets parity on its taps only.
+    judge = Judge(model, vgg, grams, settings.size) if family.role == "style_transformer" else None
     if judge is None and (settings.max_style_increase_pct is not None or settings.mode == "qat"):
         raise QuantizeError("max_style_increase_pct and mode qat need an image-to-image model (TransformerNet)")
     keep = sorted(set(settings.keep_float) | set(rgb_output_convs(model)))

@@ -16,65 +16,52 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from compressor.data import IMAGE_SUFFIXES, ImageError, load_image, pil_to_tensor, save_image, tensor_to_pil
-from compressor.models import AdaINNet, ArbitraryStyleNet, MultiStyleNet, SingleStyle, VGG19LossNet
-from compressor.models.checkpoint import atomic_write
+from compressor.data import (
+    IMAGE_SUFFIXES,
+    ImageError,
+    load_image,
+    pil_to_tensor,
+    resolve_style,
+    save_image,
+    tensor_to_pil,
+)
+from compressor.io import atomic_write
+from compressor.models import get_family, load_any
+from compressor.models.arbitrary import style_vector
+from compressor.models.conditional_norm import pad_to_multiple
 from compressor.models.multistyle import parse_style_weights
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif"}
-ARTIFACT_SUFFIXES = {".onnx", ".tflite"}
-SIZE_MULTIPLE = 4  # conditional networks: two stride-2 convs then x4 upsampling; other sizes come out larger
 Stylizer = Callable[[torch.Tensor], torch.Tensor]
 
 
 def load_stylizer(model_path: str | Path, style: str | Path | None = None, alpha: float = 1.0,
-                  style_size: int = 512, style_weights: str | None = None) -> Stylizer:
-    """A function mapping a (N, 3, H, W) batch in [0, 1] to its stylised version.
+                  style_size: int = 512, runner: Callable | None = None, style_weights: str | None = None
+                  ) -> Stylizer:
+    """A function mapping a (N, 3, H, W) batch in [0, 1] to its stylised version (same H x W out).
 
-    ``style`` is the style image of arbitrary-style models (AdaIN, arbitrary);
-    ``style_weights`` picks or blends the styles of a multi-style model
-    (``"7"`` or ``"3:0.5,12:0.5"``).
+    ``model_path`` is a model folder or foreign checkpoint; an exported artifact comes in as ``runner``
+    (``exports.runtime.load_runner``: the app layer loads it, this library module does not import exports).
+    ``style_weights`` picks or blends the styles of a multi-style network (``"7"``, ``"3:0.5,12:0.5"``).
     """
-    from compressor.teacher import load_any
-
+    if runner is not None:
+        return _artifact_stylizer(runner, _artifact_style_input(runner, Path(model_path), style, style_weights))
     model_path = Path(model_path)
-    if model_path.suffix in ARTIFACT_SUFFIXES:
-        from exports.runtime import load_runner
-
-        runner = load_runner(model_path)
-        return _artifact_stylizer(runner, _artifact_style_input(runner, model_path, style, style_weights))
     model = load_any(model_path)
-    if isinstance(model, VGG19LossNet):
-        raise ValueError(f"{model_path}: a VGG19 loss network does not stylise images")
-    if isinstance(model, MultiStyleNet):
-        if style_weights is None:
-            raise ValueError(f"{model_path}: a multi-style model ({model.spec.n_styles} styles); pass --style-index K "
-                             "or --style-weights '3:0.5,12:0.5'")
-        single = SingleStyle(model, parse_style_weights(style_weights, model.spec.n_styles)).eval()
-        return torch.no_grad()(_padded(single, SIZE_MULTIPLE))
-    if isinstance(model, ArbitraryStyleNet):
-        if style is None:
-            raise ValueError(f"{model_path}: an arbitrary-style model; pass --style IMAGE")
-        vector = _style_vector(style)
-
-        @torch.no_grad()
-        def arbitrary(batch: torch.Tensor) -> torch.Tensor:
-            return model(batch, vector)
-
-        return _padded(arbitrary, SIZE_MULTIPLE)
-    if isinstance(model, AdaINNet):
-        if style is None:
-            raise ValueError(f"{model_path}: AdaIN is arbitrary-style; pass --style")
-        from compressor.data import resolve_style
-
+    family = get_family(model)
+    style_image = None
+    if family.role == "arbitrary_style" and style is not None:
         style_image = load_image(resolve_style(style), size=style_size).unsqueeze(0)
-
-        @torch.no_grad()
-        def adain(batch: torch.Tensor) -> torch.Tensor:
-            return model(batch, style_image.expand(batch.shape[0], -1, -1, -1), alpha=alpha)
-
-        return adain
-    return torch.no_grad()(model)
+    try:
+        if family.style_bank:
+            stylizer = family.stylizer(model, style_image, alpha, style_weights=style_weights)
+        elif style_weights is not None:
+            raise ValueError("--style-index / --style-weights apply to multi-style models only")
+        else:
+            stylizer = family.stylizer(model, style_image, alpha)
+    except ValueError as exc:
+        raise ValueError(f"{model_path}: {exc}") from None
+    return stylizer
 
 
 def _artifact_stylizer(runner, style_input: np.ndarray | None = None) -> Stylizer:
@@ -93,41 +80,26 @@ def _artifact_stylizer(runner, style_input: np.ndarray | None = None) -> Stylize
             out = torch.nn.functional.interpolate(out, size=size, mode="bilinear", antialias=True)
         return out
 
-    return stylize if fixed or style_input is None else _padded(stylize, SIZE_MULTIPLE)
+    return stylize if fixed or style_input is None else pad_to_multiple(stylize, 4)
 
 
-def _artifact_style_input(runner, path: Path, style: str | Path | None, style_weights: str | None) -> np.ndarray | None:
+def _artifact_style_input(runner, path: Path, style: str | Path | None, style_weights: str | None
+                          ) -> np.ndarray | None:
     """The 1-D style input of a two-input artifact (``style_weights`` or ``style_vector``, as exported)."""
-    if len(runner.input_names) < 2 or runner.input_names[1] not in ("style_weights", "style_vector"):
+    names = runner.input_names
+    if len(names) < 2 or names[1] not in ("style_weights", "style_vector"):
+        if style_weights is not None:
+            raise ValueError(f"{path}: --style-index / --style-weights apply to multi-style models only")
         return None
-    n = runner.input_shapes[1][-1]
-    if runner.input_names[1] == "style_weights":
+    if names[1] == "style_weights":
         if style_weights is None:
-            raise ValueError(f"{path}: a multi-style model ({n} styles); pass --style-index K or --style-weights")
-        return parse_style_weights(style_weights, int(n)).numpy()
+            raise ValueError(f"{path}: a multi-style model; pass --style-index K or --style-weights '3:0.5,12:0.5'")
+        return parse_style_weights(style_weights, int(runner.input_shapes[1][-1])).numpy()
     if style is None:
         raise ValueError(f"{path}: an arbitrary-style model; pass --style IMAGE")
-    return _style_vector(style).numpy()
+    return style_vector(load_image(resolve_style(style))).numpy()
 
 
-def _style_vector(style: str | Path) -> torch.Tensor:
-    from compressor.data import resolve_style
-    from compressor.models.arbitrary import style_vector
-
-    return style_vector(load_image(resolve_style(style)))
-
-
-def _padded(stylizer: Stylizer, multiple: int) -> Stylizer:
-    """Reflect-pad H and W up to a multiple of ``multiple`` and crop back: outputs keep the input's size."""
-
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        h, w = batch.shape[-2:]
-        ph, pw = -h % multiple, -w % multiple
-        if not (ph or pw):
-            return stylizer(batch)
-        return stylizer(torch.nn.functional.pad(batch, (0, pw, 0, ph), mode="reflect"))[..., :h, :w]
-
-    return run
 
 
 def stylize_files(stylizer: Stylizer, inputs: list[Path], out: Path, size: int | None = None,

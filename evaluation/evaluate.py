@@ -9,7 +9,6 @@ A variant that fails (e.g. an artifact whose runtime is missing) gets an
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import logging
 import re
 from pathlib import Path
@@ -21,8 +20,9 @@ from tqdm import tqdm
 
 from compressor.data import load_image, save_image
 from compressor.losses import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, style_grams
-from compressor.models.vgg import VGG19LossNet
-from compressor.recipe import EvaluateStage
+from compressor.models import create_model, get_family
+from compressor.config import EvaluateStage
+from evaluation import lossnet
 from evaluation.latency import machine_info, measure_latency
 from evaluation.memory import peak_rss
 from evaluation.metrics import degradation_pct, fidelity, layer_widths, params_and_macs, perceptual_losses
@@ -57,7 +57,7 @@ def artifact_size(variant: Variant) -> int | None:
 
 def evaluate(
     variants: list[Variant],
-    vgg: VGG19LossNet,
+    vgg: torch.nn.Module,
     style_image: torch.Tensor,
     image_paths: list[Path],
     settings: EvaluateStage,
@@ -117,12 +117,10 @@ def _describe(variant: Variant, settings: EvaluateStage, style: torch.Tensor) ->
     model = variant.model
     source_spec = (variant.manifest.get("source") or {}).get("spec")
     if model is None and source_spec:
-        from compressor.models import build_model, parse_spec
-
-        model = build_model(parse_spec(source_spec))  # architecture only: params and MACs need no weights
+        model = create_model(source_spec)  # architecture only: params and MACs need no weights
     if model is not None:
         x = torch.rand(1, 3, settings.size, settings.size)
-        example = (x, style) if variant.family == "adain" else (x,)
+        example = get_family(model).inputs(x, style)
         row["params"], row["macs"] = params_and_macs(model, example)
         row["macs_at_size"] = settings.size
         row["widths"] = layer_widths(model.current_spec())
@@ -136,7 +134,7 @@ def _quality(variants, rows, images, image_paths, vgg, grams, style, settings, w
     bar = tqdm(total=total, desc="quality", disable=not progress, leave=False)
     for variant, row in zip(variants, rows):
         outs = None
-        if variant.family == "vgg19":
+        if variant.role == "loss_network":
             row["quality"]["note"] = "loss-network variant: judged by rank correlation of losses"
         elif not variant.measurable:
             row["quality"]["note"] = CORE_ML_NOTE
@@ -242,15 +240,8 @@ def _memory(variants, rows, settings: EvaluateStage, style_path: Path | None, pr
 
 
 def _lossnet(variants, rows, vgg) -> None:
-    """Loss-network (VGG19) variants: Spearman rank correlation of their losses vs the reference VGG19's.
-
-    Delegated to evaluation/lossnet.py, when that module exists.
-    """
-    targets = [(v, r) for v, r in zip(variants, rows) if v.family == "vgg19" and v.model is not None]
-    if not targets or importlib.util.find_spec("evaluation.lossnet") is None:
-        return
-    from evaluation import lossnet
-
+    """Loss-network variants: Spearman rank correlation of their losses vs the reference VGG19's."""
+    targets = [(v, r) for v, r in zip(variants, rows) if v.role == "loss_network" and v.model is not None]
     for variant, row in targets:
         try:
             row["quality"]["spearman"] = lossnet.loss_rank_correlation(variant.model, vgg)

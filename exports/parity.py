@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compressor.data import load_image, sample_content_paths, sample_style_path
-from exports.common import io_names, style_input
+from exports.common import graph_inputs, io_names
 
 # Minimum PSNR (dB) per precision; the quantization stage adds its own entries (e.g. "int8").
 PARITY_THRESHOLDS_DB: dict[str, float] = {"fp32": 45.0, "fp16": 35.0}
@@ -18,17 +18,13 @@ PSNR_CAP_DB = 200.0  # identical outputs: report a finite number so the manifest
 
 
 def parity_inputs(model: nn.Module, size: tuple[int, int]) -> list[tuple[str, tuple[torch.Tensor, ...]]]:
-    """(label, NCHW inputs) per bundled eval image, resized to the export size; AdaIN gets the bundled style too,
-    conditional networks their style input."""
+    """(label, NCHW inputs) per bundled eval image, resized to the export size; a second image input (AdaIN)
+    gets the bundled style, a style input (multistyle weights, arbitrary vector) the family's example."""
     def resized(path) -> torch.Tensor:
         return F.interpolate(load_image(path).unsqueeze(0), size=size, mode="bilinear", antialias=True,
                              align_corners=False).clamp(0, 1)
 
-    style = style_input(model)
-    if style is not None:
-        extra: tuple[torch.Tensor, ...] = (style,)
-    else:
-        extra = (resized(sample_style_path("starry_night")),) if len(io_names(model)[0]) == 2 else ()
+    extra = tuple(resized(sample_style_path("starry_night")) if x.dim() == 4 else x for x in graph_inputs(model)[1:])
     return [(p.name, (resized(p), *extra)) for p in sample_content_paths("eval")]
 
 

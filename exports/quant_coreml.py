@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from exports.common import ExportError, atomic_output
+from compressor.io import atomic_output
+from exports.common import ExportError
 from exports.coreml_export import _coremltools, inspect_coreml
 
 # Weight dtypes the spec must show for each compression.

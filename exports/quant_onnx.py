@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exports.common import atomic_output
+from compressor.io import atomic_output
 
 # What the static recipe quantizes: convs plus the cheap ops between them, so Q/DQ pairs cancel out.
 STATIC_OP_TYPES = ["Conv", "Pad", "Resize", "Relu", "Add"]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exports.common import atomic_output
+from compressor.io import atomic_output
 
 MODES = ("static", "dynamic", "weight-only", "fp16")
 # Ops of the exported InstanceNorm (exports.rewrites.ExplicitInstanceNorm2d) that static int8 leaves in float.

@@ -60,6 +60,12 @@ class Runner:
         return outs[0] if len(outs) == 1 else dict(zip(self.output_names, outs))
 
 
+def is_artifact(path: str | Path) -> bool:
+    """An exported artifact (it has a manifest, or a runtime's file type) rather than a model folder or checkpoint."""
+    path = Path(path)
+    return read_manifest(path) is not None or path.suffix.lower() in (".onnx", ".tflite", ".mlpackage")
+
+
 def load_runner(path: str | Path, threads: int | None = None) -> Runner:
     """A Runner for a .onnx (ONNX Runtime), .tflite (LiteRT) or, on macOS, .mlpackage (Core ML) artifact."""
     path = Path(path)

@@ -16,11 +16,12 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from compressor.models import load_model
-from compressor.models.checkpoint import WEIGHTS_FILE, file_sha256
+from compressor.io import file_sha256
+from compressor.models.checkpoint import WEIGHTS_FILE
 from exports.common import FORMAT_SUFFIX, ExportError, ParityError, example_inputs, io_names
 from exports.manifest import versions, write_manifest
 from exports.parity import parity
-from exports.rewrites import FORMAT_REWRITES, apply_rewrites
+from exports.rewrites import apply_rewrites, format_rewrites
 
 log = logging.getLogger(__name__)
 DEFAULT_PRECISION = {"onnx": "fp32", "tflite": "fp32", "coreml": "fp16"}
@@ -60,7 +61,7 @@ def export_artifact(
     precision = precision or DEFAULT_PRECISION[fmt]
     size = (int(size[0]), int(size[1]))
     path = Path(out_dir) / artifact_name(fmt, precision, layout)
-    rewritten, rewrites = apply_rewrites(model, FORMAT_REWRITES[fmt], example_inputs(model, size))
+    rewritten, rewrites = apply_rewrites(model, format_rewrites(model, fmt), example_inputs(model, size))
     if dynamic and fmt != "onnx":
         raise ExportError(f"dynamic input size is an ONNX option; {fmt} artifacts have a fixed shape")
     log.info("exporting %s %s %s -> %s", type(model).__name__, fmt, precision, path)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from torch import nn
 
-from exports.common import ExportError, ExportWrapper, atomic_output, conversion_error, example_inputs
-from exports.rewrites import FORMAT_REWRITES, apply_rewrites
+from compressor.io import atomic_output
+from exports.common import ExportError, ExportWrapper, conversion_error, example_inputs
+from exports.rewrites import apply_rewrites, format_rewrites
 
 # Ops whose constant weights the fp16 variant stores as float16 (computed in float32 after DEQUANTIZE).
 FP16_WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "CONV_2D_TRANSPOSE")
@@ -19,11 +20,11 @@ def export_tflite(
     size: tuple[int, int] = (256, 256),
     precision: str = "fp32",
     layout: str = "nchw",
-    rewrites: tuple[str, ...] = FORMAT_REWRITES["tflite"],
+    rewrites: tuple[str, ...] | None = None,
 ) -> Path:
     """Write ``model`` as a .tflite flatbuffer (fp32, or fp16 weights).
 
-    ``rewrites`` (by default the slice-pad one) are applied first and checked bit-exact.
+    ``rewrites`` (default: the format's, see ``exports.rewrites.format_rewrites``) are applied first and checked.
     """
     import triton  # noqa: F401  (import before anything that might pull TensorFlow in: TF then triton segfaults)
     import litert_torch
@@ -31,7 +32,8 @@ def export_tflite(
     if precision not in ("fp32", "fp16"):
         raise ExportError(f"TFLite precision {precision!r}: choose fp32 or fp16 (int8 comes from the quantize stage)")
     path = Path(path)
-    model, _ = apply_rewrites(model, rewrites, example_inputs(model, size))
+    names = format_rewrites(model, "tflite") if rewrites is None else rewrites
+    model, _ = apply_rewrites(model, names, example_inputs(model, size))
     wrapper = ExportWrapper(model, layout)
     inputs = example_inputs(model, size, layout)
     with atomic_output(path) as tmp:

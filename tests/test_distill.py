@@ -258,7 +258,7 @@ def test_ddp_two_processes_stay_in_sync(tmp_path):
 
 def test_distill_stage_in_a_recipe_without_prune(tmp_path):
     from compressor.pipeline import run_recipe
-    from compressor.recipe import Recipe
+    from compressor.config import Recipe
 
     recipe = Recipe.model_validate({
         "name": "tiny", "loss_network": "random",

@@ -21,7 +21,7 @@ from compressor.models import (
     load_model,
     save_model,
 )
-from compressor.models.checkpoint import file_sha256
+from compressor.io import file_sha256
 from exports import rewrites
 from exports.common import ExportError, example_inputs
 from exports.manifest import REQUIRED_KEYS, read_manifest
@@ -307,7 +307,7 @@ def test_failed_parity_fails_the_cli_with_numbers(tnet_dir, tmp_path, monkeypatc
 def test_export_stage_writes_into_the_run(tnet_dir, tmp_path):
     from types import SimpleNamespace
 
-    from compressor.recipe import ExportStage
+    from compressor.config import ExportStage
     from exports.stage import export_stage
 
     ctx = SimpleNamespace(recipe=SimpleNamespace(export=ExportStage(formats=["onnx"], size=64)),

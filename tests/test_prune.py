@@ -23,9 +23,9 @@ from compressor.models import (
     read_spec,
     save_model,
 )
-from compressor.models.spec import VGG19Spec
+from compressor.models import VGG19Spec
 from compressor.prune import example_inputs_for, prune_model
-from compressor.recipe import PruneStage
+from compressor.config import PruneStage
 
 torch.set_num_threads(2)
 VGG_TAPS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1"]
@@ -242,7 +242,7 @@ def test_prune_command_and_stage_meta(tmp_path):
 def test_prune_stage_fine_tunes_between_steps(tmp_path):
     from compressor.pipeline import RunContext
     from compressor.prune import prune_stage
-    from compressor.recipe import Recipe
+    from compressor.config import Recipe
 
     recipe = Recipe.model_validate({
         "name": "t", "loss_network": "random", "style_size": 32,

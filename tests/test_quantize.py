@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from compressor.data import ContentCrops, load_image, sample_content_paths, sample_style_path
-from compressor.distill import TrainConfig, train
+from compressor.config import TrainConfig
+from compressor.distill import train
 from compressor.losses import style_grams
 from compressor.models import TransformerNet, TransformerNetSpec, load_model, load_vgg19, save_model
 from compressor.quantize import (
@@ -22,7 +23,7 @@ from compressor.quantize import (
     layer_sensitivity,
     quantize,
 )
-from compressor.recipe import QuantizeStage
+from compressor.config import QuantizeStage
 
 SIZE = 64
 SPEC = TransformerNetSpec(conv1=8, conv2=16, trunk=32, res_inner=[32] * 5, deconv1=16, deconv2=8)

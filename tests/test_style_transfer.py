@@ -8,7 +8,9 @@ from typer.testing import CliRunner
 
 from compressor.cli import app
 from compressor.data import ContentCrops, load_image, sample_content_paths, sample_style_path
-from compressor.distill import TrainConfig, batch_for_step, train, transformer_objective
+from compressor.config import TrainConfig
+from compressor.distill import batch_for_step, train
+from compressor.models.transformer_net import transformer_objective
 from compressor.gatys import GatysConfig, stylize_gatys
 from compressor.losses import style_grams
 from compressor.models import TransformerNet, TransformerNetSpec, load_model, save_model

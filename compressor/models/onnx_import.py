@@ -27,9 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.models.arbitrary import TRANSFORM_SIZE, ArbitraryStyleNet, style_vector
-from compressor.models.multistyle import MultiStyleNet, parse_style_weights
-from compressor.models.spec import ArbitrarySpec, MultiStyleSpec
+from compressor.models.arbitrary import TRANSFORM_SIZE, ArbitrarySpec, ArbitraryStyleNet, style_vector
+from compressor.models.multistyle import MultiStyleNet, MultiStyleSpec, parse_style_weights
 
 
 class OnnxImportError(ValueError):
@@ -122,6 +121,18 @@ def detect_family(proto) -> str:
     if "transformer/contract/conv1/weights" in names:
         return "arbitrary"
     raise OnnxImportError("not a recognised style network (known layouts: multistyle, arbitrary)")
+
+
+def onnx_family(path: str | Path) -> str | None:
+    """The family whose layout the ONNX file at ``path`` has, or None (not ONNX, or no known layout)."""
+    path = Path(path)
+    if path.suffix.lower() != ".onnx" or not path.is_file():
+        return None
+    onnx, _ = _onnx()
+    try:
+        return detect_family(onnx.load(str(path), load_external_data=False))
+    except Exception:
+        return None
 
 
 def import_onnx(path: str | Path) -> nn.Module:
