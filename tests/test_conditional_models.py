@@ -24,7 +24,6 @@ from compressor.models import (
     MultiStyleSpec,
     SingleStyle,
     load_any,
-    load_model,
     save_model,
 )
 from compressor.models.multistyle import parse_style_weights

@@ -8,8 +8,7 @@ layers compute from a 100-d style vector, and a 9x9 RGB output conv whose norm
 feeds a sigmoid. Module names: ``contract.0``, ``res.2.1``, ``expand.2``.
 
 The style predictor (MobileNet, 256x256 NHWC in, 100-d vector out) stays the
-packaged ONNX model run by ONNX Runtime: ``style_vector(image)``. A style bank
-file keeps named vectors (safetensors).
+packaged ONNX model run by ONNX Runtime: ``style_vector(image)``.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from compressor.models.conditional_norm import ConvNorm, StyleVectorNorm, pad_to_multiple
@@ -135,19 +133,6 @@ def style_vector(image: torch.Tensor, predictor: str | Path | None = None) -> to
     session = _predictor(str(predictor or predictor_path()))
     out = session.run(None, {session.get_inputs()[0].name: nhwc})[0]
     return torch.from_numpy(out.reshape(-1).copy())
-
-
-def save_style_bank(path: str | Path, vectors: dict[str, torch.Tensor]) -> Path:
-    """Named style vectors in one safetensors file (written atomically)."""
-    from compressor.io import atomic_write
-
-    state = {name: v.detach().reshape(-1).float().contiguous() for name, v in vectors.items()}
-    atomic_write(Path(path), lambda p: save_file(state, str(p), metadata={"kind": "style_bank"}))
-    return Path(path)
-
-
-def load_style_bank(path: str | Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))
 
 
 class ArbitraryFamily(Family):

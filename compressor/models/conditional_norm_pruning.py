@@ -19,7 +19,7 @@ from compressor.models.conditional_norm import ConditionalInstanceNorm, StyleVec
 
 
 def _keep(n: int, idxs: Sequence[int]) -> list[int]:
-    drop = set(int(i) for i in idxs)
+    drop = {int(i) for i in idxs}
     return [i for i in range(n) if i not in drop]
 
 

@@ -128,23 +128,28 @@ def onnx_family(path: str | Path) -> str | None:
     path = Path(path)
     if path.suffix.lower() != ".onnx" or not path.is_file():
         return None
+    try:
+        return detect_family(_read(path))
+    except OnnxImportError:
+        return None
+
+
+def _read(path: Path):
+    from google.protobuf.message import DecodeError
+
     onnx, _ = _onnx()
     try:
-        return detect_family(onnx.load(str(path), load_external_data=False))
-    except Exception:
-        return None
+        return onnx.load(str(path))
+    except (DecodeError, OSError, ValueError) as exc:
+        raise OnnxImportError(f"{path}: not a readable ONNX model ({exc})") from None
 
 
 def import_onnx(path: str | Path) -> nn.Module:
     """The ONNX file at ``path`` as a native multistyle or arbitrary network (eval mode, float weights)."""
-    onnx, _ = _onnx()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such ONNX file")
-    try:
-        proto = onnx.load(str(path))
-    except Exception as exc:
-        raise OnnxImportError(f"{path}: not a readable ONNX model ({exc})") from None
+    proto = _read(path)
     try:
         graph = _Graph(proto)
         family = detect_family(proto)
