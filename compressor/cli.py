@@ -370,7 +370,7 @@ def distill(
         fail(f"invalid distill options\n{format_errors(exc)}")
     vgg = _loss_network(loss_network, strict_loss_network)
     grams, style_images = None, None
-    if family.role == "style_transformer":
+    if family.role == "style_transformer" and not family.style_bank:  # a style bank learns from its teacher
         style = style or student.spec.style
         if style is None:
             fail(f"{student_dir}: the spec names no style; give --style")

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from compressor.models.conditional_norm import ConvNorm, StyleVectorNorm, pad_to_multiple
-from compressor.models.registry import Family, ForeignLoader, register_family
+from compressor.losses import finish, teacher_terms, uses_teacher
+from compressor.models.conditional_norm import ConvNorm, StyleVectorNorm, batch_generator, pad_to_multiple
+from compressor.models.registry import Family, ForeignLoader, Objective, register_family
 
 PREDICTOR_SIZE = 256  # the style predictor's fixed input side
 TRANSFORM_SIZE = 384  # the packaged transform graph's fixed input side (the torch network takes any size)
@@ -135,6 +136,35 @@ def style_vector(image: torch.Tensor, predictor: str | Path | None = None) -> to
     return torch.from_numpy(out.reshape(-1).copy())
 
 
+def arbitrary_objective(config: Any, vgg: nn.Module, teacher: nn.Module | None,
+                        style_images: list[torch.Tensor] | None) -> Objective:
+    """Output (and VGG perceptual) distance to the teacher under blends of the style images' vectors.
+
+    Style images default to the bundled paintings; each training image gets its own random blend of two.
+    """
+    if not uses_teacher(config, teacher):
+        raise ValueError("an arbitrary-style student learns from its teacher: give --teacher and a nonzero output "
+                         "or perceptual weight")
+    if style_images is None:
+        from compressor.data import BUNDLED_STYLES, load_image, sample_style_path
+
+        style_images = [load_image(sample_style_path(name)) for name in BUNDLED_STYLES]
+    pool = torch.stack([style_vector(image.cpu()) for image in style_images])
+
+    def objective(student: nn.Module, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        gen = batch_generator(batch)
+        b = batch.shape[0]
+        pick = torch.randint(len(pool), (2, b), generator=gen)
+        share = torch.rand(b, 1, generator=gen)
+        vectors = (share * pool[pick[0]] + (1 - share) * pool[pick[1]]).to(batch.device)
+        output = student(batch, vectors)
+        with torch.no_grad():
+            target = teacher(batch, vectors)
+        return finish(teacher_terms(config, vgg, output, target))
+
+    return objective
+
+
 class ArbitraryFamily(Family):
     """Arbitrary style: an image batch and the style vector the ONNX predictor makes from a style image."""
 
@@ -185,6 +215,9 @@ class ArbitraryFamily(Family):
         from compressor.models.conditional_norm_pruning import CUSTOMIZED_PRUNERS
 
         return CUSTOMIZED_PRUNERS
+
+    def objective(self, student, teacher, config, vgg, style_grams, style_images) -> Objective:
+        return arbitrary_objective(config, vgg, teacher, style_images)
 
 
 def _onnx_family(path) -> str | None:

@@ -93,3 +93,9 @@ def pad_to_multiple(run: Callable[[torch.Tensor], torch.Tensor], multiple: int =
         return run(F.pad(batch, (0, pw, 0, ph), mode="reflect"))[..., :h, :w]
 
     return padded
+
+
+def batch_generator(batch: torch.Tensor) -> torch.Generator:
+    """A CPU generator seeded by a batch's contents: per-batch choices a resumed run replays exactly."""
+    seed = int.from_bytes(torch.as_tensor(batch.detach().float().sum().item()).numpy().tobytes(), "little")
+    return torch.Generator().manual_seed(seed)

@@ -21,8 +21,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from compressor.models.conditional_norm import ConditionalInstanceNorm, ConvNorm, pad_to_multiple
-from compressor.models.registry import Family, ForeignLoader, register_family
+from compressor.losses import finish, teacher_terms, uses_teacher
+from compressor.models.conditional_norm import ConditionalInstanceNorm, ConvNorm, batch_generator, pad_to_multiple
+from compressor.models.registry import Family, ForeignLoader, Objective, register_family
 
 
 class MultiStyleSpec(BaseModel):
@@ -90,6 +91,39 @@ class MultiStyleNet(nn.Module):
             "res_inner": [inner.conv.out_channels for inner, _ in self.res],
             "expand": [b.conv.out_channels for b in self.expand[:2]],
         })
+
+
+def sample_style_weights(batch: torch.Tensor, n_styles: int) -> torch.Tensor:
+    """[B, n_styles] mixes for a training batch: half single styles, half blends of two (drawn from the batch).
+
+    The generator is seeded by the batch itself, so a resumed run replays the same mixes.
+    """
+    gen = batch_generator(batch)
+    b = batch.shape[0]
+    first = torch.randint(n_styles, (b,), generator=gen)
+    second = torch.randint(n_styles, (b,), generator=gen)
+    share = torch.where(torch.rand(b, generator=gen) < 0.5, torch.ones(b), torch.rand(b, generator=gen))
+    weights = torch.zeros(b, n_styles)
+    weights[torch.arange(b), first] += share
+    weights[torch.arange(b), second] += 1 - share
+    return weights.to(batch.device)
+
+
+def multistyle_objective(config: Any, vgg: nn.Module, teacher: nn.Module | None) -> Objective:
+    """Output (and VGG perceptual) distance to the teacher under the same style mixes, all styles at once."""
+    if not uses_teacher(config, teacher):
+        raise ValueError("a multistyle student learns from its teacher: give --teacher and a nonzero output or "
+                         "perceptual weight (its styles have no style images to take Gram losses from)")
+    n_styles = teacher.spec.n_styles
+
+    def objective(student: nn.Module, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        weights = sample_style_weights(batch, n_styles)
+        output = student(batch, weights)
+        with torch.no_grad():
+            target = teacher(batch, weights)
+        return finish(teacher_terms(config, vgg, output, target))
+
+    return objective
 
 
 def parse_style_weights(style: int | str | dict[int, float], n_styles: int) -> torch.Tensor:
@@ -181,6 +215,9 @@ class MultiStyleFamily(Family):
         from compressor.models.conditional_norm_pruning import CUSTOMIZED_PRUNERS
 
         return CUSTOMIZED_PRUNERS
+
+    def objective(self, student, teacher, config, vgg, style_grams, style_images) -> Objective:
+        return multistyle_objective(config, vgg, teacher)
 
 
 def _onnx_family(path) -> str | None:
