@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from compressor.cli import app
 from compressor.config import PruneStage
-from compressor.data import sample_content_paths
+from compressor.data import sample_content_paths, sample_style_path
 from compressor.models import (
     ArbitrarySpec,
     ArbitraryStyleNet,
@@ -265,3 +265,36 @@ def test_multistyle_exports_to_onnx_with_two_inputs(tmp_path, multistyle):
                                       "3", "-o", str(tmp_path / "onnx.png")])
     assert result.exit_code == 0, result.output
     assert np.asarray(Image.open(tmp_path / "onnx.png")).shape == (38, 50, 3)
+
+
+@pytest.mark.parametrize("family", ["multistyle", "arbitrary"])
+def test_short_distillation_raises_fidelity_to_the_teacher(tmp_path, family, multistyle, arbitrary, random_vgg):
+    from compressor.config import TrainConfig
+    from compressor.data import ContentCrops
+    from compressor.distill import make_objective, train
+    from compressor.models import get_family
+
+    teacher = multistyle if family == "multistyle" else arbitrary
+    student = prune_model(copy.deepcopy(teacher), PruneStage(ratio=0.25))
+    x = torch.nn.functional.interpolate(torch.stack([load_image_resized(p) for p in HELD_OUT]), size=(64, 64))
+    painting = load_image_resized(sample_style_path("starry_night"))[None]  # among the styles it trains on
+    style = get_family(teacher).inputs(x, painting if family == "arbitrary" else None)[1]
+
+    def psnr() -> float:
+        with torch.no_grad():
+            mse = torch.mean((student(x, style) - teacher(x, style)) ** 2)
+        return float(10 * torch.log10(1 / mse))
+
+    before = psnr()
+    config = TrainConfig(steps=20, batch_size=2, crop=48, lr=1e-2, output_weight=1.0, perceptual_weight=0.0,
+                         checkpoint_every=20)
+    objective = make_objective(student, teacher, config, random_vgg, None)
+    train(student, objective, ContentCrops(sample_content_paths("train"), 48), config, tmp_path / "run",
+          progress=False)
+    assert psnr() > before + 0.5
+
+
+def load_image_resized(path: Path) -> torch.Tensor:
+    from compressor.data import load_image
+
+    return torch.nn.functional.interpolate(load_image(path)[None], size=(64, 64), antialias=True, mode="bilinear")[0]
