@@ -279,8 +279,8 @@ def prune(
     """L1 structured channel pruning (torch-pruning); prints params and MACs before/after."""
     from pydantic import ValidationError
 
-    from compressor.prune import prune_dir
     from compressor.config import PruneStage
+    from compressor.prune import prune_dir
     from compressor.recipe import format_errors
 
     overrides = {}
@@ -343,9 +343,9 @@ def distill(
 
     from pydantic import ValidationError
 
-    from compressor.data import ContentCrops, load_image, resolve_images, resolve_style
     from compressor.config import TrainConfig
-    from compressor.distill import default_device, make_objective, train
+    from compressor.data import ContentCrops, load_image, resolve_images, resolve_style
+    from compressor.distill import make_objective, prepare_run, train
     from compressor.models import get_family, load_model
     from compressor.recipe import format_errors
 
@@ -380,17 +380,13 @@ def distill(
             style_images = [load_image(resolve_style(style), size=max(2 * crop, style_size))]
         except ValueError as exc:
             fail(str(exc))
-    device = default_device()
-    vgg.to(device)
-    if teacher_model is not None:
-        teacher_model.to(device)
+    run = prepare_run(vgg, teacher_model, grams)
     try:
-        objective = make_objective(student, teacher_model, config, vgg,
-                                   {k: v.to(device) for k, v in grams.items()} if grams else None, style_images)
+        objective = make_objective(student, run.teacher, config, run.vgg, run.grams, style_images)
         data = ContentCrops(resolve_images(content_dir, "train"), crop)
         meta = {"student_from": str(student_dir), "teacher": str(teacher) if teacher else None, "style": style,
                 "loss_network": vgg.weights_source}
-        history = train(student, objective, data, config, output, resume=resume, meta=meta, device=device)
+        history = train(student, objective, data, config, output, resume=resume, meta=meta, device=run.device)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         fail(str(exc))
     if history and os.environ.get("RANK", "0") == "0":
@@ -501,9 +497,10 @@ def quantize(
     """Quantize a model for ONNX Runtime, LiteRT or Core ML (PTQ or QAT), verify parity, write manifests."""
     from pydantic import ValidationError
 
-    from compressor.quantize import QuantizeError, quantize as run_quantize
     from compressor.config import QuantizeStage
+    from compressor.quantize import QuantizeError
     from compressor.recipe import format_errors
+    from exports.quantize import quantize as run_quantize
 
     try:
         settings = QuantizeStage(runtimes=runtime, mode=mode, calibration=calibration, calibration_method=method,

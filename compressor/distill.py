@@ -19,7 +19,9 @@ import logging
 import os
 import types
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -80,6 +82,32 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+@dataclass
+class TrainingRun:
+    """One place that sets a training run up: this rank's device, with the loss network, teacher and Grams on it."""
+
+    device: torch.device
+    vgg: nn.Module | None = None
+    teacher: nn.Module | None = None
+    grams: dict[str, torch.Tensor] | None = None
+
+
+def prepare_run(vgg: nn.Module | None, teacher: nn.Module | None = None,
+                grams: dict[str, torch.Tensor] | None = None) -> TrainingRun:
+    """Pick the device (``default_device``) and move what the objective will use onto it.
+
+    Teacher training, ``train``, distillation, pruning's fine-tuning and QAT all start here, so all use a GPU
+    when there is one; pass ``run.device`` to ``train``.
+    """
+    device = default_device()
+    return TrainingRun(
+        device=device,
+        vgg=vgg.to(device) if vgg is not None else None,
+        teacher=teacher.to(device) if teacher is not None else None,
+        grams={k: v.to(device) for k, v in grams.items()} if grams is not None else None,
+    )
+
+
 def _init_distributed(device: torch.device) -> bool:
     """Join the torchrun process group when launched by torchrun; True if this call created it."""
     if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or dist.is_initialized():
@@ -128,8 +156,8 @@ def train(
     With ``resume`` the run continues from ``out_dir/checkpoint.pt`` exactly
     where it stopped. Launched by torchrun, every rank runs this with its own
     batches and DistributedDataParallel keeps the weights in sync. The
-    objective's modules must already live on ``device`` (default CPU; see
-    ``default_device``). Returns the logged
+    objective's modules must already live on ``device`` (default CPU; ``prepare_run``
+    picks the device and moves them). Returns the logged
     loss terms of every step of this call (this rank's).
     """
     out_dir = Path(out_dir)
@@ -269,18 +297,15 @@ def distill_stage(ctx) -> None:
     config = ctx.recipe.distill
     teacher_dir = ctx.stage_dir("model")
     student_dir = ctx.stage_dir("prune") if ctx.recipe.prune is not None else teacher_dir
-    teacher, student = load_model(teacher_dir), load_model(student_dir)
-    device = default_device()
-    vgg = ctx.loss_network.to(device)
-    teacher.to(device)
-    grams = {k: v.to(device) for k, v in ctx.style_grams.items()}
-    objective = make_objective(student, teacher, config, vgg, grams)
+    student = load_model(student_dir)
+    run = prepare_run(ctx.loss_network, load_model(teacher_dir), ctx.style_grams)
+    objective = make_objective(student, run.teacher, config, run.vgg, run.grams)
     data = ContentCrops(resolve_images(ctx.recipe.content, "train"), config.crop)
     meta = {
         "student_from": str(student_dir),
         "teacher": str(teacher_dir),
         "style": ctx.recipe.style,
-        "loss_network": vgg.weights_source,
+        "loss_network": run.vgg.weights_source,
     }
     train(student, objective, data, config, ctx.stage_dir("distill"), resume=ctx.resume, meta=meta,
-          progress=ctx.progress, device=device)
+          progress=ctx.progress, device=run.device)

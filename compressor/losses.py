@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-
 from torch import nn
+from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from compressor.config import TrainConfig
 from compressor.io import atomic_write
@@ -109,6 +109,11 @@ class StyleTransferLoss(torch.nn.Module):
         }
         terms["total"] = sum(terms.values())
         return terms
+
+
+def psnr(output: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0) -> float:
+    """PSNR in dB of ``output`` against ``reference`` (torchmetrics); identical inputs give ``inf``."""
+    return float(peak_signal_noise_ratio(output, reference, data_range=data_range))
 
 
 def loss_weights(config: TrainConfig) -> LossWeights:

@@ -26,7 +26,7 @@ from torch_pruning.pruner import function as tpf
 
 from compressor.config import DistillStage, PruneStage
 from compressor.data import ContentCrops, resolve_images
-from compressor.distill import default_device, make_objective, train
+from compressor.distill import make_objective, prepare_run, train
 from compressor.models import get_family, load_model, save_model
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def _kept_out_channels(pruner: tp.pruner.BasePruner, model: nn.Module) -> dict[s
     kept = {name: list(range(pruner.layer_init_out_ch[m])) for name, m in model.named_modules()
             if isinstance(m, _PRUNABLE) and m in pruner.layer_init_out_ch}
     for name, is_out, idxs in pruner.pruning_history():
-        if is_out and name in kept:
+        if is_out and name in kept:  # group roots are convs/linears; a custom pruner's layer may not be
             drop = {int(i) for i in idxs}
             kept[name] = [k for j, k in enumerate(kept[name]) if j not in drop]
     return kept
@@ -215,18 +215,15 @@ def _pipeline_finetune(ctx, config: PruneStage) -> Finetune:
 
     Uses the recipe's distill settings (or their defaults) for everything but the step count.
     """
-    teacher = load_model(ctx.stage_dir("model"))
     n = config.finetune_steps_between
     train_config = (ctx.recipe.distill or DistillStage()).model_copy(update={"steps": n, "checkpoint_every": n})
     data = ContentCrops(resolve_images(ctx.recipe.content, "train"), train_config.crop)
-    device = default_device()
-    vgg, teacher = ctx.loss_network.to(device), teacher.to(device)
-    grams = {k: v.to(device) for k, v in ctx.style_grams.items()}
+    run = prepare_run(ctx.loss_network, load_model(ctx.stage_dir("model")), ctx.style_grams)
 
     def finetune(model: nn.Module, step: int) -> None:
-        objective = make_objective(model, teacher, train_config, vgg, grams)
+        objective = make_objective(model, run.teacher, train_config, run.vgg, run.grams)
         with tempfile.TemporaryDirectory(dir=ctx.run_dir) as tmp:
-            train(model, objective, data, train_config, tmp, progress=ctx.progress, device=device)
+            train(model, objective, data, train_config, tmp, progress=ctx.progress, device=run.device)
         log.info("prune: fine-tuned %d steps after pruning step %d", n, step + 1)
 
     return finetune

@@ -25,6 +25,7 @@ from compressor.data import (
     save_image,
     tensor_to_pil,
 )
+from compressor.images import fit_longest, resize
 from compressor.io import atomic_write
 from compressor.models import get_family, load_any
 from compressor.models.arbitrary import style_vector
@@ -74,11 +75,8 @@ def _artifact_stylizer(runner, style_input: np.ndarray | None = None) -> Stylize
     def stylize(batch: torch.Tensor) -> torch.Tensor:
         size = tuple(batch.shape[-2:])
         if fixed and size != fixed:
-            batch = torch.nn.functional.interpolate(batch, size=fixed, mode="bilinear", antialias=True)
-        out = torch.from_numpy(np.asarray(runner(batch.numpy(), *extra)))
-        if out.shape[-2:] != size:
-            out = torch.nn.functional.interpolate(out, size=size, mode="bilinear", antialias=True)
-        return out
+            batch = resize(batch, fixed)
+        return resize(torch.from_numpy(np.asarray(runner(batch.numpy(), *extra))), size)
 
     return stylize if fixed or style_input is None else pad_to_multiple(stylize, 4)
 
@@ -158,7 +156,7 @@ def stylize_video(stylizer: Stylizer, source: Path, target: Path, size: int | No
         for frame in tqdm(iio.imiter(source), disable=not progress, desc=f"video {source.name}"):
             image = pil_to_tensor(Image.fromarray(np.asarray(frame)).convert("RGB"))
             if size:
-                image = load_resized(image, size)
+                image = fit_longest(image, size, multiple=2)
             frames.append(np.asarray(tensor_to_pil(stylizer(image.unsqueeze(0))[0])))
         if not frames:
             raise ImageError(f"{source}: video has no frames")
@@ -169,11 +167,3 @@ def stylize_video(stylizer: Stylizer, source: Path, target: Path, size: int | No
 
     atomic_write(target, write)
     return target
-
-
-def load_resized(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize a (3, H, W) tensor so its longest side is ``size``; sides rounded to even for video codecs."""
-    h, w = image.shape[-2:]
-    scale = size / max(h, w)
-    new = (max(2, round(h * scale / 2) * 2), max(2, round(w * scale / 2) * 2))
-    return torch.nn.functional.interpolate(image[None], size=new, mode="bilinear", antialias=True)[0].clamp(0, 1)

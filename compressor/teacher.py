@@ -9,7 +9,7 @@ from torch import nn
 
 from compressor.config import TrainConfig
 from compressor.data import ContentCrops, resolve_images, sample_content_paths
-from compressor.distill import make_objective, train
+from compressor.distill import make_objective, prepare_run, train
 from compressor.models import STNSpec, TransformerNetSpec, create_model, get_family, load_any, parse_spec, save_model
 from compressor.stylize import stylize_files
 
@@ -29,8 +29,9 @@ def train_transformer(
     model = create_model(TransformerNetSpec(style=style_name, stn=STNSpec() if stn else None))
     data = ContentCrops(resolve_images(content, "train"), config.crop)
     meta = {"style": style_name, "loss_network": vgg.weights_source}
-    objective = make_objective(model, None, config, vgg, grams)
-    return train(model, objective, data, config, out_dir, resume, meta, progress)
+    run = prepare_run(vgg, grams=grams)
+    objective = make_objective(model, None, config, run.vgg, run.grams)
+    return train(model, objective, data, config, out_dir, resume, meta, progress, device=run.device)
 
 
 def model_stage(ctx) -> None:
@@ -54,8 +55,10 @@ def model_stage(ctx) -> None:
                                    ctx.recipe.allow_random_loss_network)
     if stage.train is not None:
         data = ContentCrops(resolve_images(ctx.recipe.content, "train"), stage.train.crop)
-        objective = make_objective(model, None, stage.train, ctx.loss_network, ctx.style_grams)
-        train(model, objective, data, stage.train, out, resume=ctx.resume, meta=meta, progress=ctx.progress)
+        run = prepare_run(ctx.loss_network, grams=ctx.style_grams)
+        objective = make_objective(model, None, stage.train, run.vgg, run.grams)
+        train(model, objective, data, stage.train, out, resume=ctx.resume, meta=meta, progress=ctx.progress,
+              device=run.device)
     else:
         save_model(model, out, meta={**meta, "source": source})
     write_previews(model, out / "samples", style=ctx.style_image)

@@ -11,9 +11,9 @@ import math
 
 import torch
 from torch import nn
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.functional.image import structural_similarity_index_measure
 
-from compressor.losses import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, content_loss, style_loss
+from compressor.losses import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, content_loss, psnr, style_loss
 from compressor.models import get_family
 
 
@@ -36,9 +36,9 @@ def fidelity(output: torch.Tensor, reference: torch.Tensor) -> dict[str, float |
 
     Identical images have infinite PSNR; JSON cannot hold that, so it is None.
     """
-    psnr = float(peak_signal_noise_ratio(output, reference, data_range=1.0))
+    value = psnr(output, reference)
     ssim = float(structural_similarity_index_measure(output, reference, data_range=1.0))
-    return {"psnr_vs_teacher": psnr if math.isfinite(psnr) else None, "ssim_vs_teacher": ssim}
+    return {"psnr_vs_teacher": value if math.isfinite(value) else None, "ssim_vs_teacher": ssim}
 
 
 def degradation_pct(value: float, reference: float) -> float:

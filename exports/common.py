@@ -9,7 +9,6 @@ from torch import nn
 
 from compressor.models import get_family
 
-FORMAT_SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage"}
 LAYOUTS = ("nchw", "nhwc")
 
 

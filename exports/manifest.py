@@ -10,14 +10,8 @@ from typing import Any
 
 from compressor.io import write_json
 
-# Distributions whose versions matter for each format (converter + runtime).
-FORMAT_PACKAGES = {
-    "onnx": ("torch", "onnx", "onnxslim", "onnxruntime"),
-    "tflite": ("torch", "litert-torch", "ai-edge-quantizer", "ai-edge-litert"),
-    "coreml": ("torch", "coremltools"),
-}
 REQUIRED_KEYS = (
-    "format", "precision", "artifact", "source", "style", "inputs", "outputs", "layout",
+    "format", "runtime", "precision", "artifact", "source", "style", "inputs", "outputs", "layout",
     "versions", "rewrites", "parity",
 )
 
@@ -27,9 +21,10 @@ def manifest_path(artifact: str | Path) -> Path:
     return artifact.with_name(artifact.name + ".manifest.json")
 
 
-def versions(fmt: str) -> dict[str, str]:
+def versions(packages: tuple[str, ...]) -> dict[str, str]:
+    """Python, platform and the versions of ``packages`` (a backend's converter and runtime distributions)."""
     found = {"python": platform.python_version(), "platform": platform.platform()}
-    for dist in FORMAT_PACKAGES[fmt]:
+    for dist in packages:
         try:
             found[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

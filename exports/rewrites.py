@@ -27,7 +27,6 @@ zeros, so the values are the same; 1.2x the MACs run about 3x faster (512 px,
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

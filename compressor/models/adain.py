@@ -19,6 +19,7 @@ from torch import nn
 
 from compressor.config import TrainConfig
 from compressor.data import BUNDLED_STYLES, load_image, sample_style_path
+from compressor.images import fit_shortest
 from compressor.losses import adain_style_loss, finish, mean_std, teacher_terms, tv_loss, uses_teacher
 from compressor.models.checkpoint import load_weights, read_state_dict
 from compressor.models.registry import Family, ForeignLoader, Objective, register_family
@@ -155,11 +156,7 @@ def bundled_style_images(size: int) -> list[torch.Tensor]:
     """The bundled paintings as (3, H, W) tensors whose shorter side is at least ``size``."""
     images = []
     for name in BUNDLED_STYLES:
-        img = load_image(sample_style_path(name), size=2 * size)
-        short = min(img.shape[1:])
-        if short < size:
-            img = F.interpolate(img[None], scale_factor=size / short, mode="bilinear", antialias=True)[0]
-        images.append(img.clamp(0, 1))
+        images.append(fit_shortest(load_image(sample_style_path(name), size=2 * size), size))
     return images
 
 

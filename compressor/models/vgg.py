@@ -297,7 +297,8 @@ class VGG19Family(Family):
         if model.projections:
             raise ValueError("this VGG19 already has tap projections; prune the unprojected network instead")
         if finetune and config.vgg_mode == "project_taps":
-            raise ValueError("prune.finetune_steps_between: needs vgg_mode keep_taps (projections exist only at the end)")
+            raise ValueError("prune.finetune_steps_between: needs vgg_mode keep_taps "
+                             "(projections exist only at the end)")
         return {tap: conv.out_channels for tap, conv in tap_convs(model).items()}
 
     def after_prune(self, model: VGG19LossNet, config, state: dict[str, int], kept: dict[str, list[int]]) -> None:
