@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+PSNR_CAP_DB = 200.0  # identical outputs: a finite number keeps spec.json strict JSON
+
 
 class OnnxImportError(ValueError):
     """An ONNX file this importer does not recognise or cannot map; the message names the file and the tensor."""
@@ -179,9 +181,10 @@ def ort_session(proto_or_path, optimize: bool = True):
 
 
 def psnr01(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR of two [0, 1] images, capped at 200 dB so identical outputs stay a finite (strict JSON) number."""
     from compressor.losses import psnr
 
-    return psnr(a.clamp(0, 1), b.clamp(0, 1))
+    return min(PSNR_CAP_DB, psnr(a.clamp(0, 1), b.clamp(0, 1)))
 
 
 def heldout_photo(path: Path, size: int, multiple: int) -> torch.Tensor:
