@@ -55,6 +55,8 @@ def load_stylizer(model_path: str | Path, style: str | Path | None = None, alpha
         style_image = load_image(resolve_style(style), size=style_size).unsqueeze(0)
     try:
         if family.style_bank:
+            if style_weights is None:
+                raise ValueError("a multi-style model; pass --style-index K or --style-weights '3:0.5,12:0.5'")
             stylizer = family.stylizer(model, style_image, alpha, style_weights=style_weights)
         elif style_weights is not None:
             raise ValueError("--style-index / --style-weights apply to multi-style models only")

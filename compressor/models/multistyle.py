@@ -205,10 +205,8 @@ class MultiStyleFamily(Family):
 
     def stylizer(self, model: MultiStyleNet, style: torch.Tensor | None = None, alpha: float = 1.0,
                  style_weights: str | None = None):
-        if style_weights is None:
-            raise ValueError(f"a multi-style model ({model.spec.n_styles} styles); pass --style-index K or "
-                             "--style-weights '3:0.5,12:0.5'")
-        single = SingleStyle(model, parse_style_weights(style_weights, model.spec.n_styles)).eval()
+        """``style_weights`` like ``"7"`` or ``"3:0.5,12:0.5"``; none: style 0 (previews)."""
+        single = SingleStyle(model, parse_style_weights(style_weights or "0", model.spec.n_styles)).eval()
         return pad_to_multiple(torch.no_grad()(single))
 
     def layer_widths(self, spec: MultiStyleSpec) -> dict[str, int]:
