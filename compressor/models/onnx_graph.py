@@ -126,6 +126,7 @@ def onnx_family(path: str | Path) -> str | None:
 
 
 def read_onnx(path: Path):
+    """The ModelProto at ``path``; an unreadable file is an OnnxImportError naming it."""
     from google.protobuf.message import DecodeError
 
     onnx, _ = _onnx()
@@ -136,6 +137,7 @@ def read_onnx(path: Path):
 
 
 def load_tensors(model: nn.Module, state: dict[str, np.ndarray]) -> nn.Module:
+    """Load float arrays into ``model``; a mismatch names every missing, unexpected or wrongly shaped tensor."""
     from compressor.models.checkpoint import CheckpointMismatch, check_shapes
 
     tensors = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()}
@@ -170,6 +172,7 @@ def strip_activation_qdq(proto):
 
 
 def ort_session(proto_or_path, optimize: bool = True):
+    """A CPU session; ``optimize=False`` runs a QDQ graph as plain Q/DQ arithmetic (no fused int8 kernels)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
