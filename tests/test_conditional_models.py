@@ -286,10 +286,10 @@ def test_short_distillation_raises_fidelity_to_the_teacher(tmp_path, family, mul
         return float(10 * torch.log10(1 / mse))
 
     before = psnr()
-    config = TrainConfig(steps=20, batch_size=2, crop=48, lr=1e-2, output_weight=1.0, perceptual_weight=0.0,
+    config = TrainConfig(steps=20, batch_size=2, crop=32, lr=1e-2, output_weight=1.0, perceptual_weight=0.0,
                          checkpoint_every=20)
     objective = make_objective(student, teacher, config, random_vgg, None)
-    train(student, objective, ContentCrops(sample_content_paths("train"), 48), config, tmp_path / "run",
+    train(student, objective, ContentCrops(sample_content_paths("train"), 32), config, tmp_path / "run",
           progress=False)
     assert psnr() > before + 0.5
 
