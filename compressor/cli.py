@@ -373,7 +373,10 @@ def stylize(
                                         ".onnx/.tflite artifact.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output file (one input) or folder.")] = Path(
         "stylized"),
-    style: Annotated[Optional[str], typer.Option(help="Style image for AdaIN models.")] = None,
+    style: Annotated[Optional[str], typer.Option(help="Style image for AdaIN and arbitrary models.")] = None,
+    style_index: Annotated[Optional[int], typer.Option(min=0, help="Multi-style models: the style to apply.")] = None,
+    style_weights: Annotated[Optional[str], typer.Option(help="Multi-style models: a blend, e.g. '3:0.5,12:0.5'.")
+                             ] = None,
     alpha: Annotated[float, typer.Option(min=0, max=1, help="AdaIN content (0) to style (1) blend.")] = 1.0,
     size: Annotated[Optional[int], typer.Option(min=16, help="Resize the longest side first.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 4,
@@ -383,16 +386,53 @@ def stylize(
     from compressor.stylize import VIDEO_SUFFIXES, SomeInputsFailed, load_stylizer, output_targets, stylize_files
     from exports.runtime import is_artifact, load_runner
 
+    if style_index is not None and style_weights is not None:
+        fail("--style-index / --style-weights", "give one of them, not both")
     files = [f for p in inputs for f in ([p] if p.suffix.lower() in VIDEO_SUFFIXES else list_images(p))]
     output_targets(files, output)  # refuses a bad output path before the model is loaded
     runner = load_runner(model) if is_artifact(model) else None
-    stylizer = load_stylizer(model, style=style, alpha=alpha, runner=runner)
+    stylizer = load_stylizer(model, style=style, alpha=alpha, runner=runner,
+                             style_weights=str(style_index) if style_index is not None else style_weights)
     try:
         written = stylize_files(stylizer, files, output, size=size, batch_size=batch_size)
     except SomeInputsFailed as exc:
         typer.echo(f"wrote {len(exc.written)} file(s) to {output}")
         raise
     typer.echo(f"wrote {len(written)} file(s): {written[0]}{' ...' if len(written) > 1 else ''}")
+
+
+@app.command("import")
+def import_model(
+    source: Annotated[Path, typer.Argument(help="ONNX file of a trained style network (multistyle or arbitrary).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Model folder to write.")],
+    images: Annotated[str, typer.Option(help="Held-out photos for the check, or 'samples'.")] = "samples",
+    size: Annotated[int, typer.Option(help="Longest side of the check photos.")] = 256,
+    min_psnr: Annotated[float, typer.Option(help="Fail when the rebuild is further than this from ONNX Runtime (dB).")
+                        ] = 40.0,
+) -> None:
+    """Rebuild an ONNX style network as a native model folder, checked against ONNX Runtime on held-out photos."""
+    from compressor.data import ImageError, resolve_images
+    from compressor.models import save_model
+    from compressor.models.onnx_import import OnnxImportError, import_onnx, verify_import
+
+    try:
+        model = import_onnx(source)
+        check = verify_import(source, model, resolve_images(images, "eval"), size=size)
+    except (OnnxImportError, ImageError, FileNotFoundError) as exc:
+        fail(str(exc))
+    for case, psnr in check["cases"].items():
+        typer.echo(f"  {case}: {psnr:.1f} dB")
+    reference = f" (vs {check['reference']})" if "reference" in check else ""
+    if check["min_psnr_db"] < min_psnr:
+        fail(f"{source}: the rebuild reaches only {check['min_psnr_db']:.1f} dB{reference} against ONNX Runtime "
+             f"(needs >= {min_psnr}; nothing written)")
+    save_model(model, output, meta={"imported_from": str(source), "import_check": check})
+    typer.echo(f"{check['family']}: {model.current_spec().model_dump_json()}")
+    typer.echo(f"import parity: min {check['min_psnr_db']:.1f} dB{reference}; model written to {output}")
+    if "int8_graph_min_psnr_db" in check:
+        typer.echo(f"vs the int8 graph itself: min {check['int8_graph_min_psnr_db']:.1f} dB: its activations are "
+                   f"rounded to int8 (ONNX Runtime's fused and plain runs of that graph differ by "
+                   f"{check['int8_runtime_floor_db']:.1f} dB themselves)")
 
 
 @app.command()
@@ -508,7 +548,7 @@ def distill(
                    lr_schedule=lr_schedule, feature_weight=feature_weight, content_weight=content_weight, tv_weight=tv_weight, crop=crop,
                    batch_size=batch_size, checkpoint_every=checkpoint_every, seed=seed, bf16=bf16,
                    grad_checkpointing=grad_checkpointing, tensorboard=tensorboard, **weights)
-    if family.role == "style_transformer":
+    if family.role == "style_transformer" and not family.style_bank:  # a style bank learns from its teacher
         style = style or student.spec.style
         if style is None:
             fail(student_dir, "the spec names no style", "give --style")
@@ -516,7 +556,7 @@ def distill(
         _style_path(style, None)
     vgg = _loss_network(loss_network, strict_loss_network)
     grams, style_images = None, None
-    if family.role == "style_transformer":
+    if family.role == "style_transformer" and not family.style_bank:
         grams = _style_grams(vgg, style, style_size, None)
     elif family.role == "arbitrary_style" and style is not None:
         style_images = [load_image(resolve_style(style), size=max(2 * crop, style_size))]

@@ -40,6 +40,9 @@ _PRUNABLE = (nn.Conv2d, nn.Linear)
 class L1Importance(tp.importance.GroupMagnitudeImportance):
     """L1 magnitude of a coupled group in which every layer counts equally, InstanceNorm included.
 
+    Customized layers (the conditional norms) are scored by their pruner's
+    ``channel_importance``, once per layer.
+
     torch-pruning's ``GroupMagnitudeImportance`` scores BatchNorm/LayerNorm but
     skips InstanceNorm, yet after an InstanceNorm a conv filter's magnitude is
     normalised away and ``|gamma|`` is what sets the channel's scale. Each
@@ -52,10 +55,16 @@ class L1Importance(tp.importance.GroupMagnitudeImportance):
 
     @torch.no_grad()
     def __call__(self, group: tp.dependency.Group) -> torch.Tensor | None:
-        scores, root_idxs = [], []
+        scores, root_idxs, customized = [], [], set()
         for i, (dep, idxs) in enumerate(group):
             layer, fn = dep.layer, dep.pruning_fn
-            if fn in (tpf.prune_conv_out_channels, tpf.prune_linear_out_channels):
+            scorer = getattr(getattr(fn, "__self__", None), "channel_importance", None)
+            if scorer is not None:
+                if layer in customized:
+                    continue
+                customized.add(layer)
+                local = scorer(layer, idxs)
+            elif fn in (tpf.prune_conv_out_channels, tpf.prune_linear_out_channels):
                 local = layer.weight.data[idxs].flatten(1).abs().sum(1)
             elif fn in (tpf.prune_conv_in_channels, tpf.prune_linear_in_channels):
                 local = layer.weight.data.transpose(0, 1)[idxs].flatten(1).abs().sum(1)
@@ -145,9 +154,12 @@ def prune_model(
 
 
 def _kept_out_channels(pruner: tp.pruner.BasePruner, model: nn.Module) -> dict[str, list[int]]:
-    """Original indices of the output channels each layer kept, replayed from torch-pruning's history."""
+    """Original indices of the output channels each traced layer kept, replayed from torch-pruning's history.
+
+    Layers inside a customized layer (a style norm's dense layers) are pruned by its pruner, not traced.
+    """
     kept = {name: list(range(pruner.layer_init_out_ch[m])) for name, m in model.named_modules()
-            if isinstance(m, _PRUNABLE)}
+            if isinstance(m, _PRUNABLE) and m in pruner.layer_init_out_ch}
     for name, is_out, idxs in pruner.pruning_history():
         if is_out and name in kept:  # group roots are convs/linears; a custom pruner's layer may not be
             drop = {int(i) for i in idxs}

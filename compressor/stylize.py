@@ -38,6 +38,8 @@ from compressor.images import fit_longest, resize
 from compressor.io import atomic_write
 from compressor.models import get_family, load_any
 from compressor.outputs import check_output_dir, check_output_file
+from compressor.models.arbitrary import style_vector
+from compressor.models.multistyle import parse_style_weights
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif"}
 # Peak memory of a forward pass over the sum of its layer outputs: 0.37 measured for TransformerNet (CPU, no_grad).
@@ -118,12 +120,16 @@ def layer_output_bytes(run: Callable[[torch.Tensor], object], model: nn.Module, 
 
 
 def model_stylizer(model: nn.Module, style_image: torch.Tensor | None = None, alpha: float = 1.0,
-                   source: str = "model") -> Stylizer:
-    """A Stylizer for a torch model (arbitrary-style families: with their style image)."""
+                   source: str = "model", style_weights: str | None = None) -> Stylizer:
+    """A Stylizer for a torch model (arbitrary-style families: with their style image; multi-style ones:
+    with ``style_weights``, style 0 when none is given)."""
     model.eval()
     family = get_family(model)
     try:
-        run = family.stylizer(model, style_image, alpha)
+        if style_weights is not None and not family.style_bank:
+            raise ValueError("--style-index / --style-weights apply to multi-style models only")
+        extra = {"style_weights": style_weights} if family.style_bank else {}
+        run = family.stylizer(model, style_image, alpha, **extra)
     except ValueError as exc:
         raise UserError(source, str(exc)) from None
     bpp = PEAK_OVER_LAYER_OUTPUTS * layer_output_bytes(run, model)
@@ -131,35 +137,58 @@ def model_stylizer(model: nn.Module, style_image: torch.Tensor | None = None, al
 
 
 def load_stylizer(model_path: str | Path, style: str | Path | None = None, alpha: float = 1.0,
-                  style_size: int = 512, runner: Callable | None = None) -> Stylizer:
+                  style_size: int = 512, runner: Callable | None = None, style_weights: str | None = None
+                  ) -> Stylizer:
     """A Stylizer for a model folder or foreign checkpoint.
 
     An exported artifact comes in as ``runner`` (``exports.runtime.load_runner``: the app layer loads it,
-    this library module does not import exports).
+    this library module does not import exports). ``style_weights`` picks or blends the styles of a
+    multi-style network (``"7"``, ``"3:0.5,12:0.5"``).
     """
     if runner is not None:
-        return _artifact_stylizer(runner, str(model_path))
+        return _artifact_stylizer(runner, str(model_path),
+                                  _artifact_style_input(runner, Path(model_path), style, style_weights))
     model = load_any(Path(model_path))
+    if get_family(model).style_bank and style_weights is None:
+        raise UserError(str(model_path), "a multi-style model", "pass --style-index K or --style-weights '3:0.5,12:0.5'")
     style_image = None
     if get_family(model).role == "arbitrary_style" and style is not None:
         style_image = load_image(resolve_style(style), size=style_size).unsqueeze(0)
-    return model_stylizer(model, style_image, alpha, str(model_path))
+    return model_stylizer(model, style_image, alpha, str(model_path), style_weights)
 
 
-def _artifact_stylizer(runner, source: str) -> Stylizer:
+def _artifact_stylizer(runner, source: str, style_input: np.ndarray | None = None) -> Stylizer:
     """Run an exported artifact; a fixed-shape one gets its input size and the result is resized back."""
     shape = runner.input_shape or []
     hw = shape[2:4] if runner.layout == "nchw" else shape[1:3]
     fixed = tuple(hw) if len(hw) == 2 and all(isinstance(d, int) for d in hw) else None
+    extra = () if style_input is None else (style_input,)
 
     def stylize(batch: torch.Tensor) -> torch.Tensor:
         size = tuple(batch.shape[-2:])
         if fixed and size != fixed:
             batch = resize(batch, fixed)
-        return resize(torch.from_numpy(np.asarray(runner(batch.numpy()))), size)
+        return resize(torch.from_numpy(np.asarray(runner(batch.numpy(), *extra))), size)
 
     bpp = None if fixed else ARTIFACT_BYTES_PER_PIXEL
     return Stylizer(stylize, source, 1 if fixed else 8, bpp)
+
+
+def _artifact_style_input(runner, path: Path, style: str | Path | None, style_weights: str | None
+                          ) -> np.ndarray | None:
+    """The 1-D style input of a two-input artifact (``style_weights`` or ``style_vector``, as exported)."""
+    names = runner.input_names
+    if len(names) < 2 or names[1] not in ("style_weights", "style_vector"):
+        if style_weights is not None:
+            raise UserError(str(path), "--style-index / --style-weights apply to multi-style models only")
+        return None
+    if names[1] == "style_weights":
+        if style_weights is None:
+            raise UserError(str(path), "a multi-style model", "pass --style-index K or --style-weights '3:0.5,12:0.5'")
+        return parse_style_weights(style_weights, int(runner.input_shapes[1][-1])).numpy()
+    if style is None:
+        raise UserError(str(path), "an arbitrary-style model", "pass --style IMAGE")
+    return style_vector(load_image(resolve_style(style))).numpy()
 
 
 def available_memory() -> int | None:

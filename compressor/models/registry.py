@@ -35,6 +35,8 @@ Declarations (class attributes):
   replaced) for export rewrites that need this family's module classes; the
   generic ones (keyed on torch module types) live in ``exports.rewrites``.
   ``format_rewrites``: extra rewrite names per export format.
+- ``style_bank``: True for networks holding several styles chosen by style
+  weights (multistyle); their ``stylizer`` takes ``style_weights`` too.
 
 Hooks (methods; defaults suit a one-input, RGB-output image-to-image net):
 
@@ -113,6 +115,7 @@ class Family:
     rewrites: ClassVar[dict[str, Rewrite]] = {}
     format_rewrites: ClassVar[dict[str, tuple[str, ...]]] = {}
     size_multiple: ClassVar[int] = 1
+    style_bank: ClassVar[bool] = False  # several styles in one network: stylizer(..., style_weights="3:0.5,12:0.5")
 
     # ---------------------------------------------------------------- building
 

@@ -213,8 +213,8 @@ def load(path: Path, threads: int | None, layout: str, manifest: dict[str, Any])
         result = signature(**{k: _quantize_input(x, details[k]) for k, x in zip(in_keys, xs)})
         return [_dequantize_output(result[k], out_details[k]) for k in out_keys]
 
-    shape = [int(d) for d in details[in_keys[0]]["shape"]]
-    return Runner(run, "litert", in_names, out_names, layout, shape)
+    shapes = [[int(d) for d in details[k]["shape"]] for k in in_keys]
+    return Runner(run, "litert", in_names, out_names, layout, shapes[0], shapes)
 
 
 # ---------------------------------------------------------------- the quantize stage for this runtime
