@@ -419,13 +419,13 @@ def import_model(
         model = import_onnx(source)
         check = verify_import(source, model, resolve_images(images, "eval"), size=size)
     except (OnnxImportError, ImageError, FileNotFoundError) as exc:
-        fail(str(exc))
+        fail(source, str(exc).removeprefix(f"{source}: "))
     for case, psnr in check["cases"].items():
         typer.echo(f"  {case}: {psnr:.1f} dB")
     reference = f" (vs {check['reference']})" if "reference" in check else ""
     if check["min_psnr_db"] < min_psnr:
-        fail(f"{source}: the rebuild reaches only {check['min_psnr_db']:.1f} dB{reference} against ONNX Runtime "
-             f"(needs >= {min_psnr}; nothing written)")
+        fail(source, f"the rebuild reaches only {check['min_psnr_db']:.1f} dB{reference} against ONNX Runtime",
+             f"needs >= {min_psnr} dB; nothing written")
     save_model(model, output, meta={"imported_from": str(source), "import_check": check})
     typer.echo(f"{check['family']}: {model.current_spec().model_dump_json()}")
     typer.echo(f"import parity: min {check['min_psnr_db']:.1f} dB{reference}; model written to {output}")
