@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class TrainConfig(BaseModel):
@@ -48,6 +48,15 @@ class ModelStage(_Strict):
     adain_decoder: str | None = Field(None, description="AdaIN decoder.pth (with path = vgg_normalised.pth).")
     spec: dict[str, Any] = Field(default_factory=dict, description="Overrides of the family's default spec.")
     train: TrainConfig | None = Field(None, description="Train the teacher briefly before compressing it.")
+    select_style: str | None = Field(
+        None, description="Multi-style networks: keep one style or blend ('19', '3:0.5,12:0.5'); the teacher is then "
+        "the single-style network computing exactly that style (one input, like any single-style model).")
+
+    @model_validator(mode="after")
+    def _select_needs_path(self) -> "ModelStage":
+        if self.select_style is not None and self.path is None:
+            raise ValueError("select_style picks a style of a trained multi-style network: set model.path too")
+        return self
 
 
 class PruneStage(_Strict):
@@ -63,6 +72,10 @@ class PruneStage(_Strict):
     iterative_steps: int = Field(1, ge=1)
     finetune_steps_between: int = Field(0, ge=0, description="Fine-tuning steps between iterative steps.")
     vgg_mode: Literal["keep_taps", "project_taps"] = "keep_taps"
+    reconstruct: bool = Field(
+        False, description="Refit each pruned conv by least squares so that, on its own inputs, it reproduces the "
+        "teacher's conv outputs at the kept channels (He et al. 2017); content images are the calibration set.")
+    reconstruct_images: int = Field(8, ge=1, le=256, description="Content crops the least-squares refit sees.")
 
 
 class DistillStage(TrainConfig):

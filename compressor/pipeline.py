@@ -27,6 +27,7 @@ from compressor.errors import UserError, user_error
 from compressor.io import atomic_write
 from compressor.losses import style_grams
 from compressor.models import VGG19LossNet, load_vgg19
+from compressor.models.checkpoint import resolve_model_path
 from compressor.prune import prune_stage
 from compressor.teacher import model_stage
 from evaluation.stage import evaluate_stage
@@ -110,7 +111,7 @@ def preflight(recipe: Recipe) -> None:
     for key in ("path", "adain_decoder"):
         value = getattr(recipe.model, key)
         if value is not None:
-            checks.append((f"model.{key}", lambda value=value: _exists(Path(value))))
+            checks.append((f"model.{key}", lambda value=value: _exists(resolve_model_path(value))))
     for key, check in checks:
         try:
             check()

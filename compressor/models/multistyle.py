@@ -74,8 +74,16 @@ class MultiStyleNet(nn.Module):
                                      block(e2, 3, 9)])
         self.relu = nn.ReLU()
 
-    def forward(self, x: torch.Tensor, style_weights: torch.Tensor) -> torch.Tensor:
-        """Stylise RGB [0, 1] with a style mix ([n_styles] or [B, n_styles]); the output is in (0, 1)."""
+    def forward(self, x: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Stylise RGB [0, 1] with a style mix ([n_styles] or [B, n_styles]); the output is in (0, 1).
+
+        A single-style network (``n_styles`` 1, see ``select_style``) has no choice to make: it takes the
+        image alone and ignores any ``style_weights`` it is given.
+        """
+        if self.spec.n_styles == 1:
+            style_weights = torch.ones(1, 1, device=x.device, dtype=x.dtype)
+        elif style_weights is None:
+            raise ValueError(f"a {self.spec.n_styles}-style network needs style_weights")
         w = _batched(style_weights)
         for layer in self.contract:
             x = self.relu(layer(x, w))
@@ -93,6 +101,22 @@ class MultiStyleNet(nn.Module):
             "res_inner": [inner.conv.out_channels for inner, _ in self.res],
             "expand": [b.conv.out_channels for b in self.expand[:2]],
         })
+
+
+def select_style(model: MultiStyleNet, style_weights: torch.Tensor, label: str) -> MultiStyleNet:
+    """The single-style network that computes exactly what ``model`` does for one style mix.
+
+    Each conditional norm's [n_styles, C] gamma/beta become the mix's one row, so the result takes the image
+    alone (one input, like any single-style model): the teacher of a single-style compression.
+    """
+    spec = model.current_spec().model_copy(update={"n_styles": 1, "style": label})
+    single = MultiStyleNet(spec)
+    state = {}
+    w = _batched(style_weights).to(next(model.parameters()).dtype)
+    for name, tensor in model.state_dict().items():
+        state[name] = w @ tensor if name.endswith((".gamma", ".beta")) else tensor
+    single.load_state_dict(state)
+    return single.eval()
 
 
 def sample_style_weights(batch: torch.Tensor, n_styles: int) -> torch.Tensor:
@@ -186,7 +210,16 @@ class MultiStyleFamily(Family):
     )
 
     def io_names(self, model: MultiStyleNet) -> tuple[list[str], list[str]]:
+        if model.spec.n_styles == 1:
+            return ["image"], ["stylized"]
         return ["image", "style_weights"], ["stylized"]  # the names of multistyle26.onnx
+
+    def n_styles(self, model: MultiStyleNet) -> int:
+        return model.spec.n_styles
+
+    def select_style(self, model: MultiStyleNet, style_weights: str) -> MultiStyleNet:
+        weights = parse_style_weights(style_weights, model.spec.n_styles)
+        return select_style(model, weights, f"{model.spec.style or 'multistyle'}[{style_weights}]")
 
     def inputs(self, batch: torch.Tensor, style: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """The batch and a 1-D style-weights ``style`` (per-style evaluation passes its weights here).
@@ -201,11 +234,15 @@ class MultiStyleFamily(Family):
     def example_inputs(self, model: MultiStyleNet, size: int = 32, device: torch.device | str = "cpu"
                        ) -> tuple[torch.Tensor, ...]:
         n = model.spec.n_styles
+        if n == 1:
+            return torch.rand(1, 3, size, size, device=device)
         return torch.rand(1, 3, size, size, device=device), torch.full((n,), 1.0 / n, device=device)
 
     def stylizer(self, model: MultiStyleNet, style: torch.Tensor | None = None, alpha: float = 1.0,
                  style_weights: str | None = None):
         """``style_weights`` like ``"7"`` or ``"3:0.5,12:0.5"``; none: style 0 (previews)."""
+        if model.spec.n_styles == 1:
+            return pad_to_multiple(torch.no_grad()(model.eval()))
         single = SingleStyle(model, parse_style_weights(style_weights or "0", model.spec.n_styles)).eval()
         return pad_to_multiple(torch.no_grad()(single))
 

@@ -156,6 +156,14 @@ class Family:
 
         return run
 
+    def n_styles(self, model: nn.Module) -> int:
+        """How many styles ``model`` holds (a multi-style network's stylizer takes ``style_weights``)."""
+        return 1
+
+    def select_style(self, model: nn.Module, style_weights: str) -> nn.Module:
+        """The single-style network ``model`` computes for one style (or blend), e.g. ``"19"``."""
+        raise ValueError(f"a {self.name} model holds one style; select_style applies to multi-style networks")
+
     def layer_widths(self, spec: BaseModel) -> dict[str, int]:
         """Output width of every conv / linear layer, by module path (reports plot them)."""
         model = self.build(spec)
