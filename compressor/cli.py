@@ -578,19 +578,20 @@ def report(run_dir: Annotated[Path, typer.Argument(help="Run folder (or folder) 
 def compare(
     run_a: Annotated[Path, typer.Argument(help="First run folder (holds report.json).")],
     run_b: Annotated[Path, typer.Argument(help="Second run folder.")],
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the table to this .md file.")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "-o", "--output", help="Write the table to this .md file, plus the same name .html and .frontier.png.")] = None,
 ) -> None:
-    """Side-by-side table of two runs' report.json (variants matched by name)."""
-    from compressor.io import atomic_write
+    """Two runs side by side (variants matched by name), both frontiers on one plot."""
     from evaluation.report import compare as compare_reports
-    from evaluation.report import load_report
+    from evaluation.report import load_report, write_compare
 
     if output is not None:
         check_output_file(output)
-    table = compare_reports(load_report(run_a), load_report(run_b), run_a.name, run_b.name)
-    typer.echo(table)
+    a, b = load_report(run_a), load_report(run_b)
+    typer.echo(compare_reports(a, b, run_a.name, run_b.name))
     if output is not None:
-        atomic_write(output, lambda p: p.write_text(table))
+        written = write_compare(a, b, run_a.name, run_b.name, output)
+        typer.echo("wrote " + ", ".join(str(p) for p in written))
 
 
 @app.command()

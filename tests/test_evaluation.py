@@ -20,6 +20,7 @@ from compressor.pipeline import RunContext
 from evaluation.latency import measure_latency
 from evaluation.report import SCHEMA_PATH, compare, load_report, write_reports
 from evaluation.stage import evaluate_stage
+from exports.manifest import manifest_path
 
 SIZE = 48
 SMALL = TransformerNetSpec(conv1=8, conv2=16, trunk=32, res_inner=[32] * 5, deconv1=16, deconv2=8)
@@ -27,7 +28,8 @@ SMALL = TransformerNetSpec(conv1=8, conv2=16, trunk=32, res_inner=[32] * 5, deco
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    """A run folder with a teacher, an exact copy (as 'pruned'), a damaged student (as 'distilled') and an ONNX export."""
+    """A run folder with a teacher, an exact copy (as 'pruned'), a damaged student (as 'distilled') and an ONNX export
+    that also lies, byte for byte, where the quantize stage keeps its float exports."""
     torch.manual_seed(0)
     run = tmp_path_factory.mktemp("run")
     teacher = TransformerNet(SMALL)
@@ -44,7 +46,11 @@ def run_dir(tmp_path_factory) -> Path:
     save_model(damaged, run / "distilled")
     from exports.stage import export_artifact
 
-    export_artifact(run / "teacher", "onnx", run / "exports", size=(SIZE, SIZE))
+    path, _ = export_artifact(run / "teacher", "onnx", run / "exports", size=(SIZE, SIZE))
+    twin = run / "quantized" / "onnx" / "float"
+    twin.mkdir(parents=True)
+    for file in (path, manifest_path(path)):
+        shutil.copy(file, twin / file.name)
     return run
 
 
@@ -60,23 +66,58 @@ def by_name(report: dict) -> dict[str, dict]:
     return {v["name"]: v for v in report["variants"]}
 
 
-def test_teacher_against_itself_is_zero_and_damage_shows(report):
+def test_teacher_against_itself_is_identical_and_damage_shows(report):
     rows = by_name(report)
     assert report["loss_network"]["weights"] == "random(seed=0)"
-    for name in ("teacher", "pruned"):
-        q = rows[name]["quality"]
-        assert q["style_degradation_pct"] == 0 and q["content_degradation_pct"] == 0
-        assert q["psnr_vs_teacher"] is None and q["ssim_vs_teacher"] == pytest.approx(1.0)
+    q = rows["teacher"]["quality"]
+    assert q["style_degradation_pct"] == 0 and q["content_degradation_pct"] == 0
+    assert q["identical_to_teacher"] and q["psnr_vs_teacher"] is None and q["ssim_vs_teacher"] == pytest.approx(1.0)
     damaged = rows["distilled"]["quality"]
     # The teacher here is untrained (training one costs minutes on 2 cores), so the sign of its loss change is
     # arbitrary; what must hold is that damage is seen at all and that fidelity to the teacher drops.
     assert damaged["style_degradation_pct"] != 0 and damaged["content_degradation_pct"] != 0
+    assert not damaged["identical_to_teacher"]
     assert damaged["psnr_vs_teacher"] < 40 and damaged["ssim_vs_teacher"] < 0.99
+    per_image = damaged["per_image"]
+    assert [f["image"] for f in per_image] == [Path(p).name for p in report["eval_images"]]
+    assert damaged["psnr_vs_teacher"] == pytest.approx(sum(f["psnr_vs_teacher"] for f in per_image) / len(per_image))
     onnx = rows["exports/model-fp32.onnx"]
     assert onnx["runtime"] == "onnxruntime" and onnx["quality"]["psnr_vs_teacher"] > 50
     assert onnx["params"] == rows["teacher"]["params"] > 0 and onnx["macs"] > 0
     assert all(v["latency_ms"][v["runtime"]]["p50"] > 0 for v in report["variants"])
     assert [e["parity"]["passed"] for e in report["exports"]] == [True]
+
+
+def test_each_artifact_is_evaluated_once_and_lists_every_path(report):
+    rows = by_name(report)
+    assert set(rows) == {"teacher", "distilled", "exports/model-fp32.onnx"}  # 'pruned' and the float twin merged
+    assert rows["teacher"]["paths"] == ["teacher", "pruned"]
+    assert rows["exports/model-fp32.onnx"]["paths"] == ["exports/model-fp32.onnx",
+                                                         "quantized/onnx/float/model-fp32.onnx"]
+    assert len({v["sha256"] for v in report["variants"]}) == len(report["variants"])
+
+
+def test_paths_are_relative_to_the_run_folder(report, run_dir):
+    assert report["run"]["dir"] == run_dir.name
+    paths = [p for v in report["variants"] for p in v["paths"]] + [e["path"] for e in report["exports"]]
+    paths += [e["content"] for e in report["images"]["grid"]]
+    paths += [p for e in report["images"]["grid"] for p in (*e["outputs"].values(), *e["diffs"].values())]
+    assert paths and all(not Path(p).is_absolute() and (run_dir / p).exists() for p in paths)
+    for name in ("report.json", "report.md"):
+        assert str(run_dir) not in (run_dir / name).read_text()
+
+
+def test_ranking_uses_fidelity_and_names_its_measure(report, run_dir):
+    rows, ranking = by_name(report), report["ranking"]
+    assert ranking["measure"] == "psnr_vs_teacher" and ranking["min_psnr_db"] == 30.0
+    # The damaged student is far below the budget: never the verdict, whatever the sign of its loss deltas.
+    assert rows["distilled"]["quality"]["psnr_vs_teacher"] < ranking["min_psnr_db"]
+    assert ranking["verdict"] in ("teacher", "exports/model-fp32.onnx")
+    assert "distilled" not in ranking["within_budget"]
+    assert [v["name"] for v in report["variants"] if v["verdict"]] == [ranking["verdict"]]
+    md = (run_dir / "report.md").read_text()
+    assert f"Verdict: **{ranking['verdict']}**" in md and "mean PSNR (dB) of the variant's output vs the teacher" in md
+    assert "+ = higher loss than the teacher" in md
 
 
 def test_latency_harness_orders_a_4x_heavier_model():
