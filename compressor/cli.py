@@ -632,6 +632,7 @@ def quantize(
     calibration: str = field_option(_Q, "calibration"),
     method: str = field_option(_Q, "calibration_method", "--method"),
     keep_float: list[str] = field_option(_Q, "keep_float", "--keep-float"),
+    min_psnr_db: Optional[float] = field_option(_Q, "min_psnr_db"),
     max_style_increase_pct: Optional[float] = field_option(_Q, "max_style_increase_pct"),
     size: int = field_option(_Q, "size"),
     style: str = _style_option("Style the sensitivity/quality numbers are judged against."),
@@ -644,7 +645,7 @@ def quantize(
 
     settings = build(QuantizeStage, {"runtimes": "--runtime", "calibration_method": "--method"}, runtimes=runtime,
                      mode=mode, calibration=calibration, calibration_method=method, keep_float=keep_float,
-                     max_style_increase_pct=max_style_increase_pct, size=size)
+                     min_psnr_db=min_psnr_db, max_style_increase_pct=max_style_increase_pct, size=size)
     check_output_dir(output)
     _style_path(style, None)
     vgg = _loss_network(loss_network, strict_loss_network)

@@ -431,6 +431,7 @@ def place_labels(fig, ax, labels: list[tuple[float, float, str]]) -> None:
         for dx, dy in offsets:
             ann.xyann = (dx, dy)
             ann.set_horizontalalignment("left" if dx > 0 else "right" if dx < 0 else "center")
+            ann.update_positions(renderer)
             box = Text.get_window_extent(ann, renderer).expanded(1.04, 1.1)
             clash = any(box.overlaps(t) for t in taken) or any(
                 box.x0 - 5 <= px <= box.x1 + 5 and box.y0 - 5 <= py <= box.y1 + 5 for px, py in markers)
