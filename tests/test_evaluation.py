@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -172,6 +173,9 @@ def test_report_and_compare_commands(report, run_dir, tmp_path):
     assert result.exit_code == 0, result.output
     table = out.read_text()
     assert "| distilled |" in table and "2.00×" in table
+    assert "![both frontiers](cmp.frontier.png)" in table and (tmp_path / "cmp.frontier.png").stat().st_size > 0
+    page = (tmp_path / "cmp.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 1 and "2.00×" in page and "http" not in page.lower()
     assert compare(load_report(run_dir), load_report(other)).count("\n| ") == len(report["variants"]) + 1
     result = cli.invoke(app, ["compare", str(run_dir), str(tmp_path / "missing")])
     assert result.exit_code == 2 and "report.json" in result.output
@@ -186,25 +190,45 @@ def test_html_renders_in_headless_chromium(report, run_dir, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    from evaluation.report import write_compare
+
+    write_compare(report, report, "a", "b", tmp_path / "cmp.md")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,2000"):
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2000"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     browser = webdriver.Chrome(service=Service(driver), options=options)
+    pages = {}
     try:
-        browser.get((run_dir / "report.html").resolve().as_uri())
-        widths = browser.execute_script(
-            "return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
-        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
-        browser.save_screenshot(str(tmp_path / "report.png"))
+        for name, page in (("report", run_dir / "report.html"), ("compare", tmp_path / "cmp.html")):
+            browser.get(page.resolve().as_uri())
+            pages[name] = browser.execute_script("""return {
+                widths: Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0),
+                viewport: document.documentElement.clientWidth,
+                tables: Array.from(document.querySelectorAll('table')).map(t => t.getBoundingClientRect().right),
+                scroll: document.documentElement.scrollWidth,
+                external: Array.from(document.querySelectorAll('[src],[href]')).map(e => e.src || e.href)
+                    .filter(u => !u.startsWith('data:')).length}""")
+            pages[name]["errors"] = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+            browser.save_screenshot(str(tmp_path / f"{name}.png"))
+            (tmp_path / f"{name}.pdf").write_bytes(base64.b64decode(browser.print_page()))  # prints (print CSS)
     finally:
         browser.quit()
-    assert len(widths) >= 4 and all(w > 0 for w in widths), widths  # scatter, sizes, widths, image grid
-    assert errors == []
-    assert (tmp_path / "report.png").stat().st_size > 0
+    report_page = pages["report"]
+    # frontier, size-vs-fidelity and widths plots, then per photo: content, teacher, outputs, diffs, crops
+    grid = len(report["images"]["grid"])
+    assert len(report_page["widths"]) >= 3 + grid * 4, report_page["widths"]
+    for name, page in pages.items():
+        assert page["widths"] and all(w > 0 for w in page["widths"]), (name, page["widths"])
+        assert page["errors"] == [], (name, page["errors"])
+        assert page["external"] == 0, name  # offline: everything inline
+        assert page["viewport"] <= 1280 and all(right <= page["viewport"] for right in page["tables"]), (name, page)
+        assert page["scroll"] <= page["viewport"], (name, page)
+        assert (tmp_path / f"{name}.png").stat().st_size > 0
+        assert (tmp_path / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
 
 
 def test_peak_rss_is_measured_in_a_fresh_process(run_dir):
