@@ -533,7 +533,7 @@ def distill(
 @app.command()
 def evaluate(
     targets: Annotated[list[str], typer.Argument(help="Model folders, .pth checkpoints or .onnx/.tflite artifacts.")],
-    teacher: Annotated[str, typer.Option(help="Reference model every degradation and PSNR refers to.")],
+    teacher: Annotated[str, typer.Option(help="Reference model every PSNR/SSIM and loss delta refers to.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for report.json/md/html.")] = Path("evaluation"),
     images: str = field_option(EvaluateStage, "images"),
     style: str = _style_option(),
@@ -541,15 +541,16 @@ def evaluate(
     latency_runs: int = field_option(EvaluateStage, "latency_runs"),
     threads: int = field_option(EvaluateStage, "threads"),
     memory: bool = field_option(EvaluateStage, "memory"),
+    min_psnr_db: float = field_option(EvaluateStage, "min_psnr_db"),
     loss_network: str = _loss_network_option(),
     strict_loss_network: StrictOpt = False,
 ) -> None:
-    """Evaluate models/artifacts against a teacher: quality (reference VGG19), size, MACs, latency, memory."""
+    """Evaluate models/artifacts against a teacher: fidelity (PSNR/SSIM), size, MACs, latency, memory, loss deltas."""
     from compressor.data import resolve_images
     from evaluation.stage import evaluate_paths
 
     settings = build(EvaluateStage, {"latency_sizes": "--size"}, images=images, size=size, latency_sizes=[size],
-                     latency_runs=latency_runs, threads=threads, memory=memory)
+                     latency_runs=latency_runs, threads=threads, memory=memory, min_psnr_db=min_psnr_db)
     check_output_dir(output)
     for target in [teacher, *targets]:
         if not Path(target).exists():
