@@ -180,6 +180,7 @@ def _structure(variant: Variant) -> dict[str, Any] | None:
         return None
     return {"verified": True, "inputs": structure.get("inputs", []), "outputs": structure.get("outputs", []),
             "op_count": len(structure.get("op_types", [])), "weight_dtypes": structure.get("weight_dtypes", []),
+            "compressed_weights": structure.get("compressed_weights", {}),
             "predictions": parity.get("predictions") or variant.not_measurable_note}
 
 

@@ -209,12 +209,19 @@ def _shapes(io: list[dict]) -> str:
     return " ".join("×".join(str(d) for d in x.get("shape", [])) for x in io) or "–"
 
 
+def _weights(structure: dict[str, Any]) -> str:
+    """Compressed weight tensors by kind ("12 × 16-entry LUT"), then the dtypes of the plain ones."""
+    kinds = [f"{n} × {kind}" for kind, n in structure.get("compressed_weights", {}).items()]
+    plain = ", ".join(structure.get("weight_dtypes", []))
+    return "; ".join(kinds + ([f"other: {plain}" if kinds else plain] if plain else [])) or "–"
+
+
 def coreml_rows(report: dict[str, Any]) -> list[list[str]]:
     rows = []
     for r in not_runnable(report):
         st = r.get("structure") or {}
         rows.append([r["name"], str(r.get("precision") or "–"), _human_bytes(r.get("size_bytes")),
-                     ", ".join(st.get("weight_dtypes", [])) or "–", _num(st.get("op_count"), "{}"),
+                     _weights(st), _num(st.get("op_count"), "{}"),
                      _shapes(st.get("inputs", [])), _shapes(st.get("outputs", [])),
                      "verified" if st.get("verified") else "not verified"])
     return rows
@@ -253,7 +260,7 @@ def _image_fidelity(report: dict[str, Any], name: str, image: str) -> dict[str, 
 
 def _caption(report: dict[str, Any], name: str, image: str) -> str:
     if name == report["reference"]:
-        return f"{name} (teacher)"
+        return f"{name}: the reference"
     f = _image_fidelity(report, name, image)
     psnr = _psnr_text(f.get("psnr_vs_teacher"), f.get("psnr_vs_teacher") is None and "ssim_vs_teacher" in f)
     return f"{name}: PSNR {psnr} dB, SSIM {_num(f.get('ssim_vs_teacher'), '{:.3f}')}"
@@ -405,11 +412,16 @@ def fidelity_scatter(series: list[tuple[str | None, list[dict[str, Any]]]], budg
         ax.scatter([], [], marker=MARKERS.get(rt, "o"), color="gray" if len(series) > 1 else COLORS.get(rt, "C7"),
                    label=rt)
     ax.scatter([], [], s=200, facecolors="none", edgecolors="crimson", linewidths=2, label="verdict")
-    ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("fidelity: PSNR vs teacher (dB, higher = closer)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     place_labels(fig, ax, labels)
     return _png(fig)
 
@@ -521,7 +533,7 @@ def html_grid(report: dict[str, Any], out_dir: Path) -> str:
             continue
         image = entry.get("image", content.name)
         teacher_png = out_dir / entry["outputs"][shown[0]]
-        box = texture_window(teacher_png)
+        box = texture_window(teacher_png, min(CROP, max(32, report["settings"]["size"] // 3)))
 
         def fig(png: bytes, caption: str, cls: str = "") -> str:
             return f"<figure>{_img(png, caption, cls)}<figcaption>{html.escape(caption)}</figcaption></figure>"
@@ -531,18 +543,18 @@ def html_grid(report: dict[str, Any], out_dir: Path) -> str:
         diffs = ['<figure class="blank"></figure>'] + [
             fig((out_dir / entry["diffs"][n]).read_bytes(), f"|{n} − teacher| × {gain}")
             if n in entry.get("diffs", {}) and (out_dir / entry["diffs"][n]).is_file() else
-            '<figure class="blank"><figcaption>the reference</figcaption></figure>' for n in shown]
+            '<figure class="blank"></figure>' for n in shown]
         crops = [fig(_crop_png(content, box), f"content, 1:1 crop {box[2] - box[0]} px", "crop")] + [
             fig(_crop_png(out_dir / entry["outputs"][n], box), f"{n}, 1:1 crop", "crop") for n in shown]
         cols = len(shown) + 1
         blocks.append(f'<section class="photo"><h3>{html.escape(image)}</h3>'
-                      f'<div class="grid" style="grid-template-columns: repeat({cols}, minmax(0, 1fr))">'
+                      f'<div class="grid" style="grid-template-columns: repeat({cols}, minmax(0, 200px))">'
                       + "".join(outs + diffs + crops) + "</div></section>")
     if not blocks:
         return ""
     return ("<h2>Images</h2><p>Teacher, verdict and frontier variants on each held-out photo; below each, its "
-            f"difference from the teacher amplified {gain}×; then the most detailed {CROP}-px window at full "
-            "resolution (shown 2× with square pixels).</p>" + "".join(blocks))
+            f"difference from the teacher amplified {gain}×; then the most detailed window of the teacher's output "
+            "at full resolution (1:1 pixels, enlarged with square pixels).</p>" + "".join(blocks))
 
 
 def _html_table(header: list[str], rows: list[list[str]], classes: list[str] | None = None,
@@ -564,14 +576,15 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; }
 ul.facts { padding-left: 1.2em; } ul.facts li { margin: 0.2em 0; }
 table { border-collapse: collapse; font-size: 0.82em; margin: 0.5em 0; }
 td, th { border: 1px solid #ccc; padding: 3px 6px; text-align: right; }
-th { background: #f2f2f2; } td.c1, td.c0 { text-align: left; } td.c1 { max-width: 260px; overflow-wrap: anywhere; }
+th { background: #f2f2f2; } td { white-space: nowrap; } td.c0, td.c1 { text-align: left; }
+td.c1 { white-space: normal; max-width: 280px; overflow-wrap: anywhere; }
 tr.pareto { background: #fff4d6; } tr.verdict { background: #dff3df; font-weight: 600; }
 small { color: #666; font-weight: normal; }
 p.legend { font-size: 0.85em; color: #444; max-width: 1100px; }
 img { max-width: 100%; }
 .grid { display: grid; gap: 6px; align-items: start; }
 figure { margin: 0; } figcaption { font-size: 0.72em; overflow-wrap: anywhere; }
-img.crop { width: 100%; image-rendering: pixelated; }
+.grid img { width: 100%; } img.crop { image-rendering: pixelated; }
 @page { size: A4 landscape; margin: 12mm; }
 @media print {
   body { margin: 0; max-width: none; font-size: 10pt; }
