@@ -175,7 +175,7 @@ def test_report_and_compare_commands(report, run_dir, tmp_path):
     assert "| distilled |" in table and "2.00×" in table
     assert "![both frontiers](cmp.frontier.png)" in table and (tmp_path / "cmp.frontier.png").stat().st_size > 0
     page = (tmp_path / "cmp.html").read_text()
-    assert page.count('src="data:image/png;base64,') == 1 and "2.00×" in page and "http" not in page.lower()
+    assert page.count('src="data:image/png;base64,') == 1 and "2.00×" in page and "://" not in page  # nothing fetched from anywhere
     assert compare(load_report(run_dir), load_report(other)).count("\n| ") == len(report["variants"]) + 1
     result = cli.invoke(app, ["compare", str(run_dir), str(tmp_path / "missing")])
     assert result.exit_code == 2 and "report.json" in result.output
