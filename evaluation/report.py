@@ -558,14 +558,15 @@ def html_grid(report: dict[str, Any], out_dir: Path) -> str:
 
 
 def _html_table(header: list[str], rows: list[list[str]], classes: list[str] | None = None,
-                notes: list[str] | None = None) -> str:
+                notes: list[str] | None = None, name_col: int = 1) -> str:
+    """A table whose ``name_col`` holds names (left-aligned, wrapping; ``notes`` under them), the rest numbers."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = []
     for k, cells in enumerate(rows):
         cls = (classes or [""] * len(rows))[k]
-        tds = "".join(f'<td class="c{j}">{html.escape(c)}' + (
-            f'<br><small>also {html.escape(notes[k])}</small>' if j == 1 and notes and notes[k] else "") + "</td>"
-            for j, c in enumerate(cells))
+        tds = "".join(f'<td class="{"name" if j == name_col else f"c{j}"}">{html.escape(c)}' + (
+            f'<br><small>also {html.escape(notes[k])}</small>' if j == name_col and notes and notes[k] else "")
+            + "</td>" for j, c in enumerate(cells))
         body.append(f'<tr class="{cls}">{tds}</tr>')
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -576,8 +577,8 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; }
 ul.facts { padding-left: 1.2em; } ul.facts li { margin: 0.2em 0; }
 table { border-collapse: collapse; font-size: 0.82em; margin: 0.5em 0; }
 td, th { border: 1px solid #ccc; padding: 3px 6px; text-align: right; }
-th { background: #f2f2f2; } td { white-space: nowrap; } td.c0, td.c1 { text-align: left; }
-td.c1 { white-space: normal; max-width: 280px; overflow-wrap: anywhere; }
+th { background: #f2f2f2; } td { white-space: nowrap; } td.c0, td.name { text-align: left; }
+td.name { white-space: normal; max-width: 280px; overflow-wrap: anywhere; }
 tr.pareto { background: #fff4d6; } tr.verdict { background: #dff3df; font-weight: 600; }
 small { color: #666; font-weight: normal; }
 p.legend { font-size: 0.85em; color: #444; max-width: 1100px; }
@@ -658,8 +659,8 @@ def compare_plot(report_a: dict[str, Any], report_b: dict[str, Any], label_a: st
 
 
 def _compare_rows(report_a, report_b, label_a, label_b) -> tuple[list[str], list[list[str]]]:
-    by_a = {r["name"]: r for r in report_a["variants"]}
-    by_b = {r["name"]: r for r in report_b["variants"]}
+    by_a = {r["name"]: r for r in runnable(report_a)}
+    by_b = {r["name"]: r for r in runnable(report_b)}
     names = list(by_a) + [n for n in by_b if n not in by_a]
     header = ["variant"] + [f"{c} {lab}" for c in ("PSNR dB", "SSIM", "p50 ms", "size", "style Δ%")
                             for lab in (label_a, label_b)]
@@ -688,6 +689,8 @@ def _compare_facts(report_a, report_b, label_a, label_b) -> list[str]:
         lines.append(f"{lab}: verdict **{rk['verdict'] or 'none within budget'}** (PSNR ≥ {rk['min_psnr_db']:g} dB); "
                      f"{machine_line(rep)}")
     lines.append(f"Ranked by fidelity (mean PSNR vs each run's own teacher). {DELTA_LEGEND}")
+    if not_runnable(report_a) or not_runnable(report_b):
+        lines.append("Core ML packages are not compared: their predictions need macOS (see each run's report).")
     if report_a["loss_network"]["weights"] != report_b["loss_network"]["weights"]:
         lines.append("**warning**: the two runs were judged by different loss networks; loss deltas are not comparable")
     if report_a["machine"]["cpu_model"] != report_b["machine"]["cpu_model"]:
@@ -714,7 +717,7 @@ def compare_html(report_a: dict[str, Any], report_b: dict[str, Any], label_a: st
     parts = [f"<h1>{html.escape(label_a)} vs {html.escape(label_b)}</h1>",
              '<ul class="facts">' + "".join(f"<li>{_md_inline(line)}</li>"
                                             for line in _compare_facts(report_a, report_b, label_a, label_b)) + "</ul>",
-             _img(plot, "both frontiers") if plot else "", _html_table(header, rows)]
+             _img(plot, "both frontiers") if plot else "", _html_table(header, rows, name_col=0)]
     return _page(f"{label_a} vs {label_b}", "\n".join(parts))
 
 
