@@ -177,7 +177,8 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
         latency = []
         for size in report["settings"]["latency_sizes"]:
             lat = _latency(r, size)
-            latency.append(_num(lat.get("p50"), "{:.1f}"))
+            fixed = not lat and r["kind"] == "artifact" and r["latency_sweep"]  # timed at its export size only
+            latency.append("n/a" if fixed else _num(lat.get("p50"), "{:.1f}"))
         rows.append([
             _rank_cell(r),
             r["name"],
@@ -200,6 +201,7 @@ def _also(row: dict[str, Any]) -> list[str]:
     return [p for p in row.get("paths", []) if p != row["path"]]
 
 
+FIXED_NOTE = "n/a latency: a fixed-shape artifact runs only at the size it was exported for."
 COREML_NOTE = ("Core ML predictions need macOS (coremltools runs them only there); on Linux each package's "
                "structure (inputs, outputs, ops), weight dtypes and size are verified.")
 COREML_HEADER = ["variant", "precision", "size", "weight dtypes", "ops", "input", "output", "structure"]
@@ -272,7 +274,7 @@ def markdown(report: dict[str, Any], plots: dict[str, str] | None = None) -> str
     parts = ["# styleslim evaluation report", "", *[f"- {line}" for line in _preamble(report)], ""]
     parts += [md_table(table_header(report), table_rows(report)), ""]
     parts.append(f"PSNR / SSIM: the variant's output vs the teacher's (higher = closer). {DELTA_LEGEND} "
-                 "peak RSS = whole fresh process incl. interpreter (see report.json memory).")
+                 f"{FIXED_NOTE} peak RSS = whole fresh process incl. interpreter (see report.json memory).")
     twins = [(r["name"], _also(r)) for r in report["variants"] if _also(r)]
     if twins:
         parts += ["", "Same content, evaluated once: " + "; ".join(
@@ -622,7 +624,7 @@ def to_html(report: dict[str, Any], out_dir: Path, plots: dict[str, bytes | None
              _html_table(table_header(report), table_rows(report), classes, notes),
              (f'<p class="legend">PSNR / SSIM: the variant\'s output vs the teacher\'s on the held-out photos '
               f"(higher = closer; ≡ teacher = identical). {html.escape(DELTA_LEGEND)} Rows: green = verdict, "
-              "yellow = frontier; “also” lists other paths with the same content, evaluated once.</p>")]
+              f"yellow = frontier; “also” lists other paths with the same content, evaluated once. {FIXED_NOTE}</p>")]
     if not_runnable(report):
         parts += ["<h2>Core ML packages</h2>", f'<p class="legend">{html.escape(COREML_NOTE)}</p>',
                   _html_table(COREML_HEADER, coreml_rows(report))]
