@@ -576,7 +576,7 @@ def distill(
 @app.command()
 def evaluate(
     targets: Annotated[list[str], typer.Argument(help="Model folders, .pth checkpoints or .onnx/.tflite artifacts.")],
-    teacher: Annotated[str, typer.Option(help="Reference model every degradation and PSNR refers to.")],
+    teacher: Annotated[str, typer.Option(help="Reference model every PSNR/SSIM and loss delta refers to.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for report.json/md/html.")] = Path("evaluation"),
     images: str = field_option(EvaluateStage, "images"),
     style: str = _style_option(),
@@ -584,15 +584,16 @@ def evaluate(
     latency_runs: int = field_option(EvaluateStage, "latency_runs"),
     threads: int = field_option(EvaluateStage, "threads"),
     memory: bool = field_option(EvaluateStage, "memory"),
+    min_psnr_db: float = field_option(EvaluateStage, "min_psnr_db"),
     loss_network: str = _loss_network_option(),
     strict_loss_network: StrictOpt = False,
 ) -> None:
-    """Evaluate models/artifacts against a teacher: quality (reference VGG19), size, MACs, latency, memory."""
+    """Evaluate models/artifacts against a teacher: fidelity (PSNR/SSIM), size, MACs, latency, memory, loss deltas."""
     from compressor.data import resolve_images
     from evaluation.stage import evaluate_paths
 
     settings = build(EvaluateStage, {"latency_sizes": "--size"}, images=images, size=size, latency_sizes=[size],
-                     latency_runs=latency_runs, threads=threads, memory=memory)
+                     latency_runs=latency_runs, threads=threads, memory=memory, min_psnr_db=min_psnr_db)
     check_output_dir(output)
     for target in [teacher, *targets]:
         if not Path(target).exists():
@@ -621,19 +622,20 @@ def report(run_dir: Annotated[Path, typer.Argument(help="Run folder (or folder) 
 def compare(
     run_a: Annotated[Path, typer.Argument(help="First run folder (holds report.json).")],
     run_b: Annotated[Path, typer.Argument(help="Second run folder.")],
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the table to this .md file.")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="Write the table to this .md file, plus the same name .html and .frontier.png.")] = None,
 ) -> None:
-    """Side-by-side table of two runs' report.json (variants matched by name)."""
-    from compressor.io import atomic_write
+    """Two runs side by side (variants matched by name), both frontiers on one plot."""
     from evaluation.report import compare as compare_reports
-    from evaluation.report import load_report
+    from evaluation.report import load_report, write_compare
 
     if output is not None:
         check_output_file(output)
-    table = compare_reports(load_report(run_a), load_report(run_b), run_a.name, run_b.name)
-    typer.echo(table)
+    a, b = load_report(run_a), load_report(run_b)
+    typer.echo(compare_reports(a, b, run_a.name, run_b.name))
     if output is not None:
-        atomic_write(output, lambda p: p.write_text(table))
+        written = write_compare(a, b, run_a.name, run_b.name, output)
+        typer.echo("wrote " + ", ".join(str(p) for p in written))
 
 
 @app.command()
@@ -674,6 +676,7 @@ def quantize(
     calibration: str = field_option(_Q, "calibration"),
     method: str = field_option(_Q, "calibration_method", "--method"),
     keep_float: list[str] = field_option(_Q, "keep_float", "--keep-float"),
+    min_psnr_db: float | None = field_option(_Q, "min_psnr_db"),
     max_style_increase_pct: float | None = field_option(_Q, "max_style_increase_pct"),
     size: int = field_option(_Q, "size"),
     style: str = _style_option("Style the sensitivity/quality numbers are judged against."),
@@ -686,7 +689,7 @@ def quantize(
 
     settings = build(QuantizeStage, {"runtimes": "--runtime", "calibration_method": "--method"}, runtimes=runtime,
                      mode=mode, calibration=calibration, calibration_method=method, keep_float=keep_float,
-                     max_style_increase_pct=max_style_increase_pct, size=size)
+                     min_psnr_db=min_psnr_db, max_style_increase_pct=max_style_increase_pct, size=size)
     check_output_dir(output)
     _style_path(style, None)
     vgg = _loss_network(loss_network, strict_loss_network)

@@ -97,8 +97,12 @@ class QuantizeStage(_Strict):
     calibration: str = Field("samples", description="Folder of calibration images, or 'samples' (never eval images).")
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     keep_float: list[str] = Field(default_factory=list, description="Conv module-name globs kept in float.")
+    min_psnr_db: float | None = Field(
+        None, gt=0, description="Mixed precision: keep the most sensitive convs float until the int8 model's output "
+        "is at least this close (PSNR dB, worst eval image) to the float model's."
+    )
     max_style_increase_pct: float | None = Field(
-        None, ge=0, description="Mixed precision: keep the most sensitive convs float until style loss rises at most this."
+        None, ge=0, description="Mixed precision (older budget): keep convs float until style loss rises at most this %."
     )
     size: int = Field(256, ge=16, description="Square input side of the quantized artifacts.")
     coreml_palettize_bits: list[Literal[4, 6]] = Field(
@@ -128,6 +132,10 @@ class EvaluateStage(_Strict):
     warmup: int = Field(2, ge=0, description="Untimed runs per variant before timing.")
     threads: int = Field(2, ge=1, description="Intra-op threads for every runtime that accepts a thread count.")
     memory: bool = Field(True, description="Measure peak RSS of one inference per variant in a fresh process.")
+    min_psnr_db: float = Field(
+        30.0, gt=0, description="Fidelity budget: the verdict is the fastest variant whose output is at least this "
+        "close to the teacher's (mean PSNR dB over the eval images)."
+    )
 
 
 class Recipe(_Strict):

@@ -8,6 +8,7 @@ them, run on the runtime the manifest names (``exports.backends``).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from exports.manifest import manifest_path, manifest_problem, read_manifest
 from exports.runtime import load_runner
 
 MODEL_FOLDERS = ("teacher", "pruned", "distilled", "quantized")
-ARTIFACT_FOLDERS = ("quantized", "exports")
+ARTIFACT_FOLDERS = ("exports", "quantized")  # exports first: a float twin is named by its exports/ path
 
 
 @dataclass
@@ -79,6 +80,27 @@ def size_on_disk(path: Path) -> int:
     if (path / SPEC_FILE).is_file():
         return sum((path / name).stat().st_size for name in (SPEC_FILE, WEIGHTS_FILE))
     return path_size(path)
+
+
+def content_hash(path: Path) -> str:
+    """SHA-256 of what a variant is: a model folder's spec + weights, an artifact file, or every file of a bundle.
+
+    Two paths with the same hash hold the same model (a float export the quantize stage also wrote).
+    """
+    path = Path(path)
+    digest = hashlib.sha256()
+    if (path / SPEC_FILE).is_file():
+        files = [path / SPEC_FILE, path / WEIGHTS_FILE]
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    else:
+        files = [path]
+    for file in files:
+        digest.update(file.relative_to(path).as_posix().encode() if file != path else b"")
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def artifact_variant(path: Path, name: str | None = None) -> Variant:
