@@ -188,15 +188,21 @@ def stylize(
     alpha: Annotated[float, typer.Option(help="AdaIN content (0) to style (1) blend.")] = 1.0,
     size: Annotated[Optional[int], typer.Option(help="Resize the longest side first.")] = None,
     batch_size: int = 4,
+    tile: Annotated[Optional[int], typer.Option(help="Tile side in px (0: whole image at once; default: tiles "
+                                                "only when the image would not fit --max-memory).")] = None,
+    max_memory: Annotated[str, typer.Option(help="Memory budget that picks tiling, e.g. 2GB, 800MB.")] = "2GB",
 ) -> None:
     """Stylise images, folders (batched) and videos (frame by frame, same fps) with a model or artifact."""
     from compressor.data import ImageError, list_images
     from compressor.stylize import VIDEO_SUFFIXES, load_stylizer, stylize_files
+    from compressor.tiling import parse_plan_options
 
     try:
+        tile, budget = parse_plan_options(tile, max_memory)
         files = [f for p in inputs for f in ([p] if p.suffix.lower() in VIDEO_SUFFIXES else list_images(p))]
         stylizer = load_stylizer(model, style=style, alpha=alpha)
-        written = stylize_files(stylizer, files, output, size=size, batch_size=batch_size)
+        written = stylize_files(stylizer, files, output, size=size, batch_size=batch_size, tile=tile,
+                                max_memory=budget)
     except (ImageError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     typer.echo(f"wrote {len(written)} file(s): {written[0]}{' ...' if len(written) > 1 else ''}")

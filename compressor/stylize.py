@@ -19,23 +19,39 @@ from tqdm import tqdm
 from compressor.data import IMAGE_SUFFIXES, ImageError, load_image, pil_to_tensor, save_image, tensor_to_pil
 from compressor.models import AdaINNet, VGG19LossNet
 from compressor.models.checkpoint import atomic_write
+from compressor.tiling import (
+    TilePlan,
+    TileRunner,
+    TilingError,
+    image_size,
+    read_rgb,
+    save_pixels,
+    stylize_tiled,
+)
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif"}
 ARTIFACT_SUFFIXES = {".onnx", ".tflite"}
 Stylizer = Callable[[torch.Tensor], torch.Tensor]
+DEFAULT_MAX_MEMORY = 2 * 2**30
 
 
 def load_stylizer(model_path: str | Path, style: str | Path | None = None, alpha: float = 1.0,
                   style_size: int = 512) -> Stylizer:
-    """A function mapping a (N, 3, H, W) batch in [0, 1] to its stylised version."""
+    """A function mapping a (N, 3, H, W) batch in [0, 1] to its stylised version.
+
+    Torch models and tile artifacts come as a TileRunner, which can also stylise big images in tiles.
+    """
     from compressor.teacher import load_any
 
     model_path = Path(model_path)
     if model_path.suffix in ARTIFACT_SUFFIXES:
         from exports.runtime import load_runner
+        from exports.tile_export import is_tile_artifact, load_tile_runner
 
+        if is_tile_artifact(model_path):
+            return load_tile_runner(model_path)
         return _artifact_stylizer(load_runner(model_path))
-    model = load_any(model_path)
+    model = load_any(model_path).eval()
     if isinstance(model, VGG19LossNet):
         raise ValueError(f"{model_path}: a VGG19 loss network does not stylise images")
     if isinstance(model, AdaINNet):
@@ -45,12 +61,11 @@ def load_stylizer(model_path: str | Path, style: str | Path | None = None, alpha
 
         style_image = load_image(resolve_style(style), size=style_size).unsqueeze(0)
 
-        @torch.no_grad()
         def adain(batch: torch.Tensor) -> torch.Tensor:
             return model(batch, style_image.expand(batch.shape[0], -1, -1, -1), alpha=alpha)
 
-        return adain
-    return torch.no_grad()(model)
+        return TileRunner(adain)
+    return TileRunner(model)
 
 
 def _artifact_stylizer(runner) -> Stylizer:
@@ -72,11 +87,14 @@ def _artifact_stylizer(runner) -> Stylizer:
 
 
 def stylize_files(stylizer: Stylizer, inputs: list[Path], out: Path, size: int | None = None,
-                  batch_size: int = 4, progress: bool = True) -> list[Path]:
+                  batch_size: int = 4, progress: bool = True, tile: int | None = None,
+                  max_memory: int = DEFAULT_MAX_MEMORY) -> list[Path]:
     """Stylise images (batched by size) and videos; returns the written files.
 
     With one input and an ``out`` that has a file suffix, ``out`` is the file;
-    otherwise ``out`` is a folder and outputs keep their input names.
+    otherwise ``out`` is a folder and outputs keep their input names. Images or
+    frames that would not fit ``max_memory`` at once (or all, with ``tile`` > 0)
+    go through tiles with thumbnail statistics; ``tile`` 0 never tiles.
     """
     if not inputs:
         raise ImageError("no input images or videos given")
@@ -88,19 +106,46 @@ def stylize_files(stylizer: Stylizer, inputs: list[Path], out: Path, size: int |
     unknown = [p for p in images if p.suffix.lower() not in IMAGE_SUFFIXES]
     if unknown:
         raise ImageError(f"{unknown[0]}: not an image or video this tool reads")
-    written = _stylize_images(stylizer, images, targets, size, batch_size, progress)
+    options = (tile, max_memory)
+    written = _stylize_images(stylizer, images, targets, size, batch_size, progress, options)
     for video in videos:
-        written.append(stylize_video(stylizer, video, targets[video], size, progress))
+        written.append(stylize_video(stylizer, video, targets[video], size, progress, options))
     return written
 
 
-def _stylize_images(stylizer, images, targets, size, batch_size, progress) -> list[Path]:
+def _plan(stylizer: Stylizer, height: int, width: int, options: tuple[int | None, int]) -> TilePlan:
+    tile, max_memory = options
+    if isinstance(stylizer, TileRunner):
+        return stylizer.plan(height, width, max_memory, tile)
+    if tile:
+        raise TilingError(f"--tile {tile}: this artifact takes no normalisation statistics, so it cannot be tiled "
+                          "(export a tile artifact: styleslim export --tile)")
+    return TilePlan(0, 0, 1, 0)
+
+
+def _resized_size(height: int, width: int, size: int | None) -> tuple[int, int]:
+    if not size:
+        return height, width
+    scale = size / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _stylize_images(stylizer, images, targets, size, batch_size, progress, options) -> list[Path]:
     by_shape: dict[tuple[int, ...], list[tuple[Path, torch.Tensor]]] = defaultdict(list)
+    written = []
     for path in images:
+        height, width = _resized_size(*image_size(path), size) if options[0] != 0 else (0, 0)
+        plan = _plan(stylizer, height, width, options)
+        if plan.tiled:
+            image = read_rgb(path)
+            if size:
+                image = image.resize((width, height), Image.LANCZOS)
+            written.append(save_pixels(stylize_tiled(stylizer, image, plan, progress=progress), targets[path]))
+            continue
         tensor = load_image(path, size=size)
         by_shape[tuple(tensor.shape)].append((path, tensor))
-    written = []
-    with tqdm(total=len(images), disable=not progress or len(images) < 2, desc="stylize") as bar:
+    count = sum(len(g) for g in by_shape.values())
+    with tqdm(total=count, disable=not progress or count < 2, desc="stylize") as bar:
         for group in by_shape.values():
             for start in range(0, len(group), batch_size):
                 chunk = group[start : start + batch_size]
@@ -112,8 +157,11 @@ def _stylize_images(stylizer, images, targets, size, batch_size, progress) -> li
 
 
 def stylize_video(stylizer: Stylizer, source: Path, target: Path, size: int | None = None,
-                  progress: bool = True) -> Path:
-    """Frame by frame, keeping the frame rate; written to a temp file and renamed when complete."""
+                  progress: bool = True, options: tuple[int | None, int] = (None, DEFAULT_MAX_MEMORY)) -> Path:
+    """Frame by frame, keeping the frame rate; written to a temp file and renamed when complete.
+
+    Frames take the image path: tiled with thumbnail statistics when one would not fit the budget.
+    """
     import imageio.v3 as iio
 
     try:
@@ -123,12 +171,16 @@ def stylize_video(stylizer: Stylizer, source: Path, target: Path, size: int | No
     fps = meta.get("fps") or (1000.0 / meta["duration"] if meta.get("duration") else 25.0)
 
     def write(tmp: Path) -> None:
-        frames = []
+        frames, plan = [], None
         for frame in tqdm(iio.imiter(source), disable=not progress, desc=f"video {source.name}"):
-            image = pil_to_tensor(Image.fromarray(np.asarray(frame)).convert("RGB"))
+            image = Image.fromarray(np.asarray(frame)).convert("RGB")
             if size:
-                image = load_resized(image, size)
-            frames.append(np.asarray(tensor_to_pil(stylizer(image.unsqueeze(0))[0])))
+                image = tensor_to_pil(load_resized(pil_to_tensor(image), size))
+            plan = plan or _plan(stylizer, image.height, image.width, options)
+            if plan.tiled:
+                frames.append(stylize_tiled(stylizer, image, plan, progress=False))
+            else:
+                frames.append(np.asarray(tensor_to_pil(stylizer(pil_to_tensor(image).unsqueeze(0))[0])))
         if not frames:
             raise ImageError(f"{source}: video has no frames")
         if target.suffix.lower() == ".gif":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.overrides import handle_torch_function, has_torch_function_unary
 
 from compressor.models.spec import AdaINSpec
 from compressor.models.vgg import IMAGENET_MEAN, IMAGENET_STD
@@ -47,7 +48,12 @@ def build_decoder(in_channels: int, widths: list[int]) -> nn.Sequential:
 
 
 def mean_std(feat: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel spatial mean and std, shaped (N, C, 1, 1)."""
+    """Per-channel spatial mean and std, shaped (N, C, 1, 1).
+
+    Overridable through ``torch.overrides`` so tiled inference can give it a thumbnail's statistics.
+    """
+    if has_torch_function_unary(feat):
+        return handle_torch_function(mean_std, (feat,), feat, eps=eps)
     n, c = feat.shape[:2]
     flat = feat.reshape(n, c, -1)
     return flat.mean(-1).view(n, c, 1, 1), (flat.var(-1, unbiased=True) + eps).sqrt().view(n, c, 1, 1)
