@@ -265,7 +265,7 @@ def parse_bytes(text: str) -> int:
     """'2GB', '1.5G', '800MB', '512M' or a plain number of bytes."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)i?b?\s*", str(text).lower())
     if not match:
-        raise ValueError(f"{text!r}: expected a size like 2GB, 1.5G or 800MB")
+        raise ValueError(f"{text}: not a size (use e.g. 2GB, 1.5G or 800MB)")
     return int(float(match.group(1)) * 1024 ** " kmgt".index(match.group(2) or " "))
 
 
