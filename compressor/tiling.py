@@ -20,6 +20,7 @@ written as uint8 rows into one preallocated array, so a 100 MP photo needs about
 from __future__ import annotations
 
 import math
+import os
 import re
 import weakref
 from collections.abc import Callable, Iterator
@@ -42,7 +43,7 @@ STATISTIC_FUNCTIONS = (mean_std,)
 GLOBAL_OPS = (F.affine_grid, F.grid_sample)
 DEFAULT_THUMBNAIL = 1024  # longest side of the statistics thumbnail (URST uses 1000-1024)
 MAX_WINDOW = 2048
-BASELINE_BYTES = 450 * 2**20  # the interpreter, torch and the model: resident before any image is read
+BASELINE_BYTES = 750 * 2**20  # resident before any image is read (interpreter, torch, model), where unmeasurable
 Run = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -292,21 +293,30 @@ class TilePlan:
         return self.window - 2 * self.halo
 
 
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux), else the usual figure; what the budget has already spent."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return BASELINE_BYTES
+
+
 def plan_tiles(height: int, width: int, geometry: Geometry, memory: MemoryModel, max_memory: int,
-               tile: int | None = None, thumbnail: int = DEFAULT_THUMBNAIL) -> TilePlan:
+               tile: int | None = None, thumbnail: int = DEFAULT_THUMBNAIL, resident: int = BASELINE_BYTES) -> TilePlan:
     """Whole image when it fits ``max_memory`` (and ``tile`` is None, auto) or when ``tile`` is 0; otherwise
-    the largest window the budget allows (or ``tile``), and a thumbnail that fits it too."""
+    the largest window the budget allows (or ``tile``), and a thumbnail that fits it too. ``resident``: the
+    bytes the process holds already."""
     pixels = height * width
-    whole = BASELINE_BYTES + memory.bytes_for(pixels) + 30 * pixels  # float input and output, uint8 copies
+    whole = resident + memory.bytes_for(pixels) + 30 * pixels  # float input and output, uint8 copies
     if tile == 0 or (tile is None and whole <= max_memory):
         return TilePlan(0, geometry.halo, geometry.stride, 0)
-    room = max_memory - BASELINE_BYTES - 6 * pixels - memory.fixed  # uint8 input and output stay resident
+    room = max_memory - resident - 6 * pixels - memory.fixed  # uint8 input and output stay resident
     min_window = 2 * geometry.halo + 4 * geometry.stride
     if tile is None:
         fit = math.sqrt(max(room, 0) / memory.per_pixel) if memory.per_pixel else MAX_WINDOW
         window = min(MAX_WINDOW, int(fit) // geometry.stride * geometry.stride)
         if window < min_window:
-            need = BASELINE_BYTES + 6 * pixels + memory.bytes_for(min_window**2)
+            need = resident + 6 * pixels + memory.bytes_for(min_window**2)
             raise TilingError(f"{height}x{width} needs at least {need / 2**30:.1f} GB even in tiles of {min_window} "
                               "px (--max-memory)")
     else:
@@ -404,7 +414,8 @@ class TileRunner:
              thumbnail: int = DEFAULT_THUMBNAIL) -> TilePlan:
         if tile == 0:
             return TilePlan(0, 0, 1, 0)
-        return plan_tiles(height, width, self.geometry, self.memory, max_memory, tile, thumbnail)
+        geometry, memory = self.geometry, self.memory  # measured first: their probes count as resident
+        return plan_tiles(height, width, geometry, memory, max_memory, tile, thumbnail, resident_bytes())
 
     def record(self, thumb: torch.Tensor) -> NormStats:
         return record_stats(self.run, thumb)[0]

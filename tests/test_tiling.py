@@ -22,6 +22,7 @@ from compressor.tiling import (
     measure_memory,
     parse_bytes,
     plan_tiles,
+    resident_bytes,
     stylize_tiled,
     to_tensor,
     to_uint8,
@@ -110,18 +111,23 @@ def test_memory_budget_triggers_tiling(net):
     wide = measure_memory(TransformerNet(SMALL.model_copy(update={"conv1": 32, "deconv2": 32})).eval())
     assert wide.per_pixel > memory.per_pixel
     geometry = Geometry(4, 56)
-    small, big = 600 * 2**20, 64 * 2**30
-    assert not plan_tiles(800, 600, geometry, memory, big).tiled
-    plan = plan_tiles(4000, 3000, geometry, memory, small)
-    assert plan.tiled and plan.window % 4 == 0 and plan.core > 0
-    assert memory.bytes_for(plan.window**2) <= small - 6 * 4000 * 3000  # one tile fits beside the uint8 images
-    assert memory.bytes_for(plan.thumbnail * plan.thumbnail * 3 / 4) <= small - 6 * 4000 * 3000
-    assert plan_tiles(800, 600, geometry, memory, big, tile=200).window == 200
-    assert not plan_tiles(4000, 3000, geometry, memory, small, tile=0).tiled
+    held, small, big = 300 * 2**20, 900 * 2**20, 64 * 2**30  # held: what the process is resident with already
+
+    def plan(height, width, budget, model=memory, tile=None):
+        return plan_tiles(height, width, geometry, model, budget, tile=tile, resident=held)
+
+    assert not plan(800, 600, big).tiled
+    tiled = plan(4000, 3000, small)
+    assert tiled.tiled and tiled.window % 4 == 0 and tiled.core > 0
+    room = small - held - 6 * 4000 * 3000  # one tile fits beside the uint8 input and output
+    assert memory.bytes_for(tiled.window**2) <= room < memory.bytes_for((tiled.window + 8) ** 2)
+    assert memory.bytes_for(tiled.thumbnail * tiled.thumbnail * 3 / 4) <= room
+    assert plan(800, 600, big, tile=200).window == 200
+    assert not plan(4000, 3000, small, tile=0).tiled
     with pytest.raises(TilingError, match="--tile 100"):
-        plan_tiles(800, 600, geometry, memory, big, tile=100)  # not above twice the halo
+        plan(800, 600, big, tile=100)  # not above twice the halo
     with pytest.raises(TilingError, match="--max-memory"):
-        plan_tiles(40000, 30000, geometry, MemoryModel(0, 1000.0), small)
+        plan(40000, 30000, small, model=MemoryModel(0, 1000.0))
 
 
 def test_parse_bytes():
@@ -146,8 +152,9 @@ def test_cli_small_budget_tiles_like_an_explicit_tile(tmp_path, net, photo):
     common = ["stylize", str(tmp_path / "photo.png"), "--model", str(tmp_path / "model")]
     result = runner.invoke(app, [*common, "-o", str(tmp_path / "whole.png")])
     assert result.exit_code == 0 and not re.search(TILE_BAR, result.output)  # 2 GB by default: fits at once
-    # 470 MB leaves room for windows just above the minimum: the whole 216x324 image does not fit
-    result = runner.invoke(app, [*common, "--max-memory", "470MB", "-o", str(tmp_path / "auto.png")])
+    # what this process holds plus 60 % of what the whole image needs: tiles (of about 200 px) fit, it does not
+    budget = f"{(resident_bytes() + 0.6 * measure_memory(net).bytes_for(photo.shape[0] * photo.shape[1])) / 2**20}MB"
+    result = runner.invoke(app, [*common, "--max-memory", budget, "-o", str(tmp_path / "auto.png")])
     assert result.exit_code == 0, result.output
     assert re.search(TILE_BAR, result.output)  # the progress bar over tiles
     auto, reference = np.asarray(Image.open(tmp_path / "auto.png")), np.asarray(Image.open(tmp_path / "whole.png"))
