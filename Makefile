@@ -19,7 +19,9 @@ quickstart: $(BIN)/.installed
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
+# The import contracts (pyproject.toml [tool.importlinter]) first, then the tests.
 test: $(BIN)/.installed browser
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 bench: $(BIN)/.installed

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         results[name] = run_one(name, args.quick)
         print(f"{results[name]['status']} in {results[name]['seconds']} s")
         print(format_table(results[name].get("table", [])), flush=True)
-    from compressor.models.checkpoint import atomic_write
+    from compressor.io import atomic_write
     from evaluation.latency import machine_info
 
     doc = {"quick": args.quick, "machine": machine_info(), "benchmarks": results}

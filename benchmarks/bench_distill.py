@@ -21,11 +21,12 @@ from pathlib import Path
 
 import torch
 
+from compressor.config import TrainConfig
 from compressor.data import ContentCrops, load_image, sample_content_paths, sample_style_path
-from compressor.distill import TrainConfig, default_device, make_objective, train
+from compressor.distill import default_device, make_objective, train
+from compressor.io import atomic_write
 from compressor.losses import style_grams
 from compressor.models import TransformerNet, TransformerNetSpec, load_vgg19
-from compressor.models.checkpoint import atomic_write
 
 RESULTS = Path(__file__).parent / "results"
 HALF = TransformerNetSpec(conv1=16, conv2=32, trunk=64, res_inner=[64] * 5, deconv1=32, deconv2=16)

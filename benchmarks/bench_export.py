@@ -1,7 +1,7 @@
 """Latency of exported artifacts on their runtimes vs PyTorch eager, measured side by side in one run.
 
 Formats: ONNX (ONNX Runtime; default rewrites: sub-pixel output conv), TFLite (LiteRT + XNNPACK) with
-the default rewrites (exports.rewrites.FORMAT_REWRITES: slice-pad, concat-upsample, explicit
+the default rewrites (exports.rewrites.format_rewrites: slice-pad, concat-upsample, explicit
 InstanceNorm, sub-pixel output conv), with slice-pad only, and with plain MIRROR_PAD (no rewrite). Core ML runs only on macOS and is skipped
 elsewhere. Models: TransformerNet and VGG19 to relu4_1, unpruned and with every
 width halved (a 50%-pruned spec). Random weights: latency does not depend on them.
@@ -25,12 +25,14 @@ try:
 except ImportError:
     pass
 
+from compressor.io import atomic_write
 from compressor.models import TransformerNet, TransformerNetSpec, VGG19LossNet, VGG19Spec
-from compressor.models.checkpoint import atomic_write
 from evaluation.latency import measure_latency
-from exports.onnx_export import export_onnx
+from exports.backends.litert import export_tflite
+from exports.backends.onnxruntime import export_onnx
+from exports.common import example_inputs
+from exports.rewrites import apply_rewrites, format_rewrites
 from exports.runtime import load_runner
-from exports.tflite_export import export_tflite
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -72,15 +74,19 @@ def bench(quick: bool, runs: int) -> list[dict]:
             for size in sizes:
                 x = torch.rand(1, 3, size, size)
                 stem = Path(tmp) / f"{name}-{size}"
+                def rewritten(names):
+                    return apply_rewrites(model, names, example_inputs(model, (size, size)))[0]
+
                 artifacts = {
                     "onnxruntime": export_onnx(model, stem.with_suffix(".onnx"), (size, size)),
-                    "litert rewritten": export_tflite(model, stem.with_suffix(".rewritten.tflite"), (size, size)),
+                    "litert rewritten": export_tflite(rewritten(format_rewrites(model, "tflite")),
+                                                      stem.with_suffix(".rewritten.tflite"), (size, size)),
                 }
                 if any(isinstance(m, torch.nn.ReflectionPad2d) for m in model.modules()):
                     artifacts["litert slice-pad"] = export_tflite(
-                        model, stem.with_suffix(".slice.tflite"), (size, size), rewrites=("slice_pad",))
-                    artifacts["litert mirror-pad"] = export_tflite(
-                        model, stem.with_suffix(".mirror.tflite"), (size, size), rewrites=())
+                        rewritten(("slice_pad",)), stem.with_suffix(".slice.tflite"), (size, size))
+                    artifacts["litert mirror-pad"] = export_tflite(model, stem.with_suffix(".mirror.tflite"),
+                                                                   (size, size))
                 for threads in (1, 2):
                     torch.set_num_threads(threads)
                     with torch.no_grad():

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import torch
 
+from compressor.config import PruneStage
 from compressor.data import load_image, sample_content_paths, sample_style_path
 from compressor.gatys import GatysConfig, stylize_gatys
+from compressor.io import atomic_write
 from compressor.losses import LossWeights, StyleTransferLoss, style_grams
 from compressor.models import load_vgg19
-from compressor.models.checkpoint import atomic_write
 from compressor.prune import prune_model
-from compressor.recipe import PruneStage
 
 RESULTS = Path(__file__).parent / "results"
 RATIOS = (0.0, 0.5, 0.75)

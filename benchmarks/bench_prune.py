@@ -21,11 +21,10 @@ import numpy as np
 import torch
 import torch_pruning as tp
 
-from compressor.models import TransformerNet, load_vgg19
-from compressor.models.checkpoint import atomic_write
-from compressor.models.spec import VGG19Spec
+from compressor.config import PruneStage
+from compressor.io import atomic_write
+from compressor.models import TransformerNet, VGG19Spec, load_vgg19
 from compressor.prune import prune_model
-from compressor.recipe import PruneStage
 
 VGG_TO_RELU4_1 = ["relu1_1", "relu2_1", "relu3_1", "relu4_1"]
 VGG_TO_RELU5_1 = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"]

@@ -32,12 +32,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from compressor.io import atomic_write
 from compressor.models import TransformerNet, TransformerNetSpec, VGG19LossNet, VGG19Spec
-from compressor.models.checkpoint import atomic_write
 from compressor.quantize import calibration_set, rgb_output_convs
 from evaluation.latency import measure_latency
-from exports.quant_onnx import conv_layers, quantize_onnx
-from exports.quant_tflite import quantize_tflite
+from exports.backends.litert import quantize_tflite
+from exports.backends.onnxruntime import conv_layers, quantize_onnx
 from exports.rewrites import replace_modules
 from exports.runtime import load_runner
 from exports.stage import export_artifact
@@ -53,8 +53,8 @@ TARGETS = {  # speed-up vs torch fp32 eager of the unpruned model of the same fa
 
 
 def pruned(model: nn.Module, size: int) -> nn.Module:
+    from compressor.config import PruneStage
     from compressor.prune import prune_model
-    from compressor.recipe import PruneStage
 
     return prune_model(model, PruneStage(ratio=0.5), torch.rand(1, 3, size, size)).eval()
 

@@ -24,13 +24,13 @@ import numpy as np
 import torch
 
 from compressor.data import sample_content_paths
+from compressor.io import atomic_write
 from compressor.models import load_model
-from compressor.models.checkpoint import atomic_write
 from compressor.quantize import calibration_set, image_batch
 from evaluation.latency import measure_latency
 from evaluation.metrics import fidelity
+from exports.backends.litert import quantize_tflite
 from exports.common import ExportWrapper, example_inputs
-from exports.quant_tflite import quantize_tflite
 from exports.rewrites import FORMAT_REWRITES, apply_rewrites
 from exports.runtime import load_runner
 from exports.stage import export_artifact

@@ -75,7 +75,7 @@ def train(
     strict_loss_network: StrictOpt = False,
 ) -> None:
     """Train a fast-style TransformerNet (Johnson et al. 2016) on one style."""
-    from compressor.distill import TrainConfig
+    from compressor.config import TrainConfig
     from compressor.teacher import train_transformer
 
     config = TrainConfig(steps=steps, batch_size=batch_size, crop=crop, lr=lr, content_weight=content_weight,
@@ -196,11 +196,14 @@ def stylize(
     from compressor.data import ImageError, list_images
     from compressor.stylize import VIDEO_SUFFIXES, load_stylizer, stylize_files
     from compressor.tiling import parse_plan_options
+    from exports.runtime import is_artifact
+    from exports.tile_export import load_artifact_runner
 
     try:
         tile, budget = parse_plan_options(tile, max_memory)
         files = [f for p in inputs for f in ([p] if p.suffix.lower() in VIDEO_SUFFIXES else list_images(p))]
-        stylizer = load_stylizer(model, style=style, alpha=alpha)
+        runner = load_artifact_runner(model) if is_artifact(model) else None
+        stylizer = load_stylizer(model, style=style, alpha=alpha, runner=runner)
         written = stylize_files(stylizer, files, output, size=size, batch_size=batch_size, tile=tile,
                                 max_memory=budget)
     except (ImageError, ValueError, FileNotFoundError) as exc:
@@ -243,8 +246,9 @@ def prune(
     """L1 structured channel pruning (torch-pruning); prints params and MACs before/after."""
     from pydantic import ValidationError
 
+    from compressor.config import PruneStage
     from compressor.prune import prune_dir
-    from compressor.recipe import PruneStage, format_errors
+    from compressor.recipe import format_errors
 
     overrides = {}
     for item in override or []:
@@ -306,9 +310,10 @@ def distill(
 
     from pydantic import ValidationError
 
+    from compressor.config import TrainConfig
     from compressor.data import ContentCrops, load_image, resolve_images, resolve_style
-    from compressor.distill import TrainConfig, default_device, make_objective, train
-    from compressor.models import AdaINNet, TransformerNet, load_model
+    from compressor.distill import make_objective, prepare_run, train
+    from compressor.models import get_family, load_model
     from compressor.recipe import format_errors
 
     if (teacher is None) != no_teacher:
@@ -320,8 +325,9 @@ def distill(
         fail(str(exc))
     weights = {"output_weight": 0.0, "perceptual_weight": 0.0} if no_teacher else {
         "output_weight": output_weight, "perceptual_weight": perceptual_weight}
+    family = get_family(student)
     if style_weight is not None:
-        weights["adain_style_weight" if isinstance(student, AdaINNet) else "style_weight"] = style_weight
+        weights[family.style_weight_key] = style_weight
     try:
         config = TrainConfig(steps=steps, lr=lr, lr_schedule=lr_schedule, feature_weight=feature_weight,
                              content_weight=content_weight, tv_weight=tv_weight, crop=crop, batch_size=batch_size,
@@ -331,27 +337,23 @@ def distill(
         fail(f"invalid distill options\n{format_errors(exc)}")
     vgg = _loss_network(loss_network, strict_loss_network)
     grams, style_images = None, None
-    if isinstance(student, TransformerNet):
+    if family.role == "style_transformer":
         style = style or student.spec.style
         if style is None:
             fail(f"{student_dir}: the spec names no style; give --style")
         grams = _style_grams(vgg, style, style_size, None)
-    elif isinstance(student, AdaINNet) and style is not None:
+    elif family.role == "arbitrary_style" and style is not None:
         try:
             style_images = [load_image(resolve_style(style), size=max(2 * crop, style_size))]
         except ValueError as exc:
             fail(str(exc))
-    device = default_device()
-    vgg.to(device)
-    if teacher_model is not None:
-        teacher_model.to(device)
+    run = prepare_run(vgg, teacher_model, grams)
     try:
-        objective = make_objective(student, teacher_model, config, vgg,
-                                   {k: v.to(device) for k, v in grams.items()} if grams else None, style_images)
+        objective = make_objective(student, run.teacher, config, run.vgg, run.grams, style_images)
         data = ContentCrops(resolve_images(content_dir, "train"), crop)
         meta = {"student_from": str(student_dir), "teacher": str(teacher) if teacher else None, "style": style,
                 "loss_network": vgg.weights_source}
-        history = train(student, objective, data, config, output, resume=resume, meta=meta, device=device)
+        history = train(student, objective, data, config, output, resume=resume, meta=meta, device=run.device)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         fail(str(exc))
     if history and os.environ.get("RANK", "0") == "0":
@@ -373,7 +375,7 @@ def evaluate(
     strict_loss_network: StrictOpt = False,
 ) -> None:
     """Evaluate models/artifacts against a teacher: quality (reference VGG19), size, MACs, latency, memory."""
-    from compressor.recipe import EvaluateStage
+    from compressor.config import EvaluateStage
     from evaluation.stage import evaluate_paths
 
     vgg = _loss_network(loss_network, strict_loss_network)
@@ -406,7 +408,7 @@ def compare(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the table to this .md file.")] = None,
 ) -> None:
     """Side-by-side table of two runs' report.json (variants matched by name)."""
-    from compressor.models.checkpoint import atomic_write
+    from compressor.io import atomic_write
     from evaluation.report import compare as compare_reports
     from evaluation.report import load_report
 
@@ -462,8 +464,10 @@ def quantize(
     """Quantize a model for ONNX Runtime, LiteRT or Core ML (PTQ or QAT), verify parity, write manifests."""
     from pydantic import ValidationError
 
-    from compressor.quantize import QuantizeError, quantize as run_quantize
-    from compressor.recipe import QuantizeStage, format_errors
+    from compressor.config import QuantizeStage
+    from compressor.quantize import QuantizeError
+    from compressor.recipe import format_errors
+    from exports.quantize import quantize as run_quantize
 
     try:
         settings = QuantizeStage(runtimes=runtime, mode=mode, calibration=calibration, calibration_method=method,

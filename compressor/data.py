@@ -14,6 +14,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from compressor.images import crop_resize
+from compressor.io import atomic_write
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 # Content photos that ship inside scikit-image's wheel. Training/calibration and
@@ -70,8 +73,6 @@ def tensor_to_pil(tensor: torch.Tensor) -> Image.Image:
 
 
 def save_image(tensor: torch.Tensor, path: str | Path) -> Path:
-    from compressor.models.checkpoint import atomic_write
-
     path = Path(path)
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
@@ -147,8 +148,7 @@ class ContentCrops(torch.utils.data.Dataset):
         _, h, w = img.shape
         side = rng.randint(min(h, w, self.crop), min(h, w))
         top, left = rng.randint(0, h - side), rng.randint(0, w - side)
-        patch = img[:, top : top + side, left : left + side].unsqueeze(0)
-        patch = torch.nn.functional.interpolate(patch, size=(self.crop, self.crop), mode="bilinear", antialias=True)
+        patch = crop_resize(img.unsqueeze(0), top, left, side, self.crop)
         if rng.random() < 0.5:
             patch = patch.flip(-1)
         return patch[0].clamp(0, 1)

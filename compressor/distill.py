@@ -18,25 +18,21 @@ import csv
 import logging
 import os
 import types
-from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.utils.checkpoint import checkpoint, checkpoint_sequential
 from tqdm import tqdm
 
-from compressor.data import BUNDLED_STYLES, ContentCrops, load_image, resolve_images, sample_style_path
-from compressor.losses import LossWeights, StyleTransferLoss, adain_style_loss, content_loss, tv_loss
-from compressor.models import AdaINNet, TransformerNet, VGG19LossNet, load_model, save_model
-from compressor.models.adain import adaptive_instance_norm
-from compressor.models.checkpoint import atomic_write, init_adain_encoder_from_vgg
-from compressor.models.transformer_net import ResidualBlock
+from compressor.config import TrainConfig
+from compressor.data import ContentCrops, resolve_images
+from compressor.io import atomic_write
+from compressor.models import get_family, load_model, save_model
+from compressor.models.registry import Objective
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -46,218 +42,21 @@ TENSORBOARD_DIR = "tensorboard"
 _RESUME_FREE = {"steps", "checkpoint_every", "tensorboard", "grad_checkpointing"}
 
 
-class TrainConfig(BaseModel):
-    """Hyper-parameters of a training, distillation or fine-tuning run."""
-
-    model_config = ConfigDict(extra="forbid")
-    steps: int = Field(1000, ge=1)
-    batch_size: int = Field(4, ge=1, description="Per rank under torchrun.")
-    crop: int = Field(256, ge=16, description="Side of the square training crops.")
-    lr: float = Field(1e-3, gt=0)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    seed: int = 0
-    checkpoint_every: int = Field(100, ge=1)
-    content_weight: float = Field(1.0, ge=0)
-    style_weight: float = Field(1e5, ge=0, description="Gram style loss weight (TransformerNet).")
-    adain_style_weight: float = Field(10.0, ge=0, description="AdaIN mean/std style loss weight (AdaIN).")
-    tv_weight: float = Field(1e-3, ge=0)
-    output_weight: float = Field(0.0, ge=0, description="L1 between student and teacher outputs.")
-    perceptual_weight: float = Field(0.0, ge=0, description="VGG feature MSE between student and teacher outputs.")
-    feature_weight: float = Field(1.0, ge=0, description="Relative MSE of student taps to teacher taps (VGG19).")
-    bf16: bool = Field(False, description="bf16 autocast (fast on CPUs with AMX and on GPUs).")
-    grad_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, slower.")
-    tensorboard: bool = Field(False, description="Also log to TensorBoard (when the tensorboard package is installed).")
-
-    def loss_weights(self) -> LossWeights:
-        return LossWeights(content=self.content_weight, style=self.style_weight, tv=self.tv_weight)
-
-
-Objective = Callable[[nn.Module, torch.Tensor], dict[str, torch.Tensor]]
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel wrapper."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def _finish(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    terms["total"] = sum(terms.values())
-    return terms
-
-
-def _teacher_terms(
-    config: TrainConfig, vgg: VGG19LossNet, output: torch.Tensor, target: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Output L1 and VGG perceptual MSE of the student's output to the teacher's."""
-    terms: dict[str, torch.Tensor] = {}
-    if config.output_weight:
-        terms["output"] = config.output_weight * (output - target).abs().mean()
-    if config.perceptual_weight:
-        with torch.no_grad():
-            target_feats = vgg(target)
-        feats = vgg(output)
-        terms["perceptual"] = config.perceptual_weight * content_loss(feats, target_feats, {k: 1.0 for k in feats})
-    return terms
-
-
-def _uses_teacher(config: TrainConfig, teacher: nn.Module | None) -> bool:
-    return teacher is not None and bool(config.output_weight or config.perceptual_weight)
-
-
-def transformer_objective(
-    config: TrainConfig,
-    vgg: VGG19LossNet,
-    style_grams: dict[str, torch.Tensor] | None,
-    teacher: nn.Module | None = None,
-) -> Objective:
-    """Loss terms for an image-to-image student (TransformerNet) on a batch of content crops."""
-    style_terms = (
-        StyleTransferLoss(vgg, style_grams, config.loss_weights()) if style_grams is not None else None
-    )
-    use_teacher = _uses_teacher(config, teacher)
-    if style_terms is None and not use_teacher:
-        raise ValueError("nothing to learn from: give a style image (style losses) or a teacher with nonzero weights")
-
-    def objective(student: nn.Module, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        output = student(batch)
-        terms: dict[str, torch.Tensor] = {}
-        if style_terms is not None:
-            terms.update({k: v for k, v in style_terms(output, batch).items() if k != "total"})
-        if use_teacher:
-            with torch.no_grad():
-                target = teacher(batch)
-            terms.update(_teacher_terms(config, vgg, output, target))
-        return _finish(terms)
-
-    return objective
-
-
-def vgg_objective(config: TrainConfig, student: VGG19LossNet, teacher: VGG19LossNet) -> Objective:
-    """Feature distillation of a (pruned) VGG19: its taps, through ``projections`` where the spec has them,
-    match the teacher's taps. Each tap's MSE is divided by the teacher tap's mean square so deep and
-    shallow taps count alike."""
-    missing = [t for t in student.spec.taps if t not in teacher.spec.taps]
-    if missing:
-        raise ValueError(f"student taps {missing} are not taps of the teacher VGG19 {teacher.spec.taps}")
-    if not config.feature_weight:
-        raise ValueError("feature_weight is 0: a VGG19 student learns only from its teacher's taps")
-
-    def objective(model: nn.Module, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats = model(batch)
-        projections = _unwrap(model).projections
-        with torch.no_grad():
-            target = teacher(batch)
-        loss = torch.zeros((), device=batch.device)
-        for tap, feat in feats.items():
-            pred = projections[tap](feat) if tap in projections else feat
-            if pred.shape != target[tap].shape:
-                raise ValueError(
-                    f"tap {tap}: student gives {tuple(pred.shape[1:])}, teacher {tuple(target[tap].shape[1:])}; "
-                    "a pruned tap needs spec.projections"
-                )
-            loss = loss + F.mse_loss(pred.float(), target[tap].float()) / target[tap].float().pow(2).mean().clamp_min(
-                1e-8
-            )
-        return _finish({"features": config.feature_weight * loss})
-
-    return objective
-
-
-def bundled_style_images(size: int) -> list[torch.Tensor]:
-    """The bundled paintings as (3, H, W) tensors whose shorter side is at least ``size``."""
-    images = []
-    for name in BUNDLED_STYLES:
-        img = load_image(sample_style_path(name), size=2 * size)
-        short = min(img.shape[1:])
-        if short < size:
-            img = F.interpolate(img[None], scale_factor=size / short, mode="bilinear", antialias=True)[0]
-        images.append(img.clamp(0, 1))
-    return images
-
-
-def _style_batch(images: list[torch.Tensor], n: int, crop: int) -> torch.Tensor:
-    """``n`` random ``crop``-sized crops of random style images (draws from torch's RNG)."""
-    crops = []
-    for _ in range(n):
-        img = images[int(torch.randint(len(images), ()))]
-        _, h, w = img.shape
-        top, left = int(torch.randint(h - crop + 1, ())), int(torch.randint(w - crop + 1, ()))
-        crops.append(img[:, top : top + crop, left : left + crop])
-    return torch.stack(crops)
-
-
-def adain_objective(
-    config: TrainConfig,
-    vgg: VGG19LossNet,
-    style_images: list[torch.Tensor],
-    teacher: AdaINNet | None = None,
-) -> Objective:
-    """AdaIN student (pruned decoder and/or encoder) on content crops and random style crops.
-
-    AdaIN's own losses (relu4_1 content loss to the AdaIN target t, mean/std
-    style loss) are judged by the teacher's encoder, or without a teacher by
-    an encoder built from the reference VGG19: never by the compressed one.
-    """
-    judge = teacher if teacher is not None else _reference_adain(vgg)
-    use_teacher = _uses_teacher(config, teacher)
-
-    def objective(student: nn.Module, content: torch.Tensor) -> dict[str, torch.Tensor]:
-        style = _style_batch(style_images, content.shape[0], config.crop).to(content.device)
-        output = student(content, style)
-        with torch.no_grad():
-            style_taps = judge.encode_taps(style)
-            target = adaptive_instance_norm(judge.encode(content), style_taps["relu4_1"])
-        out_taps = judge.encode_taps(output)
-        terms = {
-            "content": config.content_weight * F.mse_loss(out_taps["relu4_1"], target),
-            "style": config.adain_style_weight * adain_style_loss(out_taps, style_taps),
-            "tv": config.tv_weight * tv_loss(output),
-        }
-        if use_teacher:
-            with torch.no_grad():
-                teacher_out = teacher(content, style)
-            terms.update(_teacher_terms(config, vgg, output, teacher_out))
-        return _finish(terms)
-
-    return objective
-
-
-def _reference_adain(vgg: VGG19LossNet) -> AdaINNet:
-    judge = AdaINNet().to(vgg.mean.device)
-    init_adain_encoder_from_vgg(judge, vgg)
-    return judge.eval().requires_grad_(False)
-
-
 def make_objective(
     student: nn.Module,
     teacher: nn.Module | None,
     config: TrainConfig,
-    vgg: VGG19LossNet,
+    vgg: nn.Module,
     style_grams: dict[str, torch.Tensor] | None,
     style_images: list[torch.Tensor] | None = None,
 ) -> Objective:
-    """The loss for ``student``'s family. ``teacher`` None (or zero teacher weights) is plain fine-tuning.
-
-    AdaIN students see random crops of ``style_images`` (default: the bundled
-    paintings); an AdaIN encoder as wide as the teacher's stays frozen.
-    """
+    """The loss for ``student``'s family (its ``objective`` hook). ``teacher`` None (or zero teacher weights)
+    is plain fine-tuning; arbitrary-style students see random crops of ``style_images``."""
     if teacher is not None:
         teacher.eval().requires_grad_(False)
         if type(teacher) is not type(student):
             raise ValueError(f"teacher is a {type(teacher).__name__}, student a {type(student).__name__}")
-    if isinstance(student, TransformerNet):
-        return transformer_objective(config, vgg, style_grams, teacher)
-    if isinstance(student, VGG19LossNet):
-        if teacher is None:
-            raise ValueError("a VGG19 student needs a teacher: it learns the teacher's taps")
-        return vgg_objective(config, student, teacher)
-    if isinstance(student, AdaINNet):
-        if teacher is not None and student.spec.encoder == teacher.spec.encoder:
-            student.encoder.requires_grad_(False)
-        images = style_images if style_images is not None else bundled_style_images(config.crop)
-        images = [img.to(vgg.mean.device) for img in images]
-        return adain_objective(config, vgg, images, teacher)
-    raise TypeError(f"no distillation objective for {type(student).__name__}")
+    return get_family(student).objective(student, teacher, config, vgg, style_grams, style_images)
 
 
 def batch_for_step(data: ContentCrops, seed: int, step: int, batch_size: int, rank: int = 0) -> torch.Tensor:
@@ -283,6 +82,32 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+@dataclass
+class TrainingRun:
+    """One place that sets a training run up: this rank's device, with the loss network, teacher and Grams on it."""
+
+    device: torch.device
+    vgg: nn.Module | None = None
+    teacher: nn.Module | None = None
+    grams: dict[str, torch.Tensor] | None = None
+
+
+def prepare_run(vgg: nn.Module | None, teacher: nn.Module | None = None,
+                grams: dict[str, torch.Tensor] | None = None) -> TrainingRun:
+    """Pick the device (``default_device``) and move what the objective will use onto it.
+
+    Teacher training, ``train``, distillation, pruning's fine-tuning and QAT all start here, so all use a GPU
+    when there is one; pass ``run.device`` to ``train``.
+    """
+    device = default_device()
+    return TrainingRun(
+        device=device,
+        vgg=vgg.to(device) if vgg is not None else None,
+        teacher=teacher.to(device) if teacher is not None else None,
+        grams={k: v.to(device) for k, v in grams.items()} if grams is not None else None,
+    )
+
+
 def _init_distributed(device: torch.device) -> bool:
     """Join the torchrun process group when launched by torchrun; True if this call created it."""
     if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or dist.is_initialized():
@@ -293,21 +118,19 @@ def _init_distributed(device: torch.device) -> bool:
 
 @contextmanager
 def _grad_checkpointing(model: nn.Module, enabled: bool):
-    """Recompute TransformerNet residual blocks / AdaIN encoder and decoder segments in backward."""
+    """Recompute the family's ``checkpoint_modules`` in backward (``nn.Sequential`` ones in 4 segments)."""
     patched: list[nn.Module] = []
     if enabled:
-        for module in model.modules():
-            if isinstance(module, ResidualBlock):
+        for module in get_family(model).checkpoint_modules(model):
+            if isinstance(module, nn.Sequential):
+                module.forward = types.MethodType(
+                    lambda self, x: checkpoint_sequential(self, 4, x, use_reentrant=False), module
+                )
+            else:
                 module.forward = types.MethodType(
                     lambda self, x: checkpoint(type(self).forward, self, x, use_reentrant=False), module
                 )
-                patched.append(module)
-        if isinstance(model, AdaINNet):
-            for seq in (model.encoder, model.decoder):
-                seq.forward = types.MethodType(
-                    lambda self, x: checkpoint_sequential(self, 4, x, use_reentrant=False), seq
-                )
-                patched.append(seq)
+            patched.append(module)
         if not patched:
             log.warning("grad_checkpointing: nothing to checkpoint in a %s; running without", type(model).__name__)
     try:
@@ -333,8 +156,8 @@ def train(
     With ``resume`` the run continues from ``out_dir/checkpoint.pt`` exactly
     where it stopped. Launched by torchrun, every rank runs this with its own
     batches and DistributedDataParallel keeps the weights in sync. The
-    objective's modules must already live on ``device`` (default CPU; see
-    ``default_device``). Returns the logged
+    objective's modules must already live on ``device`` (default CPU; ``prepare_run``
+    picks the device and moves them). Returns the logged
     loss terms of every step of this call (this rank's).
     """
     out_dir = Path(out_dir)
@@ -474,18 +297,15 @@ def distill_stage(ctx) -> None:
     config = ctx.recipe.distill
     teacher_dir = ctx.stage_dir("model")
     student_dir = ctx.stage_dir("prune") if ctx.recipe.prune is not None else teacher_dir
-    teacher, student = load_model(teacher_dir), load_model(student_dir)
-    device = default_device()
-    vgg = ctx.loss_network.to(device)
-    teacher.to(device)
-    grams = {k: v.to(device) for k, v in ctx.style_grams.items()}
-    objective = make_objective(student, teacher, config, vgg, grams)
+    student = load_model(student_dir)
+    run = prepare_run(ctx.loss_network, load_model(teacher_dir), ctx.style_grams)
+    objective = make_objective(student, run.teacher, config, run.vgg, run.grams)
     data = ContentCrops(resolve_images(ctx.recipe.content, "train"), config.crop)
     meta = {
         "student_from": str(student_dir),
         "teacher": str(teacher_dir),
         "style": ctx.recipe.style,
-        "loss_network": vgg.weights_source,
+        "loss_network": run.vgg.weights_source,
     }
     train(student, objective, data, config, ctx.stage_dir("distill"), resume=ctx.resume, meta=meta,
-          progress=ctx.progress, device=device)
+          progress=ctx.progress, device=run.device)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from compressor.images import fit_longest
 from compressor.losses import LossWeights, StyleTransferLoss
 from compressor.models.vgg import VGG19LossNet
 
@@ -30,13 +31,6 @@ class GatysConfig:
     scales: list[int] = field(default_factory=list)  # longest sides, coarse to fine; empty = content size only
     snapshot_every: int = 0
     seed: int = 0
-
-
-def _resize(image: torch.Tensor, longest: int) -> torch.Tensor:
-    h, w = image.shape[-2:]
-    scale = longest / max(h, w)
-    return F.interpolate(image, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear",
-                         antialias=True, align_corners=False).clamp(0, 1)
 
 
 def stylize_gatys(
@@ -59,7 +53,7 @@ def stylize_gatys(
     history: list[float] = []
     step_offset = 0
     for longest in scales:
-        target = _resize(content, longest) if config.scales else content
+        target = fit_longest(content, longest) if config.scales else content
         with torch.no_grad():
             target_features = vgg(target)
         if image is None:

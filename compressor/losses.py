@@ -15,9 +15,12 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.overrides import handle_torch_function, has_torch_function_unary
+from torchmetrics.functional.image import peak_signal_noise_ratio
 
-from compressor.models.adain import mean_std
-from compressor.models.vgg import VGG19LossNet
+from compressor.config import TrainConfig
+from compressor.io import atomic_write
 
 DEFAULT_STYLE_LAYERS = {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0, "relu4_1": 1.0, "relu5_1": 1.0}
 DEFAULT_CONTENT_LAYERS = {"relu4_2": 1.0}
@@ -49,6 +52,18 @@ def tv_loss(images: torch.Tensor) -> torch.Tensor:
     return dx + dy
 
 
+def mean_std(feat: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel spatial mean and std, shaped (N, C, 1, 1).
+
+    Overridable through ``torch.overrides`` so tiled inference can give AdaIN a thumbnail's statistics.
+    """
+    if has_torch_function_unary(feat):
+        return handle_torch_function(mean_std, (feat,), feat, eps=eps)
+    n, c = feat.shape[:2]
+    flat = feat.reshape(n, c, -1)
+    return flat.mean(-1).view(n, c, 1, 1), (flat.var(-1, unbiased=True) + eps).sqrt().view(n, c, 1, 1)
+
+
 def adain_style_loss(features: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> torch.Tensor:
     total = torch.zeros(())
     for key, feat in features.items():
@@ -76,7 +91,7 @@ class StyleTransferLoss(torch.nn.Module):
     library) and reused every step.
     """
 
-    def __init__(self, vgg: VGG19LossNet, style_grams: dict[str, torch.Tensor], weights: LossWeights):
+    def __init__(self, vgg: nn.Module, style_grams: dict[str, torch.Tensor], weights: LossWeights):
         super().__init__()
         missing = [k for k in [*weights.style_layers, *weights.content_layers] if k not in vgg.spec.taps]
         if missing:
@@ -102,16 +117,49 @@ class StyleTransferLoss(torch.nn.Module):
         return terms
 
 
+def psnr(output: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0) -> float:
+    """PSNR in dB of ``output`` against ``reference`` (torchmetrics); identical inputs give ``inf``."""
+    return float(peak_signal_noise_ratio(output, reference, data_range=data_range))
+
+
+def loss_weights(config: TrainConfig) -> LossWeights:
+    """The style-transfer weights of a training run."""
+    return LossWeights(content=config.content_weight, style=config.style_weight, tv=config.tv_weight)
+
+
+def finish(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Loss terms plus their sum under ``"total"`` (what the training loop minimises)."""
+    terms["total"] = sum(terms.values())
+    return terms
+
+
+def uses_teacher(config: TrainConfig, teacher: nn.Module | None) -> bool:
+    return teacher is not None and bool(config.output_weight or config.perceptual_weight)
+
+
+def teacher_terms(
+    config: TrainConfig, vgg: nn.Module, output: torch.Tensor, target: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Distillation terms: output L1 and VGG perceptual MSE of the student's output to the teacher's."""
+    terms: dict[str, torch.Tensor] = {}
+    if config.output_weight:
+        terms["output"] = config.output_weight * (output - target).abs().mean()
+    if config.perceptual_weight:
+        with torch.no_grad():
+            target_feats = vgg(target)
+        feats = vgg(output)
+        terms["perceptual"] = config.perceptual_weight * content_loss(feats, target_feats, {k: 1.0 for k in feats})
+    return terms
+
+
 @torch.no_grad()
-def style_grams(vgg: VGG19LossNet, style_image: torch.Tensor) -> dict[str, torch.Tensor]:
+def style_grams(vgg: nn.Module, style_image: torch.Tensor) -> dict[str, torch.Tensor]:
     """Gram matrices of a (1, 3, H, W) style image at every tap of ``vgg``."""
     return {k: gram_matrix(v) for k, v in vgg(style_image).items()}
 
 
 def save_style_library(path: Path, grams: dict[str, dict[str, torch.Tensor]], loss_network: str) -> None:
     """Store precomputed Grams of several styles: one safetensors file, keys ``style/layer``."""
-    from compressor.models.checkpoint import atomic_write
-
     flat = {f"{style}/{layer}": g.contiguous() for style, layers in grams.items() for layer, g in layers.items()}
     atomic_write(path, lambda p: save_file(flat, str(p), metadata={"loss_network": loss_network}))
 

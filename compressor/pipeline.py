@@ -1,18 +1,18 @@
 """Runs a recipe: stage after stage, each writing its artifact into ``runs/<name>/<stage>/``.
 
 A stage is skipped when its own settings and everything upstream are
-unchanged since it last completed (``--force`` re-runs everything). Stages
-from ``exports`` and ``evaluation`` are reached by late import, so
-``compressor`` never imports those packages at module level.
+unchanged since it last completed (``--force`` re-runs everything). This is
+the app layer: it may import ``exports`` and ``evaluation`` (the library in
+``compressor`` may not).
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -20,23 +20,28 @@ from typing import Any
 
 import torch
 
+from compressor.config import Recipe
 from compressor.data import load_image, resolve_style
+from compressor.distill import distill_stage
+from compressor.io import atomic_write
 from compressor.losses import style_grams
-from compressor.models import load_vgg19
-from compressor.models.checkpoint import atomic_write
-from compressor.models.vgg import VGG19LossNet
-from compressor.recipe import Recipe
+from compressor.models import VGG19LossNet, load_vgg19
+from compressor.prune import prune_stage
+from compressor.teacher import model_stage
+from evaluation.stage import evaluate_stage
+from exports.quantize import quantize_stage
+from exports.stage import export_stage
 
 log = logging.getLogger(__name__)
 
-# Stage name -> "module:function"; each function takes a RunContext and writes into ctx.stage_dir(name).
-STAGES: dict[str, str] = {
-    "model": "compressor.teacher:model_stage",
-    "prune": "compressor.prune:prune_stage",
-    "distill": "compressor.distill:distill_stage",
-    "quantize": "compressor.quantize:quantize_stage",
-    "export": "exports.stage:export_stage",
-    "evaluate": "evaluation.stage:evaluate_stage",
+# Stage name -> function; each takes a RunContext and writes into ctx.stage_dir(name).
+STAGES: dict[str, Callable[[RunContext], Any]] = {
+    "model": model_stage,
+    "prune": prune_stage,
+    "distill": distill_stage,
+    "quantize": quantize_stage,
+    "export": export_stage,
+    "evaluate": evaluate_stage,
 }
 STAGE_DIRS = {
     "model": "teacher",
@@ -96,18 +101,13 @@ def write_stamp(path: Path, digest: str, status: str) -> None:
     atomic_write(path, lambda p: p.write_text(json.dumps({"hash": digest, "status": status}) + "\n"))
 
 
-def _resolve(target: str) -> Any:
-    module, func = target.split(":")
-    return getattr(importlib.import_module(module), func)
-
-
 def run_recipe(recipe: Recipe, out_root: Path = Path("runs"), force: bool = False, progress: bool = True) -> Path:
     """Run every stage the recipe names, in order; returns the run folder."""
     ctx = RunContext(recipe=recipe, run_dir=Path(out_root) / recipe.name, force=force, progress=progress)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(ctx.run_dir / "recipe.json", lambda p: p.write_text(recipe.model_dump_json(indent=2)))
     upstream = ""
-    for stage, target in STAGES.items():
+    for stage, run in STAGES.items():
         if getattr(recipe, stage) is None:
             continue
         digest = _stage_hash(recipe, stage, upstream)
@@ -124,7 +124,7 @@ def run_recipe(recipe: Recipe, out_root: Path = Path("runs"), force: bool = Fals
                 shutil.rmtree(stage_dir)
             log.info("stage %s: %s", stage, "resuming" if same else "running")
             write_stamp(stamp_path, digest, "running")
-            _resolve(target)(ctx)
+            run(ctx)
             write_stamp(stamp_path, digest, "done")
         ctx.stamps[stage] = digest
         upstream = digest

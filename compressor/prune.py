@@ -24,10 +24,10 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.pruner import function as tpf
 
+from compressor.config import DistillStage, PruneStage
 from compressor.data import ContentCrops, resolve_images
-from compressor.distill import default_device, make_objective, train
-from compressor.models import AdaINNet, TransformerNet, VGG19LossNet, load_model, save_model
-from compressor.recipe import DistillStage, PruneStage
+from compressor.distill import make_objective, prepare_run, train
+from compressor.models import get_family, load_model, save_model
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +73,14 @@ class L1Importance(tp.importance.GroupMagnitudeImportance):
 def example_inputs_for(
     model: nn.Module, size: int = 32, device: torch.device | str = "cpu"
 ) -> torch.Tensor | tuple[torch.Tensor, ...]:
-    """Dummy inputs for graph tracing (AdaIN takes content and style)."""
-    x = torch.rand(1, 3, size, size, device=device)
-    return (x, x.clone()) if isinstance(model, AdaINNet) else x
+    """Dummy inputs for graph tracing (the family's ``example_inputs``: AdaIN takes content and style)."""
+    return get_family(model).example_inputs(model, size, device)
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Conv/Linear layers by module path; VGG convs also answer to their names (``conv3_1``)."""
+    """Conv/Linear layers by module path, plus the family's aliases (VGG convs also answer to ``conv3_1``)."""
     layers = {name: m for name, m in model.named_modules() if isinstance(m, _PRUNABLE)}
-    if isinstance(model, VGG19LossNet):
-        layers.update({n: m for n, m in zip(model.layer_names, model.features) if isinstance(m, nn.Conv2d)})
+    layers.update(get_family(model).layer_aliases(model))
     return layers
 
 
@@ -97,29 +95,6 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def protected_layers(model: nn.Module, vgg_mode: str = "keep_taps") -> list[nn.Module]:
-    """Layers whose output channels are fixed by the model's contract (RGB outputs, STN's 6 affine numbers, taps)."""
-    if isinstance(model, TransformerNet):
-        keep = [model.deconv3.conv2d]
-        if model.stn is not None:
-            keep.append(model.stn.localization[-1])
-        return keep
-    if isinstance(model, AdaINNet):
-        return [model.encoder[0], model.decoder[-1]]
-    if isinstance(model, VGG19LossNet):
-        return list(tap_convs(model).values()) if vgg_mode == "keep_taps" else []
-    raise TypeError(f"cannot prune a {type(model).__name__}: expected TransformerNet, AdaINNet or VGG19LossNet")
-
-
-def tap_convs(vgg: VGG19LossNet) -> dict[str, nn.Conv2d]:
-    """Tap name -> the conv whose output (after ReLU/pool) the tap reads."""
-    out: dict[str, nn.Conv2d] = {}
-    for tap in vgg.spec.taps:
-        index = vgg.layer_names.index(tap)
-        out[tap] = next(m for m in reversed(vgg.features[: index + 1]) if isinstance(m, nn.Conv2d))
-    return out
-
-
 def prune_model(
     model: nn.Module,
     config: PruneStage,
@@ -130,17 +105,16 @@ def prune_model(
 
     ``config.overrides`` maps layer-name globs to their own ratio,
     ``config.ignore`` lists globs never pruned. With ``iterative_steps`` > 1 the
-    ratio is reached in equal steps, ``finetune(model, step)`` running between them.
+    ratio is reached in equal steps, ``finetune(model, step)`` running between them. The model's
+    family says which layers keep their width and may adjust the result (``before_prune`` / ``after_prune``).
     """
-    if isinstance(model, VGG19LossNet) and model.projections:
-        raise ValueError("this VGG19 already has tap projections; prune the unprojected network instead")
+    family = get_family(model)
+    state = family.before_prune(model, config, finetune is not None)
     layers = prunable_layers(model)
-    ignored = protected_layers(model, config.vgg_mode)
+    ignored = family.protected_layers(model, config)
     for pattern in config.ignore:
         ignored += _matching(layers, pattern, "ignore")
     ratios = {m: ratio for pattern, ratio in config.overrides.items() for m in _matching(layers, pattern, "override")}
-    taps = tap_convs(model) if isinstance(model, VGG19LossNet) else {}
-    original_widths = {tap: conv.out_channels for tap, conv in taps.items()}
     was_training = model.training
     # torch-pruning traces the autograd graph: frozen networks (the loss VGG) need grads while it traces.
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
@@ -156,14 +130,14 @@ def prune_model(
             iterative_steps=config.iterative_steps,
             ignored_layers=ignored,
             round_to=config.round_to,
+            customized_pruners=family.customized_pruners(model) or None,
         )
     for step in range(config.iterative_steps):
         pruner.step()
         if finetune is not None and step + 1 < config.iterative_steps:
             finetune(model, step)
             model.eval()
-    if isinstance(model, VGG19LossNet) and config.vgg_mode == "project_taps":
-        _add_tap_projections(model, taps, original_widths, _kept_out_channels(pruner, model))
+    family.after_prune(model, config, state, _kept_out_channels(pruner, model))
     for name, p in model.named_parameters():
         p.requires_grad_(name not in frozen)
     model.spec = model.current_spec()
@@ -175,33 +149,10 @@ def _kept_out_channels(pruner: tp.pruner.BasePruner, model: nn.Module) -> dict[s
     kept = {name: list(range(pruner.layer_init_out_ch[m])) for name, m in model.named_modules()
             if isinstance(m, _PRUNABLE)}
     for name, is_out, idxs in pruner.pruning_history():
-        if is_out:
+        if is_out and name in kept:  # group roots are convs/linears; a custom pruner's layer may not be
             drop = {int(i) for i in idxs}
             kept[name] = [k for j, k in enumerate(kept[name]) if j not in drop]
     return kept
-
-
-def _add_tap_projections(
-    vgg: VGG19LossNet, taps: dict[str, nn.Conv2d], original: dict[str, int], kept: dict[str, list[int]]
-) -> None:
-    """1x1 projections from each narrowed tap back to its original width, starting as a channel re-embedding.
-
-    Kept channel j goes back to its original index; pruned channels start at zero.
-    """
-    names = {m: n for n, m in vgg.named_modules()}
-    projections = {}
-    for tap, conv in taps.items():
-        if conv.out_channels == original[tap]:
-            continue
-        proj = nn.Conv2d(conv.out_channels, original[tap], 1)
-        with torch.no_grad():
-            proj.weight.zero_()
-            proj.bias.zero_()
-            for j, k in enumerate(kept[names[conv]]):
-                proj.weight[k, j] = 1.0
-        projections[tap] = proj
-    vgg.projections = nn.ModuleDict(projections)
-    vgg.spec = vgg.spec.model_copy(update={"projections": {tap: original[tap] for tap in projections}})
 
 
 def model_stats(model: nn.Module, example_inputs: Any = None) -> dict[str, Any]:
@@ -252,20 +203,15 @@ def _pipeline_finetune(ctx, config: PruneStage) -> Finetune:
 
     Uses the recipe's distill settings (or their defaults) for everything but the step count.
     """
-    teacher = load_model(ctx.stage_dir("model"))
-    if isinstance(teacher, VGG19LossNet) and config.vgg_mode == "project_taps":
-        raise ValueError("prune.finetune_steps_between: needs vgg_mode keep_taps (projections exist only at the end)")
     n = config.finetune_steps_between
     train_config = (ctx.recipe.distill or DistillStage()).model_copy(update={"steps": n, "checkpoint_every": n})
     data = ContentCrops(resolve_images(ctx.recipe.content, "train"), train_config.crop)
-    device = default_device()
-    vgg, teacher = ctx.loss_network.to(device), teacher.to(device)
-    grams = {k: v.to(device) for k, v in ctx.style_grams.items()}
+    run = prepare_run(ctx.loss_network, load_model(ctx.stage_dir("model")), ctx.style_grams)
 
     def finetune(model: nn.Module, step: int) -> None:
-        objective = make_objective(model, teacher, train_config, vgg, grams)
+        objective = make_objective(model, run.teacher, train_config, run.vgg, run.grams)
         with tempfile.TemporaryDirectory(dir=ctx.run_dir) as tmp:
-            train(model, objective, data, train_config, tmp, progress=ctx.progress, device=device)
+            train(model, objective, data, train_config, tmp, progress=ctx.progress, device=run.device)
         log.info("prune: fine-tuned %d steps after pruning step %d", n, step + 1)
 
     return finetune

@@ -1,17 +1,10 @@
-"""Quantization: PTQ (static / dynamic / fp16 / weight-only) and QAT, ending in artifacts that run on their runtime.
+"""Torch-level quantization: calibration data, quality judged in torch, PT2E PTQ and QAT.
 
-The per-format work lives beside the exporters (``exports.quant_onnx``,
-``exports.quant_tflite``, ``exports.quant_coreml``, reached by late import);
-this module orchestrates it:
-
-1. export the float model with the exporters (ONNX; TFLite with slice padding; Core ML),
-2. calibrate on content images that never overlap the evaluation images,
-3. optionally rank layers by how much quantizing each one alone hurts (style /
-   content loss by the reference VGG19, PSNR vs fp32) and keep the worst in
-   float until the style-loss increase fits ``max_style_increase_pct``,
-4. quantize with the runtime's own quantizer, check parity (PSNR vs the fp32
-   PyTorch model on the held-out images) against the thresholds below, and
-   write a manifest that says what runs in int8 and what stays float.
+The runtime side (export, each runtime's quantizer, parity, manifests, the
+mixed-precision search) is ``exports.quantize`` and ``exports.backends``.
+Here: calibration images that never overlap the evaluation images, the
+``Judge`` (style / content loss by the reference VGG19 and PSNR vs the fp32
+outputs, of a torch module or of any runner), and QAT.
 
 QAT fine-tunes with fake quantization (torchao PT2E, x86 int8 scheme), the
 fp32 model as teacher (output L1 + perceptual terms). PT2E QAT graphs do not
@@ -23,55 +16,21 @@ re-calibrated there; the fake-quant PyTorch model's own quality is reported too.
 from __future__ import annotations
 
 import copy
-import fnmatch
-import hashlib
 import logging
-import math
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from compressor.config import TrainConfig
 from compressor.data import load_image, resolve_images, sample_content_paths
-from compressor.distill import TrainConfig
-from compressor.losses import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, content_loss, style_loss
-from compressor.models import TransformerNet, load_model, save_model
-from compressor.models.checkpoint import atomic_write
-from compressor.models.vgg import VGG19LossNet
-from compressor.recipe import QuantizeStage
+from compressor.images import resize
+from compressor.io import file_sha256
+from compressor.losses import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, content_loss, psnr, style_loss
+from compressor.models import get_family, save_model
 
 log = logging.getLogger(__name__)
-
-# Minimum PSNR (dB) vs the fp32 PyTorch model on the eval images. Measured at 64 px: a briefly trained tiny
-# TransformerNet keeps 58.6 dB (ORT int8) / 35.2 dB (LiteRT int8); random-init nets, whose output is
-# high-frequency noise, 24.6-25.3 dB (ORT) / 19.0 dB (LiteRT). The quickstart's distilled student at 256 px:
-# 41.2 dB (ORT) / 33.1 dB (LiteRT; 25.7 dB while its norms ran in int8). 20 dB catches broken scales/ranges.
-QUANT_THRESHOLDS_DB: dict[str, float] = {
-    "int8": 20.0,
-    "int8-qat": 20.0,
-    "int8-dynamic": 20.0,
-    "int8-weight-only": 30.0,
-    "fp16": 35.0,
-}
-# What each variant runs in int8 and what stays float, per runtime (the manifest's "runs_in_int8").
-RUNS_IN_INT8 = {
-    ("onnx", "static"): "Conv (QLinearConv after ORT's QDQ fusion), Pad/Resize/Relu/Add on u8; InstanceNorm float",
-    ("onnx", "dynamic"): "Conv as ConvInteger, activations quantized per run (DynamicQuantizeLinear); rest float",
-    ("onnx", "weight-only"): "nothing: int8 weights are dequantized once, all compute float32",
-    ("onnx", "fp16"): "nothing: fp16 weights and graph (ORT CPU casts to float32 where it has no fp16 kernel)",
-    ("tflite", "static"): "CONV_2D, padding/upsampling copies and residual ADD int8 (int8 graph I/O); InstanceNorm float",
-    ("tflite", "dynamic"): "CONV_2D with int8 weights, activations quantized per run inside the kernel; rest float",
-    ("tflite", "weight-only"): "nothing: int8 weights dequantized, float compute",
-    ("tflite", "fp16"): "nothing: fp16 weights dequantized, float compute",
-    ("coreml", "weight-only"): "nothing on Linux; on device weights decompress to fp16 compute",
-}
-PRECISION = {"static": "int8", "qat": "int8-qat", "dynamic": "int8-dynamic", "weight-only": "int8-weight-only",
-             "fp16": "fp16"}
-
 
 class QuantizeError(ValueError):
     """A quantization request that cannot be honoured; the message names the file, layer or setting."""
@@ -80,16 +39,12 @@ class QuantizeError(ValueError):
 # ---------------------------------------------------------------- data
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def check_disjoint(calibration: list[Path], evaluation: list[Path]) -> None:
     """Refuse calibration images that are evaluation images (same file or same bytes)."""
-    eval_hashes = {_sha256(p): p for p in evaluation}
+    eval_hashes = {file_sha256(p): p for p in evaluation}
     eval_paths = {Path(p).resolve() for p in evaluation}
     for path in calibration:
-        twin = eval_hashes.get(_sha256(path))
+        twin = eval_hashes.get(file_sha256(path))
         if Path(path).resolve() in eval_paths or twin is not None:
             raise QuantizeError(f"calibration image {path} is also an evaluation image ({twin or path}); "
                                 "calibrate on images that quality is not measured on")
@@ -97,8 +52,7 @@ def check_disjoint(calibration: list[Path], evaluation: list[Path]) -> None:
 
 def image_batch(paths: list[Path], size: int) -> list[torch.Tensor]:
     """(1, 3, size, size) tensors, resized as the parity check resizes."""
-    return [F.interpolate(load_image(p).unsqueeze(0), size=(size, size), mode="bilinear", antialias=True,
-                          align_corners=False).clamp(0, 1) for p in paths]
+    return [resize(load_image(p).unsqueeze(0), (size, size)) for p in paths]
 
 
 def calibration_set(source: str | Path | None, size: int) -> tuple[list[np.ndarray], list[Path]]:
@@ -114,7 +68,7 @@ def calibration_set(source: str | Path | None, size: int) -> tuple[list[np.ndarr
 class Judge:
     """Style / content loss by the reference VGG19 and PSNR vs the fp32 outputs, on the eval images."""
 
-    def __init__(self, model: nn.Module, vgg: VGG19LossNet, grams: dict[str, torch.Tensor], size: int):
+    def __init__(self, model: nn.Module, vgg: nn.Module, grams: dict[str, torch.Tensor], size: int):
         self.vgg, self.grams = vgg, grams
         self.images = image_batch(sample_content_paths("eval"), size)
         with torch.no_grad():
@@ -138,34 +92,12 @@ class Judge:
         else:
             outputs = [torch.from_numpy(np.asarray(run(x.numpy()), dtype=np.float32)) for x in self.images]
         losses = self._losses(outputs)
-        mse = max(float(torch.mean((o.clamp(0, 1) - r.clamp(0, 1)) ** 2)) for o, r in zip(outputs, self.reference))
         return {
             "style_increase_pct": 100 * (losses["style"] - self.baseline["style"]) / max(self.baseline["style"], 1e-12),
             "content_increase_pct": 100 * (losses["content"] - self.baseline["content"])
             / max(self.baseline["content"], 1e-12),
-            "psnr_db": min(200.0, 10 * math.log10(1 / mse)) if mse > 0 else 200.0,
+            "psnr_db": min(200.0, *(psnr(o.clamp(0, 1), r.clamp(0, 1)) for o, r in zip(outputs, self.reference))),
         }
-
-
-def _module_globs_to_nodes(layers: dict[str, str], globs: list[str]) -> list[str]:
-    """Conv node names whose module name matches any glob (``res*.conv2*``, ``deconv3``)."""
-    return [node for node, module in layers.items()
-            if any(fnmatch.fnmatchcase(module, g) or fnmatch.fnmatchcase(module, g + ".*") for g in globs)]
-
-
-def layer_sensitivity(float_onnx: Path, calibration: list[np.ndarray], judge: Judge, method: str = "minmax",
-                      work_dir: Path | None = None) -> list[dict[str, Any]]:
-    """Quantize one conv at a time (ORT static) and measure the damage; most harmful first."""
-    from exports.quant_onnx import conv_layers, quantize_onnx
-    from exports.runtime import load_runner
-
-    results = []
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        for node, module in conv_layers(float_onnx).items():
-            path = Path(tmp) / "one.onnx"
-            quantize_onnx(float_onnx, path, "static", calibration, method, only=[node])
-            results.append({"layer": module, "node": node, **judge(load_runner(path))})
-    return sorted(results, key=lambda r: (-r["style_increase_pct"], r["psnr_db"]))
 
 
 # ---------------------------------------------------------------- QAT
@@ -224,9 +156,9 @@ def pt2e_ptq(model: nn.Module, calibration: list[np.ndarray]) -> nn.Module:
     return convert_pt2e(prepared)
 
 
-def qat_finetune(model: TransformerNet, vgg: VGG19LossNet, config: TrainConfig, out_dir: Path,
+def qat_finetune(model: nn.Module, vgg: nn.Module, config: TrainConfig, out_dir: Path,
                  content: str | Path | None = None, resume: bool = False, progress: bool = True
-                 ) -> tuple[TransformerNet, nn.Module]:
+                 ) -> tuple[nn.Module, nn.Module]:
     """Fine-tune ``model`` with int8 fake quantization (torchao PT2E), teacher = its fp32 self.
 
     Returns the float model carrying the learned weights (saved to ``out_dir``)
@@ -235,18 +167,20 @@ def qat_finetune(model: TransformerNet, vgg: VGG19LossNet, config: TrainConfig, 
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     from compressor.data import ContentCrops
-    from compressor.distill import train, transformer_objective
+    from compressor.distill import make_objective, prepare_run, train
 
-    if not isinstance(model, TransformerNet):
-        raise QuantizeError(f"QAT supports TransformerNet students, got {type(model).__name__}")
+    if get_family(model).role != "style_transformer":
+        raise QuantizeError(f"QAT supports image-to-image style transformers, got {type(model).__name__}")
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
     example = torch.rand(config.batch_size, 3, config.crop, config.crop)
     student = _QATModule(_pt2e_graph(model, True, example), model)
     paths = resolve_images(content, "train")
     check_disjoint(paths, sample_content_paths("eval"))
-    objective = transformer_objective(config, vgg, None, teacher)
+    run = prepare_run(vgg, teacher)
+    objective = make_objective(model, run.teacher, config, run.vgg, None)
     train(student, objective, ContentCrops(paths, config.crop), config, out_dir / "train", resume=resume,
-          progress=progress)
+          progress=progress, device=run.device)
+    student.cpu()
     learned = copy.deepcopy(model)
     params = dict(student.graph.named_parameters())
     with torch.no_grad():
@@ -257,200 +191,6 @@ def qat_finetune(model: TransformerNet, vgg: VGG19LossNet, config: TrainConfig, 
     return learned.eval(), convert_pt2e(student.graph)
 
 
-# ---------------------------------------------------------------- per runtime
-
-
-def _keep_float(settings: QuantizeStage, layers: dict[str, str]) -> list[str]:
-    unknown = [g for g in settings.keep_float if not _module_globs_to_nodes(layers, [g])]
-    if unknown:
-        raise QuantizeError(f"keep_float {unknown} match no conv layer; layers are {sorted(layers.values())}")
-    return sorted({layers[n] for n in _module_globs_to_nodes(layers, settings.keep_float)})
-
-
-def _mixed_precision(settings: QuantizeStage, float_onnx: Path, calibration: list[np.ndarray], judge: Judge,
-                     work_dir: Path) -> tuple[list[str], dict]:
-    """Greedy: add the most sensitive layer to the float set until the style increase fits the budget."""
-    from exports.quant_onnx import conv_layers, quantize_onnx
-    from exports.runtime import load_runner
-
-    layers = conv_layers(float_onnx)
-    ranking = layer_sensitivity(float_onnx, calibration, judge, settings.calibration_method, work_dir)
-    keep = _keep_float(settings, layers)
-    trail = []
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        for candidate in [None] + [r["layer"] for r in ranking]:
-            if candidate is not None:
-                if candidate in keep:
-                    continue
-                keep.append(candidate)
-            path = Path(tmp) / "mixed.onnx"
-            nodes = _module_globs_to_nodes(layers, keep)
-            quantize_onnx(float_onnx, path, "static", calibration, settings.calibration_method, keep_float=nodes)
-            quality = judge(load_runner(path))
-            trail.append({"keep_float": list(keep), **quality})
-            if quality["style_increase_pct"] <= settings.max_style_increase_pct:
-                break
-    return keep, {"budget_style_increase_pct": settings.max_style_increase_pct, "ranking": ranking, "trail": trail}
-
-
-def _write(reference: nn.Module, fmt: str, path: Path, settings: QuantizeStage, precision: str, info: dict,
-           source_dir: Path, runner=None, parity_result: dict | None = None) -> dict:
-    """Manifest (the exporter's fields + quantization details + parity verdict), written beside the artifact.
-
-    Parity is measured against ``reference``, the fp32 model before quantization (before QAT too).
-    """
-    from exports.manifest import write_manifest
-    from exports.parity import parity
-    from exports.stage import describe
-
-    size = (settings.size, settings.size)
-    manifest = describe(load_model(source_dir), source_dir, fmt, precision, path, size, "nchw", False,
-                        info.pop("rewrites", []))
-    manifest["quantization"] = info
-    manifest["parity"] = parity_result or parity(reference, runner, precision, size,
-                                                 threshold_db=QUANT_THRESHOLDS_DB[precision])
-    write_manifest(path, manifest)
-    return manifest
-
-
-def _onnx(reference, model_dir, out_dir, settings, calibration, judge, extra) -> list[dict]:
-    from exports.quant_onnx import conv_layers, int8_contents, quantize_onnx
-    from exports.runtime import load_runner
-    from exports.stage import artifact_name, export_artifact
-
-    float_path, _ = export_artifact(model_dir, "onnx", out_dir / "float", size=(settings.size, settings.size))
-    layers = conv_layers(float_path)
-    keep = _keep_float(settings, layers)
-    mode = "static" if settings.mode == "qat" else settings.mode
-    precision = PRECISION[settings.mode]
-    path = out_dir / artifact_name("onnx", precision, "nchw")
-    quantize_onnx(float_path, path, mode, calibration, settings.calibration_method,
-                  keep_float=_module_globs_to_nodes(layers, keep))
-    runner = load_runner(path)
-    info = {**extra, "keep_float": keep, "runs_in_int8": RUNS_IN_INT8["onnx", mode], "contents": int8_contents(path),
-            "quality": judge(runner) if judge else None}
-    return [_write(reference, "onnx", path, settings, precision, info, model_dir, runner)]
-
-
-def _tflite(reference, model_dir, out_dir, settings, calibration, judge, extra) -> list[dict]:
-    from exports.common import io_names
-    from exports.quant_tflite import conv_layers, int8_contents, quantize_tflite
-    from exports.runtime import load_runner
-    from exports.stage import artifact_name, export_artifact
-
-    float_path, float_manifest = export_artifact(model_dir, "tflite", out_dir / "float",
-                                                 size=(settings.size, settings.size))
-    keep = _keep_float(settings, conv_layers(float_path))
-    mode = "static" if settings.mode == "qat" else settings.mode
-    precision = PRECISION[settings.mode]
-    path = out_dir / artifact_name("tflite", precision, "nchw")
-    quantize_tflite(float_path, path, mode, calibration, keep_float=keep)
-    runner = load_runner(path)
-    runner.output_names = io_names(reference)[1]
-    info = {**extra, "keep_float": keep, "runs_in_int8": RUNS_IN_INT8["tflite", mode], "contents": int8_contents(path),
-            "quality": judge(runner) if judge else None, "rewrites": float_manifest["rewrites"]}
-    return [_write(reference, "tflite", path, settings, precision, info, model_dir, runner)]
-
-
-def _coreml(reference, model_dir, out_dir, settings, calibration, judge, extra) -> list[dict]:
-    from exports.quant_coreml import compress_coreml
-    from exports.stage import export_artifact
-
-    if settings.mode not in ("weight-only", "static"):
-        raise QuantizeError(f"Core ML takes weight compression only (mode weight-only); got mode {settings.mode!r}")
-    float_path, _ = export_artifact(model_dir, "coreml", out_dir / "float", precision="fp16",
-                                    size=(settings.size, settings.size))
-    manifests = []
-    for scheme in ["int8", *settings.coreml_palettize_bits]:
-        label = "int8-weight-only" if scheme == "int8" else f"palettized-{scheme}bit"
-        path = out_dir / f"model-{label}.mlpackage"
-        structure = compress_coreml(float_path, path, scheme)
-        info = {**extra, "scheme": "linear symmetric per-channel int8" if scheme == "int8" else
-                f"k-means palettization, {scheme}-bit per-tensor LUT",
-                "runs_in_int8": RUNS_IN_INT8["coreml", "weight-only"]}
-        verdict = {"runtime": "coremltools (structure only)", "passed": None, "threshold_db": None,
-                   "predictions": "not run on Linux (coremltools runs them only on macOS)", "structure": structure}
-        manifests.append(_write(reference, "coreml", path, settings, label, info, model_dir, parity_result=verdict))
-    return manifests
-
-
-RUNTIMES = {"onnx": _onnx, "tflite": _tflite, "coreml": _coreml}
-
-
 def rgb_output_convs(model: nn.Module) -> list[str]:
     """Names of the convs that produce RGB (3 channels): kept float, as int8 gains nothing there and costs most."""
     return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.out_channels == 3]
-
-
-def quantize(
-    model_dir: str | Path,
-    out_dir: str | Path,
-    settings: QuantizeStage,
-    vgg: VGG19LossNet,
-    grams: dict[str, torch.Tensor],
-    resume: bool = False,
-    progress: bool = True,
-) -> list[dict]:
-    """Quantize the float model in ``model_dir`` for every runtime in ``settings``; returns the manifests.
-
-    Parity failures are recorded in the manifests (``parity.passed``) and logged, not raised, so one
-    weak variant does not hide the others; check the returned verdicts.
-    """
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    model = load_model(model_dir)
-    calibration, calib_paths = calibration_set(settings.calibration, settings.size)
-    extra: dict[str, Any] = {
-        "mode": settings.mode, "calibration_method": settings.calibration_method,
-        "calibration_images": [str(p) for p in calib_paths], "evaluation_images": [
-            str(p) for p in sample_content_paths("eval")], "loss_network": vgg.weights_source,
-    }
-    if not isinstance(model, (TransformerNet, VGG19LossNet)):
-        raise QuantizeError(f"{model_dir}: quantizing {type(model).__name__} (two inputs) is not supported; "
-                            "quantize TransformerNet or VGG19 models")
-    # Style/content/PSNR quality needs an image-to-image model; VGG19 gets parity on its taps only.
-    judge = Judge(model, vgg, grams, settings.size) if isinstance(model, TransformerNet) else None
-    if judge is None and (settings.max_style_increase_pct is not None or settings.mode == "qat"):
-        raise QuantizeError("max_style_increase_pct and mode qat need an image-to-image model (TransformerNet)")
-    keep = sorted(set(settings.keep_float) | set(rgb_output_convs(model)))
-    settings = settings.model_copy(update={"keep_float": keep})
-    source_dir = model_dir
-    if settings.mode == "qat":
-        config = settings.qat or default_qat_config()
-        _, int8_reference = qat_finetune(model, vgg, config, out_dir / "qat", settings.calibration, resume, progress)
-        extra["qat"] = {"steps": config.steps, "pt2e_qat_int8_quality": judge(int8_reference),
-                        "pt2e_ptq_int8_quality": judge(pt2e_ptq(model, calibration)),
-                        "carried_into_runtimes_as": "QAT-trained float weights, re-calibrated by each runtime's "
-                        "static quantizer (PT2E QAT graphs do not export as quantized ONNX/TFLite)"}
-        source_dir = out_dir / "qat"
-    if settings.max_style_increase_pct is not None and settings.mode in ("static", "qat"):
-        from exports.stage import export_artifact
-
-        float_path, _ = export_artifact(source_dir, "onnx", out_dir / "sensitivity", size=(settings.size,) * 2)
-        keep, extra["mixed_precision"] = _mixed_precision(settings, float_path, calibration, judge, out_dir)
-        settings = settings.model_copy(update={"keep_float": keep})
-    manifests = []
-    for runtime in settings.runtimes:
-        manifests += RUNTIMES[runtime](model, source_dir, out_dir / runtime, settings, calibration, judge, dict(extra))
-    for m in manifests:
-        p = m["parity"]
-        if p.get("passed") is False:
-            log.warning("%s: parity FAILED, PSNR %.1f dB < %.1f dB", m["artifact"], p["psnr_db"], p["threshold_db"])
-    atomic_write(out_dir / "summary.json", lambda p: p.write_text(_summary_json(manifests)))
-    return manifests
-
-
-def _summary_json(manifests: list[dict]) -> str:
-    import json
-
-    rows = [{"format": m["format"], "precision": m["precision"], "artifact": m["artifact"],
-             "psnr_db": m["parity"].get("psnr_db"), "passed": m["parity"].get("passed"),
-             "quality": m["quantization"].get("quality"), "keep_float": m["quantization"].get("keep_float")}
-            for m in manifests]
-    return json.dumps(rows, indent=2) + "\n"
-
-
-def quantize_stage(ctx) -> None:
-    """Pipeline stage: quantize the run's newest float model into ``quantized/``."""
-    settings = ctx.recipe.quantize
-    quantize(ctx.latest_model_dir(), ctx.stage_dir("quantize"), settings, ctx.loss_network, ctx.style_grams,
-             resume=ctx.resume, progress=ctx.progress)

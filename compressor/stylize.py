@@ -16,9 +16,18 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from compressor.data import IMAGE_SUFFIXES, ImageError, load_image, pil_to_tensor, save_image, tensor_to_pil
-from compressor.models import AdaINNet, VGG19LossNet
-from compressor.models.checkpoint import atomic_write
+from compressor.data import (
+    IMAGE_SUFFIXES,
+    ImageError,
+    load_image,
+    pil_to_tensor,
+    resolve_style,
+    save_image,
+    tensor_to_pil,
+)
+from compressor.images import fit_longest, resize
+from compressor.io import atomic_write
+from compressor.models import get_family, load_any
 from compressor.tiling import (
     TilePlan,
     TileRunner,
@@ -30,42 +39,33 @@ from compressor.tiling import (
 )
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif"}
-ARTIFACT_SUFFIXES = {".onnx", ".tflite"}
 Stylizer = Callable[[torch.Tensor], torch.Tensor]
 DEFAULT_MAX_MEMORY = 2 * 2**30
 
 
 def load_stylizer(model_path: str | Path, style: str | Path | None = None, alpha: float = 1.0,
-                  style_size: int = 512) -> Stylizer:
+                  style_size: int = 512, runner: Callable | None = None) -> Stylizer:
     """A function mapping a (N, 3, H, W) batch in [0, 1] to its stylised version.
 
-    Torch models and tile artifacts come as a TileRunner, which can also stylise big images in tiles.
+    ``model_path`` is a model folder or foreign checkpoint; an exported artifact comes in as ``runner``
+    (``exports.runtime.load_runner``: the app layer loads it, this library module does not import exports).
+    Torch models, and tile artifacts (a TileRunner from exports.tile_export), come as a TileRunner, which
+    also stylises big images in tiles.
     """
-    from compressor.teacher import load_any
-
+    if isinstance(runner, TileRunner):
+        return runner
+    if runner is not None:
+        return _artifact_stylizer(runner)
     model_path = Path(model_path)
-    if model_path.suffix in ARTIFACT_SUFFIXES:
-        from exports.runtime import load_runner
-        from exports.tile_export import is_tile_artifact, load_tile_runner
-
-        if is_tile_artifact(model_path):
-            return load_tile_runner(model_path)
-        return _artifact_stylizer(load_runner(model_path))
-    model = load_any(model_path).eval()
-    if isinstance(model, VGG19LossNet):
-        raise ValueError(f"{model_path}: a VGG19 loss network does not stylise images")
-    if isinstance(model, AdaINNet):
-        if style is None:
-            raise ValueError(f"{model_path}: AdaIN is arbitrary-style; pass --style")
-        from compressor.data import resolve_style
-
+    model = load_any(model_path)
+    family = get_family(model)
+    style_image = None
+    if family.role == "arbitrary_style" and style is not None:
         style_image = load_image(resolve_style(style), size=style_size).unsqueeze(0)
-
-        def adain(batch: torch.Tensor) -> torch.Tensor:
-            return model(batch, style_image.expand(batch.shape[0], -1, -1, -1), alpha=alpha)
-
-        return TileRunner(adain)
-    return TileRunner(model)
+    try:
+        return TileRunner(family.stylizer(model, style_image, alpha))
+    except ValueError as exc:
+        raise ValueError(f"{model_path}: {exc}") from None
 
 
 def _artifact_stylizer(runner) -> Stylizer:
@@ -77,11 +77,8 @@ def _artifact_stylizer(runner) -> Stylizer:
     def stylize(batch: torch.Tensor) -> torch.Tensor:
         size = tuple(batch.shape[-2:])
         if fixed and size != fixed:
-            batch = torch.nn.functional.interpolate(batch, size=fixed, mode="bilinear", antialias=True)
-        out = torch.from_numpy(np.asarray(runner(batch.numpy())))
-        if out.shape[-2:] != size:
-            out = torch.nn.functional.interpolate(out, size=size, mode="bilinear", antialias=True)
-        return out
+            batch = resize(batch, fixed)
+        return resize(torch.from_numpy(np.asarray(runner(batch.numpy()))), size)
 
     return stylize
 
@@ -119,7 +116,7 @@ def _plan(stylizer: Stylizer, height: int, width: int, options: tuple[int | None
         return stylizer.plan(height, width, max_memory, tile)
     if tile:
         raise TilingError(f"--tile {tile}: this artifact takes no normalisation statistics, so it cannot be tiled "
-                          "(export a tile artifact: styleslim export --tile)")
+                          "(export a tile artifact: exports.tile_export.export_tile_artifact)")
     return TilePlan(0, 0, 1, 0)
 
 
@@ -173,14 +170,14 @@ def stylize_video(stylizer: Stylizer, source: Path, target: Path, size: int | No
     def write(tmp: Path) -> None:
         frames, plan = [], None
         for frame in tqdm(iio.imiter(source), disable=not progress, desc=f"video {source.name}"):
-            image = Image.fromarray(np.asarray(frame)).convert("RGB")
+            image = pil_to_tensor(Image.fromarray(np.asarray(frame)).convert("RGB"))
             if size:
-                image = tensor_to_pil(load_resized(pil_to_tensor(image), size))
-            plan = plan or _plan(stylizer, image.height, image.width, options)
+                image = fit_longest(image, size, multiple=2)
+            plan = plan or _plan(stylizer, image.shape[-2], image.shape[-1], options)
             if plan.tiled:
-                frames.append(stylize_tiled(stylizer, image, plan, progress=False))
+                frames.append(stylize_tiled(stylizer, np.asarray(tensor_to_pil(image)), plan, progress=False))
             else:
-                frames.append(np.asarray(tensor_to_pil(stylizer(pil_to_tensor(image).unsqueeze(0))[0])))
+                frames.append(np.asarray(tensor_to_pil(stylizer(image.unsqueeze(0))[0])))
         if not frames:
             raise ImageError(f"{source}: video has no frames")
         if target.suffix.lower() == ".gif":
@@ -190,11 +187,3 @@ def stylize_video(stylizer: Stylizer, source: Path, target: Path, size: int | No
 
     atomic_write(target, write)
     return target
-
-
-def load_resized(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize a (3, H, W) tensor so its longest side is ``size``; sides rounded to even for video codecs."""
-    h, w = image.shape[-2:]
-    scale = size / max(h, w)
-    new = (max(2, round(h * scale / 2) * 2), max(2, round(w * scale / 2) * 2))
-    return torch.nn.functional.interpolate(image[None], size=new, mode="bilinear", antialias=True)[0].clamp(0, 1)

@@ -7,23 +7,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from compressor.config import TrainConfig
 from compressor.data import ContentCrops, resolve_images, sample_content_paths
-from compressor.distill import TrainConfig, make_objective, train, transformer_objective
-from compressor.models import (
-    AdaINNet,
-    STNSpec,
-    TransformerNet,
-    TransformerNetSpec,
-    build_model,
-    load_adain,
-    load_fast_neural_style,
-    load_model,
-    load_vgg19,
-    parse_spec,
-    save_model,
-)
-from compressor.models.checkpoint import init_adain_encoder_from_vgg
-from compressor.models.vgg import VGG19LossNet
+from compressor.distill import make_objective, prepare_run, train
+from compressor.models import STNSpec, TransformerNetSpec, create_model, get_family, load_any, parse_spec, save_model
+from compressor.stylize import stylize_files
 
 
 def train_transformer(
@@ -32,36 +20,26 @@ def train_transformer(
     content: str,
     out_dir: str | Path,
     config: TrainConfig,
-    vgg: VGG19LossNet,
+    vgg: nn.Module,
     stn: bool = False,
     resume: bool = False,
     progress: bool = True,
 ) -> list[dict[str, float]]:
     """Train a fresh TransformerNet towards a style's Gram matrices and save it to ``out_dir``."""
-    model = TransformerNet(TransformerNetSpec(style=style_name, stn=STNSpec() if stn else None))
+    model = create_model(TransformerNetSpec(style=style_name, stn=STNSpec() if stn else None))
     data = ContentCrops(resolve_images(content, "train"), config.crop)
     meta = {"style": style_name, "loss_network": vgg.weights_source}
-    return train(model, transformer_objective(config, vgg, grams), data, config, out_dir, resume, meta, progress)
-
-
-def load_any(path: str | Path, adain_decoder: str | Path | None = None) -> nn.Module:
-    """A model folder, a pytorch/examples fast_neural_style ``.pth``, or AdaIN ``vgg_normalised.pth`` + decoder."""
-    path = Path(path)
-    if path.is_dir():
-        return load_model(path)
-    if adain_decoder is not None:
-        return load_adain(path, adain_decoder)
-    if path.suffix in (".pth", ".pt", ".safetensors"):
-        return load_fast_neural_style(path)
-    raise FileNotFoundError(f"{path}: not a model folder (spec.json + weights.safetensors) or a .pth checkpoint")
+    run = prepare_run(vgg, grams=grams)
+    objective = make_objective(model, None, config, run.vgg, run.grams)
+    return train(model, objective, data, config, out_dir, resume, meta, progress, device=run.device)
 
 
 def model_stage(ctx) -> None:
     """Recipe stage ``model``: write the teacher to ``teacher/``.
 
-    VGG19 teachers are the reference loss network itself; AdaIN teachers get
-    their encoder from it (and train only the decoder); TransformerNets train
-    from scratch when ``model.train`` is set.
+    A fresh teacher comes from its family's ``teacher`` hook (VGG19: the
+    reference loss network itself; AdaIN: its encoder from it, only the
+    decoder trains); it trains from scratch when ``model.train`` is set.
     """
     stage = ctx.recipe.model
     out = ctx.stage_dir("model")
@@ -70,34 +48,27 @@ def model_stage(ctx) -> None:
         save_model(model, out, meta={"source": stage.path})
         write_previews(model, out / "samples", style=ctx.style_image)
         return
+    family = get_family(stage.family)
     spec = parse_spec({"family": stage.family, "style": Path(str(ctx.recipe.style)).stem, **stage.spec})
     meta = {"style": ctx.recipe.style, "loss_network": ctx.loss_network.weights_source}
-    if stage.family == "vgg19":
-        model = load_vgg19(ctx.recipe.loss_network, spec, allow_fallback=ctx.recipe.allow_random_loss_network)
-        save_model(model, out, meta={**meta, "source": model.weights_source})
-        return
-    model = build_model(spec)
-    if isinstance(model, AdaINNet):
-        init_adain_encoder_from_vgg(model, ctx.loss_network)
-        model.encoder.requires_grad_(False)
+    model, source = family.teacher(spec, ctx.loss_network, ctx.recipe.loss_network,
+                                   ctx.recipe.allow_random_loss_network)
     if stage.train is not None:
         data = ContentCrops(resolve_images(ctx.recipe.content, "train"), stage.train.crop)
-        objective = make_objective(model, None, stage.train, ctx.loss_network, ctx.style_grams)
-        train(model, objective, data, stage.train, out, resume=ctx.resume, meta=meta, progress=ctx.progress)
+        run = prepare_run(ctx.loss_network, grams=ctx.style_grams)
+        objective = make_objective(model, None, stage.train, run.vgg, run.grams)
+        train(model, objective, data, stage.train, out, resume=ctx.resume, meta=meta, progress=ctx.progress,
+              device=run.device)
     else:
-        save_model(model, out, meta={**meta, "source": "random init"})
+        save_model(model, out, meta={**meta, "source": source})
     write_previews(model, out / "samples", style=ctx.style_image)
 
 
 def write_previews(model: nn.Module, out: Path, style: torch.Tensor, size: int = 256) -> list[Path]:
-    """Stylise the held-out sample photos so a person can look at what a model does."""
-    from compressor.stylize import stylize_files
-
-    model.eval()
-    if isinstance(model, AdaINNet):
-        stylizer = torch.no_grad()(lambda batch: model(batch, style.expand(batch.shape[0], -1, -1, -1)))
-    elif isinstance(model, TransformerNet):
-        stylizer = torch.no_grad()(model)
-    else:
+    """Stylise the held-out sample photos so a person can look at what a model does (loss networks: nothing)."""
+    family = get_family(model)
+    if family.role == "loss_network":
         return []
+    model.eval()
+    stylizer = family.stylizer(model, style)
     return stylize_files(stylizer, sample_content_paths("eval"), out, size=size, progress=False)

@@ -35,7 +35,8 @@ from torch.overrides import TorchFunctionMode
 from tqdm import tqdm
 
 from compressor.data import ImageError, to_rgb
-from compressor.models.adain import mean_std
+from compressor.io import atomic_write
+from compressor.losses import mean_std
 
 # Functions returning normalisation statistics; frozen while tiling, like F.instance_norm's.
 STATISTIC_FUNCTIONS = (mean_std,)
@@ -471,8 +472,6 @@ def read_rgb(path: str | Path) -> Image.Image:
 
 def save_pixels(pixels: np.ndarray, path: str | Path) -> Path:
     """Write a (h, w, 3) uint8 array atomically, in the format the suffix names."""
-    from compressor.models.checkpoint import atomic_write
-
     path = Path(path)
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:

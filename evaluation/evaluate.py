@@ -9,24 +9,24 @@ A variant that fails (e.g. an artifact whose runtime is missing) gets an
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import logging
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
+from compressor.config import EvaluateStage
 from compressor.data import load_image, save_image
+from compressor.images import center_square, resize
 from compressor.losses import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, style_grams
-from compressor.models.vgg import VGG19LossNet
-from compressor.recipe import EvaluateStage
+from compressor.models import create_model, get_family
+from evaluation import lossnet
 from evaluation.latency import machine_info, measure_latency
 from evaluation.memory import peak_rss
 from evaluation.metrics import degradation_pct, fidelity, layer_widths, params_and_macs, perceptual_losses
-from evaluation.variants import CORE_ML_NOTE, Variant, size_on_disk
+from evaluation.variants import Variant, size_on_disk
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -34,12 +34,7 @@ SCHEMA_VERSION = 1
 
 def square_image(path: Path, size: int) -> torch.Tensor:
     """Centre square crop resized to ``size``: every runtime, fixed-shape artifacts included, sees the same input."""
-    img = load_image(path)
-    _, h, w = img.shape
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    crop = img[:, top : top + side, left : left + side].unsqueeze(0)
-    return F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True).clamp(0, 1)
+    return center_square(load_image(path).unsqueeze(0), size)
 
 
 def slug(name: str) -> str:
@@ -57,7 +52,7 @@ def artifact_size(variant: Variant) -> int | None:
 
 def evaluate(
     variants: list[Variant],
-    vgg: VGG19LossNet,
+    vgg: torch.nn.Module,
     style_image: torch.Tensor,
     image_paths: list[Path],
     settings: EvaluateStage,
@@ -117,12 +112,10 @@ def _describe(variant: Variant, settings: EvaluateStage, style: torch.Tensor) ->
     model = variant.model
     source_spec = (variant.manifest.get("source") or {}).get("spec")
     if model is None and source_spec:
-        from compressor.models import build_model, parse_spec
-
-        model = build_model(parse_spec(source_spec))  # architecture only: params and MACs need no weights
+        model = create_model(source_spec)  # architecture only: params and MACs need no weights
     if model is not None:
         x = torch.rand(1, 3, settings.size, settings.size)
-        example = (x, style) if variant.family == "adain" else (x,)
+        example = get_family(model).inputs(x, style)
         row["params"], row["macs"] = params_and_macs(model, example)
         row["macs_at_size"] = settings.size
         row["widths"] = layer_widths(model.current_spec())
@@ -136,18 +129,16 @@ def _quality(variants, rows, images, image_paths, vgg, grams, style, settings, w
     bar = tqdm(total=total, desc="quality", disable=not progress, leave=False)
     for variant, row in zip(variants, rows):
         outs = None
-        if variant.family == "vgg19":
+        if variant.role == "loss_network":
             row["quality"]["note"] = "loss-network variant: judged by rank correlation of losses"
         elif not variant.measurable:
-            row["quality"]["note"] = CORE_ML_NOTE
+            row["quality"]["note"] = variant.not_measurable_note
         else:
             try:
                 run = variant.runner(style, settings.threads)
                 with torch.no_grad():
                     outs = [run(_fit(variant, img)).float() for img in images]
-                outs = [F.interpolate(o, size=img.shape[-2:], mode="bilinear") if o.shape != img.shape else o
-                        for o, img in zip(outs, images)]
-                outs = [o.clamp(0, 1) for o in outs]
+                outs = [resize(o.clamp(0, 1), img.shape[-2:]) for o, img in zip(outs, images)]
             except Exception as exc:  # one broken artifact must not hide the others
                 row["errors"].append(f"inference: {type(exc).__name__}: {exc}")
                 outs = None
@@ -187,7 +178,7 @@ def _fit(variant: Variant, img: torch.Tensor) -> torch.Tensor:
     """Resize to a fixed-shape artifact's input size when it differs from the evaluation size."""
     size = artifact_size(variant)
     if size and img.shape[-1] != size:
-        return F.interpolate(img, size=(size, size), mode="bilinear", antialias=True)
+        return resize(img, (size, size))
     return img
 
 
@@ -200,11 +191,11 @@ def _latency(variants, rows, style, settings: EvaluateStage, progress: bool) -> 
     """Round-robin timing of all runnable variants at each latency size; the first size fills ``latency_ms``."""
     for size in settings.latency_sizes:
         x = torch.rand(1, 3, size, size)
-        st = F.interpolate(style, size=(size, size), mode="bilinear", antialias=True)
+        st = resize(style, (size, size))
         calls = {}
         for i, (variant, row) in enumerate(zip(variants, rows)):
             if not variant.measurable:
-                row["latency_ms"][variant.runtime] = {"p50": None, "p90": None, "note": CORE_ML_NOTE}
+                row["latency_ms"][variant.runtime] = {"p50": None, "p90": None, "note": variant.not_measurable_note}
                 continue
             fixed = artifact_size(variant)
             if fixed and fixed != size:
@@ -220,7 +211,7 @@ def _latency(variants, rows, style, settings: EvaluateStage, progress: bool) -> 
         stats = measure_latency(calls, runs=settings.latency_runs, warmup=settings.warmup, progress=progress)
         for i, stat in stats.items():
             variant, row = variants[i], rows[i]
-            entry = stat | {"size": size, "threads": variant.threads_note(settings.threads)}
+            entry = stat | {"size": size, "threads": settings.threads}
             row["latency_sweep"].append(entry | {"runtime": variant.runtime})
             row["latency_ms"].setdefault(variant.runtime, entry)
 
@@ -242,15 +233,8 @@ def _memory(variants, rows, settings: EvaluateStage, style_path: Path | None, pr
 
 
 def _lossnet(variants, rows, vgg) -> None:
-    """Loss-network (VGG19) variants: Spearman rank correlation of their losses vs the reference VGG19's.
-
-    Delegated to evaluation/lossnet.py, when that module exists.
-    """
-    targets = [(v, r) for v, r in zip(variants, rows) if v.family == "vgg19" and v.model is not None]
-    if not targets or importlib.util.find_spec("evaluation.lossnet") is None:
-        return
-    from evaluation import lossnet
-
+    """Loss-network variants: Spearman rank correlation of their losses vs the reference VGG19's."""
+    targets = [(v, r) for v, r in zip(variants, rows) if v.role == "loss_network" and v.model is not None]
     for variant, row in targets:
         try:
             row["quality"]["spearman"] = lossnet.loss_rank_correlation(variant.model, vgg)

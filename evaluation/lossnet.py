@@ -19,6 +19,7 @@ from scipy.stats import spearmanr
 
 from compressor.data import load_image, sample_content_paths, sample_style_path
 from compressor.gatys import GatysConfig, stylize_gatys
+from compressor.images import crop_resize
 from compressor.losses import (
     DEFAULT_CONTENT_LAYERS,
     DEFAULT_STYLE_LAYERS,
@@ -27,7 +28,7 @@ from compressor.losses import (
     gram_matrix,
     style_grams,
 )
-from compressor.models.vgg import VGG19LossNet
+from compressor.models import VGG19LossNet
 
 
 def loss_views(size: int = 128, seed: int = 0) -> torch.Tensor:
@@ -44,21 +45,16 @@ def loss_views(size: int = 128, seed: int = 0) -> torch.Tensor:
         img = load_image(path, size=2 * size).unsqueeze(0)
         h, w = img.shape[-2:]
         side = min(h, w)
-        views.append(_crop(img, (h - side) // 2, (w - side) // 2, side, size))
+        views.append(crop_resize(img, (h - side) // 2, (w - side) // 2, side, size))
         for flip in (False, True):
             crop_side = int(side * (0.4 + 0.4 * torch.rand(1, generator=gen).item()))
             top = int(torch.randint(0, h - crop_side + 1, (1,), generator=gen))
             left = int(torch.randint(0, w - crop_side + 1, (1,), generator=gen))
-            crop = _crop(img, top, left, crop_side, size)
+            crop = crop_resize(img, top, left, crop_side, size)
             views.append(crop.flip(-1) if flip else crop)
         views.append(F.avg_pool2d(views[-3], 5, stride=1, padding=2, count_include_pad=False))
         views.append((views[-4] + 0.08 * torch.randn(views[-4].shape, generator=gen)).clamp(0, 1))
     return torch.cat(views)
-
-
-def _crop(img: torch.Tensor, top: int, left: int, side: int, size: int) -> torch.Tensor:
-    patch = img[..., top : top + side, left : left + side]
-    return F.interpolate(patch, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
 
 
 @torch.no_grad()

@@ -61,11 +61,9 @@ def _child(target: str, size: int, threads: int, style_path: str | None) -> dict
     import torch
 
     from compressor.data import load_image
-    from evaluation.variants import ARTIFACT_RUNTIMES, load_variant
+    from evaluation.variants import load_variant  # imports exports.runtime: counted in the baseline
 
     torch.set_num_threads(threads)
-    if Path(target).suffix in ARTIFACT_RUNTIMES:
-        import exports.runtime  # noqa: F401  (count the runtime's import in the baseline)
     style = load_image(style_path, size=size).unsqueeze(0) if style_path else torch.rand(1, 3, size, size)
     x = torch.rand(1, 3, size, size)
     reset = _reset_peak()

@@ -11,15 +11,15 @@ import math
 
 import torch
 from torch import nn
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.functional.image import structural_similarity_index_measure
 
-from compressor.losses import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, content_loss, style_loss
-from compressor.models.vgg import VGG19LossNet
+from compressor.losses import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, content_loss, psnr, style_loss
+from compressor.models import get_family
 
 
 @torch.no_grad()
 def perceptual_losses(
-    vgg: VGG19LossNet, output: torch.Tensor, content: torch.Tensor, grams: dict[str, torch.Tensor]
+    vgg: nn.Module, output: torch.Tensor, content: torch.Tensor, grams: dict[str, torch.Tensor]
 ) -> dict[str, float]:
     """Style loss vs the style's Grams and content loss vs the content image, both judged by ``vgg``."""
     feats = vgg(output)
@@ -36,9 +36,9 @@ def fidelity(output: torch.Tensor, reference: torch.Tensor) -> dict[str, float |
 
     Identical images have infinite PSNR; JSON cannot hold that, so it is None.
     """
-    psnr = float(peak_signal_noise_ratio(output, reference, data_range=1.0))
+    value = psnr(output, reference)
     ssim = float(structural_similarity_index_measure(output, reference, data_range=1.0))
-    return {"psnr_vs_teacher": psnr if math.isfinite(psnr) else None, "ssim_vs_teacher": ssim}
+    return {"psnr_vs_teacher": value if math.isfinite(value) else None, "ssim_vs_teacher": ssim}
 
 
 def degradation_pct(value: float, reference: float) -> float:
@@ -58,16 +58,4 @@ def params_and_macs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> tupl
 
 def layer_widths(spec) -> dict[str, int]:
     """Per-layer output channels of a spec, in network order (for the width plot of pruned variants)."""
-    from compressor.models.spec import VGG19_CONV_NAMES
-
-    family = spec.family
-    if family == "transformer_net":
-        widths = {"conv1": spec.conv1, "conv2": spec.conv2, "trunk": spec.trunk}
-        widths |= {f"res{i}.inner": w for i, w in enumerate(spec.res_inner, start=1)}
-        return widths | {"deconv1": spec.deconv1, "deconv2": spec.deconv2}
-    if family == "vgg19":
-        return {f"conv{name}": w for name, w in zip(VGG19_CONV_NAMES, spec.widths)}
-    if family == "adain":
-        enc = {f"enc{i}": w for i, w in enumerate(spec.encoder, start=1)}
-        return enc | {f"dec{i}": w for i, w in enumerate(spec.decoder, start=1)}
-    raise ValueError(f"unknown model family {family!r}")
+    return get_family(spec).layer_widths(spec)

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from compressor.models.checkpoint import atomic_write
+from compressor.io import write_json, write_text
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 
@@ -45,15 +45,15 @@ def write_reports(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     validate(report)
     out_dir = Path(out_dir)
     paths = {name: out_dir / f"report.{name}" for name in ("json", "md", "html")}
-    atomic_write(paths["json"], lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
+    write_json(paths["json"], report)
     render(report, out_dir)
     return paths
 
 
 def render(report: dict[str, Any], out_dir: Path) -> None:
     """(Re-)write report.md and report.html from a report dict."""
-    atomic_write(Path(out_dir) / "report.md", lambda p: p.write_text(markdown(report)))
-    atomic_write(Path(out_dir) / "report.html", lambda p: p.write_text(to_html(report)))
+    write_text(Path(out_dir) / "report.md", markdown(report))
+    write_text(Path(out_dir) / "report.html", to_html(report))
 
 
 # ---------------------------------------------------------------- formatting

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
+from compressor.config import EvaluateStage
 from compressor.data import load_image, resolve_images, resolve_style
-from compressor.models.vgg import VGG19LossNet
-from compressor.recipe import EvaluateStage
 from evaluation.evaluate import evaluate
 from evaluation.report import write_reports
 from evaluation.variants import discover, load_variant
@@ -38,7 +39,7 @@ def evaluate_stage(ctx) -> dict[str, Any]:
 def evaluate_paths(
     targets: list[str | Path],
     teacher: str | Path,
-    vgg: VGG19LossNet,
+    vgg: nn.Module,
     out_dir: Path,
     style: str = "starry_night",
     images: str = "samples",

@@ -2,14 +2,12 @@
 
 A variant is anything that maps a content image to a stylised one (or, for a
 VGG19 loss-network variant, to features). Torch variants are model folders
-(``spec.json`` + weights); artifacts are ``.onnx`` / ``.tflite`` / Core ML
-files with a JSON manifest beside them, run through ``exports.runtime``.
+(``spec.json`` + weights); artifacts are files with a JSON manifest beside
+them, run on the runtime the manifest names (``exports.backends``).
 """
 
 from __future__ import annotations
 
-import inspect
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +17,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from compressor.io import path_size
+from compressor.models import get_family, load_any
 from compressor.models.checkpoint import SPEC_FILE, WEIGHTS_FILE
+from exports.backends import backend_for_artifact, get_backend
+from exports.manifest import manifest_path, read_manifest
+from exports.runtime import load_runner
 
-ARTIFACT_RUNTIMES = {".onnx": "onnxruntime", ".tflite": "litert", ".mlpackage": "coreml", ".mlmodel": "coreml"}
 MODEL_FOLDERS = ("teacher", "pruned", "distilled", "quantized")
 ARTIFACT_FOLDERS = ("quantized", "exports")
-CORE_ML_NOTE = "not measurable on Linux (Core ML predictions need macOS)"
 
 
 @dataclass
@@ -44,32 +45,27 @@ class Variant:
         return self.model is None
 
     @property
+    def role(self) -> str | None:
+        """The family's role (``loss_network`` variants are judged by loss ranking, not by their images)."""
+        return get_family(self.family).role if self.family else None
+
+    @property
     def measurable(self) -> bool:
-        """Core ML predictions need macOS; everything else runs here."""
-        return not (self.runtime == "coreml" and sys.platform != "darwin")
+        """Whether this machine can run the variant (Core ML predictions need macOS)."""
+        return self.model is not None or get_backend(self.runtime).can_run()
+
+    @property
+    def not_measurable_note(self) -> str:
+        return f"not measurable here: {self.runtime} predictions {get_backend(self.runtime).cannot_run_note}"
 
     def runner(self, style: torch.Tensor | None, threads: int) -> Callable[[torch.Tensor], Any]:
         """A callable mapping a (1, 3, H, W) tensor to the variant's output (tensor, or dict of VGG features)."""
+        inputs = get_family(self.family).inputs if self.family else lambda x, style: (x,)  # foreign: one input
         if self.model is not None:
             model = self.model.eval()
-            if self.family == "adain":
-                return lambda x: model(x, style)
-            return model
-        from exports.runtime import load_runner
-
-        params = inspect.signature(load_runner).parameters
-        run = load_runner(self.path, threads=threads) if "threads" in params else load_runner(self.path)
-        inputs = (style.numpy(),) if self.family == "adain" else ()
-        return lambda x: _to_torch(run(x.numpy(), *inputs))
-
-    def threads_note(self, threads: int) -> int | str:
-        """The thread count this variant actually ran with (artifacts: only if the runtime accepts it)."""
-        if self.model is not None:
-            return threads
-        from exports.runtime import load_runner
-
-        return threads if "threads" in inspect.signature(load_runner).parameters else "runtime default"
-
+            return lambda x: model(*inputs(x, style))
+        run = load_runner(self.path, threads=threads)
+        return lambda x: _to_torch(run(*(t.numpy() for t in inputs(x, style))))
 
 def _to_torch(output: Any) -> Any:
     """Runner output (an array, or a dict of arrays for multi-output graphs such as VGG taps) as tensors."""
@@ -80,26 +76,23 @@ def _to_torch(output: Any) -> Any:
 
 def size_on_disk(path: Path) -> int:
     """Bytes of a file, of a model folder's spec + weights (not its training checkpoint), or of a bundle."""
-    if path.is_file():
-        return path.stat().st_size
     if (path / SPEC_FILE).is_file():
         return sum((path / name).stat().st_size for name in (SPEC_FILE, WEIGHTS_FILE))
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return path_size(path)
 
 
 def artifact_variant(path: Path, name: str | None = None) -> Variant:
-    """An exported artifact; its manifest (``<file>.manifest.json``, written by exports) tells family and shape."""
-    from exports.manifest import manifest_path, read_manifest
-
+    """An exported artifact; its manifest (``<file>.manifest.json``) tells its runtime, family and shape."""
     manifest = read_manifest(path) or {}
     family = ((manifest.get("source") or {}).get("spec") or {}).get("family")
-    return Variant(name=name or path.name, path=path, runtime=ARTIFACT_RUNTIMES[path.suffix], family=family,
+    backend = backend_for_artifact(path, manifest)
+    if backend is None:
+        raise ValueError(f"{path}: not an artifact of a known runtime")
+    return Variant(name=name or path.name, path=path, runtime=backend.runtime, family=family,
                    manifest=manifest, manifest_path=manifest_path(path) if manifest else None)
 
 
 def torch_variant(name: str, folder: Path) -> Variant:
-    from compressor.teacher import load_any
-
     model = load_any(folder)
     family = getattr(getattr(model, "spec", None), "family", None)
     return Variant(name=name, path=Path(folder), runtime="torch", family=family, model=model)
@@ -127,8 +120,8 @@ def discover(run_dir: Path) -> tuple[list[Variant], list[dict[str, str]]]:
         if not root.is_dir():
             continue
         for path in sorted(root.rglob("*")):
-            inside_bundle = any(p.suffix == ".mlpackage" for p in path.relative_to(root).parents)
-            if path.suffix in ARTIFACT_RUNTIMES and not path.name.startswith(".") and not inside_bundle:
+            inside_bundle = any(read_manifest(root / p) for p in path.relative_to(root).parents if p.name)
+            if read_manifest(path) is not None and not path.name.startswith(".") and not inside_bundle:
                 add(lambda path=path: artifact_variant(path, f"{folder}/{path.relative_to(root)}"), path)
     return found, skipped
 
@@ -138,6 +131,6 @@ def load_variant(target: str | Path) -> Variant:
     path = Path(target)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such model folder or artifact")
-    if path.suffix in ARTIFACT_RUNTIMES:
+    if backend_for_artifact(path, read_manifest(path)) is not None:
         return artifact_variant(path)
     return torch_variant(path.name or str(path), path)

@@ -1,21 +1,14 @@
-"""What every exporter shares: I/O naming, the layout wrapper, example inputs, atomic output, clear errors."""
+"""What every exporter shares: I/O naming, the layout wrapper, example inputs, clear errors."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from compressor.models import AdaINNet, TransformerNet, VGG19LossNet
+from compressor.models import get_family
 
-FORMAT_SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage"}
 LAYOUTS = ("nchw", "nhwc")
 
 
@@ -28,15 +21,11 @@ class ParityError(ExportError):
 
 
 def io_names(model: nn.Module) -> tuple[list[str], list[str]]:
-    """Input and output names of the exported graph (VGG19 outputs are named by tap)."""
-    if isinstance(model, TransformerNet):
-        return ["image"], ["stylized"]
-    if isinstance(model, AdaINNet):
-        return ["content", "style"], ["stylized"]
-    if isinstance(model, VGG19LossNet):
-        order = [n for n in model.layer_names if n in set(model.spec.taps)]
-        return ["image"], order
-    raise ExportError(f"cannot export {type(model).__name__}: not a TransformerNet, AdaINNet or VGG19LossNet")
+    """Input and output names of the exported graph, as the model's family declares them."""
+    try:
+        return get_family(model).io_names(model)
+    except TypeError as exc:
+        raise ExportError(f"cannot export {type(model).__name__}: {exc}") from None
 
 
 class ExportWrapper(nn.Module):
@@ -66,23 +55,6 @@ def example_inputs(model: nn.Module, size: tuple[int, int], layout: str = "nchw"
     gen = torch.Generator().manual_seed(0)
     shape = (1, 3, *size) if layout == "nchw" else (1, *size, 3)
     return tuple(torch.rand(shape, generator=gen) for _ in io_names(model)[0])
-
-
-@contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path`` (file or folder) and rename it into place only on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
-    try:
-        yield tmp
-        if not tmp.exists():
-            raise ExportError(f"{path}: the converter wrote nothing")
-        if path.is_dir():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
 _OP_PATTERNS = (

@@ -8,16 +8,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from compressor.models.checkpoint import atomic_write
+from compressor.io import write_json
 
-# Distributions whose versions matter for each format (converter + runtime).
-FORMAT_PACKAGES = {
-    "onnx": ("torch", "onnx", "onnxslim", "onnxruntime"),
-    "tflite": ("torch", "litert-torch", "ai-edge-quantizer", "ai-edge-litert"),
-    "coreml": ("torch", "coremltools"),
-}
 REQUIRED_KEYS = (
-    "format", "precision", "artifact", "source", "style", "inputs", "outputs", "layout",
+    "format", "runtime", "precision", "artifact", "source", "style", "inputs", "outputs", "layout",
     "versions", "rewrites", "parity",
 )
 
@@ -27,9 +21,10 @@ def manifest_path(artifact: str | Path) -> Path:
     return artifact.with_name(artifact.name + ".manifest.json")
 
 
-def versions(fmt: str) -> dict[str, str]:
+def versions(packages: tuple[str, ...]) -> dict[str, str]:
+    """Python, platform and the versions of ``packages`` (a backend's converter and runtime distributions)."""
     found = {"python": platform.python_version(), "platform": platform.platform()}
-    for dist in FORMAT_PACKAGES[fmt]:
+    for dist in packages:
         try:
             found[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -42,7 +37,7 @@ def write_manifest(artifact: str | Path, manifest: dict[str, Any]) -> Path:
     if missing:
         raise ValueError(f"manifest for {artifact} lacks {missing}")
     path = manifest_path(artifact)
-    atomic_write(path, lambda p: p.write_text(json.dumps(manifest, indent=2) + "\n"))
+    write_json(path, manifest)
     return path
 
 

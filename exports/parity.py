@@ -6,10 +6,11 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from compressor.data import load_image, sample_content_paths, sample_style_path
+from compressor.images import resize
+from compressor.losses import psnr
 from exports.common import io_names
 
 # Minimum PSNR (dB) per precision; the quantization stage adds its own entries (e.g. "int8").
@@ -20,8 +21,7 @@ PSNR_CAP_DB = 200.0  # identical outputs: report a finite number so the manifest
 def parity_inputs(model: nn.Module, size: tuple[int, int]) -> list[tuple[str, tuple[torch.Tensor, ...]]]:
     """(label, NCHW inputs) per bundled eval image, resized to the export size; AdaIN gets the bundled style too."""
     def resized(path) -> torch.Tensor:
-        return F.interpolate(load_image(path).unsqueeze(0), size=size, mode="bilinear", antialias=True,
-                             align_corners=False).clamp(0, 1)
+        return resize(load_image(path).unsqueeze(0), size)
 
     extra = (resized(sample_style_path("starry_night")),) if len(io_names(model)[0]) == 2 else ()
     return [(p.name, (resized(p), *extra)) for p in sample_content_paths("eval")]
@@ -61,8 +61,8 @@ def parity(
             if r.shape != g.shape:
                 raise ValueError(f"output {name}: artifact shape {g.shape} vs PyTorch {r.shape}")
             peak = 1.0 if name == "stylized" else float(r.max() - r.min()) or 1.0
-            mse = float(np.mean((r.astype(np.float64) - g) ** 2))
-            psnrs.append(min(PSNR_CAP_DB, 10 * math.log10(peak**2 / mse)) if mse > 0 else PSNR_CAP_DB)
+            value = psnr(torch.from_numpy(np.asarray(g, np.float64)), torch.from_numpy(r.astype(np.float64)), peak)
+            psnrs.append(min(PSNR_CAP_DB, value))
             max_abs = max(max_abs, float(np.abs(r - g).max()))
             ref_range = [min(ref_range[0], float(r.min())), max(ref_range[1], float(r.max()))]
         per_image.append({"image": label, "psnr_db": round(min(psnrs), 2)})

@@ -5,8 +5,9 @@ graph splits into many partitions. ``slice_pad`` rebuilds reflection padding
 from single-row/column slices and a concat, which XNNPACK delegates, and which
 copies the same values: the rewritten module is checked bit-for-bit against
 the original before any conversion. ``concat_upsample`` does the same for
-nearest x2 upsampling (no RESIZE_NEAREST_NEIGHBOR in XNNPACK either), and
-``explicit_grid`` for the spatial transformer's grid under Core ML.
+nearest x2 upsampling (no RESIZE_NEAREST_NEIGHBOR in XNNPACK either). Families
+declare rewrites of their own module classes (TransformerNet's ``explicit_grid``
+for the spatial transformer's grid under Core ML).
 
 ``explicit_instance_norm`` writes InstanceNorm2d as mean / variance / rsqrt over
 H, W. The converter lowers ``aten.instance_norm`` through NCHW<->NHWC
@@ -26,23 +27,14 @@ zeros, so the values are the same; 1.2x the MACs run about 3x faster (512 px,
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.models.transformer_net import SpatialTransformer, UpsampleConvLayer
+from compressor.models import families, get_family
+from compressor.models.registry import replace_modules
 from exports.common import ExportError
-
-
-def replace_modules(model: nn.Module, make: Callable[[nn.Module], nn.Module | None]) -> int:
-    """Swap every submodule for which ``make`` returns a replacement (in place); returns how many."""
-    swaps = [(name, new) for name, m in model.named_modules() if name and (new := make(m)) is not None]
-    for name, new in swaps:
-        parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), attr, new)
-    return len(swaps)
 
 
 def _reflect(x: torch.Tensor, dim: int, before: int, after: int) -> torch.Tensor:
@@ -69,35 +61,6 @@ class SlicePad2d(nn.Module):
 def slice_pad(model: nn.Module) -> int:
     """Replace every ReflectionPad2d in ``model`` (in place); returns how many."""
     return replace_modules(model, lambda m: SlicePad2d(tuple(m.padding)) if isinstance(m, nn.ReflectionPad2d) else None)
-
-
-def _linspace(steps: int) -> torch.Tensor:
-    return torch.linspace(-1, 1, steps) * (steps - 1) / steps  # align_corners=False, as aten computes it
-
-
-class ExplicitGridSTN(nn.Module):
-    """SpatialTransformer with the affine grid computed as aten does (base grid @ theta^T), as a plain tensor.
-
-    coremltools fuses affine_grid + grid_sample into an ``affine`` op that has
-    no border padding; given an explicit grid it emits ``resample``, which has.
-    """
-
-    def __init__(self, stn: nn.Module):
-        super().__init__()
-        self.localization = stn.localization
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, h, w = (int(d) for d in (x.shape[0], x.shape[2], x.shape[3]))  # fixed-shape export: constants
-        theta = self.localization(x).view(-1, 2, 3)
-        xs, ys = _linspace(w).expand(h, w), _linspace(h).unsqueeze(-1).expand(h, w)
-        base = torch.stack([xs, ys, torch.ones(h, w)], -1).expand(n, h, w, 3)
-        grid = base.reshape(n, h * w, 3).bmm(theta.transpose(1, 2)).view(n, h, w, 2)
-        return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
-
-
-def explicit_grid(model: nn.Module) -> int:
-    """Replace every SpatialTransformer in ``model`` (in place) by ExplicitGridSTN; returns how many."""
-    return replace_modules(model, lambda m: ExplicitGridSTN(m) if isinstance(m, SpatialTransformer) else None)
 
 
 class ExplicitInstanceNorm2d(nn.Module):
@@ -173,29 +136,15 @@ class ConcatUpsample2x(nn.Module):
         return _repeat2(_repeat2(x, -1), -2)
 
 
-class _UpsampleThenConv(nn.Module):
-    def __init__(self, layer: UpsampleConvLayer):
-        super().__init__()
-        self.upsample, self.reflection_pad, self.conv2d = ConcatUpsample2x(), layer.reflection_pad, layer.conv2d
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2d(self.reflection_pad(self.upsample(x)))
-
-
 def concat_upsample(model: nn.Module) -> int:
-    """Replace nearest x2 upsampling (nn.Upsample, TransformerNet's UpsampleConvLayer) in place; returns how many."""
-
-    def make(m: nn.Module) -> nn.Module | None:
-        if isinstance(m, nn.Upsample) and m.mode == "nearest" and m.scale_factor in (2, 2.0, (2.0, 2.0)):
-            return ConcatUpsample2x()
-        if isinstance(m, UpsampleConvLayer) and m.upsample == 2:
-            return _UpsampleThenConv(m)
-        return None
-
-    return replace_modules(model, make)
+    """Replace nearest x2 ``nn.Upsample`` modules in place; returns how many."""
+    return replace_modules(model, lambda m: ConcatUpsample2x() if isinstance(m, nn.Upsample) and m.mode == "nearest"
+                           and m.scale_factor in (2, 2.0, (2.0, 2.0)) else None)
 
 
-REWRITES = {"slice_pad": slice_pad, "concat_upsample": concat_upsample, "explicit_grid": explicit_grid,
+# Generic rewrites, keyed on torch module types. Families add their own (``Family.rewrites``, e.g. TransformerNet's
+# ``explicit_grid`` for its spatial transformer) and extra names per format (``Family.format_rewrites``).
+REWRITES = {"slice_pad": slice_pad, "concat_upsample": concat_upsample,
             "explicit_instance_norm": explicit_instance_norm, "subpixel_output_conv": subpixel_output_conv}
 # Rewrites that reorder float arithmetic: checked with this absolute/relative tolerance instead of bit-for-bit.
 TOLERANCE = {"explicit_instance_norm": 1e-4, "subpixel_output_conv": 1e-4}
@@ -204,8 +153,20 @@ TOLERANCE = {"explicit_instance_norm": 1e-4, "subpixel_output_conv": 1e-4}
 FORMAT_REWRITES: dict[str, tuple[str, ...]] = {
     "onnx": ("subpixel_output_conv",),
     "tflite": ("slice_pad", "concat_upsample", "explicit_instance_norm", "subpixel_output_conv"),
-    "coreml": ("explicit_grid",),
+    "coreml": (),
 }
+
+
+def format_rewrites(model: nn.Module, fmt: str) -> tuple[str, ...]:
+    """The rewrites ``model`` gets for ``fmt``: the format's generic ones, then its family's extras."""
+    extra = get_family(model).format_rewrites.get(fmt, ())
+    return FORMAT_REWRITES[fmt] + tuple(n for n in extra if n not in FORMAT_REWRITES[fmt])
+
+
+def _rewrite(model: nn.Module, name: str) -> int:
+    """Apply rewrite ``name``: the generic one and the model's family's one, whichever exist."""
+    fns = [REWRITES.get(name), get_family(model).rewrites.get(name)]
+    return sum(fn(model) for fn in fns if fn is not None)
 
 
 def apply_rewrites(
@@ -215,13 +176,14 @@ def apply_rewrites(
 
     Raises unless the outputs stay bit-identical, or within ``TOLERANCE`` when a rewrite reorders float sums.
     """
-    unknown = [n for n in names if n not in REWRITES]
+    known = set(REWRITES).union(*(f.rewrites for f in families()))
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ExportError(f"unknown rewrite(s) {unknown}; choose from {sorted(REWRITES)}")
+        raise ExportError(f"unknown rewrite(s) {unknown}; choose from {sorted(known)}")
     if not names:
         return model, []
     rewritten = copy.deepcopy(model).eval()
-    records = [{"name": n, "modules_replaced": REWRITES[n](rewritten)} for n in names]
+    records = [{"name": n, "modules_replaced": _rewrite(rewritten, n)} for n in names]
     with torch.no_grad():
         before, after = model(*inputs), rewritten(*inputs)
     pairs = list(zip(before.values(), after.values()) if isinstance(before, dict) else [(before, after)])

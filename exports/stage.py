@@ -15,20 +15,21 @@ from typing import Any
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from compressor.io import file_sha256
 from compressor.models import load_model
-from compressor.models.checkpoint import WEIGHTS_FILE, file_sha256
-from exports.common import FORMAT_SUFFIX, ExportError, ParityError, example_inputs, io_names
+from compressor.models.checkpoint import WEIGHTS_FILE
+from exports.backends import Backend, backend_for_format
+from exports.common import ExportError, ParityError, example_inputs, io_names
 from exports.manifest import versions, write_manifest
 from exports.parity import parity
-from exports.rewrites import FORMAT_REWRITES, apply_rewrites
+from exports.rewrites import apply_rewrites, format_rewrites
 
 log = logging.getLogger(__name__)
-DEFAULT_PRECISION = {"onnx": "fp32", "tflite": "fp32", "coreml": "fp16"}
 INPUT_RANGE = [0.0, 1.0]
 
 
 def artifact_name(fmt: str, precision: str, layout: str) -> str:
-    return f"model-{precision}{'-nhwc' if layout == 'nhwc' else ''}{FORMAT_SUFFIX[fmt]}"
+    return f"model-{precision}{'-nhwc' if layout == 'nhwc' else ''}{backend_for_format(fmt).suffix}"
 
 
 def _source(model: nn.Module, model_dir: Path | None) -> dict[str, Any]:
@@ -50,36 +51,23 @@ def export_artifact(
     dynamic: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """Convert ``model`` (a module or a model folder) to ``fmt`` in ``out_dir``; returns (artifact, manifest)."""
-    if fmt not in FORMAT_SUFFIX:
-        raise ExportError(f"unknown format {fmt!r}; choose from {', '.join(FORMAT_SUFFIX)}")
+    try:
+        backend = backend_for_format(fmt)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
     model_dir = None
     if not isinstance(model, nn.Module):
         model_dir = Path(model)
         model = load_model(model_dir)
     model = model.eval()
-    precision = precision or DEFAULT_PRECISION[fmt]
+    precision = precision or backend.default_precision
     size = (int(size[0]), int(size[1]))
     path = Path(out_dir) / artifact_name(fmt, precision, layout)
-    rewritten, rewrites = apply_rewrites(model, FORMAT_REWRITES[fmt], example_inputs(model, size))
-    if dynamic and fmt != "onnx":
-        raise ExportError(f"dynamic input size is an ONNX option; {fmt} artifacts have a fixed shape")
+    rewritten, rewrites = apply_rewrites(model, format_rewrites(model, fmt), example_inputs(model, size))
     log.info("exporting %s %s %s -> %s", type(model).__name__, fmt, precision, path)
-    if fmt == "onnx":
-        from exports.onnx_export import export_onnx
-
-        if precision != "fp32":
-            raise ExportError(f"ONNX export is fp32 (got {precision!r}); reduced-precision ONNX comes from quantize")
-        export_onnx(rewritten, path, size, dynamic=dynamic, layout=layout)
-    elif fmt == "tflite":
-        from exports.tflite_export import export_tflite
-
-        export_tflite(rewritten, path, size, precision=precision, layout=layout, rewrites=())
-    else:
-        from exports.coreml_export import export_coreml
-
-        export_coreml(rewritten, path, size, precision=precision, layout=layout)
-    manifest = describe(model, model_dir, fmt, precision, path, size, layout, dynamic, rewrites)
-    manifest["parity"] = verify(model, path, fmt, precision, size, manifest)
+    backend.export(rewritten, path, size, precision=precision, layout=layout, dynamic=dynamic)
+    manifest = describe(model, model_dir, backend, precision, path, size, layout, dynamic, rewrites)
+    manifest["parity"] = verify(model, path, backend, precision, size, manifest)
     write_manifest(path, manifest)
     verdict = manifest["parity"]
     if verdict.get("passed") is False:
@@ -91,15 +79,16 @@ def export_artifact(
     return path, manifest
 
 
-def describe(model: nn.Module, model_dir: Path | None, fmt: str, precision: str, path: Path, size: tuple[int, int],
-             layout: str, dynamic: bool, rewrites: list[dict]) -> dict[str, Any]:
+def describe(model: nn.Module, model_dir: Path | None, backend: Backend, precision: str, path: Path,
+             size: tuple[int, int], layout: str, dynamic: bool, rewrites: list[dict]) -> dict[str, Any]:
     in_names, out_names = io_names(model)
     h, w = ("height", "width") if dynamic else size
     shape = [1, 3, h, w] if layout == "nchw" else [1, h, w, 3]
     image_out = out_names == ["stylized"]
     out_range = "nominally [0, 1]; clamp before saving" if image_out else "unbounded features (ReLU >= 0)"
     return {
-        "format": fmt,
+        "format": backend.format,
+        "runtime": backend.runtime,
         "precision": precision,
         "artifact": path.name,
         "source": _source(model, model_dir),
@@ -110,45 +99,20 @@ def describe(model: nn.Module, model_dir: Path | None, fmt: str, precision: str,
         "outputs": [{"name": n, "dtype": "float32", "layout": layout,
                      "range": out_range}
                     for n in out_names],
-        "versions": versions(fmt),
+        "versions": versions(backend.packages),
         "rewrites": rewrites,
     }
 
 
-def verify(model: nn.Module, path: Path, fmt: str, precision: str, size: tuple[int, int], manifest: dict) -> dict:
-    """Parity on the artifact's runtime; Core ML off macOS gets a structural check instead."""
-    if fmt == "coreml":
-        from exports.coreml_export import PREDICTIONS_ON_LINUX, can_predict, inspect_coreml
-
-        structure = inspect_coreml(path)
-        check_coreml_structure(structure, manifest, precision, path)
-        if not can_predict():
-            return {"runtime": "coremltools (structure only)", "predictions": PREDICTIONS_ON_LINUX,
-                    "structure": structure, "passed": None, "threshold_db": None}
-    from exports.runtime import load_runner
-
-    runner = load_runner(path)
-    runner.layout = manifest["layout"]  # the manifest is written after verification
-    runner.output_names = [o["name"] for o in manifest["outputs"]]
+def verify(model: nn.Module, path: Path, backend: Backend, precision: str, size: tuple[int, int],
+           manifest: dict) -> dict:
+    """Parity on the artifact's runtime; where that cannot run here, the backend's structural check instead."""
+    structure = backend.check_structure(path, manifest, precision) if backend.check_structure else None
+    if not backend.can_run():
+        return {"runtime": f"{backend.runtime} (structure only)", "predictions": backend.cannot_run_note,
+                "structure": structure, "passed": None, "threshold_db": None}
+    runner = backend.runner(path, None, manifest["layout"], manifest)  # the manifest is written after verification
     return parity(model, runner, precision, size)
-
-
-def check_coreml_structure(structure: dict, manifest: dict, precision: str, path: Path) -> None:
-    """The saved spec has the manifest's I/O names and shapes, and weights in the requested precision."""
-    want_in = [(i["name"], i["shape"]) for i in manifest["inputs"]]
-    got_in = [(i["name"], i["shape"]) for i in structure["inputs"]]
-    want_out = [o["name"] for o in manifest["outputs"]]
-    got_out = [o["name"] for o in structure["outputs"]]
-    weight = {"fp16": "FLOAT16", "fp32": "FLOAT32"}[precision]
-    problems = []
-    if got_in != want_in:
-        problems.append(f"inputs {got_in} != {want_in}")
-    if got_out != want_out:
-        problems.append(f"outputs {got_out} != {want_out}")
-    if structure["weight_dtypes"] != [weight]:
-        problems.append(f"weight dtypes {structure['weight_dtypes']} != [{weight}]")
-    if problems:
-        raise ExportError(f"{path}: Core ML spec check failed: " + "; ".join(problems))
 
 
 def export_stage(ctx) -> None:

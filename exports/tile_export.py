@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from compressor.data import load_image, sample_content_paths
-from compressor.models import TransformerNet, load_model
+from compressor.io import atomic_output
+from compressor.models import load_model
 from compressor.tiling import (
     GLOBAL_OPS,
     STATISTIC_FUNCTIONS,
@@ -37,17 +38,19 @@ from compressor.tiling import (
     record_stats,
     run_frozen,
 )
-from exports.common import FORMAT_SUFFIX, ExportError, ParityError, atomic_output, conversion_error
+from exports.backends import backend_for_format
+from exports.common import ExportError, ParityError, conversion_error, io_names
 from exports.manifest import read_manifest, versions, write_manifest
 from exports.parity import PARITY_THRESHOLDS_DB, PSNR_CAP_DB
-from exports.rewrites import FORMAT_REWRITES, apply_rewrites
+from exports.rewrites import apply_rewrites, format_rewrites
+from exports.runtime import load_runner
 from exports.stage import INPUT_RANGE, _source
 
 log = logging.getLogger(__name__)
 INPUT_NAMES = ["image", "norm_stats", "own_stats"]
 OUTPUT_NAMES = ["stylized", "norm_stats_out"]
 # explicit_instance_norm would hide the norms from the statistics hook; the hook writes them explicitly anyway.
-TILE_REWRITES = {fmt: tuple(r for r in names if r != "explicit_instance_norm") for fmt, names in FORMAT_REWRITES.items()}
+HIDDEN_FROM_THE_HOOK = ("explicit_instance_norm",)
 
 
 class _GraphStatistics(torch.overrides.TorchFunctionMode):
@@ -127,7 +130,7 @@ def _export_graph(graph: TileGraph, fmt: str, path: Path, size: int) -> None:
                 import onnx
                 import onnxslim
 
-                from exports.onnx_export import OPSET
+                from exports.backends.onnxruntime import OPSET
 
                 with torch.no_grad():
                     torch.onnx.export(graph, inputs, str(tmp), input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
@@ -157,20 +160,23 @@ def export_tile_artifact(model: nn.Module | str | Path, fmt: str, out_dir: str |
         model_dir = Path(model)
         model = load_model(model_dir)
     model = model.eval()
-    if not isinstance(model, TransformerNet):
-        raise ExportError(f"tile artifacts take one image input; {type(model).__name__} tiles in torch "
+    if io_names(model) != (["image"], ["stylized"]):
+        raise ExportError(f"tile artifacts are image-to-image networks; {type(model).__name__} tiles in torch "
                           "(styleslim stylize --model MODEL_DIR)")
     geometry = measure_geometry(model)
     if size % geometry.stride or size <= 2 * geometry.halo + 4 * geometry.stride:
         raise ExportError(f"--size {size}: a tile artifact needs a multiple of {geometry.stride} above "
                           f"{2 * geometry.halo + 4 * geometry.stride} (twice the {geometry.halo}-px halo plus a core)")
     channels = _channels(model, size)
-    rewritten, rewrites = apply_rewrites(model, TILE_REWRITES[fmt], (torch.rand(1, 3, size, size),))
-    path = Path(out_dir) / f"model-tile{size}-fp32{FORMAT_SUFFIX[fmt]}"
+    names = tuple(r for r in format_rewrites(model, fmt) if r not in HIDDEN_FROM_THE_HOOK)
+    rewritten, rewrites = apply_rewrites(model, names, (torch.rand(1, 3, size, size),))
+    backend = backend_for_format(fmt)
+    path = Path(out_dir) / f"model-tile{size}-fp32{backend.suffix}"
     log.info("exporting %s tile artifact %s -> %s", type(model).__name__, fmt, path)
     _export_graph(TileGraph(rewritten, channels), fmt, path, size)
     manifest = {
         "format": fmt,
+        "runtime": backend.runtime,
         "precision": "fp32",
         "artifact": path.name,
         "source": _source(model, model_dir),
@@ -190,7 +196,7 @@ def export_tile_artifact(model: nn.Module | str | Path, fmt: str, out_dir: str |
              "meaning": "this image's statistics, to feed back as norm_stats for the tiles"},
         ],
         "tile": {"window": size, "halo": geometry.halo, "stride": geometry.stride, "channels": channels},
-        "versions": versions(fmt),
+        "versions": versions(backend.packages),
         "rewrites": rewrites,
     }
     manifest["parity"] = tile_parity(model, _open(path), size)
@@ -233,8 +239,6 @@ def tile_parity(model: nn.Module, runner, size: int) -> dict:
 
 
 def _open(path: Path):
-    from exports.runtime import load_runner
-
     runner = load_runner(path)
     runner.output_names = OUTPUT_NAMES  # the manifest naming them is written after verification
     return runner
@@ -245,8 +249,12 @@ def _outputs(runner, *inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(result["stylized"]), np.asarray(result["norm_stats_out"])
 
 
-def is_tile_artifact(path: str | Path) -> bool:
-    return "tile" in (read_manifest(path) or {})
+def load_artifact_runner(path: str | Path):
+    """A tile artifact as an ArtifactTileRunner (stylises any size in tiles), any other artifact as its Runner."""
+    path = Path(path)
+    if "tile" in (read_manifest(path) or {}):
+        return ArtifactTileRunner(path)
+    return load_runner(path)
 
 
 class ArtifactTileRunner(TileRunner):
@@ -288,10 +296,3 @@ class ArtifactTileRunner(TileRunner):
 
     def apply(self, tile: torch.Tensor, stats: NormStats | None) -> torch.Tensor:
         return self._run_graph(tile, None if stats is None else stats.packed().numpy())[0]
-
-
-def load_tile_runner(path: str | Path) -> ArtifactTileRunner:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such artifact")
-    return ArtifactTileRunner(path)

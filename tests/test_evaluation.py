@@ -14,9 +14,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 from compressor.cli import app
+from compressor.config import EvaluateStage, Recipe
 from compressor.models import TransformerNet, TransformerNetSpec, save_model
 from compressor.pipeline import RunContext
-from compressor.recipe import EvaluateStage, Recipe
 from evaluation.latency import measure_latency
 from evaluation.report import SCHEMA_PATH, compare, load_report, write_reports
 from evaluation.stage import evaluate_stage

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from compressor.io import file_sha256
 from compressor.models import (
     AdaINNet,
     AdaINSpec,
@@ -21,7 +22,6 @@ from compressor.models import (
     load_model,
     save_model,
 )
-from compressor.models.checkpoint import file_sha256
 from exports import rewrites
 from exports.common import ExportError, example_inputs
 from exports.manifest import REQUIRED_KEYS, read_manifest
@@ -202,10 +202,11 @@ def test_onnx_adain_two_inputs(adain, out):
 # --- TFLite ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~20-30 s on a shared 2-core machine
 def test_tflite_transformer_net_fp32_and_fp16(tnet_dir, out):
     from ai_edge_litert.interpreter import Interpreter
 
-    from exports.tflite_export import fp16_weights
+    from exports.backends.litert import fp16_weights
 
     path, manifest = export_artifact(tnet_dir, "tflite", out / "tnet", size=SIZE)
     _check(manifest, "tflite", "fp32")
@@ -307,7 +308,7 @@ def test_failed_parity_fails_the_cli_with_numbers(tnet_dir, tmp_path, monkeypatc
 def test_export_stage_writes_into_the_run(tnet_dir, tmp_path):
     from types import SimpleNamespace
 
-    from compressor.recipe import ExportStage
+    from compressor.config import ExportStage
     from exports.stage import export_stage
 
     ctx = SimpleNamespace(recipe=SimpleNamespace(export=ExportStage(formats=["onnx"], size=64)),

@@ -164,6 +164,7 @@ def test_adain_loads_reference_layout(tmp_path):
     assert torch.equal(model.decoder[-1].weight, dec_state[f"{len(reference.decoder) - 1}.weight"])
 
 
+@pytest.mark.slow  # ~20-30 s on a shared 2-core machine
 def test_loading_a_model_folder_does_not_need_torch_pruning(tmp_path):
     save_model(TransformerNet(TransformerNetSpec(trunk=64, res_inner=[32] * 5)), tmp_path / "m")
     code = (

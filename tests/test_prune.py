@@ -13,19 +13,19 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+from compressor.config import PruneStage
 from compressor.models import (
     AdaINNet,
     STNSpec,
     TransformerNet,
     TransformerNetSpec,
+    VGG19Spec,
     load_model,
     load_vgg19,
     read_spec,
     save_model,
 )
-from compressor.models.spec import VGG19Spec
 from compressor.prune import example_inputs_for, prune_model
-from compressor.recipe import PruneStage
 
 torch.set_num_threads(2)
 VGG_TAPS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1"]
@@ -174,6 +174,7 @@ with torch.no_grad():
 """
 
 
+@pytest.mark.slow  # ~20-30 s on a shared 2-core machine
 def test_pruned_model_reloads_without_torch_pruning(tmp_path):
     model = prune_model(_model("transformer_net_stn"), PruneStage(ratio=0.5, round_to=8))
     save_model(model, tmp_path / "pruned")
@@ -240,9 +241,9 @@ def test_prune_command_and_stage_meta(tmp_path):
 
 
 def test_prune_stage_fine_tunes_between_steps(tmp_path):
+    from compressor.config import Recipe
     from compressor.pipeline import RunContext
     from compressor.prune import prune_stage
-    from compressor.recipe import Recipe
 
     recipe = Recipe.model_validate({
         "name": "t", "loss_network": "random", "style_size": 32,
@@ -271,7 +272,18 @@ def test_loss_rank_correlation_and_gatys_check():
     assert same["style_spearman"] == pytest.approx(1.0) and same["content_spearman"] == pytest.approx(1.0)
     pruned = prune_model(copy.deepcopy(reference), PruneStage(ratio=0.75))
     result = loss_rank_correlation(pruned, reference, size=32)
-    assert -1.0 <= result["style_spearman"] <= 1.0 and -1.0 <= result["content_spearman"] <= 1.0
+    # Measured: 0.998 (style) / 0.94 (content) for the 75%-pruned net; a VGG19 with other random weights,
+    # the same architecture, ranks the same pairs at 0.89 / 0.85. Pruning must keep the ranking closer than that.
+    unrelated = copy.deepcopy(reference)
+    gen = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        for m in unrelated.features:
+            if isinstance(m, nn.Conv2d):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * m.weight.std())
+    control = loss_rank_correlation(unrelated, reference, size=32)
+    assert result["style_spearman"] > 0.95 and result["content_spearman"] > 0.9
+    assert result["style_spearman"] > control["style_spearman"] + 0.05
+    assert result["content_spearman"] > control["content_spearman"] + 0.05
     assert result["content_layers"] == ["relu4_1"]  # relu4_2 not tapped: deepest common tap
     assert result["pairs"] == result["images"] * (result["images"] - 1) // 2
 

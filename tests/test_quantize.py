@@ -10,19 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from compressor.config import QuantizeStage, TrainConfig
 from compressor.data import ContentCrops, load_image, sample_content_paths, sample_style_path
-from compressor.distill import TrainConfig, train
+from compressor.distill import train
 from compressor.losses import style_grams
 from compressor.models import TransformerNet, TransformerNetSpec, load_model, load_vgg19, save_model
-from compressor.quantize import (
-    QUANT_THRESHOLDS_DB,
-    Judge,
-    QuantizeError,
-    calibration_set,
-    layer_sensitivity,
-    quantize,
-)
-from compressor.recipe import QuantizeStage
+from compressor.quantize import Judge, QuantizeError, calibration_set
+from exports.quantize import QUANT_THRESHOLDS_DB, layer_sensitivity, quantize
 
 SIZE = 64
 SPEC = TransformerNetSpec(conv1=8, conv2=16, trunk=32, res_inner=[32] * 5, deconv1=16, deconv2=8)
@@ -108,6 +102,7 @@ def test_tflite_static_int8(model_dir, judge_parts, tmp_path):
     assert "CONCATENATION" not in contents["float_op_counts"]  # padding copies stay int8
 
 
+@pytest.mark.slow  # ~20-30 s on a shared 2-core machine
 def test_sensitivity_keeps_the_harmful_layer_float(model_dir, judge_parts, tmp_path):
     """A huge bias on one channel of res2.conv1 changes nothing in float (InstanceNorm removes it) but
     stretches that conv's int8 output range so every other channel loses its resolution: the per-layer

@@ -7,11 +7,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from compressor.cli import app
+from compressor.config import TrainConfig
 from compressor.data import ContentCrops, load_image, sample_content_paths, sample_style_path
-from compressor.distill import TrainConfig, batch_for_step, train, transformer_objective
+from compressor.distill import batch_for_step, train
 from compressor.gatys import GatysConfig, stylize_gatys
 from compressor.losses import style_grams
 from compressor.models import TransformerNet, TransformerNetSpec, load_model, save_model
+from compressor.models.transformer_net import transformer_objective
 
 runner = CliRunner()
 SMALL = TransformerNetSpec(conv1=8, conv2=16, trunk=32, res_inner=[16] * 5, deconv1=16, deconv2=8)
@@ -55,24 +57,24 @@ def test_gatys_multiscale_coarse_to_fine(random_vgg):
     assert image.shape[-1] == 64 and len(history) == 6
 
 
-def test_gatys_cli_with_style_library(tmp_path, shared_data):
+def test_gatys_cli_with_style_library(tmp_path, skimage_data):
     lib = tmp_path / "styles.safetensors"
-    result = runner.invoke(app, ["style-library", "starry_night", str(shared_data / "styles" / "picabia_udnie.jpg"),
+    result = runner.invoke(app, ["style-library", "starry_night", str(sample_style_path("composition_vii")),
                                  "--style-size", "64", "--loss-network", "random", "-o", str(lib)])
     assert result.exit_code == 0, result.output
     out = tmp_path / "g.png"
-    result = runner.invoke(app, ["gatys", str(shared_data / "content" / "chelsea.png"), "picabia_udnie", "--style-library",
+    result = runner.invoke(app, ["gatys", str(skimage_data / "chelsea.png"), "composition_vii", "--style-library",
                                  str(lib), "--steps", "3", "--size", "48", "--snapshot-every", "3",
                                  "--loss-network", "random", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert Image.open(out).size[0] == 48 and (tmp_path / "g_snapshots" / "step_000003.png").is_file()
-    result = runner.invoke(app, ["gatys", str(shared_data / "content" / "chelsea.png"), "nope", "--style-library",
+    result = runner.invoke(app, ["gatys", str(skimage_data / "chelsea.png"), "nope", "--style-library",
                                  str(lib), "--loss-network", "random"])
     assert result.exit_code == 2 and "no style 'nope'" in result.output
 
 
-def test_image_modes_are_normalised(tmp_path, shared_data):
-    gray = load_image(shared_data / "content" / "camera.png")
+def test_image_modes_are_normalised(tmp_path, skimage_data):
+    gray = load_image(skimage_data / "camera.png")
     assert gray.shape[0] == 3 and torch.equal(gray[0], gray[1])
     rgba = np.zeros((8, 8, 4), dtype=np.uint8)
     rgba[..., 0] = 255
@@ -86,11 +88,11 @@ def test_image_modes_are_normalised(tmp_path, shared_data):
         load_image(tmp_path / "broken.png")
 
 
-def test_stylize_cli_folder_with_gray_and_rgba_images(tmp_path, shared_data):
+def test_stylize_cli_folder_with_gray_and_rgba_images(tmp_path, skimage_data):
     save_model(TransformerNet(SMALL), tmp_path / "model")
     folder = tmp_path / "in"
     folder.mkdir()
-    Image.open(shared_data / "content" / "camera.png").resize((40, 40)).save(folder / "gray.png")
+    Image.open(skimage_data / "camera.png").resize((40, 40)).save(folder / "gray.png")
     Image.new("RGBA", (40, 40), (10, 200, 30, 128)).save(folder / "rgba.png")
     Image.new("RGB", (40, 40), (200, 10, 30)).save(folder / "rgb.jpg")
     result = runner.invoke(app, ["stylize", str(folder), "--model", str(tmp_path / "model"), "-o", str(tmp_path / "out")])

@@ -1,39 +1,49 @@
-"""Style-transfer networks, each built from a JSON-serialisable spec."""
+"""Style-transfer networks, each built from a JSON-serialisable spec, each family registered once.
 
-from compressor.models.adain import AdaINNet
+Adding a family = one new module under compressor/models/ (spec, nn.Module, hooks,
+``register_family(...)``; see ``compressor.models.registry``) + one import line below.
+"""
+
+# The families: importing a family's module registers it. One line per family.
+from compressor.models import transformer_net  # noqa: F401, I001
+from compressor.models import vgg  # noqa: F401
+from compressor.models import adain  # noqa: F401
+
+from compressor.models.adain import AdaINNet, AdaINSpec, load_adain
 from compressor.models.checkpoint import (
     CheckpointMismatch,
-    build_model,
     current_spec,
-    load_adain,
-    load_fast_neural_style,
+    load_any,
     load_model,
-    parse_spec,
     read_spec,
     save_model,
 )
-from compressor.models.spec import AdaINSpec, ModelSpec, STNSpec, TransformerNetSpec, VGG19Spec
-from compressor.models.transformer_net import TransformerNet
-from compressor.models.vgg import VGG19LossNet, VGGWeightsUnavailable, load_vgg19
+from compressor.models.registry import Family, create_model, families, get_family, parse_spec, register_family
+from compressor.models.transformer_net import STNSpec, TransformerNet, TransformerNetSpec, load_fast_neural_style
+from compressor.models.vgg import VGG19LossNet, VGG19Spec, VGGWeightsUnavailable, load_vgg19
 
 __all__ = [
     "AdaINNet",
     "AdaINSpec",
     "CheckpointMismatch",
-    "ModelSpec",
+    "Family",
     "STNSpec",
     "TransformerNet",
     "TransformerNetSpec",
     "VGG19LossNet",
     "VGG19Spec",
     "VGGWeightsUnavailable",
-    "build_model",
+    "create_model",
     "current_spec",
+    "families",
+    "get_family",
     "load_adain",
+    "load_any",
     "load_fast_neural_style",
     "load_model",
     "load_vgg19",
     "parse_spec",
     "read_spec",
+    "register_family",
     "save_model",
 ]

@@ -6,66 +6,29 @@ Nothing here unpickles code: our own weights are safetensors, foreign
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import TypeAdapter
+from pydantic import BaseModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from compressor.models.adain import AdaINNet
-from compressor.models.spec import AdaINSpec, ModelSpec, TransformerNetSpec, VGG19Spec
-from compressor.models.transformer_net import TransformerNet
-from compressor.models.vgg import VGG19LossNet
+from compressor.io import atomic_write, file_sha256, write_json
+from compressor.models.registry import create_model, families, parse_spec
 
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "weights.safetensors"
-_SPEC_ADAPTER: TypeAdapter = TypeAdapter(ModelSpec)
 
 
 class CheckpointMismatch(ValueError):
     """A checkpoint whose tensors do not fit the architecture; the message names the layers."""
 
 
-def build_model(spec: ModelSpec) -> nn.Module:
-    """A freshly initialised model for ``spec``."""
-    if isinstance(spec, TransformerNetSpec):
-        return TransformerNet(spec)
-    if isinstance(spec, VGG19Spec):
-        return VGG19LossNet(spec)
-    if isinstance(spec, AdaINSpec):
-        return AdaINNet(spec)
-    raise TypeError(f"not a model spec: {spec!r}")
-
-
-def parse_spec(data: dict[str, Any] | str) -> ModelSpec:
-    if isinstance(data, str):
-        return _SPEC_ADAPTER.validate_json(data)
-    return _SPEC_ADAPTER.validate_python(data)
-
-
-def current_spec(model: nn.Module) -> ModelSpec:
+def current_spec(model: nn.Module) -> BaseModel:
     """Spec of ``model`` as it is now, widths read off the layers (so pruned models describe themselves)."""
     return model.current_spec()
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename to ``path``: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts are meant to be shared
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_model(model: nn.Module, directory: str | Path, meta: dict[str, Any] | None = None) -> Path:
@@ -76,11 +39,11 @@ def save_model(model: nn.Module, directory: str | Path, meta: dict[str, Any] | N
     atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
     doc = {"spec": spec.model_dump(mode="json"), "meta": meta or {}}
     doc["meta"]["weights_sha256"] = file_sha256(directory / WEIGHTS_FILE)
-    atomic_write(directory / SPEC_FILE, lambda p: p.write_text(json.dumps(doc, indent=2) + "\n"))
+    write_json(directory / SPEC_FILE, doc)
     return directory
 
 
-def read_spec(directory: str | Path) -> tuple[ModelSpec, dict[str, Any]]:
+def read_spec(directory: str | Path) -> tuple[BaseModel, dict[str, Any]]:
     path = Path(directory) / SPEC_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no model spec here (a model folder holds {SPEC_FILE} + {WEIGHTS_FILE})")
@@ -95,18 +58,10 @@ def load_model(directory: str | Path) -> nn.Module:
     """Rebuild a model from its folder; the result carries ``.meta`` from spec.json."""
     directory = Path(directory)
     spec, meta = read_spec(directory)
-    model = build_model(spec)
+    model = create_model(spec)
     load_weights(model, load_file(str(directory / WEIGHTS_FILE)), str(directory / WEIGHTS_FILE))
     model.meta = meta
     return model.eval()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -144,51 +99,19 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
     model.load_state_dict(state)
 
 
-def load_fast_neural_style(path: str | Path, style: str | None = None) -> TransformerNet:
-    """A pytorch/examples fast_neural_style checkpoint as a TransformerNet.
+def load_any(path: str | Path, companion: str | Path | None = None) -> nn.Module:
+    """A model folder, or a foreign checkpoint one of the registered families can load.
 
-    Legacy ``in*.running_mean/var`` keys (old InstanceNorm) are dropped; the
-    0-255 I/O of those models is what TransformerNet computes in internally.
-    The widths are read off the tensors, so narrower variants load too.
+    ``companion`` is a second file some foreign formats need (AdaIN: ``decoder.pth`` beside ``vgg_normalised.pth``).
     """
     path = Path(path)
-    state = {k: v for k, v in read_state_dict(path).items() if not k.endswith(("running_mean", "running_var"))}
-    try:
-        spec = TransformerNetSpec(
-            style=style or path.stem,
-            conv1=state["conv1.conv2d.weight"].shape[0],
-            conv2=state["conv2.conv2d.weight"].shape[0],
-            trunk=state["conv3.conv2d.weight"].shape[0],
-            res_inner=[state[f"res{i}.conv1.conv2d.weight"].shape[0] for i in range(1, 6)],
-            deconv1=state["deconv1.conv2d.weight"].shape[0],
-            deconv2=state["deconv2.conv2d.weight"].shape[0],
-        )
-    except KeyError as exc:
-        raise CheckpointMismatch(f"{path}: not a fast_neural_style TransformerNet checkpoint (no {exc})") from exc
-    model = TransformerNet(spec)
-    load_weights(model, state, str(path))
-    return model.eval()
-
-
-def load_adain(vgg_path: str | Path, decoder_path: str | Path) -> AdaINNet:
-    """naoto0804/pytorch-AdaIN ``vgg_normalised.pth`` + ``decoder.pth`` as an AdaINNet."""
-    vgg = read_state_dict(Path(vgg_path))
-    decoder = read_state_dict(Path(decoder_path))
-    model = AdaINNet(AdaINSpec(style=None))
-    enc_keys = set(model.encoder.state_dict())
-    load_weights(model.encoder, {k: v for k, v in vgg.items() if k in enc_keys}, str(vgg_path))
-    load_weights(model.decoder, decoder, str(decoder_path))
-    return model.eval()
-
-
-def init_adain_encoder_from_vgg(model: AdaINNet, vgg: VGG19LossNet) -> None:
-    """Copy a loaded VGG19 loss network's convs into the AdaIN encoder (its input conv then normalises)."""
-    src = [m for m in vgg.features if isinstance(m, nn.Conv2d)]
-    dst = [m for m in model.encoder if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
-    if len(src) < len(dst):
-        raise ValueError(f"VGG19 has {len(src)} convs, the AdaIN encoder needs {len(dst)} (taps up to relu4_1)")
-    with torch.no_grad():
-        for s_conv, d_conv in zip(src, dst):
-            d_conv.weight.copy_(s_conv.weight)
-            d_conv.bias.copy_(s_conv.bias)
-    model.set_imagenet_input_conv()
+    companion = Path(companion) if companion is not None else None
+    if path.is_dir():
+        return load_model(path)
+    for family in families():
+        for loader in family.loaders:
+            if loader.accepts(path, companion):
+                return loader.load(path, companion)
+    known = ", ".join(f"{f.name}: {loader.name}" for f in families() for loader in f.loaders)
+    raise FileNotFoundError(f"{path}: not a model folder (spec.json + weights.safetensors) or a checkpoint "
+                            f"a family loads ({known})")

@@ -9,11 +9,46 @@ checkpoint needs no weight surgery.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from compressor.models.spec import STNSpec, TransformerNetSpec
+from compressor.config import TrainConfig
+from compressor.losses import StyleTransferLoss, finish, loss_weights, teacher_terms, uses_teacher
+from compressor.models.checkpoint import CheckpointMismatch, load_weights, read_state_dict
+from compressor.models.registry import Family, ForeignLoader, Objective, register_family, replace_modules
+
+
+class STNSpec(BaseModel):
+    """Localisation net of the optional spatial transformer in front of TransformerNet."""
+
+    model_config = ConfigDict(extra="forbid")
+    conv1: int = 8
+    conv2: int = 16
+    hidden: int = 32
+
+
+class TransformerNetSpec(BaseModel):
+    """Johnson et al. 2016 TransformerNet widths.
+
+    ``trunk`` is shared by conv3, every residual block's output and deconv1's
+    input (the residual coupling); each residual block's inner width is free.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    family: Literal["transformer_net"] = "transformer_net"
+    style: str | None = Field(None, description="Name of the style image the weights were trained on, if any.")
+    conv1: int = 32
+    conv2: int = 64
+    trunk: int = 128
+    res_inner: list[int] = Field(default_factory=lambda: [128] * 5)
+    deconv1: int = 64
+    deconv2: int = 32
+    stn: STNSpec | None = None
 
 
 class ConvLayer(nn.Module):
@@ -29,18 +64,19 @@ class ConvLayer(nn.Module):
 
 
 class UpsampleConvLayer(nn.Module):
-    """Nearest-neighbour upsampling then a convolution: avoids transposed-conv checkerboards."""
+    """Nearest-neighbour upsampling then a convolution: avoids transposed-conv checkerboards.
+
+    The upsampling is an ``nn.Upsample`` module (no weights), so export rewrites keyed on module types reach it.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, upsample: int | None = None):
         super().__init__()
-        self.upsample = upsample
+        self.upsample = nn.Upsample(scale_factor=upsample, mode="nearest") if upsample else nn.Identity()
         self.reflection_pad = nn.ReflectionPad2d(kernel_size // 2)
         self.conv2d = nn.Conv2d(in_channels, out_channels, kernel_size, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.upsample:
-            x = F.interpolate(x, scale_factor=self.upsample, mode="nearest")
-        return self.conv2d(self.reflection_pad(x))
+        return self.conv2d(self.reflection_pad(self.upsample(x)))
 
 
 class ResidualBlock(nn.Module):
@@ -135,3 +171,132 @@ class TransformerNet(nn.Module):
             deconv2=self.deconv2.conv2d.out_channels,
             stn=stn,
         )
+
+
+# ---------------------------------------------------------------- foreign checkpoints
+
+
+def load_fast_neural_style(path: str | Path, style: str | None = None) -> TransformerNet:
+    """A pytorch/examples fast_neural_style checkpoint as a TransformerNet.
+
+    Legacy ``in*.running_mean/var`` keys (old InstanceNorm) are dropped; the
+    0-255 I/O of those models is what TransformerNet computes in internally.
+    The widths are read off the tensors, so narrower variants load too.
+    """
+    path = Path(path)
+    state = {k: v for k, v in read_state_dict(path).items() if not k.endswith(("running_mean", "running_var"))}
+    try:
+        spec = TransformerNetSpec(
+            style=style or path.stem,
+            conv1=state["conv1.conv2d.weight"].shape[0],
+            conv2=state["conv2.conv2d.weight"].shape[0],
+            trunk=state["conv3.conv2d.weight"].shape[0],
+            res_inner=[state[f"res{i}.conv1.conv2d.weight"].shape[0] for i in range(1, 6)],
+            deconv1=state["deconv1.conv2d.weight"].shape[0],
+            deconv2=state["deconv2.conv2d.weight"].shape[0],
+        )
+    except KeyError as exc:
+        raise CheckpointMismatch(f"{path}: not a fast_neural_style TransformerNet checkpoint (no {exc})") from exc
+    model = TransformerNet(spec)
+    load_weights(model, state, str(path))
+    return model.eval()
+
+
+# ---------------------------------------------------------------- distillation
+
+
+def transformer_objective(
+    config: TrainConfig,
+    vgg: nn.Module,
+    style_grams: dict[str, torch.Tensor] | None,
+    teacher: nn.Module | None = None,
+) -> Objective:
+    """Loss terms for an image-to-image student (TransformerNet) on a batch of content crops."""
+    style_terms = StyleTransferLoss(vgg, style_grams, loss_weights(config)) if style_grams is not None else None
+    use_teacher = uses_teacher(config, teacher)
+    if style_terms is None and not use_teacher:
+        raise ValueError("nothing to learn from: give a style image (style losses) or a teacher with nonzero weights")
+
+    def objective(student: nn.Module, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        output = student(batch)
+        terms: dict[str, torch.Tensor] = {}
+        if style_terms is not None:
+            terms.update({k: v for k, v in style_terms(output, batch).items() if k != "total"})
+        if use_teacher:
+            with torch.no_grad():
+                target = teacher(batch)
+            terms.update(teacher_terms(config, vgg, output, target))
+        return finish(terms)
+
+    return objective
+
+
+# ---------------------------------------------------------------- export rewrites
+
+
+def _linspace(steps: int) -> torch.Tensor:
+    return torch.linspace(-1, 1, steps) * (steps - 1) / steps  # align_corners=False, as aten computes it
+
+
+class ExplicitGridSTN(nn.Module):
+    """SpatialTransformer with the affine grid computed as aten does (base grid @ theta^T), as a plain tensor.
+
+    coremltools fuses affine_grid + grid_sample into an ``affine`` op that has
+    no border padding; given an explicit grid it emits ``resample``, which has.
+    """
+
+    def __init__(self, stn: nn.Module):
+        super().__init__()
+        self.localization = stn.localization
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, h, w = (int(d) for d in (x.shape[0], x.shape[2], x.shape[3]))  # fixed-shape export: constants
+        theta = self.localization(x).view(-1, 2, 3)
+        xs, ys = _linspace(w).expand(h, w), _linspace(h).unsqueeze(-1).expand(h, w)
+        base = torch.stack([xs, ys, torch.ones(h, w)], -1).expand(n, h, w, 3)
+        grid = base.reshape(n, h * w, 3).bmm(theta.transpose(1, 2)).view(n, h, w, 2)
+        return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+
+def explicit_grid(model: nn.Module) -> int:
+    """Replace every SpatialTransformer in ``model`` (in place) by ExplicitGridSTN; returns how many."""
+    return replace_modules(model, lambda m: ExplicitGridSTN(m) if isinstance(m, SpatialTransformer) else None)
+
+
+# ---------------------------------------------------------------- the family
+
+
+class TransformerNetFamily(Family):
+    name = "transformer_net"
+    spec = TransformerNetSpec
+    module = TransformerNet
+    role = "style_transformer"
+    loaders = (
+        ForeignLoader("fast_neural_style",
+                      accepts=lambda path, companion: companion is None
+                      and path.suffix in (".pth", ".pt", ".safetensors"),
+                      load=lambda path, companion: load_fast_neural_style(path)),
+    )
+    rewrites = {"explicit_grid": explicit_grid}
+    format_rewrites = {"coreml": ("explicit_grid",)}
+
+    def layer_widths(self, spec: TransformerNetSpec) -> dict[str, int]:
+        widths = {"conv1": spec.conv1, "conv2": spec.conv2, "trunk": spec.trunk}
+        widths |= {f"res{i}.inner": w for i, w in enumerate(spec.res_inner, start=1)}
+        return widths | {"deconv1": spec.deconv1, "deconv2": spec.deconv2}
+
+    def protected_layers(self, model: TransformerNet, config) -> list[nn.Module]:
+        """The RGB output conv, and the STN's 6 affine numbers."""
+        keep: list[nn.Module] = [model.deconv3.conv2d]
+        if model.stn is not None:
+            keep.append(model.stn.localization[-1])
+        return keep
+
+    def objective(self, student, teacher, config, vgg, style_grams, style_images) -> Objective:
+        return transformer_objective(config, vgg, style_grams, teacher)
+
+    def checkpoint_modules(self, model: TransformerNet) -> list[nn.Module]:
+        return [m for m in model.modules() if isinstance(m, ResidualBlock)]
+
+
+register_family(TransformerNetFamily())

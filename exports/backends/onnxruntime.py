@@ -1,4 +1,9 @@
-"""ONNX Runtime quantization of an exported float ONNX model.
+"""The ONNX Runtime backend: export, quantization, runner, all in one place.
+
+Export: the TorchScript-based torch.onnx exporter, simplified with onnxslim,
+checked with onnx.checker (fp32; reduced precision comes from quantize).
+
+Quantization of the exported float model with ONNX Runtime's quantizers:
 
 - static: ``quantize_static`` in QDQ format, u8 activations + s8 per-channel
   weights (the VNNI fast path on x86; s8s8 has none). InstanceNormalization
@@ -11,12 +16,59 @@
 from __future__ import annotations
 
 import tempfile
+import warnings
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
-from exports.common import atomic_output
+from compressor.io import atomic_output
+from exports.backends.base import Backend, QuantizeJob, Runner, register_backend
+from exports.common import ExportError, ExportWrapper, conversion_error, example_inputs
+
+OPSET = 20  # AffineGrid (the STN) needs opset 20
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    size: tuple[int, int] = (256, 256),
+    precision: str = "fp32",
+    layout: str = "nchw",
+    dynamic: bool = False,
+    opset: int = OPSET,
+) -> Path:
+    """Write ``model`` as ONNX (named I/O, optional dynamic H/W); nothing is left behind on failure."""
+    import onnx
+    import onnxslim
+
+    if precision != "fp32":
+        raise ExportError(f"ONNX export is fp32 (got {precision!r}); reduced-precision ONNX comes from quantize")
+    path = Path(path)
+    wrapper = ExportWrapper(model, layout)
+    inputs = example_inputs(model, size, layout)
+    h, w = (2, 3) if layout == "nchw" else (1, 2)
+    axes = {name: {h: "height", w: "width"} for name in wrapper.input_names + wrapper.output_names}
+    with atomic_output(path) as tmp:
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                # Expected noise: fixed shapes in the trace, instance norm's input statistics, slice folding.
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                warnings.simplefilter("ignore", UserWarning)
+                torch.onnx.export(
+                    wrapper, inputs, str(tmp), input_names=wrapper.input_names, output_names=wrapper.output_names,
+                    opset_version=opset, dynamo=False, dynamic_axes=axes if dynamic else None,
+                )
+        except Exception as exc:
+            raise conversion_error("ONNX", wrapper, inputs, exc) from exc
+        proto = onnxslim.slim(onnx.load(str(tmp)))
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(tmp))
+    return path
+
 
 # What the static recipe quantizes: convs plus the cheap ops between them, so Q/DQ pairs cancel out.
 STATIC_OP_TYPES = ["Conv", "Pad", "Resize", "Relu", "Add"]
@@ -159,3 +211,51 @@ def int8_contents(path: str | Path) -> dict:
         "int8_weight_tensors": len(int8_inits),
         "op_counts": dict(Counter(n.op_type for n in graph.node)),
     }
+
+
+# ---------------------------------------------------------------- runner
+
+
+def load(path: Path, threads: int | None, layout: str, manifest: dict[str, Any]) -> Runner:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    shape = list(session.get_inputs()[0].shape)
+    return Runner(lambda xs: session.run(outputs, dict(zip(inputs, xs))), "onnxruntime", inputs, outputs, layout,
+                  shape)
+
+
+# ---------------------------------------------------------------- the quantize stage for this runtime
+
+RUNS_IN_INT8 = {
+    "static": "Conv (QLinearConv after ORT's QDQ fusion), Pad/Resize/Relu/Add on u8; InstanceNorm float",
+    "dynamic": "Conv as ConvInteger, activations quantized per run (DynamicQuantizeLinear); rest float",
+    "weight-only": "nothing: int8 weights are dequantized once, all compute float32",
+    "fp16": "nothing: fp16 weights and graph (ORT CPU casts to float32 where it has no fp16 kernel)",
+}
+
+
+def quantize(job: QuantizeJob) -> list[dict[str, Any]]:
+    """Export the float ONNX model, quantize it with ``job.mode``, check it on ONNX Runtime, write its manifest."""
+    float_path, _ = job.export_float("onnx")
+    layers = conv_layers(float_path)
+    keep = job.keep_float(layers)
+    path = job.out_dir / f"model-{job.precision}.onnx"
+    nodes = [node for node, module in layers.items() if module in keep]
+    quantize_onnx(float_path, path, job.mode, job.calibration, job.settings.calibration_method, keep_float=nodes)
+    runner = load(path, None, "nchw", {})
+    info = {**job.extra, "keep_float": keep, "runs_in_int8": RUNS_IN_INT8[job.mode], "contents": int8_contents(path),
+            "quality": job.judge(runner) if job.judge else None}
+    return [job.write(path, job.precision, info, runner=runner)]
+
+
+register_backend(Backend(
+    runtime="onnxruntime", format="onnx", suffix=".onnx", packages=("torch", "onnx", "onnxslim", "onnxruntime"),
+    default_precision="fp32", export=export_onnx, runner=load, quantize=quantize,
+))

@@ -1,0 +1,132 @@
+"""Every pydantic schema that is not a model family's spec: training settings, recipe stages, the recipe.
+
+A leaf module: it imports neither torch nor the model families, so a recipe
+can be read and a report rendered without loading a network. Family names
+are plain strings here; the registry checks them when a recipe is loaded
+(``compressor.recipe.load_recipe``) or a stage runs.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TrainConfig(BaseModel):
+    """Hyper-parameters of a training, distillation or fine-tuning run."""
+
+    model_config = ConfigDict(extra="forbid")
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(4, ge=1, description="Per rank under torchrun.")
+    crop: int = Field(256, ge=16, description="Side of the square training crops.")
+    lr: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    seed: int = 0
+    checkpoint_every: int = Field(100, ge=1)
+    content_weight: float = Field(1.0, ge=0)
+    style_weight: float = Field(1e5, ge=0, description="Gram style loss weight (TransformerNet).")
+    adain_style_weight: float = Field(10.0, ge=0, description="AdaIN mean/std style loss weight (AdaIN).")
+    tv_weight: float = Field(1e-3, ge=0)
+    output_weight: float = Field(0.0, ge=0, description="L1 between student and teacher outputs.")
+    perceptual_weight: float = Field(0.0, ge=0, description="VGG feature MSE between student and teacher outputs.")
+    feature_weight: float = Field(1.0, ge=0, description="Relative MSE of student taps to teacher taps (VGG19).")
+    bf16: bool = Field(False, description="bf16 autocast (fast on CPUs with AMX and on GPUs).")
+    grad_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, slower.")
+    tensorboard: bool = Field(False, description="Also log to TensorBoard (when the tensorboard package is installed).")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelStage(_Strict):
+    """The teacher: an existing model folder / foreign checkpoint, or a freshly built (and briefly trained) one."""
+
+    family: str = Field("transformer_net", description="A registered model family (compressor.models.registry).")
+    path: str | None = Field(None, description="Model folder (spec.json), or a foreign .pth checkpoint.")
+    adain_decoder: str | None = Field(None, description="AdaIN decoder.pth (with path = vgg_normalised.pth).")
+    spec: dict[str, Any] = Field(default_factory=dict, description="Overrides of the family's default spec.")
+    train: TrainConfig | None = Field(None, description="Train the teacher briefly before compressing it.")
+
+
+class PruneStage(_Strict):
+    """L1 structured channel pruning (compressor.prune); layer names are module paths, VGG convs also ``conv3_1``."""
+
+    ratio: float = Field(0.5, ge=0.0, lt=1.0, description="Fraction of channels to remove.")
+    scope: Literal["local", "global"] = Field("local", description="local: ratio per layer; global: one ranking.")
+    overrides: dict[str, Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
+        default_factory=dict, description="Layer-name glob -> ratio."
+    )
+    ignore: list[str] = Field(default_factory=list, description="Layer-name globs never pruned.")
+    round_to: int | None = Field(None, ge=1)
+    iterative_steps: int = Field(1, ge=1)
+    finetune_steps_between: int = Field(0, ge=0, description="Fine-tuning steps between iterative steps.")
+    vgg_mode: Literal["keep_taps", "project_taps"] = "keep_taps"
+
+
+class DistillStage(TrainConfig):
+    """The pruned student (or a copy of the teacher) learns back from the teacher.
+
+    TransformerNet / AdaIN: output L1 + perceptual terms on top of their style losses; VGG19: tap MSE
+    (``feature_weight``). Output/perceptual weights 0 is plain fine-tuning.
+    """
+
+    output_weight: float = Field(1.0, ge=0)
+    perceptual_weight: float = Field(1.0, ge=0)
+
+
+class QuantizeStage(_Strict):
+    """PTQ or QAT per runtime; artifacts keep float I/O semantics and are parity-checked against the fp32 model."""
+
+    runtimes: list[Literal["onnx", "tflite", "coreml"]] = Field(default_factory=lambda: ["onnx"])
+    mode: Literal["static", "dynamic", "fp16", "weight-only", "qat"] = "static"
+    calibration: str = Field("samples", description="Folder of calibration images, or 'samples' (never eval images).")
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    keep_float: list[str] = Field(default_factory=list, description="Conv module-name globs kept in float.")
+    max_style_increase_pct: float | None = Field(
+        None, ge=0, description="Mixed precision: keep the most sensitive convs float until style loss rises at most this."
+    )
+    size: int = Field(256, ge=16, description="Square input side of the quantized artifacts.")
+    coreml_palettize_bits: list[Literal[4, 6]] = Field(
+        default_factory=lambda: [6, 4], description="Core ML k-means palettization variants (besides int8 weights)."
+    )
+    qat: TrainConfig | None = Field(None, description="QAT fine-tuning settings (mode qat); None = built-in defaults.")
+
+
+class ExportStage(_Strict):
+    """Float artifacts of the newest model, each verified on its runtime (int8 ones come from quantize)."""
+
+    formats: list[Literal["onnx", "tflite", "coreml"]] = Field(default_factory=lambda: ["onnx"])
+    precision: Literal["fp32", "fp16"] | None = Field(
+        None, description="None: each format's default (ONNX/TFLite fp32, Core ML fp16)."
+    )
+    size: int = Field(256, ge=16, description="Square input side of the exported model.")
+    layout: Literal["nchw", "nhwc"] = "nchw"
+
+
+class EvaluateStage(_Strict):
+    """Every variant of the run x every runtime -> report.json/md/html (see the README, "Evaluation and reports")."""
+
+    images: str = Field("samples", description="Folder of evaluation images, or 'samples' (held-out set).")
+    size: int = Field(256, ge=16, description="Evaluation resolution (side of the centre square crop).")
+    latency_sizes: list[int] = Field(default_factory=lambda: [256], min_length=1, description="Square input sides timed.")
+    latency_runs: int = Field(10, ge=3, description="Timed runs per variant and size, after warm-up.")
+    warmup: int = Field(2, ge=0, description="Untimed runs per variant before timing.")
+    threads: int = Field(2, ge=1, description="Intra-op threads for every runtime that accepts a thread count.")
+    memory: bool = Field(True, description="Measure peak RSS of one inference per variant in a fresh process.")
+
+
+class Recipe(_Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
+    style: str = Field("starry_night", description="Style image path, or a bundled style name.")
+    style_size: int = Field(256, ge=16)
+    content: str = Field("samples", description="Folder of training content images, or 'samples'.")
+    loss_network: str = Field("imagenet", description="imagenet | random | path to VGG19 weights.")
+    allow_random_loss_network: bool = Field(True, description="Fall back (loudly) to a seeded random VGG19.")
+    model: ModelStage = Field(default_factory=ModelStage)
+    prune: PruneStage | None = None
+    distill: DistillStage | None = None
+    quantize: QuantizeStage | None = None
+    export: ExportStage | None = None
+    evaluate: EvaluateStage | None = None

@@ -1,0 +1,19 @@
+"""Runtime backends (ONNX Runtime, LiteRT, Core ML), each registered once; see ``exports.backends.base``."""
+
+# The backends: importing a backend's module registers it. One line per runtime.
+from exports.backends import onnxruntime  # noqa: F401, I001
+from exports.backends import litert  # noqa: F401
+from exports.backends import coreml  # noqa: F401
+from exports.backends.base import (
+    Backend,
+    QuantizeJob,
+    Runner,
+    backend_for_artifact,
+    backend_for_format,
+    backends,
+    get_backend,
+    register_backend,
+)
+
+__all__ = ["Backend", "QuantizeJob", "Runner", "backend_for_artifact", "backend_for_format", "backends",
+           "get_backend", "register_backend"]

@@ -1,0 +1,213 @@
+"""The quantize stage: PTQ (static / dynamic / fp16 / weight-only) and QAT -> artifacts verified on their runtime.
+
+1. export the float model (``exports.stage``; each runtime's rewrites),
+2. calibrate on content images that never overlap the evaluation images (``compressor.quantize``),
+3. optionally rank layers by how much quantizing each one alone hurts (style /
+   content loss by the reference VGG19, PSNR vs fp32; ONNX Runtime static int8)
+   and keep the worst in float until the style-loss increase fits
+   ``max_style_increase_pct``,
+4. quantize with each runtime's own quantizer (its backend's ``quantize``), check
+   parity (PSNR vs the fp32 PyTorch model on the held-out images) against the
+   thresholds below, and write a manifest that says what runs in int8 and what
+   stays float.
+
+QAT (torch level, ``compressor.quantize.qat_finetune``) hands its learned float
+weights to each runtime's static quantizer, which re-calibrates them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from compressor.config import QuantizeStage
+from compressor.data import sample_content_paths
+from compressor.io import write_json
+from compressor.models import get_family, load_model
+from compressor.quantize import (
+    Judge,
+    QuantizeError,
+    calibration_set,
+    default_qat_config,
+    pt2e_ptq,
+    qat_finetune,
+    rgb_output_convs,
+)
+from exports.backends import QuantizeJob, backend_for_format
+from exports.backends.onnxruntime import conv_layers, quantize_onnx
+from exports.manifest import write_manifest
+from exports.parity import parity
+from exports.runtime import load_runner
+from exports.stage import describe, export_artifact
+
+log = logging.getLogger(__name__)
+
+# Minimum PSNR (dB) vs the fp32 PyTorch model on the eval images. Measured at 64 px: a briefly trained tiny
+# TransformerNet keeps 58.6 dB (ORT int8) / 35.2 dB (LiteRT int8); random-init nets, whose output is
+# high-frequency noise, 24.6-25.3 dB (ORT) / 19.0 dB (LiteRT). The quickstart's distilled student at 256 px:
+# 41.2 dB (ORT) / 33.1 dB (LiteRT; 25.7 dB while its norms ran in int8). 20 dB catches broken scales/ranges.
+QUANT_THRESHOLDS_DB: dict[str, float] = {
+    "int8": 20.0,
+    "int8-qat": 20.0,
+    "int8-dynamic": 20.0,
+    "int8-weight-only": 30.0,
+    "fp16": 35.0,
+}
+PRECISION = {"static": "int8", "qat": "int8-qat", "dynamic": "int8-dynamic", "weight-only": "int8-weight-only",
+             "fp16": "fp16"}
+
+
+def _module_globs_to_nodes(layers: dict[str, str], globs: list[str]) -> list[str]:
+    """Conv node names whose module name matches any glob (``res*.conv2*``, ``deconv3``)."""
+    return [node for node, module in layers.items()
+            if any(fnmatch.fnmatchcase(module, g) or fnmatch.fnmatchcase(module, g + ".*") for g in globs)]
+
+
+def resolve_keep_float(globs: list[str], layers: dict[str, str]) -> list[str]:
+    """The conv module names the keep-float globs name; a glob that names none is an error."""
+    unknown = [g for g in globs if not _module_globs_to_nodes(layers, [g])]
+    if unknown:
+        raise QuantizeError(f"keep_float {unknown} match no conv layer; layers are {sorted(layers.values())}")
+    return sorted({layers[n] for n in _module_globs_to_nodes(layers, globs)})
+
+
+def layer_sensitivity(float_onnx: Path, calibration: list[np.ndarray], judge: Judge, method: str = "minmax",
+                      work_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Quantize one conv at a time (ORT static) and measure the damage; most harmful first."""
+    results = []
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        for node, module in conv_layers(float_onnx).items():
+            path = Path(tmp) / "one.onnx"
+            quantize_onnx(float_onnx, path, "static", calibration, method, only=[node])
+            results.append({"layer": module, "node": node, **judge(load_runner(path))})
+    return sorted(results, key=lambda r: (-r["style_increase_pct"], r["psnr_db"]))
+
+
+def _mixed_precision(settings: QuantizeStage, float_onnx: Path, calibration: list[np.ndarray], judge: Judge,
+                     work_dir: Path) -> tuple[list[str], dict]:
+    """Greedy: add the most sensitive layer to the float set until the style increase fits the budget."""
+    layers = conv_layers(float_onnx)
+    ranking = layer_sensitivity(float_onnx, calibration, judge, settings.calibration_method, work_dir)
+    keep = resolve_keep_float(settings.keep_float, layers)
+    trail = []
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        for candidate in [None] + [r["layer"] for r in ranking]:
+            if candidate is not None:
+                if candidate in keep:
+                    continue
+                keep.append(candidate)
+            path = Path(tmp) / "mixed.onnx"
+            nodes = _module_globs_to_nodes(layers, keep)
+            quantize_onnx(float_onnx, path, "static", calibration, settings.calibration_method, keep_float=nodes)
+            quality = judge(load_runner(path))
+            trail.append({"keep_float": list(keep), **quality})
+            if quality["style_increase_pct"] <= settings.max_style_increase_pct:
+                break
+    return keep, {"budget_style_increase_pct": settings.max_style_increase_pct, "ranking": ranking, "trail": trail}
+
+
+def _job(reference: nn.Module, source_dir: Path, fmt: str, out_dir: Path, settings: QuantizeStage,
+         calibration: list[np.ndarray], judge: Judge | None, extra: dict[str, Any]) -> QuantizeJob:
+    """The callbacks a backend's ``quantize`` uses: export the float model, write a verified manifest."""
+    size = (settings.size, settings.size)
+    backend = backend_for_format(fmt)
+
+    def export_float(fmt: str, precision: str | None = None) -> tuple[Path, dict[str, Any]]:
+        return export_artifact(source_dir, fmt, out_dir / "float", precision=precision, size=size)
+
+    def write(path: Path, precision: str, info: dict, runner=None, verdict: dict | None = None) -> dict:
+        """Manifest (the exporter's fields + quantization details + parity verdict), written beside the artifact.
+
+        Parity is measured against ``reference``, the fp32 model before quantization (before QAT too).
+        """
+        manifest = describe(load_model(source_dir), source_dir, backend, precision, path, size, "nchw", False,
+                            info.pop("rewrites", []))
+        manifest["quantization"] = info
+        manifest["parity"] = verdict or parity(reference, runner, precision, size,
+                                               threshold_db=QUANT_THRESHOLDS_DB[precision])
+        write_manifest(path, manifest)
+        return manifest
+
+    mode = "static" if settings.mode == "qat" else settings.mode
+    return QuantizeJob(reference=reference, out_dir=out_dir, settings=settings, calibration=calibration, judge=judge,
+                       extra=extra, export_float=export_float, write=write,
+                       keep_float=lambda layers: resolve_keep_float(settings.keep_float, layers),
+                       precision=PRECISION[settings.mode], mode=mode)
+
+
+def quantize(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    settings: QuantizeStage,
+    vgg: nn.Module,
+    grams: dict[str, torch.Tensor],
+    resume: bool = False,
+    progress: bool = True,
+) -> list[dict]:
+    """Quantize the float model in ``model_dir`` for every runtime in ``settings``; returns the manifests.
+
+    Parity failures are recorded in the manifests (``parity.passed``) and logged, not raised, so one
+    weak variant does not hide the others; check the returned verdicts.
+    """
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    model = load_model(model_dir)
+    calibration, calib_paths = calibration_set(settings.calibration, settings.size)
+    extra: dict[str, Any] = {
+        "mode": settings.mode, "calibration_method": settings.calibration_method,
+        "calibration_images": [str(p) for p in calib_paths], "evaluation_images": [
+            str(p) for p in sample_content_paths("eval")], "loss_network": vgg.weights_source,
+    }
+    family = get_family(model)
+    if len(family.io_names(model)[0]) != 1:
+        raise QuantizeError(f"{model_dir}: quantizing {type(model).__name__} (two inputs) is not supported; "
+                            "quantize a one-input model (a style transformer or a loss network)")
+    # Style/content/PSNR quality needs an image-to-image model; a loss network gets parity on its taps only.
+    judge = Judge(model, vgg, grams, settings.size) if family.role == "style_transformer" else None
+    if judge is None and (settings.max_style_increase_pct is not None or settings.mode == "qat"):
+        raise QuantizeError("max_style_increase_pct and mode qat need an image-to-image model (TransformerNet)")
+    keep = sorted(set(settings.keep_float) | set(rgb_output_convs(model)))
+    settings = settings.model_copy(update={"keep_float": keep})
+    source_dir = model_dir
+    if settings.mode == "qat":
+        config = settings.qat or default_qat_config()
+        _, int8_reference = qat_finetune(model, vgg, config, out_dir / "qat", settings.calibration, resume, progress)
+        extra["qat"] = {"steps": config.steps, "pt2e_qat_int8_quality": judge(int8_reference),
+                        "pt2e_ptq_int8_quality": judge(pt2e_ptq(model, calibration)),
+                        "carried_into_runtimes_as": "QAT-trained float weights, re-calibrated by each runtime's "
+                        "static quantizer (PT2E QAT graphs do not export as quantized ONNX/TFLite)"}
+        source_dir = out_dir / "qat"
+    if settings.max_style_increase_pct is not None and settings.mode in ("static", "qat"):
+        float_path, _ = export_artifact(source_dir, "onnx", out_dir / "sensitivity", size=(settings.size,) * 2)
+        keep, extra["mixed_precision"] = _mixed_precision(settings, float_path, calibration, judge, out_dir)
+        settings = settings.model_copy(update={"keep_float": keep})
+    manifests = []
+    for fmt in settings.runtimes:
+        job = _job(model, source_dir, fmt, out_dir / fmt, settings, calibration, judge, dict(extra))
+        manifests += backend_for_format(fmt).quantize(job)
+    for m in manifests:
+        p = m["parity"]
+        if p.get("passed") is False:
+            log.warning("%s: parity FAILED, PSNR %.1f dB < %.1f dB", m["artifact"], p["psnr_db"], p["threshold_db"])
+    write_json(out_dir / "summary.json", _summary(manifests))
+    return manifests
+
+
+def _summary(manifests: list[dict]) -> list[dict]:
+    return [{"format": m["format"], "precision": m["precision"], "artifact": m["artifact"],
+             "psnr_db": m["parity"].get("psnr_db"), "passed": m["parity"].get("passed"),
+             "quality": m["quantization"].get("quality"), "keep_float": m["quantization"].get("keep_float")}
+            for m in manifests]
+
+
+def quantize_stage(ctx) -> None:
+    """Pipeline stage: quantize the run's newest float model into ``quantized/``."""
+    settings = ctx.recipe.quantize
+    quantize(ctx.latest_model_dir(), ctx.stage_dir("quantize"), settings, ctx.loss_network, ctx.style_grams,
+             resume=ctx.resume, progress=ctx.progress)
