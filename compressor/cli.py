@@ -429,15 +429,20 @@ def export(
     size: Annotated[tuple[int, int], typer.Option(help="Input height and width.")] = (256, 256),
     layout: Annotated[str, typer.Option(help="nchw | nhwc (NHWC I/O for mobile callers)")] = "nchw",
     dynamic: Annotated[bool, typer.Option(help="ONNX only: dynamic height/width.")] = False,
+    tile: Annotated[bool, typer.Option(help="Tile artifact (ONNX/TFLite, square --size): takes the norm statistics "
+                                       "as inputs, so stylize runs photos of any size in tiles.")] = False,
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the artifact and its manifest.")] = Path("exports"),
 ) -> None:
     """Export a model to ONNX, TFLite or Core ML, verify it on its runtime, and write its manifest."""
     from exports.common import ExportError
     from exports.stage import export_artifact
+    from exports.tile_export import export_tile_artifact
 
     try:
-        path, manifest = export_artifact(model, fmt, output, precision=precision, size=size, layout=layout,
-                                         dynamic=dynamic)
+        if tile and size[0] != size[1]:
+            raise ValueError(f"--size {size[0]} {size[1]}: a tile artifact is square (e.g. --size 512 512)")
+        path, manifest = export_tile_artifact(model, fmt, output, size=size[0]) if tile else export_artifact(
+            model, fmt, output, precision=precision, size=size, layout=layout, dynamic=dynamic)
     except (ExportError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     verdict = manifest["parity"]

@@ -434,12 +434,13 @@ def stylize_tiled(runner: TileRunner, image: Image.Image | np.ndarray, plan: Til
     """Stylise ``image`` (PIL or (h, w, 3) uint8) tile by tile into a (h, w, 3) uint8 array.
 
     Statistics come from the thumbnail (or from each tile with ``per_tile_stats``, for comparison).
-    A PIL image is turned into an array after its thumbnail is made, so only one full-size copy exists
-    at a time.
+    A PIL image is turned into an array after its thumbnail is made and then released, so pass it
+    without keeping a reference (``stylize_tiled(runner, read_rgb(path), plan)``): one full-size copy
+    of the input exists while the tiles run.
     """
     stats = None if per_tile_stats else runner.record(thumbnail_of(image, plan.thumbnail))
     pixels = np.asarray(image) if isinstance(image, Image.Image) else image
-    del image
+    del image  # the caller passed the only reference: the decoded PIL image goes now
     height, width = pixels.shape[:2]
     out = np.empty((height, width, 3), dtype=np.uint8) if out is None else out
     cells = list(windows(height, width, plan))
@@ -457,13 +458,14 @@ def stylize_tiled(runner: TileRunner, image: Image.Image | np.ndarray, plan: Til
     return out
 
 
-def read_rgb(path: str | Path) -> Image.Image:
-    """Decode an image once, upright (EXIF orientation applied), as 8-bit RGB."""
+def read_rgb(path: str | Path, size: tuple[int, int] | None = None) -> Image.Image:
+    """Decode an image once, upright (EXIF orientation applied), as 8-bit RGB; ``size`` (h, w) resizes it."""
     path = Path(path)
     try:
         with Image.open(path) as img:
             img.load()
-            return to_rgb(ImageOps.exif_transpose(img))
+            rgb = to_rgb(ImageOps.exif_transpose(img))
+            return rgb.resize(size[::-1], Image.LANCZOS) if size and size != rgb.size[::-1] else rgb
     except FileNotFoundError:
         raise ImageError(f"{path}: no such image file") from None
     except (OSError, ValueError) as exc:

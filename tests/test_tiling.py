@@ -178,11 +178,12 @@ def test_cli_video_frames_go_through_tiles(tmp_path, net):
     assert len(styled) == 3 and styled[0].shape == (128, 160, 3)
 
 
-def test_onnx_tile_artifact_matches_torch_and_stylizes_beyond_its_size(tmp_path, net, photo):
+@pytest.mark.parametrize("fmt", ["onnx", pytest.param("tflite", marks=pytest.mark.slow)])  # LiteRT: ~2 min here
+def test_tile_artifact_matches_torch_and_stylizes_beyond_its_size(tmp_path, net, photo, fmt):
     from exports.manifest import read_manifest
     from exports.tile_export import export_tile_artifact
 
-    path, manifest = export_tile_artifact(net, "onnx", tmp_path / "exports", size=160)
+    path, manifest = export_tile_artifact(net, fmt, tmp_path / "exports", size=160)
     assert read_manifest(path)["parity"]["passed"] and manifest["parity"]["psnr_db"] >= 45
     assert manifest["tile"] == {"window": 160, "halo": 56, "stride": 4, "channels": [8, 16, 16] + [16] * 10 + [16, 8]}
     Image.fromarray(photo).save(tmp_path / "photo.png")
