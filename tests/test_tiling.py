@@ -46,6 +46,18 @@ def photo():
     return np.asarray(Image.open(sample_content_paths("eval")[1]).convert("RGB").resize((324, 216), Image.LANCZOS))
 
 
+def adain_run():
+    """A small random AdaIN with a fixed style image, as a (1, 3, h, w) -> image function."""
+    torch.manual_seed(0)
+    adain = AdaINNet(SMALL_ADAIN).eval()
+    for m in adain.modules():  # default init leaves the random decoder's output flat: He init keeps the signal
+        if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            torch.nn.init.zeros_(m.bias)
+    style = torch.rand(1, 3, 64, 64)
+    return lambda x: 0.5 + adain(x, style) / 200  # output std ~35: scaled into [0, 1]
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(peak_signal_noise_ratio(torch.from_numpy(a).float(), torch.from_numpy(b).float(), data_range=255.0))
 
@@ -57,9 +69,13 @@ def whole(run, pixels: np.ndarray) -> np.ndarray:
 def test_geometry_is_the_receptive_field(net):
     # TransformerNet: 9x9, two stride-2 3x3, ten 3x3 at stride 4, two upsampled 3x3, 9x9 -> radius 54 px.
     assert measure_geometry(net) == Geometry(stride=4, halo=56)
-    adain = AdaINNet(SMALL_ADAIN).eval()
-    style = torch.rand(1, 3, 64, 64)
-    assert measure_geometry(lambda x: adain(x, style)).stride == 8
+
+    def padded(x):  # pads to a multiple of 4 and crops back, as multi-style stylizers do: the stride stays visible
+        h, w = x.shape[-2:]
+        return net(torch.nn.functional.pad(x, (0, -w % 4, 0, -h % 4), mode="reflect"))[..., :h, :w]
+
+    assert measure_geometry(padded).stride == 4
+    assert measure_geometry(adain_run()).stride == 8  # three 2x2 max pools
 
 
 def test_tiles_with_the_whole_image_statistics_reproduce_it(net, photo):
@@ -70,17 +86,7 @@ def test_tiles_with_the_whole_image_statistics_reproduce_it(net, photo):
 
 
 def test_adain_content_statistics_come_from_the_thumbnail(photo):
-    torch.manual_seed(0)
-    adain = AdaINNet(SMALL_ADAIN).eval()
-    for m in adain.modules():  # default init leaves the random decoder's output flat: He init keeps the signal
-        if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1):
-            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-            torch.nn.init.zeros_(m.bias)
-    style = torch.rand(1, 3, 64, 64)
-
-    def run(x):  # output std ~35: scaled into [0, 1]
-        return 0.5 + adain(x, style) / 200
-
+    run = adain_run()
     halo = measure_geometry(run).halo
     plan = TilePlan(window=2 * halo + 64, halo=halo, stride=8, thumbnail=max(photo.shape))
     exact = stylize_tiled(TileRunner(run), photo, plan, progress=False)
