@@ -119,9 +119,10 @@ def discover(run_dir: Path) -> tuple[list[Variant], list[dict[str, str]]]:
         root = run_dir / folder
         if not root.is_dir():
             continue
-        for path in sorted(root.rglob("*")):
-            inside_bundle = any(read_manifest(root / p) for p in path.relative_to(root).parents if p.name)
-            if read_manifest(path) is not None and not path.name.startswith(".") and not inside_bundle:
+        for manifest in sorted(root.rglob("*.manifest.json")):
+            path = manifest.with_name(manifest.name.removesuffix(".manifest.json"))
+            hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
+            if path.exists() and not hidden:  # an artifact counts only with its manifest; temp folders are hidden
                 add(lambda path=path: artifact_variant(path, f"{folder}/{path.relative_to(root)}"), path)
     return found, skipped
 

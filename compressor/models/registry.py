@@ -40,7 +40,7 @@ Hooks (methods; defaults suit a one-input, RGB-output image-to-image net):
   a fresh teacher for a recipe's model stage and where its weights came from.
 - ``io_names(model)``: graph input and output names (exports, parity).
 - ``inputs(batch, style)``: the tensors the network takes for an image batch
-  (evaluation, export example inputs, graph tracing).
+  (evaluation, the inputs fed to an exported artifact's runner).
 - ``example_inputs(model, size, device)``: dummy inputs for graph tracing.
 - ``stylizer(model, style, alpha)``: batch -> stylised batch (stylize,
   previews); a loss network refuses.
