@@ -15,6 +15,7 @@ Targets (issue 14): 100 MP with peak RSS <= 2 GB; s/MP within +-20 % from 4 to 1
 
     python benchmarks/bench_tiling.py --quick       # 0.5 and 2 MP, 512x384 quality: about a minute
     python benchmarks/bench_tiling.py --model DIR   # the full run; 100 MP takes tens of minutes on 2 cores
+    python benchmarks/bench_tiling.py --model DIR --part speed   # one part again, the others kept
 """
 
 from __future__ import annotations
@@ -165,37 +166,78 @@ def quality_rows(model, size: tuple[int, int], thumbnails: list[int], halos: lis
     return rows
 
 
-def run(quick: bool, model_path: str | None = None) -> dict:
+def artifact_rows(model, size: tuple[int, int], window: int) -> list[dict]:
+    """A ``window``-px ONNX tile artifact on a photo of ``size``: time, and agreement with torch tiles (thumbnail
+    1024, 1024-px windows), against the fixed-shape way (the photo squeezed to the artifact's square and back)."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    from compressor.tiling import TileRunner, stylize_tiled, to_tensor, to_uint8
+    from exports.tile_export import ArtifactTileRunner, export_tile_artifact
+
+    def psnr(a: np.ndarray, b: np.ndarray) -> float:
+        return round(float(peak_signal_noise_ratio(torch.from_numpy(a).float(), torch.from_numpy(b).float(),
+                                                   data_range=255.0)), 2)
+
+    pixels = np.asarray(_photo(*size))
+    torch_runner = TileRunner(model)
+    reference = stylize_tiled(torch_runner, pixels, torch_runner.plan(size[1], size[0], BUDGET, tile=1024),
+                              progress=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        path, manifest = export_tile_artifact(model, "onnx", tmp, size=window)
+        runner = ArtifactTileRunner(path)
+        plan = runner.plan(size[1], size[0], BUDGET)
+        start = time.perf_counter()
+        tiled = stylize_tiled(runner, pixels, plan, progress=False)
+        seconds = time.perf_counter() - start
+        squeezed = to_uint8(runner(to_tensor(pixels)))
+    mp = size[0] * size[1] / 1e6
+    return [{"case": f"ONNX tile artifact {window}", "size": f"{size[0]}x{size[1]}", "window": plan.window,
+             "halo": plan.halo, "tiles": math.ceil(size[1] / plan.core) * math.ceil(size[0] / plan.core),
+             "seconds": round(seconds, 1), "s_per_mp": round(seconds / mp, 3),
+             "parity_psnr_db": manifest["parity"]["psnr_db"], "psnr_vs_torch_tiles_db": psnr(tiled, reference),
+             "squeezed_psnr_vs_torch_tiles_db": psnr(squeezed, reference)}]
+
+
+PARTS = ("quality", "artifact", "speed")
+
+
+def run(quick: bool, model_path: str | None = None, parts: tuple[str, ...] = PARTS,
+        previous: dict | None = None) -> dict:
+    """Every part (or ``parts``, keeping the others from ``previous``, an earlier result of this bench)."""
     torch.set_num_threads(2)
     model, described = _model(model_path)
     from compressor.tiling import TileRunner
 
     geometry = TileRunner(model).geometry
-    if quick:
-        quality = quality_rows(model, (512, 384), [128, 256], [0, geometry.halo], window=256)
-        speed = speed_rows([0.5, 2.0], model_path, whole_mp=0.25)
-    else:
-        quality = quality_rows(model, (2048, 1536), [512, 768, 1024], [0, 16, 32, geometry.halo], window=1024)
-        speed = speed_rows([4.0, 24.0, 100.0], model_path, whole_mp=1.0)
-    tiled = [r for r in speed if r["case"] == "tiled"]
-    def spread(key: str) -> float:
-        return round(max(r[key] for r in tiled) / min(r[key] for r in tiled) - 1, 3)
+    found = {p: (previous or {}).get(p, []) for p in PARTS}
+    for part in parts:
+        if part == "quality":
+            found[part] = (quality_rows(model, (512, 384), [128, 256], [0, geometry.halo], window=256) if quick
+                           else quality_rows(model, (2048, 1536), [512, 768, 1024], [0, 16, 32, geometry.halo],
+                                             window=1024))
+        elif part == "artifact":
+            found[part] = (artifact_rows(model, (1024, 768), window=256) if quick
+                           else artifact_rows(model, (4000, 3000), window=512))
+        else:
+            found[part] = (speed_rows([0.5, 2.0], model_path, whole_mp=0.25) if quick
+                           else speed_rows([4.0, 24.0, 100.0], model_path, whole_mp=1.0))
+    return {"model": described, "geometry": {"stride": geometry.stride, "halo": geometry.halo},
+            "budget_bytes": BUDGET, **found, "table": found["speed"] + found["quality"] + found["artifact"],
+            "targets": targets(found["speed"], found["quality"])}
 
+
+def targets(speed: list[dict], quality: list[dict]) -> dict:
+    found: dict = {"rss_target_mb": 2048, "spread_target": 0.2, "psnr_target_db": 35.0}
+    tiled = [r for r in speed if r["case"] == "tiled"]
+    if tiled:
+        found["peak_rss_mb_at_largest"] = tiled[-1]["peak_rss_mb"]
+        for key in ("s_per_mp", "cpu_s_per_mp"):
+            found[f"{key}_spread"] = round(max(r[key] for r in tiled) / min(r[key] for r in tiled) - 1, 3)
     thumb = [r for r in quality if r["case"].startswith("thumbnail")]
-    per_tile = next(r for r in quality if r["case"] == "per-tile statistics")
-    return {
-        "model": described,
-        "geometry": {"stride": geometry.stride, "halo": geometry.halo},
-        "budget_bytes": BUDGET,
-        "table": speed + quality,
-        "targets": {
-            "peak_rss_mb_at_largest": tiled[-1]["peak_rss_mb"], "rss_target_mb": 2048,
-            "s_per_mp_spread": spread("s_per_mp"), "cpu_s_per_mp_spread": spread("cpu_s_per_mp"),
-            "spread_target": 0.2,
-            "thumbnail_psnr_db": max(r["psnr_db"] for r in thumb), "per_tile_psnr_db": per_tile["psnr_db"],
-            "psnr_target_db": 35.0,
-        },
-    }
+    if thumb:
+        found["thumbnail_psnr_db"] = max(r["psnr_db"] for r in thumb)
+        found["per_tile_psnr_db"] = next(r["psnr_db"] for r in quality if r["case"] == "per-tile statistics")
+    return found
 
 
 def main() -> None:
@@ -203,6 +245,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--model", help="trained model folder (default: seeded random TransformerNet)")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--part", action="append", choices=PARTS,
+                        help="run only this part (repeatable); the others are kept from the existing --out file")
     parser.add_argument("--make", nargs=3, metavar=("PATH", "W", "H"), help=argparse.SUPPRESS)
     parser.add_argument("--child", nargs=2, metavar=("IMAGE", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--whole", action="store_true", help=argparse.SUPPRESS)
@@ -214,10 +258,11 @@ def main() -> None:
     if args.child:
         print(json.dumps(child_speed(Path(args.child[0]), args.model, Path(args.child[1]), args.whole)))
         return
-    from compressor.models.checkpoint import atomic_write
+    from compressor.io import atomic_write
 
-    result = run(args.quick, args.model)
     out = args.out or RESULTS / f"bench_tiling{'_quick' if args.quick else ''}.json"
+    previous = json.loads(out.read_text()) if args.part and out.is_file() else None
+    result = run(args.quick, args.model, tuple(args.part or PARTS), previous)
     atomic_write(out, lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
     print(json.dumps(result["targets"], indent=2))
     print(f"results: {out}")

@@ -433,6 +433,20 @@ class TileRunner:
         return run_frozen(self.run, tile, stats)
 
 
+def _release_freed_memory() -> Callable[[], None]:
+    """glibc's malloc_trim: hand freed heap pages back to the OS. Feature maps under glibc's mmap threshold
+    (up to 32 MB) live on the heap; without a trim between tiles fragmentation grew the resident set by about
+    24 bytes per image pixel over a 24 MP photo here. Elsewhere: nothing to do."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    return lambda: trim(0)
+
+
 def stylize_tiled(runner: TileRunner, image: Image.Image | np.ndarray, plan: TilePlan, per_tile_stats: bool = False,
                   progress: bool = True, out: np.ndarray | None = None) -> np.ndarray:
     """Stylise ``image`` (PIL or (h, w, 3) uint8) tile by tile into a (h, w, 3) uint8 array.
@@ -442,7 +456,9 @@ def stylize_tiled(runner: TileRunner, image: Image.Image | np.ndarray, plan: Til
     without keeping a reference (``stylize_tiled(runner, read_rgb(path), plan)``): one full-size copy
     of the input exists while the tiles run.
     """
+    release = _release_freed_memory()
     stats = None if per_tile_stats else runner.record(thumbnail_of(image, plan.thumbnail))
+    release()
     pixels = np.asarray(image) if isinstance(image, Image.Image) else image
     del image  # the caller passed the only reference: the decoded PIL image goes now
     height, width = pixels.shape[:2]
@@ -459,6 +475,8 @@ def stylize_tiled(runner: TileRunner, image: Image.Image | np.ndarray, plan: Til
         top, left = core_rows.start - rows.start, core_cols.start - cols.start
         core = result[..., top : top + core_rows.stop - core_rows.start, left : left + core_cols.stop - core_cols.start]
         out[core_rows, core_cols] = to_uint8(core)
+        del result, core
+        release()
     return out
 
 
