@@ -73,7 +73,7 @@ def _rss(field: str) -> int:
 
 def child_speed(image: Path, model_path: str | None, out: Path, whole: bool) -> dict:
     """One size in this (fresh) process: read, plan, tiles, save, as ``styleslim stylize`` does."""
-    from compressor.tiling import TileRunner, image_size, read_rgb, save_pixels, stylize_tiled
+    from compressor.tiling import TileRunner, image_size, read_rgb, save_pixels, stylize_file, to_tensor, to_uint8
 
     torch.set_num_threads(2)
     runner = TileRunner(_model(model_path)[0])
@@ -82,27 +82,23 @@ def child_speed(image: Path, model_path: str | None, out: Path, whole: bool) -> 
     baseline = _rss("VmRSS")
     cpu_start = _cpu_seconds()
     start = time.perf_counter()
-    if plan.tiled:
-        result = stylize_tiled(runner, read_rgb(image), plan, progress=False)
+    if plan.tiled:  # decode, tiles and save, as `styleslim stylize` does
+        stylize_file(runner, image, out, plan, progress=False)
     else:
-        from compressor.tiling import to_tensor, to_uint8
-
-        result = to_uint8(runner(to_tensor(np.asarray(read_rgb(image)))))
-    run_s = time.perf_counter() - start
-    save_pixels(result, out)
-    total = time.perf_counter() - start
+        save_pixels(to_uint8(runner(to_tensor(np.asarray(read_rgb(image))))), out)
+    seconds = time.perf_counter() - start
     cpu = _cpu_seconds() - cpu_start
     mp = height * width / 1e6
     cells = math.ceil(height / plan.core) * math.ceil(width / plan.core) if plan.tiled else 1
     return {
         "megapixels": round(mp, 1), "size": f"{width}x{height}", "mode": "tiles" if plan.tiled else "whole",
         "window": plan.window, "halo": plan.halo, "thumbnail": plan.thumbnail, "tiles": cells,
-        "stylize_s": round(run_s, 1), "save_s": round(total - run_s, 1),
-        "s_per_mp": round(total / mp, 3), "stylize_s_per_mp": round(run_s / mp, 3),
+        "seconds": round(seconds, 1),
+        "s_per_mp": round(seconds / mp, 3),
         "cpu_s_per_mp": round(cpu / mp, 3),
         "peak_rss_mb": round(_rss("VmHWM") / 2**20), "baseline_rss_mb": round(baseline / 2**20),
-        "predicted_mb": round((runner.memory.bytes_for(plan.window**2 if plan.tiled else height * width)
-                               + (6 if plan.tiled else 30) * height * width) / 2**20),
+        "predicted_mb": round(max(runner.memory.bytes_for(plan.window**2), 4.2 * height * width) / 2**20 if plan.tiled
+                              else (runner.memory.bytes_for(height * width) + 30 * height * width) / 2**20),
     }
 
 

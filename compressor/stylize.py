@@ -33,8 +33,7 @@ from compressor.tiling import (
     TileRunner,
     TilingError,
     image_size,
-    read_rgb,
-    save_pixels,
+    stylize_file,
     stylize_tiled,
 )
 
@@ -133,9 +132,9 @@ def _stylize_images(stylizer, images, targets, size, batch_size, progress, optio
     for path in images:
         height, width = _resized_size(*image_size(path), size) if options[0] != 0 else (0, 0)
         plan = _plan(stylizer, height, width, options)
-        if plan.tiled:  # the decoded image is passed on, not kept: stylize_tiled drops it once it is an array
-            pixels = stylize_tiled(stylizer, read_rgb(path, (height, width) if size else None), plan, progress=progress)
-            written.append(save_pixels(pixels, targets[path]))
+        if plan.tiled:
+            written.append(stylize_file(stylizer, path, targets[path], plan, (height, width) if size else None,
+                                        progress=progress))
             continue
         tensor = load_image(path, size=size)
         by_shape[tuple(tensor.shape)].append((path, tensor))

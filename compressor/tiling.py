@@ -13,15 +13,18 @@ instance norm, whose own affine or per-style parameters still apply afterwards) 
 statistics come from the thumbnail too). Any network built from those is covered without per-family
 code; one that warps the whole image (a spatial transformer) is refused.
 
-Memory: the image is decoded once as uint8, each tile becomes float on its own, and the result is
-written as uint8 rows into one preallocated array, so a 100 MP photo needs about 600 MB plus one tile.
+Memory: the image is decoded once into a uint8 file-backed map, each tile becomes float on its own, and its
+core is written as uint8 rows into a second map; finished bands of rows leave the resident set. So a 100 MP
+photo needs the decoder's image (400 MB) while decoding and saving, and about one tile in between.
 """
 
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import re
+import tempfile
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,6 +47,7 @@ STATISTIC_FUNCTIONS = (mean_std,)
 GLOBAL_OPS = (F.affine_grid, F.grid_sample)
 DEFAULT_THUMBNAIL = 1024  # longest side of the statistics thumbnail (URST uses 1000-1024)
 MAX_WINDOW = 2048
+DECODED_BYTES_PER_PIXEL = 4.2  # Pillow holds RGB as 4 bytes a pixel while decoding and encoding (plus a band)
 BASELINE_BYTES = 750 * 2**20  # resident before any image is read (interpreter, torch, model), where unmeasurable
 Run = Callable[[torch.Tensor], torch.Tensor]
 
@@ -315,15 +319,19 @@ def plan_tiles(height: int, width: int, geometry: Geometry, memory: MemoryModel,
     whole = resident + memory.bytes_for(pixels) + 30 * pixels  # float input and output, uint8 copies
     if tile == 0 or (tile is None and whole <= max_memory):
         return TilePlan(0, geometry.halo, geometry.stride, 0)
-    room = max_memory - resident - 6 * pixels - memory.fixed  # uint8 input and output stay resident
+    room = max_memory - resident - memory.fixed  # input and output live in file-backed maps (stylize_file)
+    decode = resident + DECODED_BYTES_PER_PIXEL * pixels
+    if decode > max_memory:
+        raise TilingError(f"--max-memory: decoding a {width}x{height} image takes {decode / 2**30:.1f} GB (raise "
+                          "--max-memory, or give a smaller --size)")
     min_window = 2 * geometry.halo + 4 * geometry.stride
     if tile is None:
         fit = math.sqrt(max(room, 0) / memory.per_pixel) if memory.per_pixel else MAX_WINDOW
         window = min(MAX_WINDOW, int(fit) // geometry.stride * geometry.stride)
         if window < min_window:
-            need = resident + 6 * pixels + memory.bytes_for(min_window**2)
-            raise TilingError(f"{height}x{width} needs at least {need / 2**30:.1f} GB even in tiles of {min_window} "
-                              "px (--max-memory)")
+            need = resident + memory.bytes_for(min_window**2)
+            raise TilingError(f"--max-memory: a {width}x{height} image needs at least {need / 2**30:.1f} GB even in "
+                              f"{min_window}-px tiles (raise --max-memory, or give a smaller --size)")
     else:
         window = tile
         if window % geometry.stride or window < min_window:
@@ -447,27 +455,38 @@ def _release_freed_memory() -> Callable[[], None]:
     return lambda: trim(0)
 
 
-def stylize_tiled(runner: TileRunner, image: Image.Image | np.ndarray, plan: TilePlan, per_tile_stats: bool = False,
-                  progress: bool = True, out: np.ndarray | None = None) -> np.ndarray:
-    """Stylise ``image`` (PIL or (h, w, 3) uint8) tile by tile into a (h, w, 3) uint8 array.
+def _evict(pixels: np.ndarray, rows: int) -> None:
+    """Write the first ``rows`` rows of a file-backed map back and drop them from the resident set (they stay
+    readable: touching them again reads them from the file)."""
+    if not isinstance(pixels, np.memmap) or rows <= 0:
+        return
+    end = min(rows, pixels.shape[0]) * pixels.shape[1] * pixels.shape[2] // mmap.PAGESIZE * mmap.PAGESIZE
+    if end:
+        pixels._mmap.flush(0, end)
+        pixels._mmap.madvise(mmap.MADV_DONTNEED, 0, end)
 
-    Statistics come from the thumbnail (or from each tile with ``per_tile_stats``, for comparison).
-    A PIL image is turned into an array after its thumbnail is made and then released, so pass it
-    without keeping a reference (``stylize_tiled(runner, read_rgb(path), plan)``): one full-size copy
-    of the input exists while the tiles run.
+
+def stylize_tiled(runner: TileRunner, pixels: np.ndarray, plan: TilePlan, thumbnail: torch.Tensor | None = None,
+                  per_tile_stats: bool = False, progress: bool = True, out: np.ndarray | None = None) -> np.ndarray:
+    """Stylise ``pixels`` ((h, w, 3) uint8) tile by tile into ``out`` (a new (h, w, 3) uint8 array by default).
+
+    Statistics come from ``thumbnail`` (by default made from ``pixels``), or from each tile with
+    ``per_tile_stats`` (for comparison). File-backed maps (``stylize_file``) have each finished band of rows
+    written back and dropped from memory, so the resident set holds about one band, not the photo.
     """
     release = _release_freed_memory()
-    stats = None if per_tile_stats else runner.record(thumbnail_of(image, plan.thumbnail))
-    release()
-    pixels = np.asarray(image) if isinstance(image, Image.Image) else image
-    del image  # the caller passed the only reference: the decoded PIL image goes now
+    if not per_tile_stats:
+        thumbnail = thumbnail_of(pixels, plan.thumbnail) if thumbnail is None else thumbnail
+        stats = runner.record(thumbnail)
+        release()
+    else:
+        stats = None
     height, width = pixels.shape[:2]
     out = np.empty((height, width, 3), dtype=np.uint8) if out is None else out
     cells = list(windows(height, width, plan))
     for rows, cols, core_rows, core_cols in tqdm(cells, disable=not progress or len(cells) < 2, desc="tiles",
                                                  unit="tile"):
         tile = pixels[rows, cols]
-        pad = None
         if runner.fixed:
             pad = ((0, runner.fixed - tile.shape[0]), (0, runner.fixed - tile.shape[1]), (0, 0))
             tile = np.pad(tile, pad, mode="symmetric")
@@ -476,8 +495,39 @@ def stylize_tiled(runner: TileRunner, image: Image.Image | np.ndarray, plan: Til
         core = result[..., top : top + core_rows.stop - core_rows.start, left : left + core_cols.stop - core_cols.start]
         out[core_rows, core_cols] = to_uint8(core)
         del result, core
+        if core_cols.stop == width:  # a band of rows is done
+            _evict(out, core_rows.stop)
+            _evict(pixels, core_rows.stop - plan.halo)
         release()
     return out
+
+
+BAND_ROWS = 256  # rows copied at a time between the decoder's image and the file-backed maps
+
+
+def stylize_file(runner: TileRunner, source: str | Path, target: str | Path, plan: TilePlan,
+                 size: tuple[int, int] | None = None, progress: bool = True) -> Path:
+    """Decode ``source`` once (upright, resized to ``size`` (h, w) if given), stylise it in tiles, save ``target``.
+
+    The photo and its result live in uint8 file-backed maps in a hidden folder beside the target, so memory holds
+    the decoder's image (while decoding and saving) or a band of rows and one tile (while the tiles run).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as tmp:
+        image = read_rgb(source, size)
+        thumbnail = thumbnail_of(image, plan.thumbnail)
+        shape = (image.height, image.width, 3)
+        pixels = np.memmap(Path(tmp) / "input.u8", dtype=np.uint8, mode="w+", shape=shape)
+        for top in range(0, shape[0], BAND_ROWS):
+            bottom = min(shape[0], top + BAND_ROWS)
+            pixels[top:bottom] = np.asarray(image.crop((0, top, shape[1], bottom)))
+            _evict(pixels, bottom)
+        del image
+        out = np.memmap(Path(tmp) / "output.u8", dtype=np.uint8, mode="w+", shape=shape)
+        stylize_tiled(runner, pixels, plan, thumbnail=thumbnail, progress=progress, out=out)
+        del pixels
+        return save_pixels(out, target)
 
 
 def read_rgb(path: str | Path, size: tuple[int, int] | None = None) -> Image.Image:
@@ -495,12 +545,20 @@ def read_rgb(path: str | Path, size: tuple[int, int] | None = None) -> Image.Ima
 
 
 def save_pixels(pixels: np.ndarray, path: str | Path) -> Path:
-    """Write a (h, w, 3) uint8 array atomically, in the format the suffix names."""
+    """Write a (h, w, 3) uint8 array atomically, in the format the suffix names; a file-backed map is copied
+    into the encoder's image band by band, each band dropped from memory once copied."""
     path = Path(path)
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ImageError(f"{path}: unknown image extension (use .png or .jpg)")
-    atomic_write(path, lambda p: Image.fromarray(pixels).save(p, format=fmt))
+    if isinstance(pixels, np.memmap):
+        image = Image.new("RGB", (pixels.shape[1], pixels.shape[0]))
+        for top in range(0, pixels.shape[0], BAND_ROWS):
+            image.paste(Image.fromarray(np.asarray(pixels[top : top + BAND_ROWS])), (0, top))
+            _evict(pixels, top + BAND_ROWS)
+    else:
+        image = Image.fromarray(pixels)
+    atomic_write(path, lambda p: image.save(p, format=fmt))
     return path
 
 

@@ -117,9 +117,9 @@ def _channels(model: nn.Module, size: int) -> list[int]:
     return stats.channels
 
 
-def _example(channels: list[int], size: int, own: float = 1.0) -> tuple[torch.Tensor, ...]:
+def _example(channels: list[int], size: int) -> tuple[torch.Tensor, ...]:
     gen = torch.Generator().manual_seed(0)
-    return torch.rand(1, 3, size, size, generator=gen), torch.zeros(2, sum(channels)), torch.tensor([own])
+    return torch.rand(1, 3, size, size, generator=gen), torch.zeros(2, sum(channels)), torch.ones(1)
 
 
 def _export_graph(graph: TileGraph, fmt: str, path: Path, size: int) -> None:
