@@ -380,21 +380,28 @@ def stylize(
     alpha: Annotated[float, typer.Option(min=0, max=1, help="AdaIN content (0) to style (1) blend.")] = 1.0,
     size: Annotated[int | None, typer.Option(min=16, help="Resize the longest side first.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 4,
+    tile: Annotated[int | None, typer.Option(min=0, help="Tile side in px (0: whole image at once; default: "
+                                             "tiles only when the image would not fit --max-memory).")] = None,
+    max_memory: Annotated[str, typer.Option(help="Memory budget that picks tiling, e.g. 2GB, 800MB.")] = "2GB",
 ) -> None:
     """Stylise images, folders (batched) and videos (frame by frame, same fps) with a model or artifact."""
     from compressor.data import list_images
     from compressor.stylize import VIDEO_SUFFIXES, SomeInputsFailed, load_stylizer, output_targets, stylize_files
-    from exports.runtime import is_artifact, load_runner
+    from compressor.tiling import parse_plan_options
+    from exports.runtime import is_artifact
+    from exports.tile_export import load_artifact_runner
 
     if style_index is not None and style_weights is not None:
         fail("--style-index / --style-weights", "give one of them, not both")
     files = [f for p in inputs for f in ([p] if p.suffix.lower() in VIDEO_SUFFIXES else list_images(p))]
     output_targets(files, output)  # refuses a bad output path before the model is loaded
-    runner = load_runner(model) if is_artifact(model) else None
+    tile, budget = parse_plan_options(tile, max_memory)
+    runner = load_artifact_runner(model) if is_artifact(model) else None
     stylizer = load_stylizer(model, style=style, alpha=alpha, runner=runner,
                              style_weights=str(style_index) if style_index is not None else style_weights)
     try:
-        written = stylize_files(stylizer, files, output, size=size, batch_size=batch_size)
+        written = stylize_files(stylizer, files, output, size=size, batch_size=batch_size, tile=tile,
+                                max_memory=budget)
     except SomeInputsFailed as exc:
         typer.echo(f"wrote {len(exc.written)} file(s) to {output}")
         raise
@@ -647,18 +654,23 @@ def export(
         ExportStage.model_fields["size"].default,) * 2,
     layout: str = field_option(ExportStage, "layout"),
     dynamic: Annotated[bool, typer.Option(help="ONNX only: dynamic height/width.")] = False,
+    tile: Annotated[bool, typer.Option(help="Tile artifact (ONNX/TFLite, square --size): takes the norm statistics "
+                                       "as inputs, so stylize runs photos of any size in tiles.")] = False,
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the artifact and its manifest.")] = Path(
         "exports"),
 ) -> None:
     """Export a model to ONNX, TFLite or Core ML, verify it on its runtime, and write its manifest."""
     from exports.stage import export_artifact
+    from exports.tile_export import export_tile_artifact
 
     for side in size:
         build(ExportStage, {"size": "--size", "formats.0": "--format"}, size=side, formats=[fmt], layout=layout,
               precision=precision)
+    if tile and size[0] != size[1]:
+        fail(f"--size {size[0]} {size[1]}", "a tile artifact is square", "e.g. --size 512 512")
     check_output_dir(output)
-    path, manifest = export_artifact(model, fmt, output, precision=precision, size=size, layout=layout,
-                                     dynamic=dynamic)
+    path, manifest = export_tile_artifact(model, fmt, output, size=size[0]) if tile else export_artifact(
+        model, fmt, output, precision=precision, size=size, layout=layout, dynamic=dynamic)
     verdict = manifest["parity"]
     numbers = (f"PSNR {verdict['psnr_db']} dB (>= {verdict['threshold_db']}), max abs {verdict['max_abs_error']:.3g}"
                if "psnr_db" in verdict else f"structure verified; predictions {verdict['predictions']}")

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from torch import nn
+from torch.overrides import handle_torch_function, has_torch_function_unary
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from compressor.config import TrainConfig
@@ -54,7 +55,12 @@ def tv_loss(images: torch.Tensor) -> torch.Tensor:
 
 
 def mean_std(feat: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel spatial mean and std, shaped (N, C, 1, 1)."""
+    """Per-channel spatial mean and std, shaped (N, C, 1, 1).
+
+    Overridable through ``torch.overrides`` so tiled inference can give AdaIN a thumbnail's statistics.
+    """
+    if has_torch_function_unary(feat):
+        return handle_torch_function(mean_std, (feat,), feat, eps=eps)
     n, c = feat.shape[:2]
     flat = feat.reshape(n, c, -1)
     return flat.mean(-1).view(n, c, 1, 1), (flat.var(-1, unbiased=True) + eps).sqrt().view(n, c, 1, 1)

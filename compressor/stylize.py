@@ -38,6 +38,7 @@ from compressor.images import fit_longest, resize
 from compressor.io import atomic_write
 from compressor.models import get_family, load_any
 from compressor.outputs import check_output_dir, check_output_file
+from compressor.tiling import TilePlan, TileRunner, TilingError, image_size, stylize_file, stylize_tiled
 from compressor.models.arbitrary import style_vector
 from compressor.models.multistyle import parse_style_weights
 
@@ -45,6 +46,7 @@ VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif"}
 # Peak memory of a forward pass over the sum of its layer outputs: 0.37 measured for TransformerNet (CPU, no_grad).
 PEAK_OVER_LAYER_OUTPUTS = 0.4
 ARTIFACT_BYTES_PER_PIXEL = 1200  # ONNX Runtime / LiteRT: about TransformerNet's torch figure
+DEFAULT_MAX_MEMORY = 2 * 2**30  # the budget above which an image is stylised in tiles
 
 
 class Stylizer:
@@ -55,9 +57,20 @@ class Stylizer:
     """
 
     def __init__(self, run: Callable[[torch.Tensor], torch.Tensor], source: str, multiple: int = 1,
-                 bytes_per_pixel: float | None = None, model: nn.Module | None = None):
+                 bytes_per_pixel: float | None = None, model: nn.Module | None = None,
+                 tiler: TileRunner | None = None):
         self.run, self.source, self.multiple = run, source, multiple
         self.bytes_per_pixel, self.model = bytes_per_pixel, model
+        self.tiler = tiler  # torch models and tile artifacts: big images go through tiles (compressor.tiling)
+
+    def plan(self, height: int, width: int, tile: int | None, max_memory: int) -> TilePlan:
+        """Whole image, or tiles with thumbnail statistics (``tile`` 0: never; > 0: always, that side)."""
+        if self.tiler is not None:
+            return self.tiler.plan(height, width, max_memory, tile)
+        if tile:
+            raise TilingError(f"--tile {tile}: this artifact takes no normalisation statistics, so it cannot be "
+                              "tiled (export a tile artifact: styleslim export --tile)")
+        return TilePlan(0, 0, 1, 0)
 
     @torch.no_grad()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
@@ -133,7 +146,7 @@ def model_stylizer(model: nn.Module, style_image: torch.Tensor | None = None, al
     except ValueError as exc:
         raise UserError(source, str(exc)) from None
     bpp = PEAK_OVER_LAYER_OUTPUTS * layer_output_bytes(run, model)
-    return Stylizer(run, source, family.size_multiple, bpp, model)
+    return Stylizer(run, source, family.size_multiple, bpp, model, tiler=TileRunner(run))
 
 
 def load_stylizer(model_path: str | Path, style: str | Path | None = None, alpha: float = 1.0,
@@ -145,6 +158,8 @@ def load_stylizer(model_path: str | Path, style: str | Path | None = None, alpha
     this library module does not import exports). ``style_weights`` picks or blends the styles of a
     multi-style network (``"7"``, ``"3:0.5,12:0.5"``).
     """
+    if isinstance(runner, TileRunner):  # a tile artifact (exports.tile_export): tiles with its statistics inputs
+        return Stylizer(runner, str(model_path), tiler=runner)
     if runner is not None:
         return _artifact_stylizer(runner, str(model_path),
                                   _artifact_style_input(runner, Path(model_path), style, style_weights))
@@ -277,21 +292,25 @@ def output_targets(inputs: list[Path], out: Path) -> dict[Path, Path]:
 
 
 def stylize_files(stylizer: Stylizer, inputs: list[Path], out: Path, size: int | None = None,
-                  batch_size: int = 4, progress: bool = True) -> list[Path]:
+                  batch_size: int = 4, progress: bool = True, tile: int | None = None,
+                  max_memory: int = DEFAULT_MAX_MEMORY) -> list[Path]:
     """Stylise images (batched by size) and videos; returns the written files.
 
-    Every readable input is stylised even when others fail; then :class:`SomeInputsFailed` names each bad one.
+    Images or frames that would not fit ``max_memory`` at once (or all, with ``tile`` > 0) go through tiles
+    with thumbnail statistics; ``tile`` 0 never tiles. Every readable input is stylised even when others
+    fail; then :class:`SomeInputsFailed` names each bad one.
     """
+    options = (tile, max_memory)
     targets = output_targets(inputs, out)
     videos = [p for p in inputs if p.suffix.lower() in VIDEO_SUFFIXES]
     images = [p for p in inputs if p not in videos]
     failures: list[tuple[Path, str]] = [(p, "not an image or video this tool reads") for p in images
                                         if p.suffix.lower() not in IMAGE_SUFFIXES]
     images = [p for p in images if p.suffix.lower() in IMAGE_SUFFIXES]
-    written = _stylize_images(stylizer, images, targets, size, batch_size, progress, failures)
+    written = _stylize_images(stylizer, images, targets, size, batch_size, progress, failures, options)
     for video in videos:
         try:
-            written.append(stylize_video(stylizer, video, targets[video], size, progress))
+            written.append(stylize_video(stylizer, video, targets[video], size, progress, options))
         except ImageError as exc:
             failures.append((video, exc.what.removeprefix(f"{video}: ")))
     if failures:
@@ -299,10 +318,25 @@ def stylize_files(stylizer: Stylizer, inputs: list[Path], out: Path, size: int |
     return written
 
 
-def _stylize_images(stylizer, images, targets, size, batch_size, progress, failures) -> list[Path]:
+def _resized_size(height: int, width: int, size: int | None) -> tuple[int, int]:
+    if not size:
+        return height, width
+    scale = size / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _stylize_images(stylizer, images, targets, size, batch_size, progress, failures, options) -> list[Path]:
     by_shape: dict[tuple[int, ...], list[tuple[Path, torch.Tensor]]] = defaultdict(list)
+    written = []
     for path in images:
         try:
+            if options[0] != 0:
+                height, width = _resized_size(*image_size(path), size)
+                plan = stylizer.plan(height, width, *options)
+                if plan.tiled:
+                    written.append(stylize_file(stylizer.tiler, path, targets[path], plan,
+                                                (height, width) if size else None, progress=progress))
+                    continue
             tensor = load_image(path, size=size)
         except ImageError as exc:
             failures.append((path, exc.line().removeprefix(f"{path}: ")))
@@ -310,8 +344,8 @@ def _stylize_images(stylizer, images, targets, size, batch_size, progress, failu
         by_shape[tuple(tensor.shape)].append((path, tensor))
     for shape, group in by_shape.items():
         check_fits(stylizer, (min(batch_size, len(group)), *shape), group[0][0])
-    written = []
-    with tqdm(total=len(images), disable=not progress or len(images) < 2, desc="stylize") as bar:
+    count = sum(len(g) for g in by_shape.values())
+    with tqdm(total=count, disable=not progress or count < 2, desc="stylize") as bar:
         for group in by_shape.values():
             for start in range(0, len(group), batch_size):
                 chunk = group[start : start + batch_size]
@@ -331,8 +365,11 @@ def ffmpeg_reason(exc: BaseException) -> str:
 
 
 def stylize_video(stylizer: Stylizer, source: Path, target: Path, size: int | None = None,
-                  progress: bool = True) -> Path:
-    """Frame by frame, keeping the frame rate; written to a temp file and renamed when complete."""
+                  progress: bool = True, options: tuple[int | None, int] = (None, DEFAULT_MAX_MEMORY)) -> Path:
+    """Frame by frame, keeping the frame rate; written to a temp file and renamed when complete.
+
+    Frames take the image path: tiled with thumbnail statistics when one would not fit the budget.
+    """
     import imageio.v3 as iio
 
     try:
@@ -342,15 +379,21 @@ def stylize_video(stylizer: Stylizer, source: Path, target: Path, size: int | No
     fps = meta.get("fps") or (1000.0 / meta["duration"] if meta.get("duration") else 25.0)
 
     def write(tmp: Path) -> None:
-        frames = []
+        frames, plan = [], None
         try:
             for frame in tqdm(iio.imiter(source), disable=not progress, desc=f"video {source.name}"):
                 image = pil_to_tensor(Image.fromarray(np.asarray(frame)).convert("RGB"))
                 if size:
                     image = fit_longest(image, size, multiple=2)
-                if not frames:
-                    check_fits(stylizer, (1, *image.shape), source)
-                frames.append(np.asarray(tensor_to_pil(stylizer(image.unsqueeze(0))[0])))
+                if plan is None:
+                    plan = stylizer.plan(image.shape[-2], image.shape[-1], *options)
+                    if not plan.tiled:
+                        check_fits(stylizer, (1, *image.shape), source)
+                if plan.tiled:
+                    frames.append(stylize_tiled(stylizer.tiler, np.asarray(tensor_to_pil(image)), plan,
+                                                progress=False))
+                else:
+                    frames.append(np.asarray(tensor_to_pil(stylizer(image.unsqueeze(0))[0])))
         except (OSError, RuntimeError, ValueError) as exc:
             if isinstance(exc, UserError) or getattr(exc, "errno", None):
                 raise
