@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
@@ -41,13 +43,11 @@ class ImageError(UserError):
         super().__init__("", message, hint)
 
 
-def load_image(path: str | Path, size: int | None = None) -> torch.Tensor:
-    """Read an image as (3, H, W) float RGB in [0, 1]; ``size`` resizes the longest side."""
-    path = Path(path)
+@contextmanager
+def reading_image(path: Path) -> Iterator[None]:
+    """Turn every way reading ``path`` can fail (missing, a folder, a decompression bomb, garbage) into one ImageError."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            rgb = to_rgb(ImageOps.exif_transpose(img))
+        yield
     except FileNotFoundError:
         raise ImageError(f"{path}: no such image file") from None
     except IsADirectoryError:
@@ -60,6 +60,14 @@ def load_image(path: str | Path, size: int | None = None) -> torch.Tensor:
                          "downscale the image first; very large images are refused for safety") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path}: not a readable image ({one_line(str(exc))[:160]})") from None
+
+
+def load_image(path: str | Path, size: int | None = None) -> torch.Tensor:
+    """Read an image as (3, H, W) float RGB in [0, 1]; ``size`` resizes the longest side."""
+    path = Path(path)
+    with reading_image(path), Image.open(path) as img:
+        img.load()
+        rgb = to_rgb(ImageOps.exif_transpose(img))
     if min(rgb.size) < MIN_SIDE:
         raise ImageError(f"{path}: {rgb.width}x{rgb.height} is too small", f"images need at least {MIN_SIDE} px a side")
     if size:

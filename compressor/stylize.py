@@ -38,7 +38,15 @@ from compressor.images import fit_longest, resize
 from compressor.io import atomic_write
 from compressor.models import get_family, load_any
 from compressor.outputs import check_output_dir, check_output_file
-from compressor.tiling import TilePlan, TileRunner, TilingError, image_size, stylize_file, stylize_tiled
+from compressor.tiling import (
+    TilePlan,
+    TileRunner,
+    TilingError,
+    image_size,
+    resident_bytes,
+    stylize_file,
+    stylize_tiled,
+)
 from compressor.models.arbitrary import style_vector
 from compressor.models.multistyle import parse_style_weights
 
@@ -64,7 +72,14 @@ class Stylizer:
         self.tiler = tiler  # torch models and tile artifacts: big images go through tiles (compressor.tiling)
 
     def plan(self, height: int, width: int, tile: int | None, max_memory: int) -> TilePlan:
-        """Whole image, or tiles with thumbnail statistics (``tile`` 0: never; > 0: always, that side)."""
+        """Whole image, or tiles with thumbnail statistics (``tile`` 0: never; > 0: always, that side).
+
+        An image that needs under half the spare budget by the cheap per-pixel estimate runs whole without asking
+        the tiler, whose geometry and memory probes cost a few forward passes.
+        """
+        spare = max_memory - resident_bytes()
+        if tile is None and self.bytes_per_pixel and self.bytes_per_pixel * height * width < spare / 2:
+            return TilePlan(0, 0, 1, 0)
         if self.tiler is not None:
             return self.tiler.plan(height, width, max_memory, tile)
         if tile:

@@ -170,7 +170,7 @@ def test_cli_small_budget_tiles_like_an_explicit_tile(tmp_path, net, photo):
     assert np.abs(auto.astype(int) - reference).max() <= 1  # thumbnail = the image itself (under 1024 px): exact
     for option, value in (("--tile", "-1"), ("--max-memory", "lots"), ("--tile", "130")):
         result = runner.invoke(app, [*common, option, value, "-o", str(tmp_path / "x.png")])
-        assert result.exit_code == 2 and f"error: {option} {value}" in result.output, result.output
+        assert result.exit_code == 2 and f"error: {option}" in result.output, result.output
 
 
 def test_cli_video_frames_go_through_tiles(tmp_path, net):
