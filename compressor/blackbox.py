@@ -87,3 +87,40 @@ class OnnxTeacher(nn.Module):
         chunks = np.split(array, array.shape[0]) if self.batch_one else [array]
         out = [self.session.run([self.output], {self.image.name: c, **self.fixed})[0] for c in chunks]
         return torch.from_numpy(np.concatenate(out).astype(np.float32)).to(x.device)
+
+
+class TeacherPairs(torch.utils.data.Dataset):
+    """Aligned crops of (photo, teacher output) with the teacher run ONCE on each whole photo at ``size``.
+
+    Why: a style network with instance norms draws a crop differently from the same region of the whole
+    image, and fidelity is judged on whole images; running the teacher once per photo (and its mirror
+    image) also takes it out of the training loop. Items are 6-channel tensors, input RGB then target RGB
+    (an objective that knows pairs splits them); crops keep the photo's pixel scale.
+    """
+
+    def __init__(self, paths: list[Path], teacher: nn.Module, size: int, crop: int, length: int = 10_000):
+        from compressor.data import load_image
+
+        self.pairs = []
+        device = next(teacher.parameters(), torch.empty(0)).device  # an OnnxTeacher has none: CPU
+        with torch.no_grad():
+            for path in paths:
+                image = load_image(path, size=size)
+                image = image[:, : image.shape[1] // 16 * 16, : image.shape[2] // 16 * 16]
+                for view in (image, image.flip(-1)):
+                    self.pairs.append(torch.cat([view, teacher(view[None].to(device))[0].cpu().clamp(0, 1)]))
+        if any(min(p.shape[1:]) < crop for p in self.pairs):
+            raise ValueError(f"crop {crop} is larger than a training photo at size {size}")
+        self.crop, self.length = crop, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        import random
+
+        rng = random.Random(index)
+        pair = self.pairs[rng.randrange(len(self.pairs))]
+        _, h, w = pair.shape
+        top, left = rng.randint(0, h - self.crop), rng.randint(0, w - self.crop)
+        return pair[:, top: top + self.crop, left: left + self.crop]

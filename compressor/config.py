@@ -87,6 +87,10 @@ class DistillStage(TrainConfig):
     teacher_onnx: str | None = Field(
         None, description="A black-box ONNX teacher run by ONNX Runtime (image in, image out) instead of the model stage's."
     )
+    paired_size: int | None = Field(
+        None, ge=16, description="Run the teacher once per whole training photo at this size and learn aligned crops "
+        "of its output (edge_net students; matches whole-image evaluation, takes the teacher out of the loop).",
+    )
     teacher_inputs: dict[str, int | list[float]] = Field(
         default_factory=dict,
         description="Fixed extra teacher inputs: numbers, or an index K = one-hot K (e.g. style_weights: 19).",

@@ -354,7 +354,13 @@ def distill_stage(ctx) -> None:
     run = prepare_run(ctx.loss_network, distill_teacher(config, teacher_dir), ctx.style_grams)
     objective = make_objective(student, run.teacher, config, run.vgg, run.grams,
                                any_teacher=config.student is not None or config.teacher_onnx is not None)
-    data = ContentCrops(resolve_images(ctx.recipe.content, "train"), config.crop)
+    photos = resolve_images(ctx.recipe.content, "train")
+    if config.paired_size:
+        from compressor.blackbox import TeacherPairs
+
+        data = TeacherPairs(photos, run.teacher, config.paired_size, config.crop)
+    else:
+        data = ContentCrops(photos, config.crop)
     meta = {
         "student_from": f"fresh {config.student.family}" if config.student is not None else str(student_dir),
         "teacher": config.teacher_onnx or str(teacher_dir),

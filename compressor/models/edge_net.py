@@ -110,14 +110,19 @@ class EdgeNet(nn.Module):
 
 
 def edge_objective(config: Any, vgg: nn.Module, teacher: nn.Module | None) -> Objective:
-    """Output MSE (what PSNR measures) + L1 to any teacher's output, plus VGG perceptual when weighted."""
+    """Output MSE (what PSNR measures) + L1 to any teacher's output, plus VGG perceptual when weighted.
+
+    Batches of 6-channel (input, target) pairs carry the teacher's outputs already (``TeacherPairs``)."""
     if teacher is None or not config.output_weight:
         raise ValueError("an edge_net student learns from a teacher: give a teacher and a nonzero output_weight")
 
     def objective(student: nn.Module, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        if batch.shape[1] == 6:  # (input, teacher output) pairs: compressor.blackbox.TeacherPairs
+            batch, target = batch[:, :3], batch[:, 3:]
+        else:
+            with torch.no_grad():
+                target = teacher(batch)
         output = student(batch)
-        with torch.no_grad():
-            target = teacher(batch)
         terms = teacher_terms(config, vgg, output, target)
         terms["mse"] = config.output_weight * 10.0 * (output - target).pow(2).mean()
         return finish(terms)
