@@ -34,9 +34,9 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from benchmarks.bench_quant import conv_macs, int8_peak_layer, ort_profile
-from compressor.blackbox import OnnxTeacher
+from compressor.blackbox import OnnxTeacher, TeacherPairs
 from compressor.config import TrainConfig
-from compressor.data import ContentCrops, load_image, sample_content_paths
+from compressor.data import load_image, sample_content_paths
 from compressor.distill import make_objective, train
 from compressor.io import atomic_write
 from compressor.models import EdgeNet, EdgeNetSpec, load_model
@@ -64,15 +64,17 @@ def square(path: Path, size: int) -> np.ndarray:
     return image[None].numpy().astype(np.float32)
 
 
-def distil_default(steps: int, crop: int, out_dir: Path) -> Path:
-    """A student of the default spec distilled from the peer's graph (black-box ONNX teacher) for ``steps``."""
+def distil_default(steps: int, size: int, crop: int, out_dir: Path) -> Path:
+    """A student of the default spec distilled from the peer's graph (black-box ONNX teacher) for ``steps``,
+    on aligned crops of the teacher's whole-photo outputs at ``size`` (as recipes/multistyle_edge.yaml does)."""
     teacher = OnnxTeacher(peer_path(), {"style_weights": STYLE}, threads=THREADS)
     torch.manual_seed(0)
     student = EdgeNet(EdgeNetSpec(style=f"multistyle26 style {STYLE}"))
     config = TrainConfig(steps=steps, batch_size=8, crop=crop, lr=2e-3, lr_schedule="cosine", output_weight=1.0,
                          checkpoint_every=10**6)
     objective = make_objective(student, teacher, config, None, None, any_teacher=True)
-    train(student, objective, ContentCrops(sample_content_paths("train"), crop), config, out_dir, progress=False)
+    train(student, objective, TeacherPairs(sample_content_paths("train"), teacher, size, crop), config, out_dir,
+          progress=False)
     return out_dir
 
 
@@ -115,7 +117,7 @@ def run(quick: bool, students: list[Path] | None = None, runs: int | None = None
         tmp = Path(tmp)
         if not students:
             with torch.enable_grad():
-                students = [distil_default(steps or (40 if quick else 1500), 64 if quick else 128, tmp / "student")]
+                students = [distil_default(steps or (40 if quick else 1500), size, 64 if quick else 96, tmp / "student")]
         for i, student_dir in enumerate(students):
             model = load_model(student_dir).eval()
             name = f"edge_net {i}: {json.dumps(model.current_spec().model_dump(exclude={'family', 'style'}))}"
