@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import argparse
 import functools
-from collections.abc import Callable
 import json
 import tempfile
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -51,7 +51,7 @@ from exports.stage import export_artifact
 RESULTS = Path(__file__).parent / "results"
 THREADS = 2
 STYLE = 19
-TARGETS = {"speedup_vs_peer_ort_fp32": 4.0, "psnr_db": 32.0, "ssim": 0.95, "int8_mb": 0.3, "int8_fraction_of_peak": 0.6}
+TARGETS = {"speedup_vs_peer": 4.0, "psnr_db": 32.0, "ssim": 0.95, "int8_mb": 0.3, "int8_fraction_of_peak": 0.6}
 
 
 def peer_path() -> Path:
@@ -161,25 +161,26 @@ def run(quick: bool, students: list[Path] | None = None, runs: int | None = None
 
 
 def verdicts(rows: list[dict]) -> dict:
-    """Each issue-15 target against the best student row that meets the fidelity budget."""
+    """Issue 15's targets, met by the fastest student artifact (any runtime) within the fidelity budget.
+
+    With no student within the budget, the figures are those of the fastest student overall (``met`` false).
+    """
     students = [r for r in rows if r["model"].startswith("edge_net")]
     good = [r for r in students if r["psnr_db"] >= TARGETS["psnr_db"] and r["ssim"] >= TARGETS["ssim"]]
-    fp32 = [r for r in (good or students) if r["variant"] == "ORT fp32"]
-    int8 = [r for r in (good or students) if "int8" in r["variant"]]
-    best_fp32 = max(fp32, key=lambda r: r["speedup_vs_peer"]) if fp32 else None
+    pool = good or students
+    best = max(pool, key=lambda r: r["speedup_vs_peer"])
+    int8 = [r for r in pool if "int8" in r["variant"]]
     best_int8 = max(int8, key=lambda r: r["speedup_vs_peer"]) if int8 else None
     measured = {
-        "speedup_vs_peer_ort_fp32": best_fp32 and best_fp32["speedup_vs_peer"],
-        "psnr_db": best_fp32 and best_fp32["psnr_db"], "ssim": best_fp32 and best_fp32["ssim"],
+        "speedup_vs_peer": best["speedup_vs_peer"], "psnr_db": best["psnr_db"], "ssim": best["ssim"],
         "int8_mb": best_int8 and best_int8["size_mb"],
         "int8_fraction_of_peak": best_int8 and best_int8["fraction_of_int8_peak"],
     }
-    out = {}
+    out: dict = {"fastest": f"{best['model']} {best['variant']}", "within_fidelity_budget": bool(good)}
     for key, target in TARGETS.items():
         value = measured[key]
-        met = value is not None and (value <= target if key == "int8_mb" else value >= target)
+        met = bool(good) and value is not None and (value <= target if key == "int8_mb" else value >= target)
         out[key] = {"target": target, "measured": value, "met": met}
-    out["fidelity_budget_met_by_any_student"] = bool(good)
     return out
 
 

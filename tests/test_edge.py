@@ -121,7 +121,7 @@ def test_distill_stage_names_a_student_and_a_black_box_teacher():
 def test_teacher_pairs_hold_whole_image_outputs(onnx_teacher):
     from compressor.blackbox import TeacherPairs
 
-    path, model = onnx_teacher
+    path, _ = onnx_teacher
     teacher = OnnxTeacher(path, {"style_weights": 1})
     pairs = TeacherPairs(sample_content_paths("train")[:1], teacher, size=64, crop=16, length=8)
     whole = pairs.pairs[0]
