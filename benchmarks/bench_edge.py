@@ -150,13 +150,15 @@ def run(quick: bool, students: list[Path] | None = None, runs: int | None = None
             tfl, _ = export_artifact(model, "tflite", work / "tflite", size=(size, size))
             artifacts["LiteRT int8"] = quantize_tflite(tfl, work / "int8.tflite", "static", calibration)
             gmac = round(conv_macs(model, size) / 1e9, 3)
+            meta = json.loads((Path(student_dir) / "spec.json").read_text()).get("meta", {})
+            trained = {k: meta[k] for k in ("steps", "steps_done", "train") if k in meta}
             for variant, path in artifacts.items():
                 runner = load_runner(path, THREADS)
                 scores = [fidelity(torch.from_numpy(np.asarray(runner(x))).clamp(0, 1), references[n])
                           for n, x in photos.items()]
                 key = f"{name}: {variant}"
                 calls[key] = functools.partial(runner, x0)
-                rows.append({"model": name, "variant": variant, "key": key, "gmac": gmac,
+                rows.append({"model": name, "variant": variant, "key": key, "gmac": gmac, "trained": trained,
                              "size_mb": round(path.stat().st_size / 1e6, 3),
                              "psnr_db": round(float(np.mean([s["psnr_vs_teacher"] for s in scores])), 2),
                              "ssim": round(float(np.mean([s["ssim_vs_teacher"] for s in scores])), 4)})
