@@ -78,8 +78,15 @@ class PruneStage(_Strict):
     reconstruct_images: int = Field(8, ge=1, le=256, description="Content crops the least-squares refit sees.")
 
 
+class StudentChoice(_Strict):
+    """A student named by the recipe: a registered family and overrides of its default spec."""
+
+    family: str
+    spec: dict[str, Any] = Field(default_factory=dict)
+
+
 class DistillStage(TrainConfig):
-    """The pruned student (or a copy of the teacher) learns back from the teacher.
+    """The pruned student (or a copy of the teacher, or a fresh ``student``) learns back from the teacher.
 
     TransformerNet / AdaIN: output L1 + perceptual terms on top of their style losses; VGG19: tap MSE
     (``feature_weight``). Output/perceptual weights 0 is plain fine-tuning.
@@ -87,6 +94,20 @@ class DistillStage(TrainConfig):
 
     output_weight: float = Field(1.0, ge=0)
     perceptual_weight: float = Field(1.0, ge=0)
+    student: StudentChoice | None = Field(
+        None, description="A fresh student of this family and spec instead of the pruned model (any architecture)."
+    )
+    teacher_onnx: str | None = Field(
+        None, description="A black-box ONNX teacher run by ONNX Runtime (image in, image out) instead of the model stage's."
+    )
+    paired_size: int | None = Field(
+        None, ge=16, description="Run the teacher once per whole training photo at this size and learn aligned crops "
+        "of its output (edge_net students; matches whole-image evaluation, takes the teacher out of the loop).",
+    )
+    teacher_inputs: dict[str, int | list[float]] = Field(
+        default_factory=dict,
+        description="Fixed extra teacher inputs: numbers, or an index K = one-hot K (e.g. style_weights: 19).",
+    )
 
 
 class QuantizeStage(_Strict):

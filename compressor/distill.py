@@ -32,7 +32,7 @@ from compressor.config import TrainConfig
 from compressor.data import ContentCrops, resolve_images
 from compressor.errors import UserError
 from compressor.io import atomic_write
-from compressor.models import get_family, load_model, save_model
+from compressor.models import create_model, get_family, load_model, save_model
 from compressor.models.registry import Objective
 from compressor.safeload import load_weights_only
 
@@ -51,12 +51,14 @@ def make_objective(
     vgg: nn.Module,
     style_grams: dict[str, torch.Tensor] | None,
     style_images: list[torch.Tensor] | None = None,
+    any_teacher: bool = False,
 ) -> Objective:
     """The loss for ``student``'s family (its ``objective`` hook). ``teacher`` None (or zero teacher weights)
-    is plain fine-tuning; arbitrary-style students see random crops of ``style_images``."""
+    is plain fine-tuning; arbitrary-style students see random crops of ``style_images``. ``any_teacher``: a
+    student the recipe named may learn from a teacher of another architecture (or a black-box ONNX one)."""
     if teacher is not None:
         teacher.eval().requires_grad_(False)
-        if type(teacher) is not type(student):
+        if not any_teacher and type(teacher) is not type(student):
             raise ValueError(f"teacher is a {type(teacher).__name__}, student a {type(student).__name__}")
     return get_family(student).objective(student, teacher, config, vgg, style_grams, style_images)
 
@@ -309,18 +311,60 @@ class _Log:
                 self.tb.close()
 
 
+def distill_teacher(config, teacher_dir: Path) -> nn.Module:
+    """The teacher: the black-box ``teacher_onnx`` (ONNX Runtime), else the model stage's model, its style-bank
+    inputs fixed by ``teacher_inputs`` (``style_weights: 19``) when the student is a one-input network."""
+    if config.teacher_onnx:
+        from compressor.blackbox import OnnxTeacher
+
+        try:
+            return OnnxTeacher(config.teacher_onnx, config.teacher_inputs)
+        except ValueError as exc:
+            raise UserError("distill.teacher_onnx", str(exc), "give an image-in, image-out .onnx") from None
+    teacher = load_model(teacher_dir)
+    if "style_weights" in config.teacher_inputs and get_family(teacher).style_bank:
+        from compressor.models.multistyle import SingleStyle, parse_style_weights
+
+        value = config.teacher_inputs["style_weights"]
+        n = teacher.spec.n_styles
+        try:
+            weights = parse_style_weights(value, n) if isinstance(value, int) else torch.tensor(value)
+        except ValueError as exc:
+            raise UserError("distill.teacher_inputs.style_weights", str(exc), f"an index 0..{n - 1}") from None
+        if weights.shape != (n,):
+            raise UserError("distill.teacher_inputs.style_weights", f"{weights.numel()} numbers for {n} styles",
+                            f"give {n} weights or one index")
+        teacher = SingleStyle(teacher, weights)
+    return teacher
+
+
 def distill_stage(ctx) -> None:
-    """Recipe stage ``distill``: the pruned model (or a copy of the teacher) learns from the teacher."""
+    """Recipe stage ``distill``: the pruned model (or a copy of the teacher, or a named ``student``) learns."""
     config = ctx.recipe.distill
     teacher_dir = ctx.stage_dir("model")
     student_dir = ctx.stage_dir("prune") if ctx.recipe.prune is not None else teacher_dir
-    student = load_model(student_dir)
-    run = prepare_run(ctx.loss_network, load_model(teacher_dir), ctx.style_grams)
-    objective = make_objective(student, run.teacher, config, run.vgg, run.grams)
-    data = ContentCrops(resolve_images(ctx.recipe.content, "train"), config.crop)
+    if config.student is not None:
+        torch.manual_seed(config.seed)  # the student's initial weights are part of the run
+        try:
+            student = create_model({"family": config.student.family, **config.student.spec})
+        except ValueError as exc:
+            raise UserError("distill.student", str(exc).splitlines()[0], "see the family's spec fields") from None
+    else:
+        student = load_model(student_dir)
+    run = prepare_run(ctx.loss_network, distill_teacher(config, teacher_dir), ctx.style_grams)
+    objective = make_objective(student, run.teacher, config, run.vgg, run.grams,
+                               any_teacher=config.student is not None or config.teacher_onnx is not None)
+    photos = resolve_images(ctx.recipe.content, "train")
+    if config.paired_size:
+        from compressor.blackbox import TeacherPairs
+
+        data = TeacherPairs(photos, run.teacher, config.paired_size, config.crop)
+    else:
+        data = ContentCrops(photos, config.crop)
     meta = {
-        "student_from": str(student_dir),
-        "teacher": str(teacher_dir),
+        "student_from": f"fresh {config.student.family}" if config.student is not None else str(student_dir),
+        "teacher": config.teacher_onnx or str(teacher_dir),
+        "teacher_inputs": config.teacher_inputs,
         "style": ctx.recipe.style,
         "loss_network": run.vgg.weights_source,
     }

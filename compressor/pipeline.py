@@ -112,6 +112,8 @@ def preflight(recipe: Recipe) -> None:
         value = getattr(recipe.model, key)
         if value is not None:
             checks.append((f"model.{key}", lambda value=value: _exists(resolve_model_path(value))))
+    if recipe.distill is not None and recipe.distill.teacher_onnx:
+        checks.append(("distill.teacher_onnx", lambda: _exists(resolve_model_path(recipe.distill.teacher_onnx))))
     for key, check in checks:
         try:
             check()

@@ -10,6 +10,7 @@ from compressor.models import vgg  # noqa: F401
 from compressor.models import adain  # noqa: F401
 from compressor.models import multistyle  # noqa: F401
 from compressor.models import arbitrary  # noqa: F401
+from compressor.models import edge_net  # noqa: F401
 
 from compressor.models.adain import AdaINNet, AdaINSpec, load_adain
 from compressor.models.arbitrary import ArbitrarySpec, ArbitraryStyleNet
@@ -21,6 +22,7 @@ from compressor.models.checkpoint import (
     read_spec,
     save_model,
 )
+from compressor.models.edge_net import EdgeNet, EdgeNetSpec
 from compressor.models.multistyle import MultiStyleNet, MultiStyleSpec, SingleStyle
 from compressor.models.registry import Family, create_model, families, get_family, parse_spec, register_family
 from compressor.models.transformer_net import STNSpec, TransformerNet, TransformerNetSpec, load_fast_neural_style
@@ -32,6 +34,8 @@ __all__ = [
     "ArbitrarySpec",
     "ArbitraryStyleNet",
     "CheckpointMismatch",
+    "EdgeNet",
+    "EdgeNetSpec",
     "Family",
     "MultiStyleNet",
     "MultiStyleSpec",
