@@ -66,7 +66,8 @@ class Variant:
             model = self.model.eval()
             return lambda x: model(*inputs(x, style))
         run = load_runner(self.path, threads=threads)
-        return lambda x: _to_torch(run(*(t.numpy() for t in inputs(x, style))))
+        taken = len(run.input_names)  # an artifact declares its inputs (a single-style export takes the image alone)
+        return lambda x: _to_torch(run(*(t.numpy() for t in inputs(x, style)[:taken])))
 
 def _to_torch(output: Any) -> Any:
     """Runner output (an array, or a dict of arrays for multi-output graphs such as VGG taps) as tensors."""
