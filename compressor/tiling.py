@@ -47,6 +47,9 @@ STATISTIC_FUNCTIONS = (mean_std,)
 GLOBAL_OPS = (F.affine_grid, F.grid_sample)
 DEFAULT_THUMBNAIL = 1024  # longest side of the statistics thumbnail (URST uses 1000-1024)
 MAX_WINDOW = 2048
+# Of the budget left after the resident set, the share tiles may plan on: with 35 tiles of a 24 MP photo, the
+# peak here came within 1 % of the plan (vs 30 % under it with 6 tiles): freed heap pages fragment as tiles run.
+HEAP_HEADROOM = 0.9
 DECODED_BYTES_PER_PIXEL = 4.2  # Pillow holds RGB as 4 bytes a pixel while decoding and encoding (plus a band)
 BASELINE_BYTES = 750 * 2**20  # resident before any image is read (interpreter, torch, model), where unmeasurable
 Run = Callable[[torch.Tensor], torch.Tensor]
@@ -319,7 +322,8 @@ def plan_tiles(height: int, width: int, geometry: Geometry, memory: MemoryModel,
     whole = resident + memory.bytes_for(pixels) + 30 * pixels  # float input and output, uint8 copies
     if tile == 0 or (tile is None and whole <= max_memory):
         return TilePlan(0, geometry.halo, geometry.stride, 0)
-    room = max_memory - resident - memory.fixed  # input and output live in file-backed maps (stylize_file)
+    # input and output live in file-backed maps (stylize_file); the headroom is for the heap's fragmentation
+    room = (max_memory - resident) * HEAP_HEADROOM - memory.fixed
     decode = resident + DECODED_BYTES_PER_PIXEL * pixels
     if decode > max_memory:
         raise TilingError(f"--max-memory: decoding a {width}x{height} image takes {decode / 2**30:.1f} GB (raise "
