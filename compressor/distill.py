@@ -312,8 +312,8 @@ class _Log:
 
 
 def distill_teacher(config, teacher_dir: Path) -> nn.Module:
-    """The teacher: the black-box ``teacher_onnx`` (ONNX Runtime), else the model stage's model, its style-bank
-    inputs fixed by ``teacher_inputs`` (``style_weights: 19``) when the student is a one-input network."""
+    """The teacher: the black-box ``teacher_onnx`` (ONNX Runtime, extra inputs fixed by ``teacher_inputs``), else
+    the model stage's model (a multi-style network's style is fixed there, by ``model.select_style``)."""
     if config.teacher_onnx:
         from compressor.blackbox import OnnxTeacher
 
@@ -321,21 +321,7 @@ def distill_teacher(config, teacher_dir: Path) -> nn.Module:
             return OnnxTeacher(config.teacher_onnx, config.teacher_inputs)
         except ValueError as exc:
             raise UserError("distill.teacher_onnx", str(exc), "give an image-in, image-out .onnx") from None
-    teacher = load_model(teacher_dir)
-    if "style_weights" in config.teacher_inputs and get_family(teacher).style_bank:
-        from compressor.models.multistyle import SingleStyle, parse_style_weights
-
-        value = config.teacher_inputs["style_weights"]
-        n = teacher.spec.n_styles
-        try:
-            weights = parse_style_weights(value, n) if isinstance(value, int) else torch.tensor(value)
-        except ValueError as exc:
-            raise UserError("distill.teacher_inputs.style_weights", str(exc), f"an index 0..{n - 1}") from None
-        if weights.shape != (n,):
-            raise UserError("distill.teacher_inputs.style_weights", f"{weights.numel()} numbers for {n} styles",
-                            f"give {n} weights or one index")
-        teacher = SingleStyle(teacher, weights)
-    return teacher
+    return load_model(teacher_dir)
 
 
 def distill_stage(ctx) -> None:
