@@ -47,9 +47,9 @@ STATISTIC_FUNCTIONS = (mean_std,)
 GLOBAL_OPS = (F.affine_grid, F.grid_sample)
 DEFAULT_THUMBNAIL = 1024  # longest side of the statistics thumbnail (URST uses 1000-1024)
 MAX_WINDOW = 2048
-# Of the budget left after the resident set, the share tiles may plan on: with 35 tiles of a 24 MP photo, the
-# peak here came within 1 % of the plan (vs 30 % under it with 6 tiles): freed heap pages fragment as tiles run.
-HEAP_HEADROOM = 0.9
+# Of the budget left after the resident set, the share tiles may plan on: freed heap pages fragment as tiles run
+# (peak over plan, measured here: 6 tiles -30 %, 35 tiles +1 %, 126 tiles +13 %, in bench_tiling's results).
+HEAP_HEADROOM = 0.85
 DECODED_BYTES_PER_PIXEL = 4.2  # Pillow holds RGB as 4 bytes a pixel while decoding and encoding (plus a band)
 BASELINE_BYTES = 750 * 2**20  # resident before any image is read (interpreter, torch, model), where unmeasurable
 Run = Callable[[torch.Tensor], torch.Tensor]
@@ -306,7 +306,9 @@ class TilePlan:
 
 
 def resident_bytes() -> int:
-    """This process's resident memory now (Linux), else the usual figure; what the budget has already spent."""
+    """This process's resident memory (Linux; freed heap handed back first), else the usual figure: what the
+    budget has already spent."""
+    _release_freed_memory()()
     try:
         return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
@@ -322,8 +324,10 @@ def plan_tiles(height: int, width: int, geometry: Geometry, memory: MemoryModel,
     whole = resident + memory.bytes_for(pixels) + 30 * pixels  # float input and output, uint8 copies
     if tile == 0 or (tile is None and whole <= max_memory):
         return TilePlan(0, geometry.halo, geometry.stride, 0)
-    # input and output live in file-backed maps (stylize_file); the headroom is for the heap's fragmentation
-    room = (max_memory - resident) * HEAP_HEADROOM - memory.fixed
+    # input and output live in file-backed maps (stylize_file): the band of rows being tiled stays resident;
+    # the headroom is for the heap's fragmentation
+    band = 6 * min(height, MAX_WINDOW) * width
+    room = (max_memory - resident) * HEAP_HEADROOM - memory.fixed - band
     decode = resident + DECODED_BYTES_PER_PIXEL * pixels
     if decode > max_memory:
         raise TilingError(f"--max-memory: decoding a {width}x{height} image takes {decode / 2**30:.1f} GB (raise "

@@ -126,7 +126,8 @@ def test_memory_budget_triggers_tiling(net):
     assert not plan(800, 600, big).tiled
     tiled = plan(4000, 3000, small)
     assert tiled.tiled and tiled.window % 4 == 0 and tiled.core > 0
-    room = (small - held) * HEAP_HEADROOM  # input and output are file-backed maps: one tile has the rest
+    room = (small - held) * HEAP_HEADROOM - 6 * 2048 * 3000  # file-backed input and output: a band of rows
+    # stays resident, one tile has the rest
     assert memory.bytes_for(tiled.window**2) <= room < memory.bytes_for((tiled.window + 8) ** 2)
     assert memory.bytes_for(tiled.thumbnail * tiled.thumbnail * 3 / 4) <= room
     assert plan(800, 600, big, tile=200).window == 200
@@ -161,17 +162,18 @@ def test_cli_small_budget_tiles_like_an_explicit_tile(tmp_path, net, photo, monk
     common = ["stylize", str(tmp_path / "photo.png"), "--model", str(tmp_path / "model")]
     result = runner.invoke(app, [*common, "-o", str(tmp_path / "whole.png")])
     assert result.exit_code == 0 and not re.search(TILE_BAR, result.output)  # 2 GB by default: fits at once
-    # what this process holds plus 60 % of what the whole image needs: tiles (of about 200 px) fit, it does not
+    # what this process holds plus 90 % of what the whole image needs: tiles (of about 200 px) fit, it does not
     held = resident_bytes()  # frozen: what the in-process CLI allocates meanwhile must not move the budget's edge
     monkeypatch.setattr("compressor.tiling.resident_bytes", lambda: held)
     monkeypatch.setattr("compressor.stylize.resident_bytes", lambda: held)
-    budget = f"{(held + 0.6 * measure_memory(net).bytes_for(photo.shape[0] * photo.shape[1])) / 2**20}MB"
+    budget = f"{(held + 0.9 * measure_memory(net).bytes_for(photo.shape[0] * photo.shape[1])) / 2**20}MB"
     result = runner.invoke(app, [*common, "--max-memory", budget, "-o", str(tmp_path / "auto.png")])
     assert result.exit_code == 0, result.output
     assert re.search(TILE_BAR, result.output)  # the progress bar over tiles
     auto, reference = np.asarray(Image.open(tmp_path / "auto.png")), np.asarray(Image.open(tmp_path / "whole.png"))
     assert auto.shape == reference.shape
-    assert np.abs(auto.astype(int) - reference).max() <= 1  # thumbnail = the image itself (under 1024 px): exact
+    # thumbnail = the image itself (under 1024 px): exact statistics, float rounding only
+    assert np.abs(auto.astype(int) - reference).max() <= 2 and psnr(auto, reference) > 55
     for option, value in (("--tile", "-1"), ("--max-memory", "lots"), ("--tile", "130")):
         result = runner.invoke(app, [*common, option, value, "-o", str(tmp_path / "x.png")])
         assert result.exit_code == 2 and f"error: {option}" in result.output, result.output
