@@ -24,8 +24,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from compressor.losses import finish, teacher_terms, uses_teacher
-from compressor.models.conditional_norm import ConvNorm, StyleVectorNorm, batch_generator, pad_to_multiple
-from compressor.models.registry import Family, ForeignLoader, Objective, register_family
+from compressor.models.conditional_norm import (
+    ConvNorm,
+    StyleVectorNorm,
+    batch_generator,
+    pad_to_multiple,
+)
+from compressor.models.multistyle import ConditionalNormFamily
+from compressor.models.registry import ForeignLoader, Objective, register_family
 
 PREDICTOR_SIZE = 256  # the style predictor's fixed input side
 TRANSFORM_SIZE = 384  # the packaged transform graph's fixed input side (the torch network takes any size)
@@ -169,7 +175,7 @@ def _onnx_layout(path: Path) -> str | None:
     return onnx_family(path)
 
 
-class ArbitraryFamily(Family):
+class ArbitraryFamily(ConditionalNormFamily):
     """Arbitrary style: an image batch and the style vector the ONNX predictor makes from a style image."""
 
     name = "arbitrary"
@@ -215,19 +221,6 @@ class ArbitraryFamily(Family):
             return model(batch, vector.to(batch.device))
 
         return pad_to_multiple(run)
-
-    def layer_widths(self, spec: ArbitrarySpec) -> dict[str, int]:
-        widths = {f"contract.{i}": w for i, w in enumerate(spec.contract)}
-        widths |= {f"res.{i}.inner": w for i, w in enumerate(spec.res_inner)}
-        return widths | {f"expand.{i}": w for i, w in enumerate(spec.expand)}
-
-    def protected_layers(self, model: ArbitraryStyleNet, config: Any) -> list[nn.Module]:
-        return [model.expand[-1].conv]
-
-    def customized_pruners(self, model: nn.Module) -> dict[type, Any]:
-        from compressor.models.conditional_norm_pruning import CUSTOMIZED_PRUNERS
-
-        return CUSTOMIZED_PRUNERS
 
     def objective(self, student, teacher, config, vgg, style_grams, style_images) -> Objective:
         return arbitrary_objective(config, vgg, teacher, style_images)

@@ -24,7 +24,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from compressor.losses import finish, teacher_terms, uses_teacher
-from compressor.models.conditional_norm import ConditionalInstanceNorm, ConvNorm, batch_generator, pad_to_multiple
+from compressor.models.conditional_norm import (
+    ConditionalInstanceNorm,
+    ConvNorm,
+    batch_generator,
+    pad_to_multiple,
+)
 from compressor.models.registry import Family, ForeignLoader, Objective, register_family
 
 
@@ -195,7 +200,25 @@ class SingleStyle(nn.Module):
         return self.model(x, self.style_weights)
 
 
-class MultiStyleFamily(Family):
+class ConditionalNormFamily(Family):
+    """What the conditional-norm families (multistyle, arbitrary) share: the contract / res / expand layout,
+    an RGB output conv whose width is fixed, and the customized pruners for their style norms."""
+
+    def layer_widths(self, spec: Any) -> dict[str, int]:
+        widths = {f"contract.{i}": w for i, w in enumerate(spec.contract)}
+        widths |= {f"res.{i}.inner": w for i, w in enumerate(spec.res_inner)}
+        return widths | {f"expand.{i}": w for i, w in enumerate(spec.expand)}
+
+    def protected_layers(self, model: nn.Module, config: Any) -> list[nn.Module]:
+        return [model.expand[-1].conv]
+
+    def customized_pruners(self, model: nn.Module) -> dict[type, Any]:
+        from compressor.models.conditional_norm_pruning import CUSTOMIZED_PRUNERS
+
+        return CUSTOMIZED_PRUNERS
+
+
+class MultiStyleFamily(ConditionalNormFamily):
     """One network, ``n_styles`` styles: inputs are an image batch and a 1-D style-weights vector."""
 
     name = "multistyle"
@@ -245,19 +268,6 @@ class MultiStyleFamily(Family):
             return pad_to_multiple(torch.no_grad()(model.eval()))
         single = SingleStyle(model, parse_style_weights(style_weights or "0", model.spec.n_styles)).eval()
         return pad_to_multiple(torch.no_grad()(single))
-
-    def layer_widths(self, spec: MultiStyleSpec) -> dict[str, int]:
-        widths = {f"contract.{i}": w for i, w in enumerate(spec.contract)}
-        widths |= {f"res.{i}.inner": w for i, w in enumerate(spec.res_inner)}
-        return widths | {f"expand.{i}": w for i, w in enumerate(spec.expand)}
-
-    def protected_layers(self, model: MultiStyleNet, config: Any) -> list[nn.Module]:
-        return [model.expand[-1].conv]
-
-    def customized_pruners(self, model: nn.Module) -> dict[type, Any]:
-        from compressor.models.conditional_norm_pruning import CUSTOMIZED_PRUNERS
-
-        return CUSTOMIZED_PRUNERS
 
     def objective(self, student, teacher, config, vgg, style_grams, style_images) -> Objective:
         return multistyle_objective(config, vgg, teacher)
