@@ -684,12 +684,14 @@ _Q = QuantizeStage
 def quantize(
     model: Annotated[Path, typer.Argument(help="Model folder (spec.json + weights.safetensors).")],
     runtime: list[str] = field_option(_Q, "runtimes", "--runtime", "-r", help="onnx | tflite | coreml (repeatable)"),
-    mode: str = field_option(_Q, "mode"),
+    mode: list[str] = field_option(_Q, "modes", "--mode", help="Repeatable: one variant per mode."),
     calibration: str = field_option(_Q, "calibration"),
     method: str = field_option(_Q, "calibration_method", "--method"),
     keep_float: list[str] = field_option(_Q, "keep_float", "--keep-float"),
     min_psnr_db: float | None = field_option(_Q, "min_psnr_db"),
     max_style_increase_pct: float | None = field_option(_Q, "max_style_increase_pct"),
+    equalize_norm_inputs: bool = field_option(_Q, "equalize_norm_inputs",
+                                              "--equalize-norm-inputs/--no-equalize-norm-inputs"),
     size: int = field_option(_Q, "size"),
     style: str = _style_option("Style the sensitivity/quality numbers are judged against."),
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for artifacts and manifests.")] = Path("quantized"),
@@ -699,9 +701,10 @@ def quantize(
     """Quantize a model for ONNX Runtime, LiteRT or Core ML (PTQ or QAT), verify parity, write manifests."""
     from exports.quantize import quantize as run_quantize
 
-    settings = build(QuantizeStage, {"runtimes": "--runtime", "calibration_method": "--method"}, runtimes=runtime,
-                     mode=mode, calibration=calibration, calibration_method=method, keep_float=keep_float,
-                     min_psnr_db=min_psnr_db, max_style_increase_pct=max_style_increase_pct, size=size)
+    settings = build(QuantizeStage, {"runtimes": "--runtime", "modes": "--mode", "calibration_method": "--method"},
+                     runtimes=runtime, modes=mode, calibration=calibration, calibration_method=method, keep_float=keep_float,
+                     min_psnr_db=min_psnr_db, max_style_increase_pct=max_style_increase_pct,
+                     equalize_norm_inputs=equalize_norm_inputs, size=size)
     check_output_dir(output)
     _style_path(style, None)
     vgg = _loss_network(loss_network, strict_loss_network)

@@ -114,7 +114,10 @@ class QuantizeStage(_Strict):
     """PTQ or QAT per runtime; artifacts keep float I/O semantics and are parity-checked against the fp32 model."""
 
     runtimes: list[Literal["onnx", "tflite", "coreml"]] = Field(default_factory=lambda: ["onnx"])
-    mode: Literal["static", "dynamic", "fp16", "weight-only", "qat"] = "static"
+    modes: list[Literal["static", "dynamic", "fp16", "weight-only", "qat"]] = Field(
+        default_factory=lambda: ["static"], min_length=1,
+        description="Each mode makes its own variant per runtime (e.g. static and dynamic int8 side by side).",
+    )
     calibration: str = Field("samples", description="Folder of calibration images, or 'samples' (never eval images).")
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     keep_float: list[str] = Field(default_factory=list, description="Conv module-name globs kept in float.")
@@ -124,6 +127,10 @@ class QuantizeStage(_Strict):
     )
     max_style_increase_pct: float | None = Field(
         None, ge=0, description="Mixed precision (older budget): keep convs float until style loss rises at most this %."
+    )
+    equalize_norm_inputs: bool = Field(
+        True, description="Static int8: first rescale each conv that feeds an instance norm to unit spread per "
+        "channel (the norm undoes it), so one int8 scale fits all its channels."
     )
     size: int = Field(256, ge=16, description="Square input side of the quantized artifacts.")
     coreml_palettize_bits: list[Literal[4, 6]] = Field(

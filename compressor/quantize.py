@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from compressor.config import TrainConfig
 from compressor.data import load_image, resolve_images, sample_content_paths
@@ -60,6 +62,72 @@ def calibration_set(source: str | Path | None, size: int) -> tuple[list[np.ndarr
     paths = resolve_images(source, "train")
     check_disjoint(paths, sample_content_paths("eval"))
     return [x.numpy() for x in image_batch(paths, size)], paths
+
+
+# ---------------------------------------------------------------- norm-input equalization
+
+
+class _NormInputStatistics(TorchFunctionMode):
+    """Per-channel sums of every Conv2d output that is fed straight into ``F.instance_norm``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.sums: dict[str, torch.Tensor] = {}  # conv name -> [sum, sum of squares, count] per channel
+        self.eps: dict[str, float] = {}
+        self._outputs: dict[int, tuple[str, torch.Tensor]] = {}
+        self._hooks = [m.register_forward_hook(self._record(name)) for name, m in model.named_modules()
+                       if isinstance(m, nn.Conv2d)]
+
+    def _record(self, name: str):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            self._outputs[id(output)] = (name, output)  # the tensor is kept, so its id cannot be reused meanwhile
+        return hook
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.instance_norm:
+            name, output = self._outputs.get(id(args[0]), (None, None))
+            if output is args[0]:
+                x = args[0].detach().double().transpose(0, 1).flatten(1)
+                total = torch.stack([x.sum(1), (x * x).sum(1), torch.full_like(x[:, 0], x.shape[1])])
+                self.sums[name] = self.sums.get(name, 0) + total
+                self.eps[name] = kwargs["eps"] if kwargs and "eps" in kwargs else (args[7] if len(args) > 7 else 1e-5)
+        return func(*args, **(kwargs or {}))
+
+    def close(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._outputs.clear()
+
+
+def equalize_norm_inputs(model: nn.Module, calibration: list[np.ndarray]) -> tuple[nn.Module, list[str]]:
+    """A copy of ``model`` whose convs feeding an instance norm give every output channel unit spread.
+
+    Static int8 quantizes a conv's output with one scale per tensor. Before an instance norm, channels differ in
+    spread (the norm is what evens them out), so the quiet ones keep only a few int8 steps, and the norm then
+    amplifies that rounding back to unit variance. Instance norm is blind to a per-channel scale, so dividing
+    each output channel's weights by its calibrated spread changes nothing downstream (beyond the norm's eps,
+    hence channels whose variance is near eps are left alone), while every channel now spans the same range.
+    Returns the copy and the convs rescaled.
+    """
+    model = copy.deepcopy(model).eval()
+    stats = _NormInputStatistics(model)
+    try:
+        with torch.no_grad(), stats:
+            for x in calibration:
+                model(torch.from_numpy(x))
+    finally:
+        stats.close()
+    convs = dict(model.named_modules())
+    for name, (total, squares, count) in stats.sums.items():
+        conv = convs[name]
+        variance = squares / count - (total / count) ** 2
+        keep = variance < 1e4 * stats.eps[name]  # else eps, no longer negligible after rescaling, shifts the output
+        scale = torch.where(keep, torch.ones_like(variance), variance.clamp_min(1e-30).rsqrt())
+        with torch.no_grad():
+            conv.weight.mul_(scale.to(conv.weight.dtype).view(-1, *[1] * (conv.weight.dim() - 1)))
+            if conv.bias is not None:
+                conv.bias.mul_(scale.to(conv.bias.dtype))
+    return model, sorted(stats.sums)
 
 
 # ---------------------------------------------------------------- quality

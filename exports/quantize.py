@@ -2,7 +2,9 @@
 
 1. export the float model (``exports.stage``; each runtime's rewrites),
 2. calibrate on content images that never overlap the evaluation images (``compressor.quantize``),
-3. optionally rank layers by how much quantizing each one alone hurts (PSNR vs
+3. for static int8, rescale the convs that feed instance norms to unit spread per channel
+   (``compressor.quantize.equalize_norm_inputs``; the norm undoes it, the int8 scale fits every channel),
+   optionally rank layers by how much quantizing each one alone hurts (PSNR vs
    fp32, style / content loss by the reference VGG19; ONNX Runtime static int8)
    and keep the worst in float until the int8 model is within the fidelity budget
    ``min_psnr_db`` (PSNR vs the fp32 model, worst eval image); the older budget
@@ -31,12 +33,13 @@ from torch import nn
 from compressor.config import QuantizeStage
 from compressor.data import sample_content_paths
 from compressor.io import write_json
-from compressor.models import get_family, load_model
+from compressor.models import get_family, load_model, save_model
 from compressor.quantize import (
     Judge,
     QuantizeError,
     calibration_set,
     default_qat_config,
+    equalize_norm_inputs,
     pt2e_ptq,
     qat_finetune,
     rgb_output_convs,
@@ -129,14 +132,18 @@ def _mixed_precision(settings: QuantizeStage, float_onnx: Path, calibration: lis
                   "ranking": ranking, "trail": trail}
 
 
-def _job(reference: nn.Module, source_dir: Path, fmt: str, out_dir: Path, settings: QuantizeStage,
-         calibration: list[np.ndarray], judge: Judge | None, extra: dict[str, Any]) -> QuantizeJob:
-    """The callbacks a backend's ``quantize`` uses: export the float model, write a verified manifest."""
+def _job(reference: nn.Module, source_dir: Path, fmt: str, mode: str, keep_float: list[str], out_dir: Path,
+         settings: QuantizeStage, calibration: list[np.ndarray], judge: Judge | None, extra: dict[str, Any],
+         exported: dict[tuple, tuple[Path, dict[str, Any]]]) -> QuantizeJob:
+    """The callbacks a backend's ``quantize`` uses for one mode: export the float model, write a verified manifest."""
     size = (settings.size, settings.size)
     backend = backend_for_format(fmt)
 
     def export_float(fmt: str, precision: str | None = None) -> tuple[Path, dict[str, Any]]:
-        return export_artifact(source_dir, fmt, out_dir / "float", precision=precision, size=size)
+        key = (source_dir, fmt, precision)  # several modes of one runtime quantize the same float artifact
+        if key not in exported:
+            exported[key] = export_artifact(source_dir, fmt, out_dir / "float", precision=precision, size=size)
+        return exported[key]
 
     def write(path: Path, precision: str, info: dict, runner=None, verdict: dict | None = None) -> dict:
         """Manifest (the exporter's fields + quantization details + parity verdict), written beside the artifact.
@@ -151,11 +158,10 @@ def _job(reference: nn.Module, source_dir: Path, fmt: str, out_dir: Path, settin
         write_manifest(path, manifest)
         return manifest
 
-    mode = "static" if settings.mode == "qat" else settings.mode
     return QuantizeJob(reference=reference, out_dir=out_dir, settings=settings, calibration=calibration, judge=judge,
-                       extra=extra, export_float=export_float, write=write,
-                       keep_float=lambda layers: resolve_keep_float(settings.keep_float, layers),
-                       precision=PRECISION[settings.mode], mode=mode)
+                       extra={**extra, "mode": mode}, export_float=export_float, write=write,
+                       keep_float=lambda layers: resolve_keep_float(keep_float, layers),
+                       precision=PRECISION[mode], mode="static" if mode == "qat" else mode)
 
 
 def quantize(
@@ -176,7 +182,7 @@ def quantize(
     model = load_model(model_dir)
     calibration, calib_paths = calibration_set(settings.calibration, settings.size)
     extra: dict[str, Any] = {
-        "mode": settings.mode, "calibration_method": settings.calibration_method,
+        "calibration_method": settings.calibration_method,
         "calibration_images": [str(p) for p in calib_paths], "evaluation_images": [
             str(p) for p in sample_content_paths("eval")], "loss_network": vgg.weights_source,
     }
@@ -187,28 +193,44 @@ def quantize(
     # Style/content/PSNR quality needs an image-to-image model; a loss network gets parity on its taps only.
     judge = Judge(model, vgg, grams, settings.size) if family.role == "style_transformer" else None
     budget = settings.min_psnr_db is not None or settings.max_style_increase_pct is not None
-    if judge is None and (budget or settings.mode == "qat"):
+    if judge is None and (budget or "qat" in settings.modes):
         raise QuantizeError("min_psnr_db, max_style_increase_pct and mode qat need an image-to-image model "
                             "(a style transformer)")
     keep = sorted(set(settings.keep_float) | set(rgb_output_convs(model)))
-    settings = settings.model_copy(update={"keep_float": keep})
-    source_dir = model_dir
-    if settings.mode == "qat":
+    sources = {mode: model_dir for mode in settings.modes}
+    if "qat" in settings.modes:
         config = settings.qat or default_qat_config()
         _, int8_reference = qat_finetune(model, vgg, config, out_dir / "qat", settings.calibration, resume, progress)
         extra["qat"] = {"steps": config.steps, "pt2e_qat_int8_quality": judge(int8_reference),
                         "pt2e_ptq_int8_quality": judge(pt2e_ptq(model, calibration)),
                         "carried_into_runtimes_as": "QAT-trained float weights, re-calibrated by each runtime's "
                         "static quantizer (PT2E QAT graphs do not export as quantized ONNX/TFLite)"}
-        source_dir = out_dir / "qat"
-    if budget and settings.mode in ("static", "qat"):
-        float_path, _ = export_artifact(source_dir, "onnx", out_dir / "sensitivity", size=(settings.size,) * 2)
-        keep, extra["mixed_precision"] = _mixed_precision(settings, float_path, calibration, judge, out_dir)
-        settings = settings.model_copy(update={"keep_float": keep})
-    manifests = []
+        sources["qat"] = out_dir / "qat"
+    calibrated = [mode for mode in settings.modes if mode in ("static", "qat")]  # int8 activations, fixed ranges
+    extras = {mode: dict(extra) for mode in settings.modes}
+    for mode in calibrated if settings.equalize_norm_inputs else []:
+        equalized, convs = equalize_norm_inputs(load_model(sources[mode]), calibration)
+        if convs:
+            extras[mode]["equalized_norm_inputs"] = convs
+            sources[mode] = save_model(equalized, out_dir / f"equalized-{mode}", meta={
+                "equalized_from": str(sources[mode]), "equalized_norm_inputs": convs})
+    keeps = {mode: keep for mode in settings.modes}
+    for mode in calibrated if budget else []:
+        sensitivity = out_dir / ("sensitivity" if mode == "static" else "sensitivity-qat")
+        float_path, _ = export_artifact(sources[mode], "onnx", sensitivity, size=(settings.size,) * 2)
+        keeps[mode], extras[mode]["mixed_precision"] = _mixed_precision(
+            settings.model_copy(update={"keep_float": keep}), float_path, calibration, judge, sensitivity)
+    manifests, exported = [], {}
     for fmt in settings.runtimes:
-        job = _job(model, source_dir, fmt, out_dir / fmt, settings, calibration, judge, dict(extra))
-        manifests += backend_for_format(fmt).quantize(job)
+        backend = backend_for_format(fmt)
+        modes = [mode for mode in settings.modes if mode in backend.quantize_modes]
+        if not modes:
+            raise QuantizeError(f"quantize.modes: {backend.runtime} quantizes with {', '.join(backend.quantize_modes)}, "
+                                f"got {', '.join(settings.modes)} (add one of them)")
+        for mode in modes[:1] if backend.mode_independent else modes:
+            job = _job(model, sources[mode], fmt, mode, keeps[mode], out_dir / fmt, settings, calibration, judge,
+                       extras[mode], exported)
+            manifests += backend.quantize(job)
     for m in manifests:
         p = m["parity"]
         if p.get("passed") is False:

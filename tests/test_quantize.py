@@ -15,7 +15,7 @@ from compressor.data import ContentCrops, load_image, sample_content_paths, samp
 from compressor.distill import train
 from compressor.losses import style_grams
 from compressor.models import TransformerNet, TransformerNetSpec, load_model, load_vgg19, save_model
-from compressor.quantize import Judge, QuantizeError, calibration_set
+from compressor.quantize import Judge, QuantizeError, calibration_set, equalize_norm_inputs, image_batch
 from exports.quantize import QUANT_THRESHOLDS_DB, layer_sensitivity, quantize
 
 SIZE = 64
@@ -137,6 +137,71 @@ def test_sensitivity_keeps_the_harmful_layer_float(model_dir, judge_parts, tmp_p
         assert quantization["quality"]["style_increase_pct"] <= budget
 
 
+def test_several_modes_make_one_variant_each(model_dir, judge_parts, tmp_path):
+    """static and dynamic side by side per runtime; Core ML's weight compression runs once, whatever the modes."""
+    vgg, grams = judge_parts
+    settings = QuantizeStage(runtimes=["onnx", "coreml"], modes=["static", "dynamic"], size=SIZE,
+                             coreml_palettize_bits=[])
+    manifests = quantize(model_dir, tmp_path, settings, vgg, grams, progress=False)
+    assert [(m["format"], m["precision"]) for m in manifests] == [
+        ("onnx", "int8"), ("onnx", "int8-dynamic"), ("coreml", "int8-weight-only")]
+    assert [m["quantization"]["mode"] for m in manifests] == ["static", "dynamic", "static"]
+    ops = {m["precision"]: m["quantization"]["contents"]["op_counts"] for m in manifests[:2]}
+    assert "ConvInteger" in ops["int8-dynamic"] and "ConvInteger" not in ops["int8"]
+    with pytest.raises(QuantizeError, match="quantize.modes: coreml"):
+        quantize(model_dir, tmp_path / "x", QuantizeStage(runtimes=["coreml"], modes=["dynamic"], size=SIZE),
+                 vgg, grams, progress=False)
+
+
+def _skewed_multistyle() -> torch.nn.Module:
+    """A small single-style multistyle net whose pre-norm channels differ 100x in spread (the norms undo it)."""
+    from compressor.models.multistyle import MultiStyleNet, MultiStyleSpec
+
+    torch.manual_seed(0)
+    model = MultiStyleNet(MultiStyleSpec(n_styles=1, contract=[8, 16, 16], res_inner=[16, 16], expand=[8, 8])).eval()
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, torch.nn.Conv2d) and m.out_channels > 3:
+                m.weight.mul_(torch.logspace(1, 3, m.out_channels).view(-1, 1, 1, 1))
+    return model
+
+
+def test_norm_input_equalization_is_exact_and_evens_out_channels():
+    model = _skewed_multistyle()
+    calibration, _ = calibration_set(None, SIZE)
+    equalized, convs = equalize_norm_inputs(model, calibration)
+    assert len(convs) == sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())  # each feeds a norm
+    x = torch.from_numpy(calibration[0])
+    spreads = []
+    equalized.contract[1].conv.register_forward_hook(lambda m, i, out: spreads.append(out.std((0, 2, 3))))
+    with torch.no_grad():
+        torch.testing.assert_close(equalized(x), model(x), atol=1e-4, rtol=0)
+    assert spreads[0].max() / spreads[0].min() < 3, spreads  # was 100 before
+
+
+def test_norm_input_equalization_rescues_static_int8(tmp_path):
+    """Quiet channels lose their int8 steps before a norm; equalized, the same graph quantizes faithfully."""
+    import onnxruntime as ort
+
+    from exports.backends.onnxruntime import export_onnx, quantize_onnx
+
+    model = _skewed_multistyle()
+    calibration, _ = calibration_set(None, SIZE)
+    images = [x.numpy() for x in image_batch(sample_content_paths("eval"), SIZE)]
+    with torch.no_grad():
+        reference = [model(torch.from_numpy(x)).numpy() for x in images]
+
+    def int8_psnr(net: torch.nn.Module, name: str) -> float:
+        path = quantize_onnx(export_onnx(net, tmp_path / f"{name}.onnx", (SIZE, SIZE)), tmp_path / f"{name}-q.onnx",
+                             "static", calibration)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        outputs = [session.run(None, {session.get_inputs()[0].name: x})[0] for x in images]
+        return min(10 * np.log10(1 / np.mean((y - r) ** 2)) for y, r in zip(outputs, reference))
+
+    plain, equalized = int8_psnr(model, "plain"), int8_psnr(equalize_norm_inputs(model, calibration)[0], "equalized")
+    assert equalized > plain + 6, (plain, equalized)
+
+
 def test_keep_float_glob_must_match(model_dir, judge_parts, tmp_path):
     vgg, grams = judge_parts
     with pytest.raises(QuantizeError, match="no_such_layer"):
@@ -160,7 +225,7 @@ def test_qat_end_to_end_beats_ptq_in_the_same_int8_scheme(raw_model_dir, judge_p
     then go through ORT's static quantizer into a real int8 artifact that must keep parity."""
     vgg, grams = judge_parts
     config = TrainConfig(steps=60, batch_size=2, crop=SIZE, lr=1e-4, output_weight=1.0, checkpoint_every=1000)
-    settings = QuantizeStage(runtimes=["onnx"], mode="qat", size=SIZE, qat=config)
+    settings = QuantizeStage(runtimes=["onnx"], modes=["qat"], size=SIZE, qat=config)
     [manifest] = quantize(raw_model_dir, tmp_path, settings, vgg, grams, progress=False)
     qat = manifest["quantization"]["qat"]
     assert qat["pt2e_qat_int8_quality"]["psnr_db"] > qat["pt2e_ptq_int8_quality"]["psnr_db"] + 1.0, qat
@@ -171,7 +236,7 @@ def test_qat_end_to_end_beats_ptq_in_the_same_int8_scheme(raw_model_dir, judge_p
 def test_coreml_weight_compression_shows_in_the_spec(model_dir, judge_parts, tmp_path):
     """Linux cannot run Core ML predictions: the spec must show int8 weights / a 64-entry LUT, and the size drop."""
     vgg, grams = judge_parts
-    settings = QuantizeStage(runtimes=["coreml"], mode="weight-only", size=SIZE, coreml_palettize_bits=[6])
+    settings = QuantizeStage(runtimes=["coreml"], modes=["weight-only"], size=SIZE, coreml_palettize_bits=[6])
     manifests = quantize(model_dir, tmp_path, settings, vgg, grams, progress=False)
     assert [m["precision"] for m in manifests] == ["int8-weight-only", "palettized-6bit"]
     for manifest, kind in zip(manifests, ["INT8 data", "64-entry LUT"]):

@@ -106,6 +106,10 @@ class Backend:
     cannot_run_note: str = ""
     check_structure: Callable[[Path, dict[str, Any], str], dict[str, Any]] | None = None
     dynamic_shapes: bool = False
+    # The quantize modes this runtime implements; ``mode_independent``: its variants do not depend on the mode
+    # (Core ML's weight compression), so it quantizes once whichever of them are listed.
+    quantize_modes: tuple[str, ...] = ("static", "dynamic", "weight-only", "fp16", "qat")
+    mode_independent: bool = False
 
 
 _BACKENDS: dict[str, Backend] = {}

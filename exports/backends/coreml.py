@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from compressor.io import atomic_output, path_size
-from compressor.quantize import QuantizeError
 from exports.backends.base import Backend, QuantizeJob, Runner, register_backend
 from exports.common import ExportError, ExportWrapper, conversion_error, example_inputs
 
@@ -220,8 +219,6 @@ RUNS_IN_INT8 = "nothing on Linux; on device weights decompress to fp16 compute"
 
 def quantize(job: QuantizeJob) -> list[dict[str, Any]]:
     """int8 weights and each of ``coreml_palettize_bits`` k-means palettizations of the fp16 float package."""
-    if job.settings.mode not in ("weight-only", "static"):
-        raise QuantizeError(f"Core ML takes weight compression only (mode weight-only); got mode {job.settings.mode!r}")
     float_path, _ = job.export_float("coreml", precision="fp16")
     manifests = []
     for scheme in ["int8", *job.settings.coreml_palettize_bits]:
@@ -240,4 +237,5 @@ register_backend(Backend(
     runtime="coreml", format="coreml", suffix=".mlpackage", packages=("torch", "coremltools"),
     default_precision="fp16", export=export_coreml, runner=load, quantize=quantize, can_run=can_predict,
     cannot_run_note=PREDICTIONS_ON_LINUX, check_structure=check_structure,
+    quantize_modes=("static", "weight-only"), mode_independent=True,
 ))
