@@ -592,6 +592,8 @@ def evaluate(
     threads: int = field_option(EvaluateStage, "threads"),
     memory: bool = field_option(EvaluateStage, "memory"),
     min_psnr_db: float = field_option(EvaluateStage, "min_psnr_db"),
+    styles: list[str] = field_option(EvaluateStage, "styles", "--styles", help="A multi-style teacher's style (or "
+                                     "blend) to judge every variant on, e.g. 19 or 3:0.5,12:0.5 (repeatable)."),
     loss_network: str = _loss_network_option(),
     strict_loss_network: StrictOpt = False,
 ) -> None:
@@ -600,7 +602,8 @@ def evaluate(
     from evaluation.stage import evaluate_paths
 
     settings = build(EvaluateStage, {"latency_sizes": "--size"}, images=images, size=size, latency_sizes=[size],
-                     latency_runs=latency_runs, threads=threads, memory=memory, min_psnr_db=min_psnr_db)
+                     latency_runs=latency_runs, threads=threads, memory=memory, min_psnr_db=min_psnr_db,
+                     styles=styles)
     check_output_dir(output)
     for target in [teacher, *targets]:
         if not Path(target).exists():

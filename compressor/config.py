@@ -160,6 +160,8 @@ class EvaluateStage(_Strict):
     warmup: int = Field(2, ge=0, description="Untimed runs per variant before timing.")
     threads: int = Field(2, ge=1, description="Intra-op threads for every runtime that accepts a thread count.")
     memory: bool = Field(True, description="Measure peak RSS of one inference per variant in a fresh process.")
+    styles: list[str] = Field(default_factory=list, description="A multi-style teacher's styles to judge every variant "
+                              "on, each as --style-weights takes it ('19', '3:0.5,12:0.5'); empty: its style 0.")
     min_psnr_db: float = Field(
         30.0, gt=0, description="Fidelity budget: the verdict is the fastest variant whose output is at least this "
         "close to the teacher's (mean PSNR dB over the eval images)."

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from compressor.config import EvaluateStage
 from compressor.data import load_image, save_image
+from compressor.errors import UserError
 from compressor.images import center_square, resize
 from compressor.losses import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, style_grams
 from compressor.models import create_model, get_family
@@ -109,10 +110,10 @@ def evaluate(
     variants, identity = dedupe(variants, root)
     images = [square_image(p, settings.size) for p in image_paths]
     grams = style_grams(vgg, style_image)
-    rows = [_describe(v, settings, style_image, root) | identity[i] for i, v in enumerate(variants)]
-    outputs = _quality(variants, rows, images, image_paths, vgg, grams, style_image, settings, work_dir, root,
-                       progress)
-    _latency(variants, rows, style_image, settings, progress)
+    judged = _judged_styles(variants[0], settings.styles, style_image)
+    rows = [_describe(v, settings, judged[0][1], root) | identity[i] for i, v in enumerate(variants)]
+    outputs = _quality(variants, rows, images, image_paths, vgg, grams, judged, settings, work_dir, root, progress)
+    _latency(variants, rows, judged[0][1], settings, progress)
     if settings.memory:
         _memory(variants, rows, settings, style_path, progress)
     _lossnet(variants, rows, vgg)
@@ -184,11 +185,12 @@ def _structure(variant: Variant) -> dict[str, Any] | None:
             "predictions": parity.get("predictions") or variant.not_measurable_note}
 
 
-def _quality(variants, rows, images, image_paths, vgg, grams, style, settings, work_dir, root, progress) -> list[dict]:
-    """Stylise every eval image with every variant; fidelity to the teacher, losses; images saved for the grid."""
+def _quality(variants, rows, images, image_paths, vgg, grams, judged, settings, work_dir, root, progress) -> list[dict]:
+    """Stylise every eval image in every judged style with every variant; fidelity to the teacher, losses; images
+    saved for the grid (the first style's)."""
+    items = [(path, label) for label, _ in judged for path in image_paths]  # style-major: the first style first
     per_variant: list[list[torch.Tensor] | None] = []
-    total = len(variants) * len(images)
-    bar = tqdm(total=total, desc="quality", disable=not progress, leave=False)
+    bar = tqdm(total=len(variants) * len(items), desc="quality", disable=not progress, leave=False)
     for variant, row in zip(variants, rows):
         outs = None
         if variant.role == "loss_network":
@@ -197,27 +199,29 @@ def _quality(variants, rows, images, image_paths, vgg, grams, style, settings, w
             row["quality"]["note"] = variant.not_measurable_note
         else:
             try:
-                run = variant.runner(style, settings.threads)
-                with torch.no_grad():
-                    outs = [run(_fit(variant, img)).float() for img in images]
-                outs = [resize(o.clamp(0, 1), img.shape[-2:]) for o, img in zip(outs, images)]
+                outs = []
+                for _, style_input in judged:  # a single-style variant ignores the style it is asked for
+                    run = variant.runner(style_input, settings.threads)
+                    with torch.no_grad():
+                        outs += [resize(run(_fit(variant, img)).float().clamp(0, 1), img.shape[-2:]) for img in images]
             except Exception as exc:  # one broken artifact must not hide the others
                 row["errors"].append(f"inference: {type(exc).__name__}: {exc}")
                 outs = None
         per_variant.append(outs)
-        bar.update(len(images))
+        bar.update(len(items))
     bar.close()
 
     teacher = per_variant[0]
-    ref_losses = _mean_losses(vgg, teacher, images, grams) if teacher else None
+    contents = images * len(judged)
+    ref_losses = _mean_losses(vgg, teacher, contents, grams) if teacher else None
     for outs, row in zip(per_variant, rows):
         if outs is None:
             continue
-        losses = _mean_losses(vgg, outs, images, grams)
+        losses = _mean_losses(vgg, outs, contents, grams)
         q = row["quality"]
         q.update(losses)
         if ref_losses:
-            q.update(_fidelity(outs, teacher, image_paths))
+            q.update(_fidelity(outs, teacher, items))
             q["style_degradation_pct"] = degradation_pct(losses["style_loss"], ref_losses["style_loss"])
             q["content_degradation_pct"] = degradation_pct(losses["content_loss"], ref_losses["content_loss"])
             q["degradation_pct"] = (q["style_degradation_pct"] + q["content_degradation_pct"]) / 2
@@ -239,17 +243,43 @@ def _quality(variants, rows, images, image_paths, vgg, grams, style, settings, w
     return grid
 
 
-def _fidelity(outs: list[torch.Tensor], teacher: list[torch.Tensor], image_paths: list[Path]) -> dict[str, Any]:
-    """Per eval image and mean PSNR / SSIM vs the teacher; ``identical`` when every output equals the teacher's."""
-    per_image = [{"image": p.name, **fidelity(o, t)} for o, t, p in zip(outs, teacher, image_paths)]
-    finite = [f["psnr_vs_teacher"] for f in per_image if f["psnr_vs_teacher"] is not None]
+def _judged_styles(teacher: Variant, styles: list[str], style_image: torch.Tensor
+                   ) -> list[tuple[str | None, torch.Tensor]]:
+    """(label, style input) for each style every variant is judged on: the style image alone, a multi-style
+    teacher's style 0, or ``styles`` of a multi-style teacher (a style one variant cannot do is still asked of it,
+    and its fidelity shows that)."""
+    family = get_family(teacher.family) if teacher.family else None
+    multi = teacher.model is not None and family is not None and family.n_styles(teacher.model) > 1
+    if not styles:
+        return [(None, family.style_mix(teacher.model, "0") if multi else style_image)]
+    if not multi:
+        raise UserError("evaluate.styles", f"the teacher {teacher.name} holds one style",
+                        "judge several styles against a multi-style model folder, or leave styles empty")
+    try:
+        return [(spec, family.style_mix(teacher.model, spec)) for spec in styles]
+    except ValueError as exc:
+        raise UserError("evaluate.styles", str(exc)) from None
+
+
+def _fidelity(outs: list[torch.Tensor], teacher: list[torch.Tensor], items: list[tuple[Path, str | None]]
+              ) -> dict[str, Any]:
+    """Per (eval image, style) and mean PSNR / SSIM vs the teacher, per style when several were judged;
+    ``identical`` when every output equals the teacher's."""
+    per_image = [{"image": p.name, **({"style": label} if label is not None else {}), **fidelity(o, t)}
+                 for o, t, (p, label) in zip(outs, teacher, items)]
     identical = all(torch.equal(o, t) for o, t in zip(outs, teacher))
-    return {
-        "identical_to_teacher": identical,
-        "psnr_vs_teacher": sum(finite) / len(finite) if finite else None,
-        "ssim_vs_teacher": sum(f["ssim_vs_teacher"] for f in per_image) / len(per_image),
-        "per_image": per_image,
-    }
+    result = {"identical_to_teacher": identical, **_mean_fidelity(per_image), "per_image": per_image}
+    labels = list(dict.fromkeys(label for _, label in items))
+    if labels != [None]:
+        result["per_style"] = [{"style": label, **_mean_fidelity([f for f in per_image if f["style"] == label])}
+                               for label in labels]
+    return result
+
+
+def _mean_fidelity(scores: list[dict[str, Any]]) -> dict[str, float | None]:
+    finite = [f["psnr_vs_teacher"] for f in scores if f["psnr_vs_teacher"] is not None]
+    return {"psnr_vs_teacher": sum(finite) / len(finite) if finite else None,
+            "ssim_vs_teacher": sum(f["ssim_vs_teacher"] for f in scores) / len(scores)}
 
 
 def _fit(variant: Variant, img: torch.Tensor) -> torch.Tensor:
@@ -269,7 +299,7 @@ def _latency(variants, rows, style, settings: EvaluateStage, progress: bool) -> 
     """Round-robin timing of all runnable variants at each latency size; the first size fills ``latency_ms``."""
     for size in settings.latency_sizes:
         x = torch.rand(1, 3, size, size)
-        st = resize(style, (size, size))
+        st = resize(style, (size, size)) if style.dim() == 4 else style  # a style image, or a style mix
         calls = {}
         for i, (variant, row) in enumerate(zip(variants, rows)):
             if not variant.measurable:

@@ -147,7 +147,8 @@ def _preamble(report: dict[str, Any]) -> list[str]:
          "★ = Pareto frontier of latency p50 (own runtime) vs that fidelity."),
         (f"Teacher: `{report['reference']}` · style: `{report.get('style')}` · "
          f"{len(report['eval_images'])} held-out photo(s) at {s['size']} px: "
-         + ", ".join(f"`{Path(p).name}`" for p in report["eval_images"])),
+         + ", ".join(f"`{Path(p).name}`" for p in report["eval_images"])
+         + (f", each in styles {', '.join(s['styles'])} of the teacher" if s.get("styles") else "")),
         f"Machine: {machine_line(report)}",
         (f"Latency: {s['warmup']} warm-up + {s['latency_runs']} timed runs per variant and size, round-robin in one "
          f"process. Loss deltas judged by VGG19 {report['loss_network']['weights']}."),
@@ -229,16 +230,36 @@ def coreml_rows(report: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _item(f: dict[str, Any]) -> str:
+    """A per-image entry's label: the photo, and the style it was judged on when several were."""
+    return f"{f['image']} · style {f['style']}" if "style" in f else f["image"]
+
+
 def per_image_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    names = [Path(p).name for p in report["eval_images"]]
+    labels: list[str] = []
     rows = []
     for r in runnable(report):
-        per = {f["image"]: f for f in r["quality"].get("per_image", [])}
+        per = {_item(f): f for f in r["quality"].get("per_image", [])}
         if not per or r["name"] == report["reference"]:
             continue
+        labels = labels or list(per)
         rows.append([r["name"]] + [f"{_psnr_text(per[n]['psnr_vs_teacher'], per[n]['psnr_vs_teacher'] is None)} / "
-                                   f"{per[n]['ssim_vs_teacher']:.3f}" if n in per else "–" for n in names])
-    return ["variant"] + [f"{n}: PSNR dB / SSIM" for n in names], rows
+                                   f"{per[n]['ssim_vs_teacher']:.3f}" if n in per else "–" for n in labels])
+    return ["variant"] + [f"{n}: PSNR dB / SSIM" for n in labels], rows
+
+
+def per_style_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Mean fidelity per judged style of a multi-style teacher (empty when one style was judged)."""
+    styles: list[str] = []
+    rows = []
+    for r in runnable(report):
+        per = {f["style"]: f for f in r["quality"].get("per_style", [])}
+        if not per or r["name"] == report["reference"]:
+            continue
+        styles = styles or list(per)
+        rows.append([r["name"]] + [f"{_psnr_text(per[s]['psnr_vs_teacher'], per[s]['psnr_vs_teacher'] is None)} / "
+                                   f"{per[s]['ssim_vs_teacher']:.3f}" if s in per else "–" for s in styles])
+    return ["variant"] + [f"style {s}: PSNR dB / SSIM" for s in styles], rows
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -256,8 +277,8 @@ def grid_variants(report: dict[str, Any]) -> list[str]:
 
 def _image_fidelity(report: dict[str, Any], name: str, image: str) -> dict[str, Any]:
     row = next((r for r in report["variants"] if r["name"] == name), None)
-    per = {f["image"]: f for f in (row or {}).get("quality", {}).get("per_image", [])}
-    return per.get(image, {})
+    per = (row or {}).get("quality", {}).get("per_image", [])
+    return next((f for f in per if f["image"] == image), {})  # the first judged style: the one the grid shows
 
 
 def _caption(report: dict[str, Any], name: str, image: str) -> str:
@@ -281,6 +302,9 @@ def markdown(report: dict[str, Any], plots: dict[str, str] | None = None) -> str
             f"`{n}` is also " + ", ".join(f"`{p}`" for p in also) for n, also in twins) + "."]
     if not_runnable(report):
         parts += ["", "## Core ML packages", "", COREML_NOTE, "", md_table(COREML_HEADER, coreml_rows(report))]
+    header, rows = per_style_rows(report)
+    if rows:
+        parts += ["", "## Fidelity per style", "", md_table(header, rows)]
     header, rows = per_image_rows(report)
     if rows:
         parts += ["", "## Fidelity per held-out photo", "", md_table(header, rows)]
@@ -628,6 +652,9 @@ def to_html(report: dict[str, Any], out_dir: Path, plots: dict[str, bytes | None
     if not_runnable(report):
         parts += ["<h2>Core ML packages</h2>", f'<p class="legend">{html.escape(COREML_NOTE)}</p>',
                   _html_table(COREML_HEADER, coreml_rows(report))]
+    header, prow = per_style_rows(report)
+    if prow:
+        parts += ["<h2>Fidelity per style</h2>", _html_table(header, prow)]
     header, prow = per_image_rows(report)
     if prow:
         parts += ["<h2>Fidelity per held-out photo</h2>", _html_table(header, prow)]

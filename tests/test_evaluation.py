@@ -236,3 +236,42 @@ def test_peak_rss_is_measured_in_a_fresh_process(run_dir):
 
     mem = peak_rss(run_dir / "teacher", SIZE, 1)
     assert mem["peak_rss_bytes"] >= mem["baseline_rss_bytes"] > 50 * 2**20
+
+
+def test_a_multistyle_teacher_is_judged_per_style(tmp_path):
+    """A single-style student of style 1 is faithful on style 1 only; the report shows it style by style."""
+    from compressor.models import get_family
+    from compressor.models.multistyle import MultiStyleNet, MultiStyleSpec
+    from evaluation.stage import evaluate_paths
+
+    torch.manual_seed(0)
+    teacher = MultiStyleNet(MultiStyleSpec(n_styles=3, contract=[8, 8, 8], res_inner=[8], expand=[8, 8]))
+    with torch.no_grad():  # styles that really differ
+        for name, p in teacher.named_parameters():
+            if name.endswith("norm.beta"):
+                p.copy_(torch.randn_like(p))
+    save_model(teacher, tmp_path / "teacher")
+    save_model(get_family(teacher).select_style(teacher, "1"), tmp_path / "style1")
+    settings = EvaluateStage(size=SIZE, latency_sizes=[SIZE], latency_runs=3, warmup=1, threads=1, memory=False,
+                             styles=["0", "1", "0:0.5,2:0.5"])
+    report = evaluate_paths([tmp_path / "style1"], tmp_path / "teacher", _random_vgg(), tmp_path / "out",
+                            settings=settings, progress=False)
+    student = next(v for v in report["variants"] if v["name"] != "teacher")
+    per_style = {s["style"]: s for s in student["quality"]["per_style"]}
+    assert set(per_style) == {"0", "1", "0:0.5,2:0.5"}
+    assert per_style["1"]["psnr_vs_teacher"] is None or per_style["1"]["psnr_vs_teacher"] > 60  # the same style
+    assert per_style["0"]["psnr_vs_teacher"] < 30 and per_style["0:0.5,2:0.5"]["psnr_vs_teacher"] < 30
+    assert len(student["quality"]["per_image"]) == 3 * len(report["eval_images"])
+    jsonschema.validate(report, json.loads(SCHEMA_PATH.read_text()))
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Fidelity per style" in md and "style 0:0.5,2:0.5: PSNR dB / SSIM" in md
+
+    with pytest.raises(ValueError, match="evaluate.styles: the teacher teacher holds one style"):
+        evaluate_paths([tmp_path / "teacher"], tmp_path / "style1", _random_vgg(), tmp_path / "out2",
+                       settings=settings, progress=False)
+
+
+def _random_vgg():
+    from compressor.models import load_vgg19
+
+    return load_vgg19("random")

@@ -240,6 +240,11 @@ class MultiStyleFamily(ConditionalNormFamily):
     def n_styles(self, model: MultiStyleNet) -> int:
         return model.spec.n_styles
 
+    def style_mix(self, model: MultiStyleNet, style_weights: str) -> torch.Tensor:
+        if model.spec.n_styles == 1:
+            return super().style_mix(model, style_weights)
+        return parse_style_weights(style_weights, model.spec.n_styles)
+
     def select_style(self, model: MultiStyleNet, style_weights: str) -> MultiStyleNet:
         weights = parse_style_weights(style_weights, model.spec.n_styles)
         return select_style(model, weights, f"{model.spec.style or 'multistyle'}[{style_weights}]")

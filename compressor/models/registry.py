@@ -164,6 +164,10 @@ class Family:
         """The single-style network ``model`` computes for one style (or blend), e.g. ``"19"``."""
         raise ValueError(f"a {self.name} model holds one style; select_style applies to multi-style networks")
 
+    def style_mix(self, model: nn.Module, style_weights: str) -> torch.Tensor:
+        """The style input ``inputs`` takes for one of the model's styles (or a blend), e.g. ``"19"``."""
+        raise ValueError(f"a {self.name} model has no numbered styles; style weights apply to multi-style networks")
+
     def layer_widths(self, spec: BaseModel) -> dict[str, int]:
         """Output width of every conv / linear layer, by module path (reports plot them)."""
         model = self.build(spec)
