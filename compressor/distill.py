@@ -242,7 +242,7 @@ def _load_checkpoint(path: Path, model, optimizer, scheduler, config: TrainConfi
     state = load_weights_only(path, map_location=device)
     if not isinstance(state, dict) or not {"step", "model", "optimizer", "scheduler", "config"} <= set(state):
         raise UserError(path, "not a training checkpoint of this tool", "--force starts over")
-    saved = TrainConfig.model_validate_json(state["config"])
+    saved = type(config).model_validate_json(state["config"])  # a recipe's DistillStage, or a TrainConfig
     if saved.model_dump(exclude=_RESUME_FREE) != config.model_dump(exclude=_RESUME_FREE):
         changed = sorted(k for k, v in saved.model_dump(exclude=_RESUME_FREE).items() if getattr(config, k) != v)
         raise UserError(path, f"checkpoint was made with different settings ({', '.join(changed)})",

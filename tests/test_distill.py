@@ -339,3 +339,23 @@ def test_cli_distill_and_fine_tune(tmp_path):
         assert result.exit_code == 0, result.output
     assert "output" in (tmp_path / "d" / "train_log.csv").read_text().splitlines()[0]
     assert "output" not in (tmp_path / "f" / "train_log.csv").read_text().splitlines()[0]
+
+
+def test_a_recipe_distill_stage_resumes_from_its_checkpoint(tmp_path):
+    """The pipeline trains with a DistillStage (a TrainConfig with student/teacher fields); its checkpoint resumes."""
+    from compressor.config import DistillStage
+
+    torch.set_num_threads(1)
+    judge = load_vgg19("random", spec=VGG19Spec(taps=["relu1_1", "relu2_1"]))
+    teacher = _tiny(TransformerNet, TEACHER_SPEC, seed=1)
+    data = ContentCrops(sample_content_paths("train"), CROP, length=64)
+    weights = []
+    for steps, resume in ((2, False), (4, True)):
+        student = _tiny(TransformerNet, STUDENT_SPEC)
+        config = DistillStage(steps=steps, batch_size=2, crop=CROP, checkpoint_every=1, output_weight=1.0,
+                              perceptual_weight=0.0)
+        history = train(student, make_objective(student, teacher, config, judge, None), data, config, tmp_path,
+                        resume=resume, progress=False)
+        weights.append(student.state_dict())
+    assert [row["step"] for row in history] == [3, 4]  # steps 1-2 came from the checkpoint
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
