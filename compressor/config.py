@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class TrainConfig(BaseModel):
     """Hyper-parameters of a training, distillation or fine-tuning run."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     steps: int = Field(1000, ge=1)
     batch_size: int = Field(4, ge=1, description="Per rank under torchrun.")
     crop: int = Field(256, ge=16, description="Side of the square training crops.")
@@ -37,7 +37,7 @@ class TrainConfig(BaseModel):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelStage(_Strict):
@@ -48,6 +48,15 @@ class ModelStage(_Strict):
     adain_decoder: str | None = Field(None, description="AdaIN decoder.pth (with path = vgg_normalised.pth).")
     spec: dict[str, Any] = Field(default_factory=dict, description="Overrides of the family's default spec.")
     train: TrainConfig | None = Field(None, description="Train the teacher briefly before compressing it.")
+    select_style: str | None = Field(
+        None, description="Multi-style networks: keep one style or blend ('19', '3:0.5,12:0.5'); the teacher is then "
+        "the single-style network computing exactly that style (one input, like any single-style model).")
+
+    @model_validator(mode="after")
+    def _select_needs_path(self) -> ModelStage:
+        if self.select_style is not None and self.path is None:
+            raise ValueError("select_style picks a style of a trained multi-style network: set model.path too")
+        return self
 
 
 class PruneStage(_Strict):
@@ -63,10 +72,21 @@ class PruneStage(_Strict):
     iterative_steps: int = Field(1, ge=1)
     finetune_steps_between: int = Field(0, ge=0, description="Fine-tuning steps between iterative steps.")
     vgg_mode: Literal["keep_taps", "project_taps"] = "keep_taps"
+    reconstruct: bool = Field(
+        False, description="Refit each pruned conv by least squares so that, on its own inputs, it reproduces the "
+        "teacher's conv outputs at the kept channels (He et al. 2017); content images are the calibration set.")
+    reconstruct_images: int = Field(8, ge=1, le=256, description="Content crops the least-squares refit sees.")
+
+
+class StudentChoice(_Strict):
+    """A student named by the recipe: a registered family and overrides of its default spec."""
+
+    family: str
+    spec: dict[str, Any] = Field(default_factory=dict)
 
 
 class DistillStage(TrainConfig):
-    """The pruned student (or a copy of the teacher) learns back from the teacher.
+    """The pruned student (or a copy of the teacher, or a fresh ``student``) learns back from the teacher.
 
     TransformerNet / AdaIN: output L1 + perceptual terms on top of their style losses; VGG19: tap MSE
     (``feature_weight``). Output/perceptual weights 0 is plain fine-tuning.
@@ -74,6 +94,20 @@ class DistillStage(TrainConfig):
 
     output_weight: float = Field(1.0, ge=0)
     perceptual_weight: float = Field(1.0, ge=0)
+    student: StudentChoice | None = Field(
+        None, description="A fresh student of this family and spec instead of the pruned model (any architecture)."
+    )
+    teacher_onnx: str | None = Field(
+        None, description="A black-box ONNX teacher run by ONNX Runtime (image in, image out) instead of the model stage's."
+    )
+    paired_size: int | None = Field(
+        None, ge=16, description="Run the teacher once per whole training photo at this size and learn aligned crops "
+        "of its output (edge_net students; matches whole-image evaluation, takes the teacher out of the loop).",
+    )
+    teacher_inputs: dict[str, int | list[float]] = Field(
+        default_factory=dict,
+        description="Fixed extra teacher inputs: numbers, or an index K = one-hot K (e.g. style_weights: 19).",
+    )
 
 
 class QuantizeStage(_Strict):
@@ -84,8 +118,12 @@ class QuantizeStage(_Strict):
     calibration: str = Field("samples", description="Folder of calibration images, or 'samples' (never eval images).")
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     keep_float: list[str] = Field(default_factory=list, description="Conv module-name globs kept in float.")
+    min_psnr_db: float | None = Field(
+        None, gt=0, description="Mixed precision: keep the most sensitive convs float until the int8 model's output "
+        "is at least this close (PSNR dB, worst eval image) to the float model's."
+    )
     max_style_increase_pct: float | None = Field(
-        None, ge=0, description="Mixed precision: keep the most sensitive convs float until style loss rises at most this."
+        None, ge=0, description="Mixed precision (older budget): keep convs float until style loss rises at most this %."
     )
     size: int = Field(256, ge=16, description="Square input side of the quantized artifacts.")
     coreml_palettize_bits: list[Literal[4, 6]] = Field(
@@ -115,6 +153,10 @@ class EvaluateStage(_Strict):
     warmup: int = Field(2, ge=0, description="Untimed runs per variant before timing.")
     threads: int = Field(2, ge=1, description="Intra-op threads for every runtime that accepts a thread count.")
     memory: bool = Field(True, description="Measure peak RSS of one inference per variant in a fresh process.")
+    min_psnr_db: float = Field(
+        30.0, gt=0, description="Fidelity budget: the verdict is the fastest variant whose output is at least this "
+        "close to the teacher's (mean PSNR dB over the eval images)."
+    )
 
 
 class Recipe(_Strict):

@@ -1,19 +1,24 @@
 """Image I/O, folders of images and the bundled sample data.
 
-Every image enters as float32 RGB in [0, 1], shape (3, H, W): grayscale is
-replicated, alpha is composited on white, 16-bit is rescaled.
+Every image enters as float32 RGB in [0, 1], shape (3, H, W), upright as it is
+displayed (EXIF orientation applied): grayscale is replicated, alpha is
+composited on white, 16-bit is scaled by its type's maximum (never stretched).
 """
 
 from __future__ import annotations
 
 import random
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
+from compressor.errors import UserError, one_line
 from compressor.images import crop_resize
 from compressor.io import atomic_write
 
@@ -28,21 +33,43 @@ _SKIMAGE_SPLITS = {
 BUNDLED_STYLES = {"starry_night": "starry_night.jpg", "composition_vii": "composition_vii.jpg"}
 
 
-class ImageError(ValueError):
+MIN_SIDE = 4  # smaller images carry nothing to stylise (and break the networks' reflection padding)
+
+
+class ImageError(UserError):
     """An image that cannot be read; the message names the file."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__("", message, hint)
+
+
+@contextmanager
+def reading_image(path: Path) -> Iterator[None]:
+    """Turn every way reading ``path`` can fail (missing, a folder, a decompression bomb, garbage) into one ImageError."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such image file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a folder, not an image") from None
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{int(found.group(1)) / 1e6:.0f} MP" if found else "too many pixels"
+        raise ImageError(f"{path}: {pixels} is over Pillow's decompression-bomb limit of "
+                         f"{2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} MP",
+                         "downscale the image first; very large images are refused for safety") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path}: not a readable image ({one_line(str(exc))[:160]})") from None
 
 
 def load_image(path: str | Path, size: int | None = None) -> torch.Tensor:
     """Read an image as (3, H, W) float RGB in [0, 1]; ``size`` resizes the longest side."""
     path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            rgb = to_rgb(img)
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ImageError(f"{path}: not a readable image ({exc})") from None
+    with reading_image(path), Image.open(path) as img:
+        img.load()
+        rgb = to_rgb(ImageOps.exif_transpose(img))
+    if min(rgb.size) < MIN_SIDE:
+        raise ImageError(f"{path}: {rgb.width}x{rgb.height} is too small", f"images need at least {MIN_SIDE} px a side")
     if size:
         scale = size / max(rgb.size)
         rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.LANCZOS)
@@ -50,9 +77,11 @@ def load_image(path: str | Path, size: int | None = None) -> torch.Tensor:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8))
+    """8-bit RGB, scaled by the type's maximum: 16-bit by 65535, float by 1 (a dark photo stays dark)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        full = 1.0 if img.mode == "F" else 65535.0
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64)) / full
+        img = Image.fromarray((np.clip(arr, 0, 1) * 255).round().astype(np.uint8))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -88,7 +117,7 @@ def list_images(path: str | Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise ImageError(f"{path}: no such file or folder")
-    images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not images:
         raise ImageError(f"{path}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return images

@@ -30,9 +30,11 @@ from tqdm import tqdm
 
 from compressor.config import TrainConfig
 from compressor.data import ContentCrops, resolve_images
+from compressor.errors import UserError
 from compressor.io import atomic_write
-from compressor.models import get_family, load_model, save_model
+from compressor.models import create_model, get_family, load_model, save_model
 from compressor.models.registry import Objective
+from compressor.safeload import load_weights_only
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -49,12 +51,14 @@ def make_objective(
     vgg: nn.Module,
     style_grams: dict[str, torch.Tensor] | None,
     style_images: list[torch.Tensor] | None = None,
+    any_teacher: bool = False,
 ) -> Objective:
     """The loss for ``student``'s family (its ``objective`` hook). ``teacher`` None (or zero teacher weights)
-    is plain fine-tuning; arbitrary-style students see random crops of ``style_images``."""
+    is plain fine-tuning; arbitrary-style students see random crops of ``style_images``. ``any_teacher``: a
+    student the recipe named may learn from a teacher of another architecture (or a black-box ONNX one)."""
     if teacher is not None:
         teacher.eval().requires_grad_(False)
-        if type(teacher) is not type(student):
+        if not any_teacher and type(teacher) is not type(student):
             raise ValueError(f"teacher is a {type(teacher).__name__}, student a {type(student).__name__}")
     return get_family(student).objective(student, teacher, config, vgg, style_grams, style_images)
 
@@ -140,6 +144,13 @@ def _grad_checkpointing(model: nn.Module, enabled: bool):
             del module.forward
 
 
+def check_fresh_output(out_dir: str | Path, resume: bool, force: bool) -> None:
+    """Refuse to silently restart over an earlier (perhaps killed) run's checkpoint."""
+    ckpt = Path(out_dir) / CHECKPOINT_FILE
+    if ckpt.is_file() and not resume and not force:
+        raise UserError(ckpt, "an earlier run's checkpoint is here", "--resume continues it, --force starts over")
+
+
 def train(
     student: nn.Module,
     objective: Objective,
@@ -192,6 +203,10 @@ def train(
             batch = batch_for_step(data, config.seed, step, config.batch_size, rank).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 terms = objective(model, batch)
+            if not bool(torch.isfinite(terms["total"])):
+                bad = [k for k, v in terms.items() if k != "total" and not bool(torch.isfinite(v))]
+                raise UserError(f"step {step + 1}", f"the loss is NaN/Inf ({', '.join(bad) or 'total'})",
+                                "lower --lr or the loss weights; nothing of this step was saved")
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimizer.step()
@@ -224,10 +239,14 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int, config:
 
 
 def _load_checkpoint(path: Path, model, optimizer, scheduler, config: TrainConfig, device: torch.device) -> int:
-    state = torch.load(path, map_location=device, weights_only=True)
+    state = load_weights_only(path, map_location=device)
+    if not isinstance(state, dict) or not {"step", "model", "optimizer", "scheduler", "config"} <= set(state):
+        raise UserError(path, "not a training checkpoint of this tool", "--force starts over")
     saved = TrainConfig.model_validate_json(state["config"])
     if saved.model_dump(exclude=_RESUME_FREE) != config.model_dump(exclude=_RESUME_FREE):
-        raise ValueError(f"{path}: checkpoint was made with different settings; resume with the same config")
+        changed = sorted(k for k, v in saved.model_dump(exclude=_RESUME_FREE).items() if getattr(config, k) != v)
+        raise UserError(path, f"checkpoint was made with different settings ({', '.join(changed)})",
+                        "resume with the same settings, or --force to start over")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -292,18 +311,46 @@ class _Log:
                 self.tb.close()
 
 
+def distill_teacher(config, teacher_dir: Path) -> nn.Module:
+    """The teacher: the black-box ``teacher_onnx`` (ONNX Runtime, extra inputs fixed by ``teacher_inputs``), else
+    the model stage's model (a multi-style network's style is fixed there, by ``model.select_style``)."""
+    if config.teacher_onnx:
+        from compressor.blackbox import OnnxTeacher
+
+        try:
+            return OnnxTeacher(config.teacher_onnx, config.teacher_inputs)
+        except ValueError as exc:
+            raise UserError("distill.teacher_onnx", str(exc), "give an image-in, image-out .onnx") from None
+    return load_model(teacher_dir)
+
+
 def distill_stage(ctx) -> None:
-    """Recipe stage ``distill``: the pruned model (or a copy of the teacher) learns from the teacher."""
+    """Recipe stage ``distill``: the pruned model (or a copy of the teacher, or a named ``student``) learns."""
     config = ctx.recipe.distill
     teacher_dir = ctx.stage_dir("model")
     student_dir = ctx.stage_dir("prune") if ctx.recipe.prune is not None else teacher_dir
-    student = load_model(student_dir)
-    run = prepare_run(ctx.loss_network, load_model(teacher_dir), ctx.style_grams)
-    objective = make_objective(student, run.teacher, config, run.vgg, run.grams)
-    data = ContentCrops(resolve_images(ctx.recipe.content, "train"), config.crop)
+    if config.student is not None:
+        torch.manual_seed(config.seed)  # the student's initial weights are part of the run
+        try:
+            student = create_model({"family": config.student.family, **config.student.spec})
+        except ValueError as exc:
+            raise UserError("distill.student", str(exc).splitlines()[0], "see the family's spec fields") from None
+    else:
+        student = load_model(student_dir)
+    run = prepare_run(ctx.loss_network, distill_teacher(config, teacher_dir), ctx.style_grams)
+    objective = make_objective(student, run.teacher, config, run.vgg, run.grams,
+                               any_teacher=config.student is not None or config.teacher_onnx is not None)
+    photos = resolve_images(ctx.recipe.content, "train")
+    if config.paired_size:
+        from compressor.blackbox import TeacherPairs
+
+        data = TeacherPairs(photos, run.teacher, config.paired_size, config.crop)
+    else:
+        data = ContentCrops(photos, config.crop)
     meta = {
-        "student_from": str(student_dir),
-        "teacher": str(teacher_dir),
+        "student_from": f"fresh {config.student.family}" if config.student is not None else str(student_dir),
+        "teacher": config.teacher_onnx or str(teacher_dir),
+        "teacher_inputs": config.teacher_inputs,
         "style": ctx.recipe.style,
         "loss_network": run.vgg.weights_source,
     }

@@ -43,12 +43,18 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, FILE_MODE)
     try:
         write(Path(tmp))
+        os.chmod(tmp, FILE_MODE)  # after the write: some writers (safetensors) replace the file, making it 0600
         _fsync_tree(Path(tmp))
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.errno is None or exc.filename == str(path):
+            raise
+        # The temp name means nothing to the user (a full disk, say): name the file that was being written.
+        raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -14,13 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torch.overrides import handle_torch_function, has_torch_function_unary
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from compressor.config import TrainConfig
+from compressor.errors import UserError
 from compressor.io import atomic_write
+from compressor.safeload import read_safetensors
 
 DEFAULT_STYLE_LAYERS = {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0, "relu4_1": 1.0, "relu5_1": 1.0}
 DEFAULT_CONTENT_LAYERS = {"relu4_2": 1.0}
@@ -75,11 +77,11 @@ def adain_style_loss(features: dict[str, torch.Tensor], target: dict[str, torch.
 
 @dataclass
 class LossWeights:
-    """Weights of the style-transfer objective; defaults suit [0, 1] images and Gram/(C·H·W)."""
+    """Weights of the style-transfer objective; defaults (TrainConfig's) suit [0, 1] images and Gram/(C·H·W)."""
 
-    content: float = 1.0
-    style: float = 1e5
-    tv: float = 1e-3
+    content: float = TrainConfig.model_fields["content_weight"].default
+    style: float = TrainConfig.model_fields["style_weight"].default
+    tv: float = TrainConfig.model_fields["tv_weight"].default
     content_layers: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CONTENT_LAYERS))
     style_layers: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_STYLE_LAYERS))
 
@@ -168,10 +170,13 @@ def load_style_library(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], 
     """Styles -> layer -> Gram, and the loss network the Grams were computed with."""
     from safetensors import safe_open
 
+    tensors = read_safetensors(path)
     with safe_open(str(path), framework="pt") as f:
         loss_network = (f.metadata() or {}).get("loss_network", "unknown")
     library: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in load_file(str(path)).items():
+    for key, tensor in tensors.items():
+        if "/" not in key:
+            raise UserError(path, f"tensor {key!r} is not STYLE/LAYER", "create it with 'styleslim style-library'")
         style, layer = key.rsplit("/", 1)
         library.setdefault(style, {})[layer] = tensor
     return library, loss_network

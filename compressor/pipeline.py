@@ -21,11 +21,13 @@ from typing import Any
 import torch
 
 from compressor.config import Recipe
-from compressor.data import load_image, resolve_style
+from compressor.data import load_image, resolve_images, resolve_style
 from compressor.distill import distill_stage
+from compressor.errors import UserError, user_error
 from compressor.io import atomic_write
 from compressor.losses import style_grams
 from compressor.models import VGG19LossNet, load_vgg19
+from compressor.models.checkpoint import resolve_model_path
 from compressor.prune import prune_stage
 from compressor.teacher import model_stage
 from evaluation.stage import evaluate_stage
@@ -101,8 +103,52 @@ def write_stamp(path: Path, digest: str, status: str) -> None:
     atomic_write(path, lambda p: p.write_text(json.dumps({"hash": digest, "status": status}) + "\n"))
 
 
+def preflight(recipe: Recipe) -> None:
+    """Check the recipe's files before any stage runs; errors name the recipe key."""
+    checks = [("style", lambda: resolve_style(recipe.style))]
+    if recipe.model.train is not None or recipe.distill is not None or recipe.prune is not None:
+        checks.append(("content", lambda: resolve_images(recipe.content, "train")))
+    for key in ("path", "adain_decoder"):
+        value = getattr(recipe.model, key)
+        if value is not None:
+            checks.append((f"model.{key}", lambda value=value: _exists(resolve_model_path(value))))
+    if recipe.distill is not None and recipe.distill.teacher_onnx:
+        checks.append(("distill.teacher_onnx", lambda: _exists(resolve_model_path(recipe.distill.teacher_onnx))))
+    for key, check in checks:
+        try:
+            check()
+        except (OSError, ValueError) as exc:
+            known = user_error(exc)
+            raise UserError(key, known.line() if known else str(exc), "fix it in the recipe or with --set") from None
+
+
+def _exists(path: Path) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+
+
+def clean_failed_stage(stage_dir: Path) -> None:
+    """Remove what a failed stage wrote, so nothing looks finished; training checkpoints stay for a resume."""
+    if not stage_dir.is_dir():
+        return
+    for path in sorted(stage_dir.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_dir() and not path.is_symlink():
+            if not any(path.iterdir()):
+                path.rmdir()
+        elif path.name not in _KEPT_ON_FAILURE:
+            path.unlink()
+
+
+_KEPT_ON_FAILURE = {"checkpoint.pt", "train_log.csv", STAGE_STAMP}
+
+
 def run_recipe(recipe: Recipe, out_root: Path = Path("runs"), force: bool = False, progress: bool = True) -> Path:
-    """Run every stage the recipe names, in order; returns the run folder."""
+    """Run every stage the recipe names, in order; returns the run folder.
+
+    A stage that fails leaves nothing that looks finished (its stamp says ``running``, so an unchanged
+    re-run resumes from its training checkpoint); the error names the stage.
+    """
+    preflight(recipe)
     ctx = RunContext(recipe=recipe, run_dir=Path(out_root) / recipe.name, force=force, progress=progress)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(ctx.run_dir / "recipe.json", lambda p: p.write_text(recipe.model_dump_json(indent=2)))
@@ -124,7 +170,15 @@ def run_recipe(recipe: Recipe, out_root: Path = Path("runs"), force: bool = Fals
                 shutil.rmtree(stage_dir)
             log.info("stage %s: %s", stage, "resuming" if same else "running")
             write_stamp(stamp_path, digest, "running")
-            run(ctx)
+            try:
+                run(ctx)
+            except BaseException as exc:
+                clean_failed_stage(stage_dir)
+                known = user_error(exc) if isinstance(exc, Exception) else None
+                if known is None:
+                    raise
+                raise UserError(f"stage {stage}", known.line(), "its partial output was removed; fix and run again"
+                                ) from exc
             write_stamp(stamp_path, digest, "done")
         ctx.stamps[stage] = digest
         upstream = digest

@@ -40,6 +40,9 @@ _PRUNABLE = (nn.Conv2d, nn.Linear)
 class L1Importance(tp.importance.GroupMagnitudeImportance):
     """L1 magnitude of a coupled group in which every layer counts equally, InstanceNorm included.
 
+    Customized layers (the conditional norms) are scored by their pruner's
+    ``channel_importance``, once per layer.
+
     torch-pruning's ``GroupMagnitudeImportance`` scores BatchNorm/LayerNorm but
     skips InstanceNorm, yet after an InstanceNorm a conv filter's magnitude is
     normalised away and ``|gamma|`` is what sets the channel's scale. Each
@@ -52,10 +55,16 @@ class L1Importance(tp.importance.GroupMagnitudeImportance):
 
     @torch.no_grad()
     def __call__(self, group: tp.dependency.Group) -> torch.Tensor | None:
-        scores, root_idxs = [], []
+        scores, root_idxs, customized = [], [], set()
         for i, (dep, idxs) in enumerate(group):
             layer, fn = dep.layer, dep.pruning_fn
-            if fn in (tpf.prune_conv_out_channels, tpf.prune_linear_out_channels):
+            scorer = getattr(getattr(fn, "__self__", None), "channel_importance", None)
+            if scorer is not None:
+                if layer in customized:
+                    continue
+                customized.add(layer)
+                local = scorer(layer, idxs)
+            elif fn in (tpf.prune_conv_out_channels, tpf.prune_linear_out_channels):
                 local = layer.weight.data[idxs].flatten(1).abs().sum(1)
             elif fn in (tpf.prune_conv_in_channels, tpf.prune_linear_in_channels):
                 local = layer.weight.data.transpose(0, 1)[idxs].flatten(1).abs().sum(1)
@@ -132,27 +141,110 @@ def prune_model(
             round_to=config.round_to,
             customized_pruners=family.customized_pruners(model) or None,
         )
+    names = {m: n for n, m in model.named_modules()}
+    kept = {n: list(range(m.weight.shape[0])) for n, m in model.named_modules() if isinstance(m, _PRUNABLE)}
     for step in range(config.iterative_steps):
-        pruner.step()
+        for group in pruner.step(interactive=True):
+            _drop_from_kept(group, names, kept)
+            group.prune()
         if finetune is not None and step + 1 < config.iterative_steps:
             finetune(model, step)
             model.eval()
-    family.after_prune(model, config, state, _kept_out_channels(pruner, model))
+    family.after_prune(model, config, state, kept)
     for name, p in model.named_parameters():
         p.requires_grad_(name not in frozen)
     model.spec = model.current_spec()
+    model.kept_out_channels = kept  # original indices, for reconstruct() against the unpruned teacher
     return model.train(was_training)
 
 
-def _kept_out_channels(pruner: tp.pruner.BasePruner, model: nn.Module) -> dict[str, list[int]]:
-    """Original indices of the output channels each layer kept, replayed from torch-pruning's history."""
-    kept = {name: list(range(pruner.layer_init_out_ch[m])) for name, m in model.named_modules()
-            if isinstance(m, _PRUNABLE)}
-    for name, is_out, idxs in pruner.pruning_history():
-        if is_out and name in kept:  # group roots are convs/linears; a custom pruner's layer may not be
+@torch.no_grad()
+def reconstruct(student: nn.Module, teacher: nn.Module, kept: dict[str, list[int]], images: list[torch.Tensor],
+                positions: int = 4096, ridge: float = 1e-3) -> dict[str, dict[str, float]]:
+    """Refit every pruned conv by least squares, layer by layer in forward order (He et al. 2017).
+
+    Pruning removes input channels a conv relied on. On the student's own (already refitted) inputs, each
+    conv's weights are solved so its output matches the teacher conv's output at the channels it kept:
+    ``min ||A W - Y||^2 + ridge * tr(A^T A)/k * ||W - W_0||^2`` over ``positions`` random output pixels per
+    image, A the im2col patches. Returns each layer's relative error before and after.
+    """
+    family = get_family(student)
+    teacher_layers = dict(teacher.named_modules())
+    convs = [(n, m) for n, m in student.named_modules()
+             if isinstance(m, nn.Conv2d) and m.groups == 1 and isinstance(teacher_layers.get(n), nn.Conv2d)]
+    gen = torch.Generator().manual_seed(0)
+    report = {}
+    for name, conv in convs:
+        channels = kept.get(name, list(range(conv.out_channels)))
+        k = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] + (conv.bias is not None)
+        gram, cross = torch.zeros(k, k, dtype=torch.float64), torch.zeros(k, conv.out_channels, dtype=torch.float64)
+        energy = torch.zeros((), dtype=torch.float64)
+        for image in images:
+            inputs = family.inputs(image)
+            x = _layer_io(student, conv, inputs)[0]
+            target = _layer_io(teacher, teacher_layers[name], inputs)[1][:, channels]
+            cols = nn.functional.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+            a = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+            y = target.flatten(2).transpose(1, 2).reshape(-1, target.shape[1])
+            pick = torch.randperm(a.shape[0], generator=gen)[:positions]
+            a, y = a[pick].double(), y[pick].double()
+            if conv.bias is not None:
+                a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], 1)
+            gram += a.T @ a
+            cross += a.T @ y
+            energy += y.pow(2).sum()
+        w0 = conv.weight.flatten(1).T.double()
+        if conv.bias is not None:
+            w0 = torch.cat([w0, conv.bias[None].double()])
+        lam = ridge * gram.diagonal().mean()
+        w = torch.linalg.solve(gram + lam * torch.eye(k, dtype=gram.dtype), cross + lam * w0)
+        report[name] = {"before": _relative_error(w0, gram, cross, energy),
+                        "after": _relative_error(w, gram, cross, energy)}
+        conv.weight.copy_(w[: k - (conv.bias is not None)].T.reshape(conv.weight.shape).float())
+        if conv.bias is not None:
+            conv.bias.copy_(w[-1].float())
+    return report
+
+
+def _relative_error(w: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, energy: torch.Tensor) -> float:
+    """``||A w - Y||^2 / ||Y||^2`` from the accumulated sums ``A^T A``, ``A^T Y`` and ``||Y||^2``."""
+    residual = (w.T @ gram @ w).trace() - 2 * (w * cross).sum() + energy
+    return max(float(residual / energy.clamp_min(1e-12)), 0.0)
+
+
+def _layer_io(model: nn.Module, layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input and output of ``layer`` when ``model`` runs on ``inputs`` (the rest of the forward is skipped)."""
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def hook(module, args, out):
+        seen.append((args[0], out))
+        raise _Stop
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        model(*inputs)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+class _Stop(Exception):
+    """Ends a forward pass once the hooked layer has run."""
+
+
+def _drop_from_kept(group: tp.dependency.Group, names: dict[nn.Module, str], kept: dict[str, list[int]]) -> None:
+    """Remove a group's output channels from ``kept`` (original indices) for every conv/linear it prunes.
+
+    Every coupled layer is in the group (the residual trunk prunes together), so each layer's kept list
+    stays exact; indices are relative to the layer's current width, as torch-pruning gives them.
+    """
+    for dep, idxs in group:
+        name = names.get(dep.layer)
+        if name in kept and dep.pruning_fn in (tpf.prune_conv_out_channels, tpf.prune_linear_out_channels):
             drop = {int(i) for i in idxs}
             kept[name] = [k for j, k in enumerate(kept[name]) if j not in drop]
-    return kept
 
 
 def model_stats(model: nn.Module, example_inputs: Any = None) -> dict[str, Any]:
@@ -168,11 +260,18 @@ def _shape(inputs: Any) -> tuple[int, ...]:
 
 
 def prune_dir(model_dir: str | Path, out_dir: str | Path, config: PruneStage, finetune: Finetune | None = None,
-              meta: dict[str, Any] | None = None) -> dict[str, Any]:
+              meta: dict[str, Any] | None = None, content: str = "samples") -> dict[str, Any]:
     """Load a model folder, prune it, save it; returns the meta written next to it (``meta`` merged in)."""
     model = load_model(model_dir)
     before = model_stats(model)
     prune_model(model, config, finetune=finetune).cpu()
+    refit = None
+    if config.reconstruct:
+        images = calibration_crops(content, config.reconstruct_images)
+        refit = reconstruct(model, load_model(model_dir), model.kept_out_channels, images)
+        log.info("prune: least-squares refit of %d convs (mean relative error %.3f -> %.3f)", len(refit),
+                 sum(r["before"] for r in refit.values()) / len(refit),
+                 sum(r["after"] for r in refit.values()) / len(refit))
     after = model_stats(model)
     meta = {
         **(meta or {}),
@@ -182,6 +281,7 @@ def prune_dir(model_dir: str | Path, out_dir: str | Path, config: PruneStage, fi
         "before": before,
         "after": after,
         "macs_ratio": after["macs"] / before["macs"],
+        "reconstruct": refit,
         "params_ratio": after["params"] / before["params"],
     }
     save_model(model, out_dir, meta=meta)
@@ -193,9 +293,16 @@ def prune_stage(ctx) -> None:
     config: PruneStage = ctx.recipe.prune
     if config.finetune_steps_between and config.iterative_steps > 1:
         meta = {"loss_network": ctx.loss_network.weights_source}
-        prune_dir(ctx.stage_dir("model"), ctx.stage_dir("prune"), config, _pipeline_finetune(ctx, config), meta)
+        prune_dir(ctx.stage_dir("model"), ctx.stage_dir("prune"), config, _pipeline_finetune(ctx, config), meta,
+                  content=ctx.recipe.content)
     else:
-        prune_dir(ctx.stage_dir("model"), ctx.stage_dir("prune"), config)
+        prune_dir(ctx.stage_dir("model"), ctx.stage_dir("prune"), config, content=ctx.recipe.content)
+
+
+def calibration_crops(content: str, n: int, size: int = 128) -> list[torch.Tensor]:
+    """``n`` (1, 3, size, size) crops of the training content images (never the held-out evaluation photos)."""
+    data = ContentCrops(resolve_images(content, "train"), size)
+    return [data[i][None] for i in range(n)]
 
 
 def _pipeline_finetune(ctx, config: PruneStage) -> Finetune:

@@ -14,10 +14,62 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from compressor.config import Recipe
+from compressor.errors import UserError
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError):
     """A recipe that does not validate; the message names the file and every bad key."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__("", message, hint)
+
+
+MAX_RECIPE_BYTES = 1 << 20
+MAX_NODES = 10_000  # a recipe has a few hundred values; a billion-laughs alias bomb expands to billions
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a document whose aliases would expand it past MAX_NODES values."""
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_NODES:
+            raise yaml.YAMLError(f"expands to more than {MAX_NODES:,} values through aliases (*name); "
+                                 "refused as a YAML bomb")
+        return node
+
+
+def _expanded_size(node: yaml.Node, seen: dict[int, int]) -> int:
+    """Values in ``node`` with every alias expanded, counted without expanding (shared nodes memoised)."""
+    if id(node) in seen:
+        return seen[id(node)]
+    seen[id(node)] = MAX_NODES + 1  # a node inside itself (recursive alias) counts as too big
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, seen) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, seen) + _expanded_size(v, seen) for k, v in node.value)
+    else:
+        size = 1
+    seen[id(node)] = size
+    return size
+
+
+def safe_yaml(text: str) -> Any:
+    """Parse YAML safely: no Python tags, no alias bombs."""
+    loader = _LimitedLoader(text)
+    try:
+        return loader.get_single_data()
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """The first line of a YAML error plus where it is, e.g. 'found unknown tag !!python/object (line 2)'."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -25,32 +77,42 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise RecipeError(f"--set {item!r}: expected KEY.PATH=VALUE")
+            raise RecipeError(f"--set {item}: expected KEY.PATH=VALUE, e.g. --set prune.ratio=0.75")
         node = data
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise RecipeError(f"--set {item!r}: {part} is not a section")
-        node[leaf] = yaml.safe_load(raw)
+                raise RecipeError(f"--set {item}: {part} is not a section")
+        try:
+            node[leaf] = safe_yaml(raw)
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"--set {item}: not a plain YAML value ({_yaml_problem(exc)})") from None
     return data
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(f"{path}: {path.stat().st_size:,} bytes is too big for a recipe "
+                              f"(at most {MAX_RECIPE_BYTES:,})")
+        data = safe_yaml(path.read_text()) or {}
     except FileNotFoundError:
         raise RecipeError(f"{path}: recipe not found") from None
+    except IsADirectoryError:
+        raise RecipeError(f"{path}: is a folder, not a recipe file") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not a text file") from None
     except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+        raise RecipeError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of stages, got {type(data).__name__}")
     data = apply_overrides(data, overrides or [])
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(f"{path}: invalid recipe\n{format_errors(exc)}") from None
+        raise RecipeError(f"{path}: invalid recipe:\n{format_errors(exc)}") from None
     _check_family(path, recipe.model.family)
     return recipe
 
@@ -60,7 +122,7 @@ def _check_family(path: Path, family: str) -> None:
     from compressor.models.registry import family_names
 
     if family not in family_names():
-        raise RecipeError(f"{path}: invalid recipe\n  model.family: unknown family {family!r}; "
+        raise RecipeError(f"{path}: invalid recipe:\n  model.family: unknown family {family!r}; "
                           f"registered: {', '.join(family_names())}")
 
 

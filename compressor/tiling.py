@@ -37,7 +37,7 @@ from PIL import Image, ImageOps
 from torch.overrides import TorchFunctionMode
 from tqdm import tqdm
 
-from compressor.data import ImageError, to_rgb
+from compressor.data import ImageError, reading_image, to_rgb
 from compressor.io import atomic_write
 from compressor.losses import mean_std
 
@@ -574,12 +574,7 @@ def save_pixels(pixels: np.ndarray, path: str | Path) -> Path:
 def image_size(path: str | Path) -> tuple[int, int]:
     """(height, width) of an image file as it will be stylised (upright), read from its header only."""
     path = Path(path)
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-            orientation = img.getexif().get(0x0112, 1)
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such image file") from None
-    except (OSError, ValueError) as exc:
-        raise ImageError(f"{path}: not a readable image ({exc})") from None
+    with reading_image(path), Image.open(path) as img:
+        width, height = img.size
+        orientation = img.getexif().get(0x0112, 1)
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)

@@ -1,9 +1,16 @@
-"""Evaluate variants against the teacher: quality, cost, latency, memory -> one report dict.
+"""Evaluate variants against the teacher: fidelity, quality, cost, latency, memory -> one report dict.
 
-The first variant is the reference (the teacher). Quality is always judged by
-the uncompressed reference VGG19 passed in, never by a compressed network.
-A variant that fails (e.g. an artifact whose runtime is missing) gets an
-``error`` and the rest of the report is still written.
+The first variant is the reference (the teacher). Fidelity is how closely a
+variant reproduces the teacher's output on the held-out photos (PSNR / SSIM);
+it alone ranks variants (Pareto frontier, verdict), because a student that
+merely draws a *different* picture can score a lower style/content loss
+without being any closer to the teacher. Those losses, judged by the
+uncompressed reference VGG19, are kept as signed deltas.
+
+A variant is one model on one runtime, identified by its content hash: two
+paths holding the same bytes are evaluated once and listed together. Paths in
+the report are relative to the run folder. A variant that fails (e.g. an
+artifact whose runtime is missing) gets an ``error`` and the rest is still written.
 """
 
 from __future__ import annotations
@@ -26,10 +33,42 @@ from evaluation import lossnet
 from evaluation.latency import machine_info, measure_latency
 from evaluation.memory import peak_rss
 from evaluation.metrics import degradation_pct, fidelity, layer_widths, params_and_macs, perceptual_losses
-from evaluation.variants import Variant, size_on_disk
+from evaluation.report import fidelity_db
+from evaluation.variants import Variant, content_hash, size_on_disk
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+DIFF_GAIN = 8  # difference images show |variant - teacher| x this
+FRONTIER_MEASURE = "psnr_vs_teacher"
+
+
+def display_path(path: str | Path, root: Path | None) -> str:
+    """``path`` relative to the run folder when inside it, else to the working directory, else package-relative."""
+    resolved = Path(path).resolve()
+    for base in (root, Path.cwd()):
+        if base is not None and resolved.is_relative_to(Path(base).resolve()):
+            return resolved.relative_to(Path(base).resolve()).as_posix()
+    parts = resolved.parts
+    if "site-packages" in parts:  # bundled data (scikit-image's photos, styleslim's styles)
+        return Path(*parts[parts.index("site-packages") + 1:]).as_posix()
+    return Path(path).as_posix()
+
+
+def dedupe(variants: list[Variant], root: Path | None) -> tuple[list[Variant], dict[int, dict[str, Any]]]:
+    """One variant per (runtime, content hash), first found kept; returns them and, per kept index, hash + paths."""
+    kept: list[Variant] = []
+    info: dict[int, dict[str, Any]] = {}
+    seen: dict[tuple[str, str], int] = {}
+    for variant in variants:
+        digest = content_hash(variant.path)
+        key = (variant.runtime, digest)
+        if key in seen:
+            info[seen[key]]["paths"].append(display_path(variant.path, root))
+            continue
+        seen[key] = len(kept)
+        info[len(kept)] = {"sha256": digest, "paths": [display_path(variant.path, root)]}
+        kept.append(variant)
+    return kept, info
 
 
 def square_image(path: Path, size: int) -> torch.Tensor:
@@ -38,7 +77,8 @@ def square_image(path: Path, size: int) -> torch.Tensor:
 
 
 def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    """A folder name for a variant; dots go too, so no folder looks like a model file (``model-fp32_onnx``)."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name)
 
 
 def artifact_size(variant: Variant) -> int | None:
@@ -59,18 +99,23 @@ def evaluate(
     work_dir: Path,
     style_path: Path | None = None,
     progress: bool = True,
+    root: Path | None = None,
 ) -> dict[str, Any]:
-    """Measure every variant; ``variants[0]`` is the teacher every degradation and PSNR refers to."""
+    """Measure every distinct variant; ``variants[0]`` is the teacher every fidelity and delta refers to.
+
+    ``root`` is the folder the report is written to; paths are stored relative to it.
+    """
     torch.set_num_threads(settings.threads)
+    variants, identity = dedupe(variants, root)
     images = [square_image(p, settings.size) for p in image_paths]
     grams = style_grams(vgg, style_image)
-    rows = [_describe(v, settings, style_image) for v in variants]
-    outputs = _quality(variants, rows, images, image_paths, vgg, grams, style_image, settings, work_dir, progress)
+    rows = [_describe(v, settings, style_image, root) | identity[i] for i, v in enumerate(variants)]
+    outputs = _quality(variants, rows, images, image_paths, vgg, grams, style_image, settings, work_dir, root,
+                       progress)
     _latency(variants, rows, style_image, settings, progress)
     if settings.memory:
         _memory(variants, rows, settings, style_path, progress)
     _lossnet(variants, rows, vgg)
-    mark_pareto(rows)
     return {
         "schema_version": SCHEMA_VERSION,
         "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -80,24 +125,26 @@ def evaluate(
             "content_layers": DEFAULT_CONTENT_LAYERS,
         },
         "reference": variants[0].name,
-        "style": str(style_path) if style_path else None,
-        "eval_images": [str(p) for p in image_paths],
+        "style": display_path(style_path, root) if style_path else None,
+        "eval_images": [display_path(p, root) for p in image_paths],
         "settings": settings.model_dump(mode="json"),
         "machine": machine_info(),
+        "ranking": rank(rows, settings.min_psnr_db),
         "variants": rows,
-        "exports": [_export_entry(v) for v in variants if v.is_artifact],
-        "images": {"work_dir": str(work_dir), "grid": outputs},
+        "exports": [_export_entry(v, root) for v in variants if v.is_artifact],
+        "images": {"work_dir": display_path(work_dir, root), "diff_gain": DIFF_GAIN, "grid": outputs},
     }
 
 
-def _describe(variant: Variant, settings: EvaluateStage, style: torch.Tensor) -> dict[str, Any]:
+def _describe(variant: Variant, settings: EvaluateStage, style: torch.Tensor, root: Path | None) -> dict[str, Any]:
     """Name, kind and cost columns of one variant (params/MACs from the torch model or the artifact's source)."""
     row: dict[str, Any] = {
         "name": variant.name,
         "kind": "artifact" if variant.is_artifact else "torch",
         "family": variant.family,
-        "path": str(variant.path),
+        "path": display_path(variant.path, root),
         "runtime": variant.runtime,
+        "precision": variant.manifest.get("precision") if variant.is_artifact else "fp32",
         "params": None,
         "macs": None,
         "size_bytes": size_on_disk(variant.path),
@@ -107,8 +154,11 @@ def _describe(variant: Variant, settings: EvaluateStage, style: torch.Tensor) ->
         "latency_sweep": [],
         "memory": None,
         "pareto": False,
+        "verdict": False,
         "errors": [],
     }
+    if not variant.measurable:
+        row["structure"] = _structure(variant)
     model = variant.model
     source_spec = (variant.manifest.get("source") or {}).get("spec")
     if model is None and source_spec:
@@ -122,8 +172,20 @@ def _describe(variant: Variant, settings: EvaluateStage, style: torch.Tensor) ->
     return row
 
 
-def _quality(variants, rows, images, image_paths, vgg, grams, style, settings, work_dir, progress) -> list[dict]:
-    """Stylise every eval image with every variant; losses, fidelity to the teacher; images saved for the grid."""
+def _structure(variant: Variant) -> dict[str, Any] | None:
+    """What this machine verified of an artifact it cannot run (Core ML on Linux): I/O, op types, weight dtypes."""
+    parity = variant.manifest.get("parity") or {}
+    structure = parity.get("structure")
+    if not structure:
+        return None
+    return {"verified": True, "inputs": structure.get("inputs", []), "outputs": structure.get("outputs", []),
+            "op_count": len(structure.get("op_types", [])), "weight_dtypes": structure.get("weight_dtypes", []),
+            "compressed_weights": structure.get("compressed_weights", {}),
+            "predictions": parity.get("predictions") or variant.not_measurable_note}
+
+
+def _quality(variants, rows, images, image_paths, vgg, grams, style, settings, work_dir, root, progress) -> list[dict]:
+    """Stylise every eval image with every variant; fidelity to the teacher, losses; images saved for the grid."""
     per_variant: list[list[torch.Tensor] | None] = []
     total = len(variants) * len(images)
     bar = tqdm(total=total, desc="quality", disable=not progress, leave=False)
@@ -155,23 +217,39 @@ def _quality(variants, rows, images, image_paths, vgg, grams, style, settings, w
         q = row["quality"]
         q.update(losses)
         if ref_losses:
+            q.update(_fidelity(outs, teacher, image_paths))
             q["style_degradation_pct"] = degradation_pct(losses["style_loss"], ref_losses["style_loss"])
             q["content_degradation_pct"] = degradation_pct(losses["content_loss"], ref_losses["content_loss"])
             q["degradation_pct"] = (q["style_degradation_pct"] + q["content_degradation_pct"]) / 2
-            fid = [fidelity(o, t) for o, t in zip(outs, teacher)]
-            psnrs = [f["psnr_vs_teacher"] for f in fid]
-            q["psnr_vs_teacher"] = None if None in psnrs else sum(psnrs) / len(psnrs)
-            q["ssim_vs_teacher"] = sum(f["ssim_vs_teacher"] for f in fid) / len(fid)
 
     grid = []
     for i, (path, img) in enumerate(zip(image_paths, images)):
-        entry = {"content": str(save_image(img, work_dir / "images" / "content" / f"{i}_{path.stem}.png")), "outputs": {}}
+        content = save_image(img, work_dir / "images" / "content" / f"{i}_{path.stem}.png")
+        entry = {"image": path.name, "content": display_path(content, root), "outputs": {}, "diffs": {}}
         for variant, outs in zip(variants, per_variant):
-            if outs is not None:
-                out_path = work_dir / "images" / slug(variant.name) / f"{i}_{path.stem}.png"
-                entry["outputs"][variant.name] = str(save_image(outs[i], out_path))
+            if outs is None:
+                continue
+            folder = work_dir / "images" / slug(variant.name)
+            entry["outputs"][variant.name] = display_path(save_image(outs[i], folder / f"{i}_{path.stem}.png"), root)
+            if teacher is not None and variant is not variants[0]:
+                diff = ((outs[i] - teacher[i]).abs() * DIFF_GAIN).clamp(0, 1)
+                entry["diffs"][variant.name] = display_path(
+                    save_image(diff, folder / f"{i}_{path.stem}.diff.png"), root)
         grid.append(entry)
     return grid
+
+
+def _fidelity(outs: list[torch.Tensor], teacher: list[torch.Tensor], image_paths: list[Path]) -> dict[str, Any]:
+    """Per eval image and mean PSNR / SSIM vs the teacher; ``identical`` when every output equals the teacher's."""
+    per_image = [{"image": p.name, **fidelity(o, t)} for o, t, p in zip(outs, teacher, image_paths)]
+    finite = [f["psnr_vs_teacher"] for f in per_image if f["psnr_vs_teacher"] is not None]
+    identical = all(torch.equal(o, t) for o, t in zip(outs, teacher))
+    return {
+        "identical_to_teacher": identical,
+        "psnr_vs_teacher": sum(finite) / len(finite) if finite else None,
+        "ssim_vs_teacher": sum(f["ssim_vs_teacher"] for f in per_image) / len(per_image),
+        "per_image": per_image,
+    }
 
 
 def _fit(variant: Variant, img: torch.Tensor) -> torch.Tensor:
@@ -242,30 +320,44 @@ def _lossnet(variants, rows, vgg) -> None:
             row["errors"].append(f"lossnet: {type(exc).__name__}: {exc}")
 
 
-def mark_pareto(rows: list[dict[str, Any]]) -> None:
-    """Star rows no other row beats on both latency (own runtime, p50) and mean degradation."""
+def rank(rows: list[dict[str, Any]], min_psnr_db: float) -> dict[str, Any]:
+    """Star the Pareto frontier (latency p50 on own runtime vs fidelity) and pick the verdict.
+
+    The verdict is the fastest variant whose fidelity meets ``min_psnr_db``; signed loss deltas play no part.
+    """
     points = {}
     for i, row in enumerate(rows):
         lat = row["latency_ms"].get(row["runtime"], {}).get("p50")
-        deg = row["quality"].get("degradation_pct")
-        if lat is not None and deg is not None:
-            points[i] = (lat, deg)
-    for i, (lat, deg) in points.items():
-        dominated = any(
-            ol <= lat and od <= deg and (ol < lat or od < deg) for j, (ol, od) in points.items() if j != i
-        )
-        rows[i]["pareto"] = not dominated
+        fid = fidelity_db(row)
+        if lat is not None and fid is not None:
+            points[i] = (lat, fid)
+    for i, (lat, fid) in points.items():
+        rows[i]["pareto"] = not any(
+            ol <= lat and of >= fid and (ol < lat or of > fid) for j, (ol, of) in points.items() if j != i)
+    within = [i for i, (_, fid) in points.items() if fid >= min_psnr_db]
+    verdict = min(within, key=lambda i: (points[i][0], -points[i][1])) if within else None
+    if verdict is not None:
+        rows[verdict]["verdict"] = True
+    return {
+        "measure": FRONTIER_MEASURE,
+        "measure_description": "mean PSNR (dB) of the variant's output vs the teacher's on the held-out photos; "
+                               "higher is closer, identical = infinite; signed loss deltas never rank",
+        "min_psnr_db": min_psnr_db,
+        "frontier": [rows[i]["name"] for i in sorted(points, key=lambda i: points[i][0]) if rows[i]["pareto"]],
+        "verdict": rows[verdict]["name"] if verdict is not None else None,
+        "within_budget": [rows[i]["name"] for i in sorted(within, key=lambda i: points[i][0])],
+    }
 
 
-def _export_entry(variant: Variant) -> dict[str, Any]:
+def _export_entry(variant: Variant, root: Path | None) -> dict[str, Any]:
     m = variant.manifest
     parity = m.get("parity") or {}
     return {
         "name": variant.name,
         "format": m.get("format", variant.path.suffix.lstrip(".")),
         "precision": m.get("precision"),
-        "path": str(variant.path),
-        "manifest": str(variant.manifest_path) if variant.manifest_path else None,
+        "path": display_path(variant.path, root),
+        "manifest": display_path(variant.manifest_path, root) if variant.manifest_path else None,
         "size_bytes": size_on_disk(variant.path),
         "parity": {
             "runtime": parity.get("runtime"),

@@ -1,7 +1,10 @@
 """report.json (the source of truth) and what is rendered from it: report.md and a self-contained report.html.
 
-The HTML embeds every plot and image as base64 PNG, so the file can be mailed
-or opened offline. ``styleslim report RUN_DIR`` re-renders md/html from json.
+Fidelity first: the table leads with PSNR / SSIM vs the teacher, and only that
+measure (``ranking.measure``) drives the Pareto frontier and the verdict. The
+HTML embeds every plot and image as a base64 PNG and has no external CSS or
+JS, so it opens offline and prints; the Markdown links the same PNGs, written
+under the evaluation folder. ``styleslim report RUN_DIR`` re-renders both from json.
 """
 
 from __future__ import annotations
@@ -10,12 +13,18 @@ import base64
 import html
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
-from compressor.io import write_json, write_text
+from compressor.io import atomic_write, write_json, write_text
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
+MARKERS = {"torch": "o", "onnxruntime": "s", "litert": "^", "coreml": "D"}
+COLORS = {"torch": "C0", "onnxruntime": "C1", "litert": "C2", "coreml": "C4"}
+CROP = 96  # side (px) of the full-resolution crop in the image grid
+DELTA_LEGEND = ("style Δ% / content Δ% = signed change of the judge's loss vs the teacher: + = higher loss than the "
+                "teacher, − = lower. Neither sign means closer to the teacher; only PSNR/SSIM say that.")
 
 
 def validate(report: dict[str, Any]) -> None:
@@ -31,12 +40,16 @@ def load_report(run_dir: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: no report.json (run the evaluate stage or `styleslim evaluate` first)")
     import jsonschema
 
-    report = json.loads(path.read_text())
+    try:
+        report = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); re-run the evaluation to rewrite it") from None
     try:
         validate(report)
     except jsonschema.ValidationError as exc:
         where = "/".join(str(k) for k in exc.absolute_path) or "(top level)"
-        raise ValueError(f"{path}: does not match evaluation/report.schema.json at {where}: {exc.message}") from None
+        raise ValueError(f"{path}: does not match evaluation/report.schema.json at {where}: {exc.message} "
+                         "(re-run the evaluation to rewrite it)") from None
     return report
 
 
@@ -51,12 +64,21 @@ def write_reports(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
 
 
 def render(report: dict[str, Any], out_dir: Path) -> None:
-    """(Re-)write report.md and report.html from a report dict."""
-    write_text(Path(out_dir) / "report.md", markdown(report))
-    write_text(Path(out_dir) / "report.html", to_html(report))
+    """(Re-)write report.md and report.html (and the plots the Markdown links) from a report dict."""
+    out_dir = Path(out_dir)
+    plots = {"frontier": frontier_plot(report), "size": size_plot(report), "widths": widths_plot(report)}
+    links = {}
+    for name, png in plots.items():
+        if png:
+            rel = Path(report["images"]["work_dir"]) / "plots" / f"{name}.png"
+            (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(out_dir / rel, lambda p, png=png: p.write_bytes(png))
+            links[name] = rel.as_posix()
+    write_text(out_dir / "report.md", markdown(report, links))
+    write_text(out_dir / "report.html", to_html(report, out_dir, plots))
 
 
-# ---------------------------------------------------------------- formatting
+# ---------------------------------------------------------------- facts and formatting
 
 
 def _num(value: Any, fmt: str = "{:.3g}") -> str:
@@ -73,47 +95,150 @@ def _human_bytes(n: int | None) -> str:
     return str(n)
 
 
-def _latency(row: dict[str, Any]) -> dict[str, Any]:
-    """The row's latency on its own runtime (torch eager for torch variants)."""
-    return row["latency_ms"].get(row["runtime"], {})
+def fidelity_db(row: dict[str, Any]) -> float | None:
+    """The ranking measure (mean PSNR vs the teacher); inf when identical, None when not measured."""
+    q = row["quality"]
+    return math.inf if q.get("identical_to_teacher") else q.get("psnr_vs_teacher")
+
+
+def _psnr_text(value: float | None, identical: bool = False) -> str:
+    return "≡ teacher" if identical or value == math.inf else _num(value, "{:.1f}")
+
+
+def _latency(row: dict[str, Any], size: int | None = None) -> dict[str, Any]:
+    """The row's latency on its own runtime: at ``size`` (from the sweep), or at the first latency size."""
+    if size is None:
+        return row["latency_ms"].get(row["runtime"], {})
+    return next((e for e in row["latency_sweep"] if e["size"] == size and e["runtime"] == row["runtime"]), {})
 
 
 def _runtime_label(row: dict[str, Any]) -> str:
     return "torch eager" if row["runtime"] == "torch" else row["runtime"]
 
 
-TABLE_HEADER = [
-    "", "variant", "runtime", "params", "MMACs", "size", "style Δ%", "content Δ%", "PSNR dB", "SSIM",
-    "p50 ms", "p90 ms", "peak RSS",
-]
+def runnable(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Variants measured on this machine; the ones it cannot run (Core ML on Linux) get their own table."""
+    return [r for r in report["variants"] if not r.get("structure") and "not measurable" not in
+            r["quality"].get("note", "")]
+
+
+def not_runnable(report: dict[str, Any]) -> list[dict[str, Any]]:
+    ids = {id(r) for r in runnable(report)}
+    return [r for r in report["variants"] if id(r) not in ids]
+
+
+def machine_line(report: dict[str, Any]) -> str:
+    """Where the numbers were measured, in one line."""
+    m, s = report["machine"], report["settings"]
+    versions = [f"Python {m['python']}", f"torch {m['torch']}"]
+    versions += [f"{k} {m[k]}" for k in ("onnxruntime", "ai_edge_litert") if m.get(k)]
+    return (f"{m['cpu_model']} · {m['usable_cores']} usable / {m['logical_cores']} logical cores · "
+            f"{s['threads']} thread(s) · {m['platform']} · " + " · ".join(versions))
+
+
+def _preamble(report: dict[str, Any]) -> list[str]:
+    s, rk = report["settings"], report["ranking"]
+    verdict = (f"**{rk['verdict']}** — the fastest variant within the fidelity budget (PSNR ≥ {rk['min_psnr_db']:g} dB "
+               "vs the teacher)" if rk["verdict"] else
+               f"no variant reaches the fidelity budget (PSNR ≥ {rk['min_psnr_db']:g} dB vs the teacher)")
+    return [
+        f"Verdict: {verdict}",
+        (f"Ranking: {rk.get('measure_description', rk['measure'])}. "
+         "★ = Pareto frontier of latency p50 (own runtime) vs that fidelity."),
+        (f"Teacher: `{report['reference']}` · style: `{report.get('style')}` · "
+         f"{len(report['eval_images'])} held-out photo(s) at {s['size']} px: "
+         + ", ".join(f"`{Path(p).name}`" for p in report["eval_images"])),
+        f"Machine: {machine_line(report)}",
+        (f"Latency: {s['warmup']} warm-up + {s['latency_runs']} timed runs per variant and size, round-robin in one "
+         f"process. Loss deltas judged by VGG19 {report['loss_network']['weights']}."),
+    ]
+
+
+def table_header(report: dict[str, Any]) -> list[str]:
+    sizes = report["settings"]["latency_sizes"]
+    return (["rank", "variant", "runtime", "PSNR dB", "SSIM", "size", "MMACs"]
+            + [f"p50 ms @{s}" for s in sizes] + ["p90 ms", "peak RSS", "style Δ%", "content Δ%"])
+
+
+def _rank_cell(row: dict[str, Any]) -> str:
+    return " ".join(mark for mark, on in (("verdict", row.get("verdict")), ("★", row.get("pareto"))) if on)
 
 
 def table_rows(report: dict[str, Any]) -> list[list[str]]:
+    """Fidelity first, then cost, latency per size, then the signed loss deltas."""
     rows = []
-    for r in report["variants"]:
-        q, lat = r["quality"], _latency(r)
-        psnr = q.get("psnr_vs_teacher")
-        if psnr is None and q.get("ssim_vs_teacher") is not None:
-            psnr_txt = "identical"
-        else:
-            psnr_txt = _num(psnr, "{:.1f}")
+    for r in runnable(report):
+        q = r["quality"]
         mem = r.get("memory") or {}
+        if q.get("identical_to_teacher"):
+            psnr = "≡ teacher"
+        else:
+            psnr = _num(q.get("psnr_vs_teacher"), "{:.1f}")
+        latency = []
+        for size in report["settings"]["latency_sizes"]:
+            lat = _latency(r, size)
+            fixed = not lat and r["kind"] == "artifact" and r["latency_sweep"]  # timed at its export size only
+            latency.append("n/a" if fixed else _num(lat.get("p50"), "{:.1f}"))
         rows.append([
-            "★" if r.get("pareto") else "",
+            _rank_cell(r),
             r["name"],
             _runtime_label(r),
-            _num(r.get("params"), "{:,}"),
-            _num(r["macs"] / 1e6 if r.get("macs") is not None else None, "{:,.0f}"),
+            psnr,
+            _num(q.get("ssim_vs_teacher"), "{:.3f}"),
             _human_bytes(r.get("size_bytes")),
+            _num(r["macs"] / 1e6 if r.get("macs") is not None else None, "{:,.0f}"),
+            *latency,
+            _num(_latency(r).get("p90"), "{:.1f}"),
+            _human_bytes(mem.get("peak_rss_bytes")),
             _num(q.get("style_degradation_pct"), "{:+.1f}"),
             _num(q.get("content_degradation_pct"), "{:+.1f}"),
-            psnr_txt,
-            _num(q.get("ssim_vs_teacher"), "{:.3f}"),
-            _num(lat.get("p50"), "{:.1f}") if lat.get("p50") is not None else lat.get("note", "–"),
-            _num(lat.get("p90"), "{:.1f}"),
-            _human_bytes(mem.get("peak_rss_bytes")),
         ])
     return rows
+
+
+def _also(row: dict[str, Any]) -> list[str]:
+    """The other paths holding the same content as this row (evaluated once)."""
+    return [p for p in row.get("paths", []) if p != row["path"]]
+
+
+FIXED_NOTE = "n/a latency: a fixed-shape artifact runs only at the size it was exported for."
+COREML_NOTE = ("Core ML predictions need macOS (coremltools runs them only there); on Linux each package's "
+               "structure (inputs, outputs, ops), weight dtypes and size are verified.")
+COREML_HEADER = ["variant", "precision", "size", "weight dtypes", "ops", "input", "output", "structure"]
+
+
+def _shapes(io: list[dict]) -> str:
+    return " ".join("×".join(str(d) for d in x.get("shape", [])) for x in io) or "–"
+
+
+def _weights(structure: dict[str, Any]) -> str:
+    """Compressed weight tensors by kind ("12 × 16-entry LUT"), then the dtypes of the plain ones."""
+    kinds = [f"{n} × {kind}" for kind, n in structure.get("compressed_weights", {}).items()]
+    plain = ", ".join(structure.get("weight_dtypes", []))
+    return "; ".join(kinds + ([f"other: {plain}" if kinds else plain] if plain else [])) or "–"
+
+
+def coreml_rows(report: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for r in not_runnable(report):
+        st = r.get("structure") or {}
+        rows.append([r["name"], str(r.get("precision") or "–"), _human_bytes(r.get("size_bytes")),
+                     _weights(st), _num(st.get("op_count"), "{}"),
+                     _shapes(st.get("inputs", [])), _shapes(st.get("outputs", [])),
+                     "verified" if st.get("verified") else "not verified"])
+    return rows
+
+
+def per_image_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    names = [Path(p).name for p in report["eval_images"]]
+    rows = []
+    for r in runnable(report):
+        per = {f["image"]: f for f in r["quality"].get("per_image", [])}
+        if not per or r["name"] == report["reference"]:
+            continue
+        rows.append([r["name"]] + [f"{_psnr_text(per[n]['psnr_vs_teacher'], per[n]['psnr_vs_teacher'] is None)} / "
+                                   f"{per[n]['ssim_vs_teacher']:.3f}" if n in per else "–" for n in names])
+    return ["variant"] + [f"{n}: PSNR dB / SSIM" for n in names], rows
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -122,26 +247,48 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _preamble(report: dict[str, Any]) -> list[str]:
-    m, s = report["machine"], report["settings"]
-    return [
-        f"Loss network (judge): **VGG19 {report['loss_network']['weights']}**",
-        f"Reference: `{report['reference']}` · style: `{report.get('style')}` · "
-        f"{len(report['eval_images'])} held-out eval image(s) at {s['size']} px",
-        f"Machine: {m['cpu_model']}, {m['usable_cores']} usable / {m['logical_cores']} logical cores, "
-        f"torch {m['torch']}, onnxruntime {m.get('onnxruntime')}",
-        f"Latency: {s['warmup']} warm-up + {s['latency_runs']} timed runs per variant, round-robin in one process, "
-        f"{s['threads']} thread(s), sizes {s['latency_sizes']}; ★ = Pareto-optimal (latency p50 vs mean of "
-        "style/content degradation).",
-    ]
+def grid_variants(report: dict[str, Any]) -> list[str]:
+    """Who appears in the image grid: the teacher, then the verdict and the frontier, fastest first."""
+    rk = report["ranking"]
+    names = [report["reference"]] + ([rk["verdict"]] if rk["verdict"] else []) + rk["frontier"]
+    return list(dict.fromkeys(names))
 
 
-def markdown(report: dict[str, Any]) -> str:
-    """The table a person reads first, then exports, latency per size, errors."""
+def _image_fidelity(report: dict[str, Any], name: str, image: str) -> dict[str, Any]:
+    row = next((r for r in report["variants"] if r["name"] == name), None)
+    per = {f["image"]: f for f in (row or {}).get("quality", {}).get("per_image", [])}
+    return per.get(image, {})
+
+
+def _caption(report: dict[str, Any], name: str, image: str) -> str:
+    if name == report["reference"]:
+        return f"{name}: the reference"
+    f = _image_fidelity(report, name, image)
+    psnr = _psnr_text(f.get("psnr_vs_teacher"), f.get("psnr_vs_teacher") is None and "ssim_vs_teacher" in f)
+    return f"{name}: PSNR {psnr} dB, SSIM {_num(f.get('ssim_vs_teacher'), '{:.3f}')}"
+
+
+def markdown(report: dict[str, Any], plots: dict[str, str] | None = None) -> str:
+    """Verdict and the fidelity-first table, Core ML checks, per-photo fidelity, plots, images, the rest."""
+    plots = plots or {}
     parts = ["# styleslim evaluation report", "", *[f"- {line}" for line in _preamble(report)], ""]
-    parts += [md_table(TABLE_HEADER, table_rows(report)), ""]
-    parts.append("Δ% = degradation of the mean loss vs the reference (lower is better); PSNR/SSIM vs the "
-                 "reference's output; peak RSS = whole fresh process incl. interpreter (see report.json memory).")
+    parts += [md_table(table_header(report), table_rows(report)), ""]
+    parts.append(f"PSNR / SSIM: the variant's output vs the teacher's (higher = closer). {DELTA_LEGEND} "
+                 f"{FIXED_NOTE} peak RSS = whole fresh process incl. interpreter (see report.json memory).")
+    twins = [(r["name"], _also(r)) for r in report["variants"] if _also(r)]
+    if twins:
+        parts += ["", "Same content, evaluated once: " + "; ".join(
+            f"`{n}` is also " + ", ".join(f"`{p}`" for p in also) for n, also in twins) + "."]
+    if not_runnable(report):
+        parts += ["", "## Core ML packages", "", COREML_NOTE, "", md_table(COREML_HEADER, coreml_rows(report))]
+    header, rows = per_image_rows(report)
+    if rows:
+        parts += ["", "## Fidelity per held-out photo", "", md_table(header, rows)]
+    for name, title in (("frontier", "Latency vs fidelity"), ("size", "Size vs fidelity"),
+                        ("widths", "Channel widths per layer")):
+        if name in plots:
+            parts += ["", f"## {title}", "", f"![{title}]({plots[name]})"]
+    parts += _md_grid(report)
     if report["exports"]:
         parts += ["", "## Exported artifacts", ""]
         rows = [[e["format"], str(e.get("precision")), e["path"], _human_bytes(e["size_bytes"]),
@@ -155,88 +302,178 @@ def markdown(report: dict[str, Any]) -> str:
             [r["name"], f"{r['quality']['spearman']['style_spearman']:.3f}",
              f"{r['quality']['spearman']['content_spearman']:.3f}", str(r["quality"]["spearman"]["pairs"])]
             for r in ranked]))
-    sweep = [(r["name"], e) for r in report["variants"] for e in r["latency_sweep"]]
-    if len({e["size"] for _, e in sweep}) > 1:
-        parts += ["", "## Latency by input size", ""]
-        parts.append(md_table(["variant", "runtime", "size", "p50 ms", "p90 ms", "runs", "threads"], [
-            [n, e["runtime"], str(e["size"]), f"{e['p50']:.1f}", f"{e['p90']:.1f}", str(e["runs"]), str(e["threads"])]
-            for n, e in sweep]))
     errors = [(r["name"], e) for r in report["variants"] for e in r["errors"]]
+    errors += [(s["path"], s["reason"]) for s in report.get("skipped", [])]
     if errors:
         parts += ["", "## Problems", ""] + [f"- `{n}`: {e}" for n, e in errors]
     return "\n".join(parts) + "\n"
 
 
-# ---------------------------------------------------------------- HTML
+def _md_grid(report: dict[str, Any]) -> list[str]:
+    names = grid_variants(report)
+    gain = report["images"].get("diff_gain", 8)
+    parts = []
+    for entry in report["images"]["grid"]:
+        shown = [n for n in names if n in entry["outputs"]]
+        if not shown:
+            continue
+        image = entry.get("image", Path(entry["content"]).name)
+        parts += ["", f"### {image}", "", "| content | " + " | ".join(shown) + " |",
+                  "|" + "---|" * (len(shown) + 1),
+                  f"| ![content]({entry['content']}) | " + " | ".join(
+                      f"![{n}]({entry['outputs'][n]})" for n in shown) + " |",
+                  f"| \\|a−teacher\\|×{gain} | " + " | ".join(
+                      f"![diff]({entry['diffs'][n]})" if n in entry.get("diffs", {}) else "" for n in shown) + " |",
+                  "| | " + " | ".join(_caption(report, n, image).replace("|", "\\|") for n in shown) + " |"]
+    return (["", "## Images (teacher, verdict, frontier; amplified difference vs the teacher)"] + parts) if parts else []
 
 
-def _png(fig) -> str:
+# ---------------------------------------------------------------- plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    _pyplot().close(fig)
+    return buf.getvalue()
 
 
-def _img(b64: str, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+def _points(report: dict[str, Any], x: str) -> list[dict[str, Any]]:
+    """Plot points of the runnable variants: x = latency p50 or size (MB), y = fidelity (PSNR dB, inf = identical)."""
+    pts = []
+    for r in runnable(report):
+        value = _latency(r).get("p50") if x == "latency" else (r.get("size_bytes") or 0) / 1e6 or None
+        fid = fidelity_db(r)
+        if value is not None and fid is not None:
+            pts.append({"name": r["name"], "x": value, "y": fid, "runtime": r["runtime"],
+                        "pareto": r.get("pareto"), "verdict": r.get("verdict")})
+    return pts
 
 
-def scatter_plot(report: dict[str, Any]) -> str | None:
-    """Quality (mean degradation %) vs latency p50, Pareto frontier drawn as a step line."""
-    import matplotlib
+def _y_range(ys: list[float], budget: float) -> tuple[float, float, float]:
+    """(floor, top, identical_y): outliers more than 12 dB below the budget are clipped to the floor."""
+    finite = [y for y in ys if math.isfinite(y)] or [budget]
+    floor = max(min(finite + [budget]) - 2, budget - 12)
+    top = max(finite + [budget]) + 3
+    return floor, top + 3, top
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    pts = [(r["name"], _latency(r).get("p50"), r["quality"].get("degradation_pct"), r.get("pareto"))
-           for r in report["variants"]]
-    pts = [p for p in pts if p[1] is not None and p[2] is not None]
+def fidelity_scatter(series: list[tuple[str | None, list[dict[str, Any]]]], budget: float, xlabel: str,
+                     title: str) -> bytes | None:
+    """Fidelity (PSNR vs teacher, up) against a cost on a log x axis; one marker per runtime, frontier as steps.
+
+    ``series`` holds (run label or None, points); identical-to-teacher points sit on a "≡ teacher" line,
+    points far below the budget sit on the floor with a downward arrow and their value in the label.
+    """
+    pts = [p for _, ps in series for p in ps]
     if not pts:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, lat, deg, star in pts:
-        ax.scatter(lat, deg, marker="*" if star else "o", s=160 if star else 50, color="C1" if star else "C0")
-        ax.annotate(name, (lat, deg), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    front = sorted((lat, deg) for _, lat, deg, star in pts if star)
-    if len(front) > 1:
-        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="C1", label="Pareto frontier")
-        ax.legend()
-    ax.set_xlabel("latency p50 (ms, own runtime)")
-    ax.set_ylabel("mean style/content degradation (%)")
-    ax.set_title(f"quality vs latency — judged by VGG19 {report['loss_network']['weights']}", fontsize=9)
-    ax.grid(alpha=0.3)
+    plt = _pyplot()
+    floor, top, same_y = _y_range([p["y"] for p in pts], budget)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.set_xscale("log")
+    labels = []
+    for k, (run, ps) in enumerate(series):
+        color = f"C{k}" if len(series) > 1 else None
+        for p in ps:
+            y = same_y if math.isinf(p["y"]) else max(p["y"], floor)
+            c = color or COLORS.get(p["runtime"], "C7")
+            ax.scatter(p["x"], y, marker=MARKERS.get(p["runtime"], "o"), s=110 if p["pareto"] else 45, color=c,
+                       alpha=1.0 if p["pareto"] else 0.45, edgecolors="black" if p["pareto"] else "none", zorder=3)
+            if p["verdict"]:
+                ax.scatter(p["x"], y, s=420, facecolors="none", edgecolors="crimson", linewidths=2, zorder=4)
+            text = (f"{run}: " if run else "") + p["name"]
+            if p["y"] < floor:
+                ax.annotate("", (p["x"], floor - 0.6), xytext=(p["x"], floor + 0.9),
+                            arrowprops={"arrowstyle": "->", "color": c}, zorder=2)
+                text += f" ({p['y']:.1f} dB ↓)"
+            labels.append((p["x"], y, text))
+        front = sorted((p["x"], same_y if math.isinf(p["y"]) else p["y"]) for p in ps if p["pareto"])
+        if front:
+            xs = [f[0] for f in front] + [max(p["x"] for p in pts) * 1.5]
+            ys = [f[1] for f in front] + [front[-1][1]]
+            ax.step(xs, ys, where="post", color=color or "black", alpha=0.6, lw=1.2,
+                    label=f"{run}: Pareto frontier" if run else "Pareto frontier")
+    ax.axhline(budget, color="crimson", ls="--", lw=1, label=f"fidelity budget {budget:g} dB")
+    ax.set_ylim(floor - 1, top)
+    xs = [p["x"] for p in pts]
+    ax.set_xlim(min(xs) / 1.6, max(xs) * 1.6)
+    ticks = [t for t in ax.get_yticks() if floor - 1 <= t < same_y - 1.5]
+    ax.set_yticks(ticks + [same_y], [f"{t:g}" for t in ticks] + ["≡ teacher"])
+    runtimes = sorted({p["runtime"] for p in pts})
+    for rt in runtimes:
+        ax.scatter([], [], marker=MARKERS.get(rt, "o"), color="gray" if len(series) > 1 else COLORS.get(rt, "C7"),
+                   label=rt)
+    ax.scatter([], [], s=200, facecolors="none", edgecolors="crimson", linewidths=2, label="verdict")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("fidelity: PSNR vs teacher (dB, higher = closer)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    place_labels(fig, ax, labels)
     return _png(fig)
 
 
-def size_plot(report: dict[str, Any]) -> str | None:
-    import matplotlib
+def place_labels(fig, ax, labels: list[tuple[float, float, str]]) -> None:
+    """Greedy label placement: each label takes the first offset around its point that overlaps no placed label
+    and no marker and stays inside the axes; a thin leader line ties a far-placed label to its point."""
+    from matplotlib.text import Text
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    markers = [ax.transData.transform((x, y)) for x, y, _ in labels]
+    taken: list[Any] = []
+    offsets = [(dx * r, dy * r) for r in (1, 2, 3, 4.5) for dx, dy in
+               ((8, 5), (8, -13), (-8, 5), (-8, -13), (0, 11), (0, -19), (14, -4), (-14, -4))]
+    for x, y, text in labels:
+        ann = ax.annotate(text, (x, y), xytext=offsets[0], textcoords="offset points", fontsize=7.5, zorder=5,
+                          arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "gray", "shrinkA": 0, "shrinkB": 4})
+        for dx, dy in offsets:
+            ann.xyann = (dx, dy)
+            ann.set_horizontalalignment("left" if dx > 0 else "right" if dx < 0 else "center")
+            ann.update_positions(renderer)
+            box = Text.get_window_extent(ann, renderer).expanded(1.04, 1.1)
+            clash = any(box.overlaps(t) for t in taken) or any(
+                box.x0 - 5 <= px <= box.x1 + 5 and box.y0 - 5 <= py <= box.y1 + 5 for px, py in markers)
+            if not clash and frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1):
+                break
+        taken.append(box)
 
-    rows = [r for r in report["variants"] if r.get("size_bytes")]
-    if not rows:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 0.4 * len(rows) + 1))
-    ax.barh([r["name"] for r in rows], [r["size_bytes"] / 1e6 for r in rows], color="C2")
-    ax.invert_yaxis()
-    ax.set_xlabel("size on disk (MB)")
-    return _png(fig)
+
+def frontier_plot(report: dict[str, Any]) -> bytes | None:
+    return fidelity_scatter([(None, _points(report, "latency"))], report["ranking"]["min_psnr_db"],
+                            "latency p50 (ms, own runtime, log scale)",
+                            f"latency vs fidelity to the teacher ({report['settings']['size']} px eval, "
+                            f"{report['settings']['threads']} thread(s))")
 
 
-def widths_plot(report: dict[str, Any]) -> str | None:
+def size_plot(report: dict[str, Any]) -> bytes | None:
+    return fidelity_scatter([(None, _points(report, "size"))], report["ranking"]["min_psnr_db"],
+                            "size on disk (MB, log scale)", "size vs fidelity to the teacher")
+
+
+def widths_plot(report: dict[str, Any]) -> bytes | None:
     """Per-layer channel widths of every torch variant that has a spec (the pruned ones differ)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    rows = [r for r in report["variants"] if r.get("widths")]
+    rows = [r for r in report["variants"] if r.get("widths") and r["kind"] == "torch"]
     if not rows:
         return None
+    plt = _pyplot()
     rows = [r for r in rows if r["family"] == rows[0]["family"]]
     layers = list(rows[0]["widths"])
     fig, ax = plt.subplots(figsize=(max(7, 0.5 * len(layers)), 4))
@@ -249,102 +486,254 @@ def widths_plot(report: dict[str, Any]) -> str | None:
     return _png(fig)
 
 
-def grid_plot(report: dict[str, Any], max_images: int = 3) -> str | None:
-    """content | reference | each variant, for a few eval images (read from the saved PNGs)."""
-    import matplotlib
+# ---------------------------------------------------------------- HTML
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def _b64(png: bytes) -> str:
+    return base64.b64encode(png).decode()
+
+
+def _img(png: bytes, alt: str, cls: str = "") -> str:
+    return f'<img class="{cls}" alt="{html.escape(alt)}" src="data:image/png;base64,{_b64(png)}">'
+
+
+def texture_window(path: Path, side: int = CROP) -> tuple[int, int, int, int]:
+    """The ``side`` square of the teacher's output with the most detail (sum of gradient magnitudes)."""
+    import numpy as np
     from PIL import Image
 
-    entries = [e for e in report["images"]["grid"] if Path(e["content"]).is_file()][:max_images]
-    if not entries:
-        return None
-    names = [n for n in entries[0]["outputs"]]
-    cols = 1 + len(names)
-    fig, axes = plt.subplots(len(entries), cols, figsize=(2.2 * cols, 2.3 * len(entries)), squeeze=False)
-    for i, entry in enumerate(entries):
-        panels = [("content", entry["content"])] + [(n, entry["outputs"].get(n)) for n in names]
-        for ax, (title, path) in zip(axes[i], panels):
-            if path and Path(path).is_file():
-                ax.imshow(Image.open(path))
-            ax.set_title(title, fontsize=7)
-            ax.axis("off")
-    fig.tight_layout()
-    return _png(fig)
+    a = np.asarray(Image.open(path).convert("L"), dtype=np.float32)
+    h, w = a.shape
+    side = min(side, h, w)
+    energy = np.abs(np.diff(a, axis=0))[:, :-1] + np.abs(np.diff(a, axis=1))[:-1, :]
+    best, where = -1.0, (0, 0)
+    for top in range(0, h - side + 1, max(1, side // 4)):
+        for left in range(0, w - side + 1, max(1, side // 4)):
+            e = float(energy[top:top + side - 1, left:left + side - 1].sum())
+            if e > best:
+                best, where = e, (left, top)
+    return where[0], where[1], where[0] + side, where[1] + side
 
 
-def to_html(report: dict[str, Any]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in TABLE_HEADER)
-    body = "".join(
-        f'<tr class="{"pareto" if cells[0] else ""}">' + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
-        for cells in table_rows(report)
-    )
-    sections = [("Quality vs latency", scatter_plot(report)), ("Size on disk", size_plot(report)),
-                ("Channel widths per layer", widths_plot(report)), ("Images", grid_plot(report))]
-    figures = "".join(f"<h2>{title}</h2>{_img(b64, title)}" for title, b64 in sections if b64)
-    exports = ""
-    if report["exports"]:
-        erows = "".join(
-            f"<tr><td>{html.escape(str(e['format']))}</td><td>{html.escape(str(e.get('precision')))}</td>"
-            f"<td>{html.escape(e['path'])}</td><td>{_human_bytes(e['size_bytes'])}</td>"
-            f"<td>{html.escape(str(e['parity']['runtime']))}</td><td>{_num(e['parity']['psnr_db'], '{:.1f}')}</td>"
-            f"<td>{html.escape(str(e['parity']['passed']))}</td></tr>"
-            for e in report["exports"]
-        )
-        exports = ("<h2>Exported artifacts</h2><table><tr><th>format</th><th>precision</th><th>path</th><th>size</th>"
-                   f"<th>parity runtime</th><th>parity PSNR</th><th>passed</th></tr>{erows}</table>")
-    errors = "".join(f"<li><code>{html.escape(r['name'])}</code>: {html.escape(e)}</li>"
-                     for r in report["variants"] for e in r["errors"])
-    preamble = "".join(f"<li>{html.escape(line).replace('**', '')}</li>" for line in _preamble(report))
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>styleslim report</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; font-size: 0.9em; }}
-td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
-tr.pareto {{ background: #fff4d6; font-weight: 600; }}
-img {{ max-width: 100%; }}
-</style></head><body>
-<h1>styleslim evaluation report</h1>
-<ul>{preamble}</ul>
-<table><tr>{head}</tr>{body}</table>
-{exports}
-{figures}
-{f"<h2>Problems</h2><ul>{errors}</ul>" if errors else ""}
-</body></html>
+def _crop_png(path: Path, box: tuple[int, int, int, int]) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.open(path).convert("RGB").crop(box).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def html_grid(report: dict[str, Any], out_dir: Path) -> str:
+    """Per held-out photo: content, teacher and the chosen variants, their amplified differences and 1:1 crops."""
+    names = grid_variants(report)
+    gain = report["images"].get("diff_gain", 8)
+    blocks = []
+    for entry in report["images"]["grid"]:
+        shown = [n for n in names if n in entry["outputs"] and (out_dir / entry["outputs"][n]).is_file()]
+        content = out_dir / entry["content"]
+        if not shown or not content.is_file():
+            continue
+        image = entry.get("image", content.name)
+        teacher_png = out_dir / entry["outputs"][shown[0]]
+        box = texture_window(teacher_png, min(CROP, max(32, report["settings"]["size"] // 3)))
+
+        def fig(png: bytes, caption: str, cls: str = "") -> str:
+            return f"<figure>{_img(png, caption, cls)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+        outs = [fig(content.read_bytes(), "content")] + [
+            fig((out_dir / entry["outputs"][n]).read_bytes(), _caption(report, n, image)) for n in shown]
+        diffs = ['<figure class="blank"></figure>'] + [
+            fig((out_dir / entry["diffs"][n]).read_bytes(), f"|{n} − teacher| × {gain}")
+            if n in entry.get("diffs", {}) and (out_dir / entry["diffs"][n]).is_file() else
+            '<figure class="blank"></figure>' for n in shown]
+        crops = [fig(_crop_png(content, box), f"content, 1:1 crop {box[2] - box[0]} px", "crop")] + [
+            fig(_crop_png(out_dir / entry["outputs"][n], box), f"{n}, 1:1 crop", "crop") for n in shown]
+        cols = len(shown) + 1
+        blocks.append(f'<section class="photo"><h3>{html.escape(image)}</h3>'
+                      f'<div class="grid" style="grid-template-columns: repeat({cols}, minmax(0, 200px))">'
+                      + "".join(outs + diffs + crops) + "</div></section>")
+    if not blocks:
+        return ""
+    return ("<h2>Images</h2><p>Teacher, verdict and frontier variants on each held-out photo; below each, its "
+            f"difference from the teacher amplified {gain}×; then the most detailed window of the teacher's output "
+            "at full resolution (1:1 pixels, enlarged with square pixels).</p>" + "".join(blocks))
+
+
+def _html_table(header: list[str], rows: list[list[str]], classes: list[str] | None = None,
+                notes: list[str] | None = None, name_col: int = 1) -> str:
+    """A table whose ``name_col`` holds names (left-aligned, wrapping; ``notes`` under them), the rest numbers."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = []
+    for k, cells in enumerate(rows):
+        cls = (classes or [""] * len(rows))[k]
+        tds = "".join(f'<td class="{"name" if j == name_col else f"c{j}"}">{html.escape(c)}' + (
+            f'<br><small>also {html.escape(notes[k])}</small>' if j == name_col and notes and notes[k] else "")
+            + "</td>" for j, c in enumerate(cells))
+        body.append(f'<tr class="{cls}">{tds}</tr>')
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; max-width: 1240px; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; }
+ul.facts { padding-left: 1.2em; } ul.facts li { margin: 0.2em 0; }
+table { border-collapse: collapse; font-size: 0.82em; margin: 0.5em 0; }
+td, th { border: 1px solid #ccc; padding: 3px 6px; text-align: right; }
+th { background: #f2f2f2; } td { white-space: nowrap; } td.c0, td.name { text-align: left; }
+td.name { white-space: normal; max-width: 280px; overflow-wrap: anywhere; }
+tr.pareto { background: #fff4d6; } tr.verdict { background: #dff3df; font-weight: 600; }
+small { color: #666; font-weight: normal; }
+p.legend { font-size: 0.85em; color: #444; max-width: 1100px; }
+img { max-width: 100%; }
+.grid { display: grid; gap: 6px; align-items: start; }
+figure { margin: 0; } figcaption { font-size: 0.72em; overflow-wrap: anywhere; }
+.grid img { width: 100%; } img.crop { image-rendering: pixelated; }
+@page { size: A4 landscape; margin: 12mm; }
+@media print {
+  body { margin: 0; max-width: none; font-size: 10pt; }
+  section.photo, figure, table, img { break-inside: avoid; }
+  h2, h3 { break-after: avoid; }
+  tr.pareto, tr.verdict, th { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
+}
 """
+
+
+def _page(title: str, body: str) -> str:
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f'<link rel="icon" href="data:,"><style>{CSS}</style></head><body>\n{body}\n</body></html>\n')
+
+
+def _md_inline(text: str) -> str:
+    """The few Markdown marks the preamble uses (**bold**, `code`) as HTML."""
+    import re
+
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def to_html(report: dict[str, Any], out_dir: Path, plots: dict[str, bytes | None] | None = None) -> str:
+    out_dir = Path(out_dir)
+    plots = plots if plots is not None else {"frontier": frontier_plot(report), "size": size_plot(report),
+                                             "widths": widths_plot(report)}
+    rows = runnable(report)
+    classes = ["verdict" if r.get("verdict") else "pareto" if r.get("pareto") else "" for r in rows]
+    notes = [", ".join(_also(r)) for r in rows]
+    parts = ["<h1>styleslim evaluation report</h1>",
+             '<ul class="facts">' + "".join(f"<li>{_md_inline(line)}</li>" for line in _preamble(report)) + "</ul>",
+             _html_table(table_header(report), table_rows(report), classes, notes),
+             (f'<p class="legend">PSNR / SSIM: the variant\'s output vs the teacher\'s on the held-out photos '
+              f"(higher = closer; ≡ teacher = identical). {html.escape(DELTA_LEGEND)} Rows: green = verdict, "
+              f"yellow = frontier; “also” lists other paths with the same content, evaluated once. {FIXED_NOTE}</p>")]
+    if not_runnable(report):
+        parts += ["<h2>Core ML packages</h2>", f'<p class="legend">{html.escape(COREML_NOTE)}</p>',
+                  _html_table(COREML_HEADER, coreml_rows(report))]
+    header, prow = per_image_rows(report)
+    if prow:
+        parts += ["<h2>Fidelity per held-out photo</h2>", _html_table(header, prow)]
+    for name, title in (("frontier", "Latency vs fidelity"), ("size", "Size vs fidelity"),
+                        ("widths", "Channel widths per layer")):
+        if plots.get(name):
+            parts.append(f"<h2>{title}</h2>{_img(plots[name], title)}")
+    parts.append(html_grid(report, out_dir))
+    if report["exports"]:
+        parts += ["<h2>Exported artifacts</h2>", _html_table(
+            ["format", "precision", "path", "size", "parity runtime", "parity PSNR", "passed"],
+            [[str(e["format"]), str(e.get("precision")), e["path"], _human_bytes(e["size_bytes"]),
+              str(e["parity"]["runtime"]), _num(e["parity"]["psnr_db"], "{:.1f}"), str(e["parity"]["passed"])]
+             for e in report["exports"]])]
+    errors = [(r["name"], e) for r in report["variants"] for e in r["errors"]]
+    errors += [(s["path"], s["reason"]) for s in report.get("skipped", [])]
+    if errors:
+        parts.append("<h2>Problems</h2><ul>" + "".join(
+            f"<li><code>{html.escape(n)}</code>: {html.escape(e)}</li>" for n, e in errors) + "</ul>")
+    return _page("styleslim report", "\n".join(parts))
 
 
 # ---------------------------------------------------------------- compare
 
 
-def compare(report_a: dict[str, Any], report_b: dict[str, Any], label_a: str = "A", label_b: str = "B") -> str:
-    """Markdown: the variants of two runs side by side (matched by name), with B/A latency ratios."""
-    by_a = {r["name"]: r for r in report_a["variants"]}
-    by_b = {r["name"]: r for r in report_b["variants"]}
+def compare_plot(report_a: dict[str, Any], report_b: dict[str, Any], label_a: str, label_b: str) -> bytes | None:
+    """Both runs' latency-vs-fidelity points and frontiers on one plot (the stricter budget drawn)."""
+    budget = max(report_a["ranking"]["min_psnr_db"], report_b["ranking"]["min_psnr_db"])
+    return fidelity_scatter([(label_a, _points(report_a, "latency")), (label_b, _points(report_b, "latency"))],
+                            budget, "latency p50 (ms, own runtime, log scale)", f"{label_a} vs {label_b}")
+
+
+def _compare_rows(report_a, report_b, label_a, label_b) -> tuple[list[str], list[list[str]]]:
+    by_a = {r["name"]: r for r in runnable(report_a)}
+    by_b = {r["name"]: r for r in runnable(report_b)}
     names = list(by_a) + [n for n in by_b if n not in by_a]
-    header = ["variant"] + [f"{c} {lab}" for c in ("style Δ%", "PSNR", "p50 ms", "size") for lab in (label_a, label_b)]
+    header = ["variant"] + [f"{c} {lab}" for c in ("PSNR dB", "SSIM", "p50 ms", "size", "style Δ%")
+                            for lab in (label_a, label_b)]
     header.append(f"p50 {label_b}/{label_a}")
     rows = []
     for name in names:
         a, b = by_a.get(name), by_b.get(name)
         cells = [name]
-        for get in (lambda r: _num(r["quality"].get("style_degradation_pct"), "{:+.1f}"),
-                    lambda r: _num(r["quality"].get("psnr_vs_teacher"), "{:.1f}"),
+        for get in (lambda r: _psnr_text(fidelity_db(r)) if fidelity_db(r) is not None else "–",
+                    lambda r: _num(r["quality"].get("ssim_vs_teacher"), "{:.3f}"),
                     lambda r: _num(_latency(r).get("p50"), "{:.1f}"),
-                    lambda r: _human_bytes(r.get("size_bytes"))):
+                    lambda r: _human_bytes(r.get("size_bytes")),
+                    lambda r: _num(r["quality"].get("style_degradation_pct"), "{:+.1f}")):
             cells += [get(a) if a else "–", get(b) if b else "–"]
         pa = _latency(a).get("p50") if a else None
         pb = _latency(b).get("p50") if b else None
         cells.append(f"{pb / pa:.2f}×" if pa and pb else "–")
         rows.append(cells)
-    lines = [f"# {label_a} vs {label_b}", ""]
+    return header, rows
+
+
+def _compare_facts(report_a, report_b, label_a, label_b) -> list[str]:
+    lines = []
     for lab, rep in ((label_a, report_a), (label_b, report_b)):
-        lines.append(f"- {lab}: judged by VGG19 {rep['loss_network']['weights']}; "
-                     f"{rep['machine']['cpu_model']}, {rep['settings']['threads']} thread(s)")
+        rk = rep["ranking"]
+        lines.append(f"{lab}: verdict **{rk['verdict'] or 'none within budget'}** (PSNR ≥ {rk['min_psnr_db']:g} dB); "
+                     f"{machine_line(rep)}")
+    lines.append(f"Ranked by fidelity (mean PSNR vs each run's own teacher). {DELTA_LEGEND}")
+    if not_runnable(report_a) or not_runnable(report_b):
+        lines.append("Core ML packages are not compared: their predictions need macOS (see each run's report).")
     if report_a["loss_network"]["weights"] != report_b["loss_network"]["weights"]:
-        lines.append("- **warning**: the two runs were judged by different loss networks; quality is not comparable")
+        lines.append("**warning**: the two runs were judged by different loss networks; loss deltas are not comparable")
     if report_a["machine"]["cpu_model"] != report_b["machine"]["cpu_model"]:
-        lines.append("- **warning**: measured on different CPUs; latency ratios across runs are not fair")
+        lines.append("**warning**: measured on different CPUs; latency ratios across runs are not fair")
+    return lines
+
+
+def compare(report_a: dict[str, Any], report_b: dict[str, Any], label_a: str = "A", label_b: str = "B",
+            plot_link: str | None = None) -> str:
+    """Markdown: the variants of two runs side by side (matched by name), with B/A latency ratios."""
+    header, rows = _compare_rows(report_a, report_b, label_a, label_b)
+    lines = [f"# {label_a} vs {label_b}", ""] + [f"- {line}" for line in _compare_facts(report_a, report_b, label_a,
+                                                                                         label_b)]
+    if plot_link:
+        lines += ["", f"![both frontiers]({plot_link})"]
     return "\n".join(lines + ["", md_table(header, rows)]) + "\n"
+
+
+def compare_html(report_a: dict[str, Any], report_b: dict[str, Any], label_a: str = "A", label_b: str = "B",
+                 plot: bytes | None = None) -> str:
+    """The same comparison as a self-contained page, both frontiers drawn on one plot."""
+    header, rows = _compare_rows(report_a, report_b, label_a, label_b)
+    plot = plot if plot is not None else compare_plot(report_a, report_b, label_a, label_b)
+    parts = [f"<h1>{html.escape(label_a)} vs {html.escape(label_b)}</h1>",
+             '<ul class="facts">' + "".join(f"<li>{_md_inline(line)}</li>"
+                                            for line in _compare_facts(report_a, report_b, label_a, label_b)) + "</ul>",
+             _img(plot, "both frontiers") if plot else "", _html_table(header, rows, name_col=0)]
+    return _page(f"{label_a} vs {label_b}", "\n".join(parts))
+
+
+def write_compare(report_a: dict[str, Any], report_b: dict[str, Any], label_a: str, label_b: str,
+                  output: Path) -> list[Path]:
+    """``output`` (.md), the same stem .html, and the plot the Markdown links (stem.frontier.png)."""
+    output = Path(output)
+    plot = compare_plot(report_a, report_b, label_a, label_b)
+    written = []
+    link = None
+    if plot:
+        png = output.with_name(output.stem + ".frontier.png")
+        atomic_write(png, lambda p: p.write_bytes(plot))
+        link, written = png.name, [png]
+    write_text(output, compare(report_a, report_b, label_a, label_b, link))
+    write_text(output.with_suffix(".html"), compare_html(report_a, report_b, label_a, label_b, plot))
+    return [output, output.with_suffix(".html"), *written]

@@ -9,7 +9,7 @@ from torch import nn
 
 from compressor.config import EvaluateStage
 from compressor.data import load_image, resolve_images, resolve_style
-from evaluation.evaluate import evaluate
+from evaluation.evaluate import display_path, evaluate
 from evaluation.report import write_reports
 from evaluation.variants import discover, load_variant
 
@@ -29,9 +29,10 @@ def evaluate_stage(ctx) -> dict[str, Any]:
         ctx.stage_dir("evaluate"),
         style_path=resolve_style(ctx.recipe.style),
         progress=ctx.progress,
+        root=ctx.run_dir,
     )
-    report["run"] = {"name": ctx.recipe.name, "dir": str(ctx.run_dir)}
-    report["skipped"] = skipped
+    report["run"] = {"name": ctx.recipe.name, "dir": ctx.run_dir.name}
+    report["skipped"] = [s | {"path": display_path(s["path"], ctx.run_dir)} for s in skipped]
     write_reports(report, ctx.run_dir)
     return report
 
@@ -62,6 +63,7 @@ def evaluate_paths(
         Path(out_dir) / "evaluation",
         style_path=style_path,
         progress=progress,
+        root=Path(out_dir),
     )
     write_reports(report, Path(out_dir))
     return report

@@ -8,6 +8,7 @@ them, run on the runtime the manifest names (``exports.backends``).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +22,11 @@ from compressor.io import path_size
 from compressor.models import get_family, load_any
 from compressor.models.checkpoint import SPEC_FILE, WEIGHTS_FILE
 from exports.backends import backend_for_artifact, get_backend
-from exports.manifest import manifest_path, read_manifest
+from exports.manifest import manifest_path, manifest_problem, read_manifest
 from exports.runtime import load_runner
 
 MODEL_FOLDERS = ("teacher", "pruned", "distilled", "quantized")
-ARTIFACT_FOLDERS = ("quantized", "exports")
+ARTIFACT_FOLDERS = ("exports", "quantized")  # exports first: a float twin is named by its exports/ path
 
 
 @dataclass
@@ -65,7 +66,8 @@ class Variant:
             model = self.model.eval()
             return lambda x: model(*inputs(x, style))
         run = load_runner(self.path, threads=threads)
-        return lambda x: _to_torch(run(*(t.numpy() for t in inputs(x, style))))
+        taken = len(run.input_names)  # an artifact declares its inputs (a single-style export takes the image alone)
+        return lambda x: _to_torch(run(*(t.numpy() for t in inputs(x, style)[:taken])))
 
 def _to_torch(output: Any) -> Any:
     """Runner output (an array, or a dict of arrays for multi-output graphs such as VGG taps) as tensors."""
@@ -79,6 +81,27 @@ def size_on_disk(path: Path) -> int:
     if (path / SPEC_FILE).is_file():
         return sum((path / name).stat().st_size for name in (SPEC_FILE, WEIGHTS_FILE))
     return path_size(path)
+
+
+def content_hash(path: Path) -> str:
+    """SHA-256 of what a variant is: a model folder's spec + weights, an artifact file, or every file of a bundle.
+
+    Two paths with the same hash hold the same model (a float export the quantize stage also wrote).
+    """
+    path = Path(path)
+    digest = hashlib.sha256()
+    if (path / SPEC_FILE).is_file():
+        files = [path / SPEC_FILE, path / WEIGHTS_FILE]
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    else:
+        files = [path]
+    for file in files:
+        digest.update(file.relative_to(path).as_posix().encode() if file != path else b"")
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def artifact_variant(path: Path, name: str | None = None) -> Variant:
@@ -102,6 +125,7 @@ def discover(run_dir: Path) -> tuple[list[Variant], list[dict[str, str]]]:
     """Every variant a run folder holds, teacher first, and what could not be loaded (path, reason).
 
     Stages that did not run are simply absent; one unloadable folder does not stop the others.
+    An artifact counts only with a valid manifest (written last); hidden temp folders are interrupted writes.
     """
     found: list[Variant] = []
     skipped: list[dict[str, str]] = []
@@ -119,11 +143,22 @@ def discover(run_dir: Path) -> tuple[list[Variant], list[dict[str, str]]]:
         root = run_dir / folder
         if not root.is_dir():
             continue
-        for manifest in sorted(root.rglob("*.manifest.json")):
-            path = manifest.with_name(manifest.name.removesuffix(".manifest.json"))
-            hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
-            if path.exists() and not hidden:  # an artifact counts only with its manifest; temp folders are hidden
-                add(lambda path=path: artifact_variant(path, f"{folder}/{path.relative_to(root)}"), path)
+        for path in sorted(root.rglob("*")):
+            if path.name.endswith(".manifest.json"):
+                continue
+            rel = path.relative_to(root)
+            if any(manifest_path(root / p).is_file() for p in rel.parents if p.name):
+                continue  # a file inside a bundle artifact (.mlpackage)
+            if not manifest_path(path).is_file() and backend_for_artifact(path, None) is None:
+                continue  # not an artifact at all
+            if any(part.startswith(".") for part in rel.parts):
+                skipped.append({"path": str(path), "reason": "inside a hidden temp folder: an interrupted write"})
+                continue
+            problem = manifest_problem(path)
+            if problem:
+                skipped.append({"path": str(path), "reason": problem})
+                continue
+            add(lambda path=path, rel=rel: artifact_variant(path, f"{folder}/{rel}"), path)
     return found, skipped
 
 

@@ -41,8 +41,8 @@ class ExportWrapper(nn.Module):
         self.train(False)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        if self.layout == "nhwc":
-            inputs = tuple(x.permute(0, 3, 1, 2) for x in inputs)
+        if self.layout == "nhwc":  # images only; a style input keeps its shape
+            inputs = tuple(x.permute(0, 3, 1, 2) if x.dim() == 4 else x for x in inputs)
         out = self.model(*inputs)
         outs = [out[n] for n in self.output_names] if isinstance(out, dict) else [out]
         if self.layout == "nhwc":
@@ -50,11 +50,17 @@ class ExportWrapper(nn.Module):
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 
+def graph_inputs(model: nn.Module) -> tuple[torch.Tensor, ...]:
+    """One tensor per graph input, from the family's ``example_inputs``: images are 4-D, style inputs 1-D."""
+    inputs = get_family(model).example_inputs(model, 8)
+    return inputs if isinstance(inputs, tuple) else (inputs,)
+
+
 def example_inputs(model: nn.Module, size: tuple[int, int], layout: str = "nchw") -> tuple[torch.Tensor, ...]:
-    """Deterministic [0, 1] inputs of the export shape (one per graph input)."""
+    """Deterministic [0, 1] images of the export shape for the image inputs; the family's style inputs as they are."""
     gen = torch.Generator().manual_seed(0)
     shape = (1, 3, *size) if layout == "nchw" else (1, *size, 3)
-    return tuple(torch.rand(shape, generator=gen) for _ in io_names(model)[0])
+    return tuple(torch.rand(shape, generator=gen) if x.dim() == 4 else x for x in graph_inputs(model))
 
 
 _OP_PATTERNS = (

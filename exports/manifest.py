@@ -41,6 +41,36 @@ def write_manifest(artifact: str | Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
+def manifest_problem(artifact: str | Path) -> str | None:
+    """Why ``artifact`` does not count as finished (no manifest, unreadable, incomplete), or None if it does.
+
+    The manifest is written last, so an artifact without a valid one was interrupted or is not ours.
+    """
+    path = manifest_path(artifact)
+    if not path.is_file():
+        return f"no manifest ({path.name}): an interrupted or foreign artifact"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return f"unreadable manifest {path.name} ({type(exc).__name__})"
+    if not isinstance(manifest, dict):
+        return f"manifest {path.name} is not a JSON object"
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        return f"manifest {path.name} lacks {', '.join(missing)}"
+    if manifest["artifact"] != Path(artifact).name:
+        return f"manifest {path.name} describes {manifest['artifact']!r}, not this file"
+    return None
+
+
 def read_manifest(artifact: str | Path) -> dict[str, Any] | None:
     path = manifest_path(artifact)
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); re-export the artifact") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: a manifest is a JSON object; re-export the artifact")
+    return manifest

@@ -11,7 +11,7 @@ from torch import nn
 from compressor.data import load_image, sample_content_paths, sample_style_path
 from compressor.images import resize
 from compressor.losses import psnr
-from exports.common import io_names
+from exports.common import graph_inputs, io_names
 
 # Minimum PSNR (dB) per precision; the quantization stage adds its own entries (e.g. "int8").
 PARITY_THRESHOLDS_DB: dict[str, float] = {"fp32": 45.0, "fp16": 35.0}
@@ -19,11 +19,12 @@ PSNR_CAP_DB = 200.0  # identical outputs: report a finite number so the manifest
 
 
 def parity_inputs(model: nn.Module, size: tuple[int, int]) -> list[tuple[str, tuple[torch.Tensor, ...]]]:
-    """(label, NCHW inputs) per bundled eval image, resized to the export size; AdaIN gets the bundled style too."""
+    """(label, NCHW inputs) per bundled eval image, resized to the export size; a second image input (AdaIN)
+    gets the bundled style, a style input (multistyle weights, arbitrary vector) the family's example."""
     def resized(path) -> torch.Tensor:
         return resize(load_image(path).unsqueeze(0), size)
 
-    extra = (resized(sample_style_path("starry_night")),) if len(io_names(model)[0]) == 2 else ()
+    extra = tuple(resized(sample_style_path("starry_night")) if x.dim() == 4 else x for x in graph_inputs(model)[1:])
     return [(p.name, (resized(p), *extra)) for p in sample_content_paths("eval")]
 
 

@@ -2,10 +2,11 @@
 
 1. export the float model (``exports.stage``; each runtime's rewrites),
 2. calibrate on content images that never overlap the evaluation images (``compressor.quantize``),
-3. optionally rank layers by how much quantizing each one alone hurts (style /
-   content loss by the reference VGG19, PSNR vs fp32; ONNX Runtime static int8)
-   and keep the worst in float until the style-loss increase fits
-   ``max_style_increase_pct``,
+3. optionally rank layers by how much quantizing each one alone hurts (PSNR vs
+   fp32, style / content loss by the reference VGG19; ONNX Runtime static int8)
+   and keep the worst in float until the int8 model is within the fidelity budget
+   ``min_psnr_db`` (PSNR vs the fp32 model, worst eval image); the older budget
+   ``max_style_increase_pct`` (style-loss rise) can be given too, and then both must hold,
 4. quantize with each runtime's own quantizer (its backend's ``quantize``), check
    parity (PSNR vs the fp32 PyTorch model on the held-out images) against the
    thresholds below, and write a manifest that says what runs in int8 and what
@@ -79,22 +80,35 @@ def resolve_keep_float(globs: list[str], layers: dict[str, str]) -> list[str]:
 
 
 def layer_sensitivity(float_onnx: Path, calibration: list[np.ndarray], judge: Judge, method: str = "minmax",
-                      work_dir: Path | None = None) -> list[dict[str, Any]]:
-    """Quantize one conv at a time (ORT static) and measure the damage; most harmful first."""
+                      work_dir: Path | None = None, by: str = "psnr") -> list[dict[str, Any]]:
+    """Quantize one conv at a time (ORT static) and measure the damage; most harmful first.
+
+    ``by="psnr"``: lowest PSNR vs fp32 first (fidelity); ``by="style"``: largest style-loss rise first.
+    """
     results = []
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         for node, module in conv_layers(float_onnx).items():
             path = Path(tmp) / "one.onnx"
             quantize_onnx(float_onnx, path, "static", calibration, method, only=[node])
             results.append({"layer": module, "node": node, **judge(load_runner(path))})
+    if by == "psnr":
+        return sorted(results, key=lambda r: (r["psnr_db"], -r["style_increase_pct"]))
     return sorted(results, key=lambda r: (-r["style_increase_pct"], r["psnr_db"]))
+
+
+def within_budget(quality: dict[str, float], settings: QuantizeStage) -> bool:
+    """Every budget the settings give holds: PSNR vs fp32 at least ``min_psnr_db``, style rise at most the %."""
+    return ((settings.min_psnr_db is None or quality["psnr_db"] >= settings.min_psnr_db)
+            and (settings.max_style_increase_pct is None
+                 or quality["style_increase_pct"] <= settings.max_style_increase_pct))
 
 
 def _mixed_precision(settings: QuantizeStage, float_onnx: Path, calibration: list[np.ndarray], judge: Judge,
                      work_dir: Path) -> tuple[list[str], dict]:
-    """Greedy: add the most sensitive layer to the float set until the style increase fits the budget."""
+    """Greedy: add the most sensitive layer to the float set until the int8 model fits the budget(s)."""
     layers = conv_layers(float_onnx)
-    ranking = layer_sensitivity(float_onnx, calibration, judge, settings.calibration_method, work_dir)
+    by = "psnr" if settings.min_psnr_db is not None else "style"
+    ranking = layer_sensitivity(float_onnx, calibration, judge, settings.calibration_method, work_dir, by=by)
     keep = resolve_keep_float(settings.keep_float, layers)
     trail = []
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
@@ -108,9 +122,11 @@ def _mixed_precision(settings: QuantizeStage, float_onnx: Path, calibration: lis
             quantize_onnx(float_onnx, path, "static", calibration, settings.calibration_method, keep_float=nodes)
             quality = judge(load_runner(path))
             trail.append({"keep_float": list(keep), **quality})
-            if quality["style_increase_pct"] <= settings.max_style_increase_pct:
+            if within_budget(quality, settings):
                 break
-    return keep, {"budget_style_increase_pct": settings.max_style_increase_pct, "ranking": ranking, "trail": trail}
+    return keep, {"budget_min_psnr_db": settings.min_psnr_db,
+                  "budget_style_increase_pct": settings.max_style_increase_pct, "ranked_by": by,
+                  "ranking": ranking, "trail": trail}
 
 
 def _job(reference: nn.Module, source_dir: Path, fmt: str, out_dir: Path, settings: QuantizeStage,
@@ -170,8 +186,10 @@ def quantize(
                             "quantize a one-input model (a style transformer or a loss network)")
     # Style/content/PSNR quality needs an image-to-image model; a loss network gets parity on its taps only.
     judge = Judge(model, vgg, grams, settings.size) if family.role == "style_transformer" else None
-    if judge is None and (settings.max_style_increase_pct is not None or settings.mode == "qat"):
-        raise QuantizeError("max_style_increase_pct and mode qat need an image-to-image model (TransformerNet)")
+    budget = settings.min_psnr_db is not None or settings.max_style_increase_pct is not None
+    if judge is None and (budget or settings.mode == "qat"):
+        raise QuantizeError("min_psnr_db, max_style_increase_pct and mode qat need an image-to-image model "
+                            "(a style transformer)")
     keep = sorted(set(settings.keep_float) | set(rgb_output_convs(model)))
     settings = settings.model_copy(update={"keep_float": keep})
     source_dir = model_dir
@@ -183,7 +201,7 @@ def quantize(
                         "carried_into_runtimes_as": "QAT-trained float weights, re-calibrated by each runtime's "
                         "static quantizer (PT2E QAT graphs do not export as quantized ONNX/TFLite)"}
         source_dir = out_dir / "qat"
-    if settings.max_style_increase_pct is not None and settings.mode in ("static", "qat"):
+    if budget and settings.mode in ("static", "qat"):
         float_path, _ = export_artifact(source_dir, "onnx", out_dir / "sensitivity", size=(settings.size,) * 2)
         keep, extra["mixed_precision"] = _mixed_precision(settings, float_path, calibration, judge, out_dir)
         settings = settings.model_copy(update={"keep_float": keep})

@@ -31,4 +31,13 @@ def load_runner(path: str | Path, threads: int | None = None) -> Runner:
         raise ExportError(f"{path}: unknown artifact type (no manifest, and not a .onnx, .tflite or .mlpackage file)")
     if not backend.can_run():
         raise ExportError(f"{path}: {backend.runtime} predictions {backend.cannot_run_note}")
-    return backend.runner(path, threads, manifest.get("layout", "nchw"), manifest)
+    try:
+        return backend.runner(path, threads, manifest.get("layout", "nchw"), manifest)
+    except ExportError:
+        raise
+    except ImportError as exc:
+        raise ExportError(f"{path}: {backend.runtime} is not installed ({exc.name or exc}); install it to run "
+                          "this artifact") from None
+    except Exception as exc:  # garbage, empty or truncated files: each runtime raises its own type
+        detail = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise ExportError(f"{path}: {backend.runtime} cannot load it ({detail}); re-export the artifact") from None

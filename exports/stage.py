@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from compressor.io import file_sha256
+from compressor.io import atomic_output, file_sha256
 from compressor.models import load_model
 from compressor.models.checkpoint import WEIGHTS_FILE
 from exports.backends import Backend, backend_for_format
 from exports.common import ExportError, ParityError, example_inputs, io_names
-from exports.manifest import versions, write_manifest
+from exports.manifest import manifest_problem, read_manifest, versions, write_manifest
 from exports.parity import parity
 from exports.rewrites import apply_rewrites, format_rewrites
 
@@ -66,9 +67,13 @@ def export_artifact(
     rewritten, rewrites = apply_rewrites(model, format_rewrites(model, fmt), example_inputs(model, size))
     log.info("exporting %s %s %s -> %s", type(model).__name__, fmt, precision, path)
     backend.export(rewritten, path, size, precision=precision, layout=layout, dynamic=dynamic)
-    manifest = describe(model, model_dir, backend, precision, path, size, layout, dynamic, rewrites)
-    manifest["parity"] = verify(model, path, backend, precision, size, manifest)
-    write_manifest(path, manifest)
+    try:
+        manifest = describe(model, model_dir, backend, precision, path, size, layout, dynamic, rewrites)
+        manifest["parity"] = verify(model, path, backend, precision, size, manifest)
+        write_manifest(path, manifest)
+    except BaseException:  # all or nothing: no artifact without its manifest (a full disk, a crashed verification)
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        raise
     verdict = manifest["parity"]
     if verdict.get("passed") is False:
         raise ParityError(
@@ -115,14 +120,47 @@ def verify(model: nn.Module, path: Path, backend: Backend, precision: str, size:
     return parity(model, runner, precision, size)
 
 
+def reuse_artifact(candidate: Path, model_dir: Path, out_dir: Path, size: tuple[int, int],
+                   copied_from: str) -> tuple[Path, dict[str, Any]] | None:
+    """Copy ``candidate`` (another stage's NCHW float export) into ``out_dir`` if it is exactly this export.
+
+    Exactly: same file name (format, precision, layout), same source weights, same input shape, parity not
+    failed. Saves building it twice (the quantize stage exports the same float model) and keeps the two
+    byte-identical, so evaluation sees one variant at two paths. The manifest is written last.
+    """
+    if not candidate.exists() or manifest_problem(candidate):
+        return None
+    manifest = read_manifest(candidate)
+    same = (manifest["source"].get("weights_sha256") == file_sha256(model_dir / WEIGHTS_FILE)
+            and (manifest.get("inputs") or [{}])[0].get("shape") == [1, 3, *size]
+            and manifest["parity"].get("passed") is not False)
+    if not same:
+        return None
+    path = Path(out_dir) / candidate.name
+    with atomic_output(path) as tmp:
+        (shutil.copytree if candidate.is_dir() else shutil.copyfile)(candidate, tmp)
+    manifest["copied_from"] = copied_from
+    write_manifest(path, manifest)
+    return path, manifest
+
+
 def export_stage(ctx) -> None:
-    """Pipeline stage: export the run's newest float model to every format the recipe asks for."""
+    """Pipeline stage: export the run's newest float model to every format the recipe asks for.
+
+    A float artifact the quantize stage already built for the same model is copied, not rebuilt.
+    """
     cfg = ctx.recipe.export
     model_dir = ctx.latest_model_dir()
     out_dir = ctx.stage_dir("export")
+    size = (cfg.size, cfg.size)
     for fmt in cfg.formats:
-        path, manifest = export_artifact(model_dir, fmt, out_dir, precision=cfg.precision,
-                                         size=(cfg.size, cfg.size), layout=cfg.layout)
+        name = artifact_name(fmt, cfg.precision or backend_for_format(fmt).default_precision, cfg.layout)
+        shared = ctx.stage_dir("quantize") / fmt / "float" / name
+        reused = None
+        if ctx.recipe.quantize and cfg.layout == "nchw":
+            reused = reuse_artifact(shared, model_dir, out_dir, size, shared.relative_to(ctx.run_dir).as_posix())
+        path, manifest = reused or export_artifact(model_dir, fmt, out_dir, precision=cfg.precision, size=size,
+                                                   layout=cfg.layout)
         p = manifest["parity"]
         log.info("export %s: %s; parity %s", fmt, path, "PSNR %.1f dB" % p["psnr_db"] if "psnr_db" in p
                  else p.get("predictions"))

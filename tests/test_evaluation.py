@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from compressor.pipeline import RunContext
 from evaluation.latency import measure_latency
 from evaluation.report import SCHEMA_PATH, compare, load_report, write_reports
 from evaluation.stage import evaluate_stage
+from exports.manifest import manifest_path
 
 SIZE = 48
 SMALL = TransformerNetSpec(conv1=8, conv2=16, trunk=32, res_inner=[32] * 5, deconv1=16, deconv2=8)
@@ -27,7 +29,8 @@ SMALL = TransformerNetSpec(conv1=8, conv2=16, trunk=32, res_inner=[32] * 5, deco
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    """A run folder with a teacher, an exact copy (as 'pruned'), a damaged student (as 'distilled') and an ONNX export."""
+    """A run folder with a teacher, an exact copy (as 'pruned'), a damaged student (as 'distilled') and an ONNX export
+    that also lies, byte for byte, where the quantize stage keeps its float exports."""
     torch.manual_seed(0)
     run = tmp_path_factory.mktemp("run")
     teacher = TransformerNet(SMALL)
@@ -44,7 +47,11 @@ def run_dir(tmp_path_factory) -> Path:
     save_model(damaged, run / "distilled")
     from exports.stage import export_artifact
 
-    export_artifact(run / "teacher", "onnx", run / "exports", size=(SIZE, SIZE))
+    path, _ = export_artifact(run / "teacher", "onnx", run / "exports", size=(SIZE, SIZE))
+    twin = run / "quantized" / "onnx" / "float"
+    twin.mkdir(parents=True)
+    for file in (path, manifest_path(path)):
+        shutil.copy(file, twin / file.name)
     return run
 
 
@@ -60,23 +67,58 @@ def by_name(report: dict) -> dict[str, dict]:
     return {v["name"]: v for v in report["variants"]}
 
 
-def test_teacher_against_itself_is_zero_and_damage_shows(report):
+def test_teacher_against_itself_is_identical_and_damage_shows(report):
     rows = by_name(report)
     assert report["loss_network"]["weights"] == "random(seed=0)"
-    for name in ("teacher", "pruned"):
-        q = rows[name]["quality"]
-        assert q["style_degradation_pct"] == 0 and q["content_degradation_pct"] == 0
-        assert q["psnr_vs_teacher"] is None and q["ssim_vs_teacher"] == pytest.approx(1.0)
+    q = rows["teacher"]["quality"]
+    assert q["style_degradation_pct"] == 0 and q["content_degradation_pct"] == 0
+    assert q["identical_to_teacher"] and q["psnr_vs_teacher"] is None and q["ssim_vs_teacher"] == pytest.approx(1.0)
     damaged = rows["distilled"]["quality"]
     # The teacher here is untrained (training one costs minutes on 2 cores), so the sign of its loss change is
     # arbitrary; what must hold is that damage is seen at all and that fidelity to the teacher drops.
     assert damaged["style_degradation_pct"] != 0 and damaged["content_degradation_pct"] != 0
+    assert not damaged["identical_to_teacher"]
     assert damaged["psnr_vs_teacher"] < 40 and damaged["ssim_vs_teacher"] < 0.99
+    per_image = damaged["per_image"]
+    assert [f["image"] for f in per_image] == [Path(p).name for p in report["eval_images"]]
+    assert damaged["psnr_vs_teacher"] == pytest.approx(sum(f["psnr_vs_teacher"] for f in per_image) / len(per_image))
     onnx = rows["exports/model-fp32.onnx"]
     assert onnx["runtime"] == "onnxruntime" and onnx["quality"]["psnr_vs_teacher"] > 50
     assert onnx["params"] == rows["teacher"]["params"] > 0 and onnx["macs"] > 0
     assert all(v["latency_ms"][v["runtime"]]["p50"] > 0 for v in report["variants"])
     assert [e["parity"]["passed"] for e in report["exports"]] == [True]
+
+
+def test_each_artifact_is_evaluated_once_and_lists_every_path(report):
+    rows = by_name(report)
+    assert set(rows) == {"teacher", "distilled", "exports/model-fp32.onnx"}  # 'pruned' and the float twin merged
+    assert rows["teacher"]["paths"] == ["teacher", "pruned"]
+    assert rows["exports/model-fp32.onnx"]["paths"] == ["exports/model-fp32.onnx",
+                                                         "quantized/onnx/float/model-fp32.onnx"]
+    assert len({v["sha256"] for v in report["variants"]}) == len(report["variants"])
+
+
+def test_paths_are_relative_to_the_run_folder(report, run_dir):
+    assert report["run"]["dir"] == run_dir.name
+    paths = [p for v in report["variants"] for p in v["paths"]] + [e["path"] for e in report["exports"]]
+    paths += [e["content"] for e in report["images"]["grid"]]
+    paths += [p for e in report["images"]["grid"] for p in (*e["outputs"].values(), *e["diffs"].values())]
+    assert paths and all(not Path(p).is_absolute() and (run_dir / p).exists() for p in paths)
+    for name in ("report.json", "report.md"):
+        assert str(run_dir) not in (run_dir / name).read_text()
+
+
+def test_ranking_uses_fidelity_and_names_its_measure(report, run_dir):
+    rows, ranking = by_name(report), report["ranking"]
+    assert ranking["measure"] == "psnr_vs_teacher" and ranking["min_psnr_db"] == 30.0
+    # The damaged student is far below the budget: never the verdict, whatever the sign of its loss deltas.
+    assert rows["distilled"]["quality"]["psnr_vs_teacher"] < ranking["min_psnr_db"]
+    assert ranking["verdict"] in ("teacher", "exports/model-fp32.onnx")
+    assert "distilled" not in ranking["within_budget"]
+    assert [v["name"] for v in report["variants"] if v["verdict"]] == [ranking["verdict"]]
+    md = (run_dir / "report.md").read_text()
+    assert f"Verdict: **{ranking['verdict']}**" in md and "mean PSNR (dB) of the variant's output vs the teacher" in md
+    assert "+ = higher loss than the teacher" in md
 
 
 def test_latency_harness_orders_a_4x_heavier_model():
@@ -131,6 +173,9 @@ def test_report_and_compare_commands(report, run_dir, tmp_path):
     assert result.exit_code == 0, result.output
     table = out.read_text()
     assert "| distilled |" in table and "2.00×" in table
+    assert "![both frontiers](cmp.frontier.png)" in table and (tmp_path / "cmp.frontier.png").stat().st_size > 0
+    page = (tmp_path / "cmp.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 1 and "2.00×" in page and "://" not in page  # nothing fetched from anywhere
     assert compare(load_report(run_dir), load_report(other)).count("\n| ") == len(report["variants"]) + 1
     result = cli.invoke(app, ["compare", str(run_dir), str(tmp_path / "missing")])
     assert result.exit_code == 2 and "report.json" in result.output
@@ -145,25 +190,45 @@ def test_html_renders_in_headless_chromium(report, run_dir, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    from evaluation.report import write_compare
+
+    write_compare(report, report, "a", "b", tmp_path / "cmp.md")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,2000"):
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2000"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     browser = webdriver.Chrome(service=Service(driver), options=options)
+    pages = {}
     try:
-        browser.get((run_dir / "report.html").resolve().as_uri())
-        widths = browser.execute_script(
-            "return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
-        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
-        browser.save_screenshot(str(tmp_path / "report.png"))
+        for name, page in (("report", run_dir / "report.html"), ("compare", tmp_path / "cmp.html")):
+            browser.get(page.resolve().as_uri())
+            pages[name] = browser.execute_script("""return {
+                widths: Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0),
+                viewport: document.documentElement.clientWidth,
+                tables: Array.from(document.querySelectorAll('table')).map(t => t.getBoundingClientRect().right),
+                scroll: document.documentElement.scrollWidth,
+                external: Array.from(document.querySelectorAll('[src],[href]')).map(e => e.src || e.href)
+                    .filter(u => !u.startsWith('data:')).length}""")
+            pages[name]["errors"] = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+            browser.save_screenshot(str(tmp_path / f"{name}.png"))
+            (tmp_path / f"{name}.pdf").write_bytes(base64.b64decode(browser.print_page()))  # prints (print CSS)
     finally:
         browser.quit()
-    assert len(widths) >= 4 and all(w > 0 for w in widths), widths  # scatter, sizes, widths, image grid
-    assert errors == []
-    assert (tmp_path / "report.png").stat().st_size > 0
+    report_page = pages["report"]
+    # frontier, size-vs-fidelity and widths plots, then per photo: content, teacher, outputs, diffs, crops
+    grid = len(report["images"]["grid"])
+    assert len(report_page["widths"]) >= 3 + grid * 4, report_page["widths"]
+    for name, page in pages.items():
+        assert page["widths"] and all(w > 0 for w in page["widths"]), (name, page["widths"])
+        assert page["errors"] == [], (name, page["errors"])
+        assert page["external"] == 0, name  # offline: everything inline
+        assert page["viewport"] <= 1280 and all(right <= page["viewport"] for right in page["tables"]), (name, page)
+        assert page["scroll"] <= page["viewport"], (name, page)
+        assert (tmp_path / f"{name}.png").stat().st_size > 0
+        assert (tmp_path / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
 
 
 def test_peak_rss_is_measured_in_a_fresh_process(run_dir):

@@ -311,7 +311,7 @@ def test_export_stage_writes_into_the_run(tnet_dir, tmp_path):
     from compressor.config import ExportStage
     from exports.stage import export_stage
 
-    ctx = SimpleNamespace(recipe=SimpleNamespace(export=ExportStage(formats=["onnx"], size=64)),
+    ctx = SimpleNamespace(recipe=SimpleNamespace(export=ExportStage(formats=["onnx"], size=64), quantize=None),
                           latest_model_dir=lambda: tnet_dir, stage_dir=lambda stage: tmp_path / "exports")
     export_stage(ctx)
     assert read_manifest(tmp_path / "exports" / "model-fp32.onnx")["parity"]["passed"] is True

@@ -102,11 +102,13 @@ def test_tflite_static_int8(model_dir, judge_parts, tmp_path):
     assert "CONCATENATION" not in contents["float_op_counts"]  # padding copies stay int8
 
 
-@pytest.mark.slow  # ~20-30 s on a shared 2-core machine
-def test_sensitivity_keeps_the_harmful_layer_float(model_dir, judge_parts, tmp_path):
+@pytest.mark.slow  # ~20-30 s each on a shared 2-core machine
+@pytest.mark.parametrize("budget_kind", ["min_psnr_db", "max_style_increase_pct"])
+def test_sensitivity_keeps_the_harmful_layer_float(model_dir, judge_parts, tmp_path, budget_kind):
     """A huge bias on one channel of res2.conv1 changes nothing in float (InstanceNorm removes it) but
     stretches that conv's int8 output range so every other channel loses its resolution: the per-layer
-    sensitivity ranks it first and a style budget below its damage keeps it in float."""
+    sensitivity ranks it first and a fidelity budget above its PSNR (or a style budget below its damage)
+    keeps it in float."""
     from exports.stage import export_artifact
 
     vgg, grams = judge_parts
@@ -116,16 +118,23 @@ def test_sensitivity_keeps_the_harmful_layer_float(model_dir, judge_parts, tmp_p
     harmed = save_model(model, tmp_path / "harmed")
     float_onnx, _ = export_artifact(harmed, "onnx", tmp_path / "float", size=(SIZE, SIZE))
     calibration, _ = calibration_set("samples", SIZE)
-    ranking = layer_sensitivity(float_onnx, calibration, Judge(model, vgg, grams, SIZE))
+    by = "psnr" if budget_kind == "min_psnr_db" else "style"
+    ranking = layer_sensitivity(float_onnx, calibration, Judge(model, vgg, grams, SIZE), by=by)
     assert ranking[0]["layer"] == "res2.conv1.conv2d", ranking[:3]
     assert ranking[0]["psnr_db"] < ranking[1]["psnr_db"]
-    budget = ranking[0]["style_increase_pct"] / 2
-    assert budget > 0, ranking[:3]
-    settings = QuantizeStage(size=SIZE, max_style_increase_pct=budget)
+    if budget_kind == "min_psnr_db":
+        budget = (ranking[0]["psnr_db"] + ranking[1]["psnr_db"]) / 2
+    else:
+        budget = ranking[0]["style_increase_pct"] / 2
+        assert budget > 0, ranking[:3]
+    settings = QuantizeStage(size=SIZE, **{budget_kind: budget})
     [manifest] = quantize(harmed, tmp_path / "q", settings, vgg, grams, progress=False)
     quantization = manifest["quantization"]
     assert "res2.conv1.conv2d" in quantization["contents"]["float_compute_convs"], quantization["mixed_precision"]
-    assert quantization["quality"]["style_increase_pct"] <= budget
+    if budget_kind == "min_psnr_db":
+        assert quantization["quality"]["psnr_db"] >= budget
+    else:
+        assert quantization["quality"]["style_increase_pct"] <= budget
 
 
 def test_keep_float_glob_must_match(model_dir, judge_parts, tmp_path):

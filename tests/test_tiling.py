@@ -156,14 +156,17 @@ def test_cli_keeps_the_exact_size_of_odd_images(tmp_path, net, tile):
     assert Image.open(tmp_path / "out.png").size == (97, 61)
 
 
-def test_cli_small_budget_tiles_like_an_explicit_tile(tmp_path, net, photo):
+def test_cli_small_budget_tiles_like_an_explicit_tile(tmp_path, net, photo, monkeypatch):
     save_model(net, tmp_path / "model")
     Image.fromarray(photo).save(tmp_path / "photo.png")
     common = ["stylize", str(tmp_path / "photo.png"), "--model", str(tmp_path / "model")]
     result = runner.invoke(app, [*common, "-o", str(tmp_path / "whole.png")])
     assert result.exit_code == 0 and not re.search(TILE_BAR, result.output)  # 2 GB by default: fits at once
     # what this process holds plus 90 % of what the whole image needs: tiles (of about 200 px) fit, it does not
-    budget = f"{(resident_bytes() + 0.9 * measure_memory(net).bytes_for(photo.shape[0] * photo.shape[1])) / 2**20}MB"
+    held = resident_bytes()  # frozen: what the in-process CLI allocates meanwhile must not move the budget's edge
+    monkeypatch.setattr("compressor.tiling.resident_bytes", lambda: held)
+    monkeypatch.setattr("compressor.stylize.resident_bytes", lambda: held)
+    budget = f"{(held + 0.9 * measure_memory(net).bytes_for(photo.shape[0] * photo.shape[1])) / 2**20}MB"
     result = runner.invoke(app, [*common, "--max-memory", budget, "-o", str(tmp_path / "auto.png")])
     assert result.exit_code == 0, result.output
     assert re.search(TILE_BAR, result.output)  # the progress bar over tiles
@@ -173,7 +176,7 @@ def test_cli_small_budget_tiles_like_an_explicit_tile(tmp_path, net, photo):
     assert np.abs(auto.astype(int) - reference).max() <= 2 and psnr(auto, reference) > 55
     for option, value in (("--tile", "-1"), ("--max-memory", "lots"), ("--tile", "130")):
         result = runner.invoke(app, [*common, option, value, "-o", str(tmp_path / "x.png")])
-        assert result.exit_code == 2 and f"error: {option} {value}" in result.output, result.output
+        assert result.exit_code == 2 and f"error: {option}" in result.output, result.output
 
 
 def test_cli_video_frames_go_through_tiles(tmp_path, net):

@@ -8,8 +8,12 @@ Adding a family = one new module under compressor/models/ (spec, nn.Module, hook
 from compressor.models import transformer_net  # noqa: F401, I001
 from compressor.models import vgg  # noqa: F401
 from compressor.models import adain  # noqa: F401
+from compressor.models import multistyle  # noqa: F401
+from compressor.models import arbitrary  # noqa: F401
+from compressor.models import edge_net  # noqa: F401
 
 from compressor.models.adain import AdaINNet, AdaINSpec, load_adain
+from compressor.models.arbitrary import ArbitrarySpec, ArbitraryStyleNet
 from compressor.models.checkpoint import (
     CheckpointMismatch,
     current_spec,
@@ -18,6 +22,8 @@ from compressor.models.checkpoint import (
     read_spec,
     save_model,
 )
+from compressor.models.edge_net import EdgeNet, EdgeNetSpec
+from compressor.models.multistyle import MultiStyleNet, MultiStyleSpec, SingleStyle
 from compressor.models.registry import Family, create_model, families, get_family, parse_spec, register_family
 from compressor.models.transformer_net import STNSpec, TransformerNet, TransformerNetSpec, load_fast_neural_style
 from compressor.models.vgg import VGG19LossNet, VGG19Spec, VGGWeightsUnavailable, load_vgg19
@@ -25,9 +31,16 @@ from compressor.models.vgg import VGG19LossNet, VGG19Spec, VGGWeightsUnavailable
 __all__ = [
     "AdaINNet",
     "AdaINSpec",
+    "ArbitrarySpec",
+    "ArbitraryStyleNet",
     "CheckpointMismatch",
+    "EdgeNet",
+    "EdgeNetSpec",
     "Family",
+    "MultiStyleNet",
+    "MultiStyleSpec",
     "STNSpec",
+    "SingleStyle",
     "TransformerNet",
     "TransformerNetSpec",
     "VGG19LossNet",

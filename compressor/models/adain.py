@@ -22,7 +22,7 @@ from compressor.data import BUNDLED_STYLES, load_image, sample_style_path
 from compressor.images import fit_shortest
 from compressor.losses import adain_style_loss, finish, mean_std, teacher_terms, tv_loss, uses_teacher
 from compressor.models.checkpoint import load_weights, read_state_dict
-from compressor.models.registry import Family, ForeignLoader, Objective, register_family
+from compressor.models.registry import Family, ForeignLoader, Objective, Width, register_family
 from compressor.models.vgg import IMAGENET_MEAN, IMAGENET_STD, VGG19LossNet
 
 
@@ -36,8 +36,10 @@ class AdaINSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     family: Literal["adain"] = "adain"
     style: str | None = Field(None, description="Name of the style image the weights were trained on, if any.")
-    encoder: list[int] = Field(default_factory=lambda: [64, 64, 128, 128, 256, 256, 256, 256, 512])
-    decoder: list[int] = Field(default_factory=lambda: [256, 256, 256, 256, 128, 128, 64, 64])
+    encoder: list[Width] = Field(default_factory=lambda: [64, 64, 128, 128, 256, 256, 256, 256, 512], min_length=9,
+                                 max_length=9)
+    decoder: list[Width] = Field(default_factory=lambda: [256, 256, 256, 256, 128, 128, 64, 64], min_length=8,
+                                 max_length=8)
 
 # Encoder pooling positions: after the 2nd, 4th and 8th conv (relu1_2, relu2_2, relu3_4).
 _POOL_AFTER = {2, 4, 8}
@@ -224,6 +226,7 @@ class AdaINFamily(Family):
     module = AdaINNet
     role = "arbitrary_style"
     style_weight_key = "adain_style_weight"
+    size_multiple = 8  # three poolings, three x2 upsamplings
     loaders = (
         ForeignLoader("pytorch-AdaIN vgg_normalised.pth + decoder.pth",
                       accepts=lambda path, companion: companion is not None,

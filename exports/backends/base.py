@@ -30,15 +30,18 @@ class Runner:
 
     Takes one NCHW float32 array per graph input and returns NCHW float32 (a dict by output name when the
     graph has several outputs, e.g. VGG19 taps); NHWC artifacts are transposed here, so callers never see the
-    layout. ``input_shape`` is the graph's input shape in its own layout (strings or None for dynamic dims).
-    A batch larger than a fixed batch of 1 runs image by image; a wrong fixed H x W is refused by name.
+    layout. ``input_shape`` is the graph's (first) input shape in its own layout (strings or None for dynamic
+    dims), ``input_shapes`` every input's. A batch larger than a fixed batch of 1 runs image by image; a wrong
+    fixed H x W is refused by name. Inputs that are not 4-D (a style input) pass through as they are.
     """
 
     def __init__(self, run: Callable[[list[np.ndarray]], list[np.ndarray]], runtime: str, input_names: list[str],
-                 output_names: list[str], layout: str, input_shape: list | None = None):
+                 output_names: list[str], layout: str, input_shape: list | None = None,
+                 input_shapes: list[list] | None = None):
         self._run, self.runtime, self.layout = run, runtime, layout
         self.input_names, self.output_names = input_names, output_names
         self.input_shape = input_shape
+        self.input_shapes = input_shapes or [input_shape]
 
     def __call__(self, *inputs: np.ndarray) -> Output:
         if len(inputs) != len(self.input_names):
@@ -51,13 +54,13 @@ class Runner:
                 raise ValueError(f"this {self.runtime} artifact takes {hw[0]}x{hw[1]} images (fixed shape), got "
                                  f"{got}: resize, or export with --size / --dynamic")
             if batch == 1 and inputs[0].shape[0] > 1:
-                parts = [self(*(x[i : i + 1] for x in inputs)) for i in range(inputs[0].shape[0])]
+                parts = [self(*(x[i : i + 1] if x.ndim == 4 else x for x in inputs)) for i in range(inputs[0].shape[0])]
                 if isinstance(parts[0], dict):
                     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
                 return np.concatenate(parts)
         arrays = [np.ascontiguousarray(x, dtype=np.float32) for x in inputs]
         if self.layout == "nhwc":
-            arrays = [np.ascontiguousarray(x.transpose(0, 2, 3, 1)) for x in arrays]
+            arrays = [np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if x.ndim == 4 else x for x in arrays]
         outs = self._run(arrays)
         if self.layout == "nhwc":
             outs = [y.transpose(0, 3, 1, 2) for y in outs]

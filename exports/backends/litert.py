@@ -103,13 +103,25 @@ def _ops(interpreter) -> tuple[list[dict], dict[int, dict]]:
     return interpreter._get_ops_details(), tensors
 
 
-def conv_layers(path: str | Path) -> dict[str, str]:
-    """CONV_2D output tensor name -> PyTorch module name."""
+def conv_layers(path: str | Path, module_order: list[str] | None = None) -> dict[str, str]:
+    """CONV_2D output tensor name -> PyTorch module name.
+
+    litert-torch names ops by their module stack but leaves containers (``nn.ModuleList``) out, so
+    ``contract.0.conv`` and ``res.0.0.conv`` can both come out as ``0.conv``. When parsed names collide and
+    ``module_order`` (the model's conv names in forward order) has one name per CONV_2D, ops are named in
+    execution order instead.
+    """
     from ai_edge_litert.interpreter import Interpreter
 
     ops, tensors = _ops(Interpreter(model_path=str(path)))
-    return {tensors[o["outputs"][0]]["name"]: _module_name(tensors[o["outputs"][0]]["name"])
-            for o in ops if o["op_name"] == "CONV_2D"}
+    names = {tensors[o["outputs"][0]]["name"]: _module_name(tensors[o["outputs"][0]]["name"])
+             for o in ops if o["op_name"] == "CONV_2D"}
+    if module_order and len(set(names.values())) < len(names):
+        if len(module_order) != len(names):
+            raise ValueError(f"{path}: {len(names)} CONV_2D ops with ambiguous names, the model has "
+                             f"{len(module_order)} convs; cannot tell which is which")
+        names = dict(zip(names, module_order))
+    return names
 
 
 def quantize_tflite(
@@ -118,8 +130,10 @@ def quantize_tflite(
     mode: str = "static",
     calibration: list[np.ndarray] | None = None,
     keep_float: list[str] | tuple[str, ...] = (),
+    module_order: list[str] | None = None,
 ) -> Path:
-    """Quantize ``float_tflite`` into ``out_path``; ``keep_float`` are module-name globs of convs left in float."""
+    """Quantize ``float_tflite`` into ``out_path``; ``keep_float`` are module-name globs of convs left in float
+    (``module_order``: see ``conv_layers``)."""
     from ai_edge_quantizer import qtyping, quantizer, recipe
 
     if mode not in MODES:
@@ -132,7 +146,7 @@ def quantize_tflite(
         q = quantizer.Quantizer(str(float_tflite))
         q.load_quantization_recipe({"static": recipe.static_wi8_ai8, "dynamic": recipe.dynamic_wi8_afp32,
                                     "weight-only": recipe.weight_only_wi8_afp32}[mode]())
-        for tensor, module in conv_layers(float_tflite).items():
+        for tensor, module in conv_layers(float_tflite, module_order).items():
             if any(fnmatch.fnmatchcase(module, g) for g in keep_float):
                 q.update_quantization_recipe(regex=re.escape(tensor), operation_name=qtyping.TFLOperationName.CONV_2D,
                                              algorithm_key=quantizer.AlgorithmName.NO_QUANTIZE)
@@ -213,8 +227,8 @@ def load(path: Path, threads: int | None, layout: str, manifest: dict[str, Any])
         result = signature(**{k: _quantize_input(x, details[k]) for k, x in zip(in_keys, xs)})
         return [_dequantize_output(result[k], out_details[k]) for k in out_keys]
 
-    shape = [int(d) for d in details[in_keys[0]]["shape"]]
-    return Runner(run, "litert", in_names, out_names, layout, shape)
+    shapes = [[int(d) for d in details[k]["shape"]] for k in in_keys]
+    return Runner(run, "litert", in_names, out_names, layout, shapes[0], shapes)
 
 
 # ---------------------------------------------------------------- the quantize stage for this runtime
@@ -230,9 +244,10 @@ RUNS_IN_INT8 = {
 def quantize(job: QuantizeJob) -> list[dict[str, Any]]:
     """Export the float .tflite, quantize it with ``job.mode``, check it on LiteRT, write its manifest."""
     float_path, float_manifest = job.export_float("tflite")
-    keep = job.keep_float(conv_layers(float_path))
+    order = [n for n, m in job.reference.named_modules() if isinstance(m, nn.Conv2d)]
+    keep = job.keep_float(conv_layers(float_path, order))
     path = job.out_dir / f"model-{job.precision}.tflite"
-    quantize_tflite(float_path, path, job.mode, job.calibration, keep_float=keep)
+    quantize_tflite(float_path, path, job.mode, job.calibration, keep_float=keep, module_order=order)
     runner = load(path, None, "nchw", {"outputs": float_manifest["outputs"]})
     info = {**job.extra, "keep_float": keep, "runs_in_int8": RUNS_IN_INT8[job.mode], "contents": int8_contents(path),
             "quality": job.judge(runner) if job.judge else None, "rewrites": float_manifest["rewrites"]}

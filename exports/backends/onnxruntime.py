@@ -51,7 +51,8 @@ def export_onnx(
     wrapper = ExportWrapper(model, layout)
     inputs = example_inputs(model, size, layout)
     h, w = (2, 3) if layout == "nchw" else (1, 2)
-    axes = {name: {h: "height", w: "width"} for name in wrapper.input_names + wrapper.output_names}
+    images = [n for n, x in zip(wrapper.input_names, inputs) if x.dim() == 4] + wrapper.output_names
+    axes = {name: {h: "height", w: "width"} for name in images}  # a 1-D style input keeps its shape
     with atomic_output(path) as tmp:
         try:
             with torch.no_grad(), warnings.catch_warnings():
@@ -226,9 +227,9 @@ def load(path: Path, threads: int | None, layout: str, manifest: dict[str, Any])
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
-    shape = list(session.get_inputs()[0].shape)
+    shapes = [list(i.shape) for i in session.get_inputs()]
     return Runner(lambda xs: session.run(outputs, dict(zip(inputs, xs))), "onnxruntime", inputs, outputs, layout,
-                  shape)
+                  shapes[0], shapes)
 
 
 # ---------------------------------------------------------------- the quantize stage for this runtime

