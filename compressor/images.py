@@ -8,19 +8,27 @@ Tensors are (..., C, H, W) float in [0, 1].
 from __future__ import annotations
 
 import torch
-from torchvision.transforms.v2 import functional as TF
+
+
+def _functional():
+    """torchvision's ``transforms.v2.functional``, imported on first use: importing torchvision loads its models
+    and ``torch._dynamo`` (about 160 MB resident), which tiled stylization of a big photo never needs."""
+    from torchvision.transforms.v2 import functional
+
+    return functional
 
 
 def resize(images: torch.Tensor, size: tuple[int, int] | list[int]) -> torch.Tensor:
     """Bilinear, antialiased resize to ``size`` = (height, width)."""
     if tuple(images.shape[-2:]) == tuple(size):
         return images
+    TF = _functional()
     return TF.resize(images, list(size), interpolation=TF.InterpolationMode.BILINEAR, antialias=True).clamp(0, 1)
 
 
 def crop_resize(images: torch.Tensor, top: int, left: int, side: int, size: int) -> torch.Tensor:
     """The ``side`` x ``side`` square at (top, left), resized to ``size`` x ``size``."""
-    return resize(TF.crop(images, top, left, side, side), (size, size))
+    return resize(_functional().crop(images, top, left, side, side), (size, size))
 
 
 def center_square(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -17,7 +17,6 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 from torch.overrides import handle_torch_function, has_torch_function_unary
-from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from compressor.config import TrainConfig
 from compressor.errors import UserError
@@ -120,7 +119,10 @@ class StyleTransferLoss(torch.nn.Module):
 
 
 def psnr(output: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0) -> float:
-    """PSNR in dB of ``output`` against ``reference`` (torchmetrics); identical inputs give ``inf``."""
+    """PSNR in dB of ``output`` against ``reference`` (torchmetrics); identical inputs give ``inf``. Imported here:
+    torchmetrics loads torchvision and transformers (about 290 MB resident), which stylizing never needs."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
     return float(peak_signal_noise_ratio(output, reference, data_range=data_range))
 
 

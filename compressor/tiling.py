@@ -544,7 +544,8 @@ def read_rgb(path: str | Path, size: tuple[int, int] | None = None) -> Image.Ima
     try:
         with Image.open(path) as img:
             img.load()
-            rgb = to_rgb(ImageOps.exif_transpose(img))
+            ImageOps.exif_transpose(img, in_place=True)  # no copy: a 100 MP decode is 400 MB a copy
+            rgb = img if img.mode == "RGB" else to_rgb(img)
             return rgb.resize(size[::-1], Image.LANCZOS) if size and size != rgb.size[::-1] else rgb
     except FileNotFoundError:
         raise ImageError(f"{path}: no such image file") from None

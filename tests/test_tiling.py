@@ -1,6 +1,9 @@
 """Tiled stylization with thumbnail instance-norm statistics (compressor/tiling.py, exports/tile_export.py)."""
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,6 +193,26 @@ def test_cli_video_frames_go_through_tiles(tmp_path, net):
     assert result.exit_code == 0, result.output
     styled = list(iio.imiter(tmp_path / "styled.mp4"))
     assert len(styled) == 3 and styled[0].shape == (128, 160, 3)
+
+
+# Hundreds of MB resident each (torchvision loads torch._dynamo, torchmetrics transformers): a 100 MP photo must
+# stylize in 2 GB, so the stylize command imports none of them.
+HEAVY = {"torchvision", "torchmetrics", "transformers", "scipy", "onnx", "onnxruntime", "tensorflow", "ai_edge_litert",
+         "coremltools", "matplotlib", "skimage"}
+
+
+def test_tiled_stylize_imports_no_heavy_library(tmp_path, net, photo):
+    save_model(net, tmp_path / "model")
+    Image.fromarray(photo[:100, :120]).save(tmp_path / "photo.png")  # 2 x 2 tiles of 176 px
+    code = ("import sys\nfrom compressor.cli import app\ntry:\n    app(sys.argv[1:])\nexcept SystemExit as exc:\n"
+            "    assert not exc.code, exc.code\nprint(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    done = subprocess.run([sys.executable, "-c", code, "stylize", str(tmp_path / "photo.png"), "--model",
+                           str(tmp_path / "model"), "--tile", "176", "-o", str(tmp_path / "out.png")],
+                          check=False, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert Image.open(tmp_path / "out.png").size == (120, 100)
+    loaded = set(done.stdout.splitlines()[-1].split())
+    assert "torch" in loaded and not HEAVY & loaded, HEAVY & loaded
 
 
 @pytest.mark.parametrize("fmt", ["onnx", pytest.param("tflite", marks=pytest.mark.slow)])  # LiteRT: ~2 min here
