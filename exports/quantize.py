@@ -133,16 +133,17 @@ def _mixed_precision(settings: QuantizeStage, float_onnx: Path, calibration: lis
 
 
 def _job(reference: nn.Module, source_dir: Path, fmt: str, mode: str, keep_float: list[str], out_dir: Path,
-         settings: QuantizeStage, calibration: list[np.ndarray], judge: Judge | None, extra: dict[str, Any],
-         exported: dict[tuple, tuple[Path, dict[str, Any]]]) -> QuantizeJob:
-    """The callbacks a backend's ``quantize`` uses for one mode: export the float model, write a verified manifest."""
+         float_dir: Path, settings: QuantizeStage, calibration: list[np.ndarray], judge: Judge | None,
+         extra: dict[str, Any], exported: dict[tuple, tuple[Path, dict[str, Any]]]) -> QuantizeJob:
+    """The callbacks a backend's ``quantize`` uses for one mode: export the float model (into ``float_dir``), write
+    a verified manifest."""
     size = (settings.size, settings.size)
     backend = backend_for_format(fmt)
 
     def export_float(fmt: str, precision: str | None = None) -> tuple[Path, dict[str, Any]]:
         key = (source_dir, fmt, precision)  # several modes of one runtime quantize the same float artifact
         if key not in exported:
-            exported[key] = export_artifact(source_dir, fmt, out_dir / "float", precision=precision, size=size)
+            exported[key] = export_artifact(source_dir, fmt, float_dir, precision=precision, size=size)
         return exported[key]
 
     def write(path: Path, precision: str, info: dict, runner=None, verdict: dict | None = None) -> dict:
@@ -228,8 +229,10 @@ def quantize(
             raise QuantizeError(f"quantize.modes: {backend.runtime} quantizes with {', '.join(backend.quantize_modes)}, "
                                 f"got {', '.join(settings.modes)} (add one of them)")
         for mode in modes[:1] if backend.mode_independent else modes:
-            job = _job(model, sources[mode], fmt, mode, keeps[mode], out_dir / fmt, settings, calibration, judge,
-                       extras[mode], exported)
+            # The float artifact each int8 one was made from; a derived source (equalized, QAT) gets its own folder.
+            float_dir = out_dir / fmt / ("float" if sources[mode] == model_dir else f"float-{sources[mode].name}")
+            job = _job(model, sources[mode], fmt, mode, keeps[mode], out_dir / fmt, float_dir, settings, calibration,
+                       judge, extras[mode], exported)
             manifests += backend.quantize(job)
     for m in manifests:
         p = m["parity"]
