@@ -229,10 +229,12 @@ def quantize(
             raise QuantizeError(f"quantize.modes: {backend.runtime} quantizes with {', '.join(backend.quantize_modes)}, "
                                 f"got {', '.join(settings.modes)} (add one of them)")
         for mode in modes[:1] if backend.mode_independent else modes:
+            # Weight compression (mode_independent) takes the weights as they are, not an equalized copy.
+            source, info = (model_dir, dict(extra)) if backend.mode_independent else (sources[mode], extras[mode])
             # The float artifact each int8 one was made from; a derived source (equalized, QAT) gets its own folder.
-            float_dir = out_dir / fmt / ("float" if sources[mode] == model_dir else f"float-{sources[mode].name}")
-            job = _job(model, sources[mode], fmt, mode, keeps[mode], out_dir / fmt, float_dir, settings, calibration,
-                       judge, extras[mode], exported)
+            float_dir = out_dir / fmt / ("float" if source == model_dir else f"float-{source.name}")
+            job = _job(model, source, fmt, mode, keeps[mode], out_dir / fmt, float_dir, settings, calibration,
+                       judge, info, exported)
             manifests += backend.quantize(job)
     for m in manifests:
         p = m["parity"]

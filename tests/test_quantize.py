@@ -148,6 +148,7 @@ def test_several_modes_make_one_variant_each(model_dir, judge_parts, tmp_path):
     assert [m["quantization"]["mode"] for m in manifests] == ["static", "dynamic", "static"]
     # static int8 was calibrated from the equalized weights: its float artifact is kept apart from the plain one
     assert manifests[0]["quantization"]["equalized_norm_inputs"]
+    assert "equalized_norm_inputs" not in manifests[2]["quantization"]  # Core ML compresses the weights as they are
     plain, equalized = (tmp_path / "onnx" / d / "model-fp32.onnx" for d in ("float", "float-equalized-static"))
     assert plain.is_file() and equalized.is_file() and plain.read_bytes() != equalized.read_bytes()
     ops = {m["precision"]: m["quantization"]["contents"]["op_counts"] for m in manifests[:2]}
