@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -45,9 +46,15 @@ class ImageError(UserError):
 
 @contextmanager
 def reading_image(path: Path) -> Iterator[None]:
-    """Turn every way reading ``path`` can fail (missing, a folder, a decompression bomb, garbage) into one ImageError."""
+    """Turn every way reading ``path`` can fail (missing, a folder, a decompression bomb, garbage) into one ImageError.
+
+    Between Pillow's bomb warning and its bomb error (89-179 MP by default) a photo is taken without a word:
+    big photos are what tiling is for, and its memory stays bounded whatever the size.
+    """
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
     except FileNotFoundError:
         raise ImageError(f"{path}: no such image file") from None
     except IsADirectoryError:

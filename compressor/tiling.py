@@ -541,16 +541,11 @@ def stylize_file(runner: TileRunner, source: str | Path, target: str | Path, pla
 def read_rgb(path: str | Path, size: tuple[int, int] | None = None) -> Image.Image:
     """Decode an image once, upright (EXIF orientation applied), as 8-bit RGB; ``size`` (h, w) resizes it."""
     path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            ImageOps.exif_transpose(img, in_place=True)  # no copy: a 100 MP decode is 400 MB a copy
-            rgb = img if img.mode == "RGB" else to_rgb(img)
-            return rgb.resize(size[::-1], Image.LANCZOS) if size and size != rgb.size[::-1] else rgb
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such image file") from None
-    except (OSError, ValueError) as exc:
-        raise ImageError(f"{path}: not a readable image ({exc})") from None
+    with reading_image(path), Image.open(path) as img:
+        img.load()
+        ImageOps.exif_transpose(img, in_place=True)  # no copy: a 100 MP decode is 400 MB a copy
+        rgb = img if img.mode == "RGB" else to_rgb(img)
+        return rgb.resize(size[::-1], Image.LANCZOS) if size and size != rgb.size[::-1] else rgb
 
 
 def save_pixels(pixels: np.ndarray, path: str | Path) -> Path:

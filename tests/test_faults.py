@@ -13,6 +13,7 @@ import json
 import os
 import struct
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -201,12 +202,24 @@ def test_style_library_needs_a_safetensors_name(tmp_path):
 # ---------------------------------------------------------------- images
 
 
-def test_decompression_bomb_is_refused_with_the_limit(model, tmp_path, out, monkeypatch):
+@pytest.mark.parametrize("tiling", [[], ["--tile", "64"]], ids=["whole", "tiled"])
+def test_decompression_bomb_is_refused_with_the_limit(model, tmp_path, out, monkeypatch, tiling):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     bomb = write_image(tmp_path / "bomb.png", 100, 100)  # 10,000 px > 2 x 1000
-    line = expect_error(cli("stylize", bomb, "-m", model, "-o", out), "bomb.png", "decompression-bomb limit")
+    line = expect_error(cli("stylize", bomb, "-m", model, *tiling, "-o", out), "bomb.png", "decompression-bomb limit")
     assert "downscale" in line
     nothing_in(out)
+
+
+def test_a_photo_past_the_bomb_warning_is_taken_quietly(model, tmp_path, out, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4000)
+    big = write_image(tmp_path / "big.png", 80, 60)  # 4,800 px: past the warning (4000), under the error (8000)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = cli("stylize", big, "-m", model, "-o", out / "big.png")
+    assert result.exit_code == 0, result.output
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert Image.open(out / "big.png").size == (80, 60)
 
 
 @pytest.mark.parametrize("content, why", [(b"", "empty"), (b"not an image at all", "text"),
