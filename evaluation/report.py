@@ -230,16 +230,12 @@ def coreml_rows(report: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _item(f: dict[str, Any]) -> str:
-    """A per-image entry's label: the photo, and the style it was judged on when several were."""
-    return f"{f['image']} · style {f['style']}" if "style" in f else f["image"]
-
-
-def per_image_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def _fidelity_rows(report: dict[str, Any], key: str, label) -> tuple[list[str], list[list[str]]]:
+    """One row per compared variant, one "PSNR / SSIM" cell per entry of ``quality[key]`` (named by ``label``)."""
     labels: list[str] = []
     rows = []
     for r in runnable(report):
-        per = {_item(f): f for f in r["quality"].get("per_image", [])}
+        per = {label(f): f for f in r["quality"].get(key, [])}
         if not per or r["name"] == report["reference"]:
             continue
         labels = labels or list(per)
@@ -248,18 +244,15 @@ def per_image_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return ["variant"] + [f"{n}: PSNR dB / SSIM" for n in labels], rows
 
 
+def per_image_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Fidelity per held-out photo (and per style, when several were judged)."""
+    return _fidelity_rows(report, "per_image", lambda f: f"{f['image']} · style {f['style']}" if "style" in f
+                          else f["image"])
+
+
 def per_style_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Mean fidelity per judged style of a multi-style teacher (empty when one style was judged)."""
-    styles: list[str] = []
-    rows = []
-    for r in runnable(report):
-        per = {f["style"]: f for f in r["quality"].get("per_style", [])}
-        if not per or r["name"] == report["reference"]:
-            continue
-        styles = styles or list(per)
-        rows.append([r["name"]] + [f"{_psnr_text(per[s]['psnr_vs_teacher'], per[s]['psnr_vs_teacher'] is None)} / "
-                                   f"{per[s]['ssim_vs_teacher']:.3f}" if s in per else "–" for s in styles])
-    return ["variant"] + [f"style {s}: PSNR dB / SSIM" for s in styles], rows
+    return _fidelity_rows(report, "per_style", lambda f: f"style {f['style']}")
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
