@@ -85,7 +85,7 @@ class _NormInputStatistics(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func is F.instance_norm:
-            name, output = self._outputs.get(id(args[0]), (None, None))
+            name, output = self._outputs.pop(id(args[0]), (None, None))
             if output is args[0]:
                 x = args[0].detach().double().transpose(0, 1).flatten(1)
                 total = torch.stack([x.sum(1), (x * x).sum(1), torch.full_like(x[:, 0], x.shape[1])])
@@ -93,10 +93,13 @@ class _NormInputStatistics(TorchFunctionMode):
                 self.eps[name] = kwargs["eps"] if kwargs and "eps" in kwargs else (args[7] if len(args) > 7 else 1e-5)
         return func(*args, **(kwargs or {}))
 
+    def forget_outputs(self) -> None:
+        self._outputs.clear()
+
     def close(self) -> None:
         for hook in self._hooks:
             hook.remove()
-        self._outputs.clear()
+        self.forget_outputs()
 
 
 def equalize_norm_inputs(model: nn.Module, calibration: list[np.ndarray]) -> tuple[nn.Module, list[str]]:
@@ -115,6 +118,7 @@ def equalize_norm_inputs(model: nn.Module, calibration: list[np.ndarray]) -> tup
         with torch.no_grad(), stats:
             for x in calibration:
                 model(torch.from_numpy(x))
+                stats.forget_outputs()  # the convs not feeding a norm (RGB output): no use past this image
     finally:
         stats.close()
     convs = dict(model.named_modules())
