@@ -89,6 +89,30 @@ def test_tiles_with_the_whole_image_statistics_reproduce_it(net, photo):
     assert np.abs(tiled.astype(int) - whole(net, photo)).max() <= 1
 
 
+@pytest.mark.parametrize("family", ["multistyle", "arbitrary"])
+def test_conditional_norm_networks_tile_like_the_whole_image(photo, family):
+    """Dumoulin's and Ghiasi's networks (the imported real models' layouts): the per-style gamma/beta apply after
+    the intercepted norm, so tiles with the whole image's statistics reproduce it."""
+    from compressor.models.arbitrary import ArbitrarySpec, ArbitraryStyleNet
+    from compressor.models.conditional_norm import pad_to_multiple
+    from compressor.models.multistyle import MultiStyleNet, MultiStyleSpec, SingleStyle, parse_style_weights
+
+    torch.manual_seed(0)
+    if family == "multistyle":
+        model = MultiStyleNet(MultiStyleSpec(n_styles=3, contract=[8, 8, 16], res_inner=[16, 16], expand=[8, 8]))
+        run = SingleStyle(model.eval(), parse_style_weights("0:0.3,2:0.7", 3))
+    else:
+        model = ArbitraryStyleNet(ArbitrarySpec(style_dim=8, contract=[8, 8, 16], res_inner=[16, 16], expand=[8, 8]))
+        vector = torch.randn(8)
+        model.eval()
+        run = lambda x: model(x, vector)  # noqa: E731
+    net = pad_to_multiple(torch.no_grad()(run))
+    plan = TilePlan(window=176, halo=measure_geometry(net).halo, stride=4, thumbnail=max(photo.shape))
+    tiled = stylize_tiled(TileRunner(net), photo, plan, progress=False)
+    assert tiled.shape == photo.shape
+    assert np.abs(tiled.astype(int) - whole(net, photo)).max() <= 1
+
+
 def test_adain_content_statistics_come_from_the_thumbnail(photo):
     run = adain_run()
     halo = measure_geometry(run).halo
