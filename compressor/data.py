@@ -30,6 +30,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 _SKIMAGE_SPLITS = {
     "train": ["chelsea.png", "coffee.png", "motorcycle_left.png", "hubble_deep_field.jpg"],
     "eval": ["astronaut.png", "rocket.jpg"],
+    "val": ["camera.png", "ihc.png"],  # model selection (the student search): neither trained on nor reported
 }
 BUNDLED_STYLES = {"starry_night": "starry_night.jpg", "composition_vii": "composition_vii.jpg"}
 

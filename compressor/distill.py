@@ -42,6 +42,7 @@ LOG_FILE = "train_log.csv"
 TENSORBOARD_DIR = "tensorboard"
 # Settings that do not change the numbers of a run: they may differ when resuming.
 _RESUME_FREE = {"steps", "checkpoint_every", "tensorboard", "grad_checkpointing"}
+SEARCH_WINNER = "winner"  # the student search's winner, a model folder in its stage folder
 
 
 def make_objective(
@@ -324,35 +325,52 @@ def distill_teacher(config, teacher_dir: Path) -> nn.Module:
     return load_model(teacher_dir)
 
 
-def distill_stage(ctx) -> None:
-    """Recipe stage ``distill``: the pruned model (or a copy of the teacher, or a named ``student``) learns."""
+def named_student(choice, seed: int, key: str) -> nn.Module:
+    """A fresh student of a recipe-named family and spec; its initial weights are part of the run (seeded)."""
+    torch.manual_seed(seed)
+    try:
+        return create_model({"family": choice.family, **choice.spec})
+    except ValueError as exc:
+        raise UserError(key, str(exc).splitlines()[0], "see the family's spec fields") from None
+
+
+def distill_setup(ctx) -> tuple[TrainingRun, torch.utils.data.Dataset]:
+    """The recipe's teacher on this rank's device, and the training data (teacher pairs when ``paired_size``).
+
+    The distill stage and the student search share it: every student learns from the same data."""
     config = ctx.recipe.distill
-    teacher_dir = ctx.stage_dir("model")
-    student_dir = ctx.stage_dir("prune") if ctx.recipe.prune is not None else teacher_dir
-    if config.student is not None:
-        torch.manual_seed(config.seed)  # the student's initial weights are part of the run
-        try:
-            student = create_model({"family": config.student.family, **config.student.spec})
-        except ValueError as exc:
-            raise UserError("distill.student", str(exc).splitlines()[0], "see the family's spec fields") from None
-    else:
-        student = load_model(student_dir)
-    run = prepare_run(ctx.loss_network, distill_teacher(config, teacher_dir), ctx.style_grams)
-    objective = make_objective(student, run.teacher, config, run.vgg, run.grams,
-                               any_teacher=config.student is not None or config.teacher_onnx is not None)
+    run = prepare_run(ctx.loss_network, distill_teacher(config, ctx.stage_dir("model")), ctx.style_grams)
     photos = resolve_images(ctx.recipe.content, "train")
     if config.paired_size:
         from compressor.blackbox import TeacherPairs
 
-        data = TeacherPairs(photos, run.teacher, config.paired_size, config.crop)
+        return run, TeacherPairs(photos, run.teacher, config.paired_size, config.crop)
+    return run, ContentCrops(photos, config.crop)
+
+
+def distill_meta(ctx, student_from: str) -> dict:
+    config = ctx.recipe.distill
+    return {"student_from": student_from, "teacher": config.teacher_onnx or str(ctx.stage_dir("model")),
+            "teacher_inputs": config.teacher_inputs, "style": ctx.recipe.style,
+            "loss_network": ctx.loss_network.weights_source}
+
+
+def distill_stage(ctx) -> None:
+    """Recipe stage ``distill``: the pruned model (or a copy of the teacher, a named ``student``, or the student
+    search's winner, trained on from its brief run) learns from the teacher."""
+    config = ctx.recipe.distill
+    student_dir = ctx.stage_dir("prune") if ctx.recipe.prune is not None else ctx.stage_dir("model")
+    if ctx.recipe.search is not None:
+        student_dir = ctx.stage_dir("search") / SEARCH_WINNER
+        student, student_from = load_model(student_dir), f"search winner {student_dir}"
+    elif config.student is not None:
+        student, student_from = named_student(config.student, config.seed, "distill.student"), \
+            f"fresh {config.student.family}"
     else:
-        data = ContentCrops(photos, config.crop)
-    meta = {
-        "student_from": f"fresh {config.student.family}" if config.student is not None else str(student_dir),
-        "teacher": config.teacher_onnx or str(teacher_dir),
-        "teacher_inputs": config.teacher_inputs,
-        "style": ctx.recipe.style,
-        "loss_network": run.vgg.weights_source,
-    }
-    train(student, objective, data, config, ctx.stage_dir("distill"), resume=ctx.resume, meta=meta,
-          progress=ctx.progress, device=run.device)
+        student, student_from = load_model(student_dir), str(student_dir)
+    named = config.student is not None or ctx.recipe.search is not None
+    run, data = distill_setup(ctx)
+    objective = make_objective(student, run.teacher, config, run.vgg, run.grams,
+                               any_teacher=named or config.teacher_onnx is not None)
+    train(student, objective, data, config, ctx.stage_dir("distill"), resume=ctx.resume,
+          meta=distill_meta(ctx, student_from), progress=ctx.progress, device=run.device)

@@ -30,6 +30,7 @@ from compressor.models import VGG19LossNet, load_vgg19
 from compressor.models.checkpoint import resolve_model_path
 from compressor.prune import prune_stage
 from compressor.teacher import model_stage
+from evaluation.search import search_stage
 from evaluation.stage import evaluate_stage
 from exports.quantize import quantize_stage
 from exports.stage import export_stage
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 STAGES: dict[str, Callable[[RunContext], Any]] = {
     "model": model_stage,
     "prune": prune_stage,
+    "search": search_stage,
     "distill": distill_stage,
     "quantize": quantize_stage,
     "export": export_stage,
@@ -48,6 +50,7 @@ STAGES: dict[str, Callable[[RunContext], Any]] = {
 STAGE_DIRS = {
     "model": "teacher",
     "prune": "pruned",
+    "search": "search",
     "distill": "distilled",
     "quantize": "quantized",
     "export": "exports",

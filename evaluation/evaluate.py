@@ -35,7 +35,7 @@ from evaluation.latency import machine_info, measure_latency
 from evaluation.memory import peak_rss
 from evaluation.metrics import degradation_pct, fidelity, layer_widths, params_and_macs, perceptual_losses
 from evaluation.report import fidelity_db
-from evaluation.variants import Variant, content_hash, size_on_disk
+from evaluation.variants import Variant, content_hash, peer_variant, size_on_disk
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
@@ -107,7 +107,7 @@ def evaluate(
     ``root`` is the folder the report is written to; paths are stored relative to it.
     """
     torch.set_num_threads(settings.threads)
-    variants, identity = dedupe(variants, root)
+    variants, identity = dedupe(variants + [peer_variant(p) for p in settings.peers], root)
     images = [square_image(p, settings.size) for p in image_paths]
     grams = style_grams(vgg, style_image)
     judged = _judged_styles(variants[0], settings.styles, style_image)
@@ -141,7 +141,7 @@ def _describe(variant: Variant, settings: EvaluateStage, style: torch.Tensor, ro
     """Name, kind and cost columns of one variant (params/MACs from the torch model or the artifact's source)."""
     row: dict[str, Any] = {
         "name": variant.name,
-        "kind": "artifact" if variant.is_artifact else "torch",
+        "kind": "peer" if variant.is_peer else "artifact" if variant.is_artifact else "torch",
         "family": variant.family,
         "path": display_path(variant.path, root),
         "runtime": variant.runtime,
@@ -332,7 +332,7 @@ def _no_grad(run, x):
 def _memory(variants, rows, settings: EvaluateStage, style_path: Path | None, progress: bool) -> None:
     size = settings.latency_sizes[0]
     for variant, row in tqdm(list(zip(variants, rows)), desc="memory", disable=not progress, leave=False):
-        if not variant.measurable:
+        if not variant.measurable or variant.is_peer:  # a peer's fixed extra inputs live in this process only
             continue
         try:
             row["memory"] = peak_rss(variant.path, size, settings.threads, style_path) | {"size": size}
@@ -354,9 +354,12 @@ def rank(rows: list[dict[str, Any]], min_psnr_db: float) -> dict[str, Any]:
     """Star the Pareto frontier (latency p50 on own runtime vs fidelity) and pick the verdict.
 
     The verdict is the fastest variant whose fidelity meets ``min_psnr_db``; signed loss deltas play no part.
+    Peers (models outside the run) are measured beside the variants but never ranked.
     """
     points = {}
     for i, row in enumerate(rows):
+        if row["kind"] == "peer":
+            continue
         lat = row["latency_ms"].get(row["runtime"], {}).get("p50")
         fid = fidelity_db(row)
         if lat is not None and fid is not None:

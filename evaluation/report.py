@@ -136,6 +136,57 @@ def machine_line(report: dict[str, Any]) -> str:
             f"{s['threads']} thread(s) · {m['platform']} · " + " · ".join(versions))
 
 
+def peer(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The first peer (``evaluate.peers``) with a latency: the yardstick of the × peer column."""
+    return next((r for r in report["variants"] if r["kind"] == "peer" and _latency(r).get("p50")), None)
+
+
+def _speedup(row: dict[str, Any], yardstick: dict[str, Any] | None) -> float | None:
+    mine = _latency(row).get("p50")
+    return yardstick and mine and _latency(yardstick)["p50"] / mine
+
+
+def _peer_line(report: dict[str, Any]) -> list[str]:
+    yardstick = peer(report)
+    if yardstick is None:
+        return []
+    line = (f"Peer: `{yardstick['name']}` ({_runtime_label(yardstick)}), p50 {_latency(yardstick)['p50']:.1f} ms, "
+            f"PSNR {_psnr_text(fidelity_db(yardstick))} dB vs the teacher; measured beside the variants, never ranked")
+    verdict = next((r for r in report["variants"] if r.get("verdict")), None)
+    if verdict is not None:
+        line += (f". The verdict is {_speedup(verdict, yardstick):.2f}× the peer's speed at "
+                 f"{_psnr_text(fidelity_db(verdict))} dB")
+    return [line]
+
+
+def search_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The student search's candidates: spec, cost, latency and fidelity of each as deployed (search.json)."""
+    search = report.get("search")
+    if not search:
+        return [], []
+    header = ["", "candidate", "spec", "MMACs", "size", f"p50 ms ({search['runtime']} {search['mode']})",
+              "PSNR dB", "SSIM", "PSNR dB fp32"]
+    rows = []
+    for c in search["candidates"]:
+        mark = " ".join(m for m, on in (("winner", c["candidate"] == search["winner"]), ("★", c["pareto"])) if on)
+        spec = ", ".join(f"{k}={v}" for k, v in c["spec"].items())
+        rows.append([mark, f"{c['candidate']}: {c['family']}", spec, _num(c["macs"] / 1e6, "{:,.0f}"),
+                     _human_bytes(c["size_bytes"]), _num(c["latency_ms"]["p50"], "{:.1f}"),
+                     _psnr_text(c["psnr_vs_teacher"]), _num(c["ssim_vs_teacher"], "{:.3f}"),
+                     _psnr_text(c.get("fp32_psnr_vs_teacher"))])
+    return header, rows
+
+
+def search_note(report: dict[str, Any]) -> str:
+    search = report["search"]
+    how = ("the fastest within" if search["winner_within_budget"] else
+           "none reached the budget, so the most faithful one won; budget")
+    return (f"Each candidate was distilled for {search['steps']} steps, deployed on {search['runtime']} "
+            f"({search['mode']}) at {search['size']} px and judged against the teacher on validation photos "
+            f"(not the held-out ones above). Winner: candidate {search['winner']}, {how} PSNR ≥ "
+            f"{search['min_psnr_db']:g} dB; the distill stage trained it on. ★ = frontier of latency vs PSNR.")
+
+
 def _preamble(report: dict[str, Any]) -> list[str]:
     s, rk = report["settings"], report["ranking"]
     verdict = (f"**{rk['verdict']}** — the fastest variant within the fidelity budget (PSNR ≥ {rk['min_psnr_db']:g} dB "
@@ -149,6 +200,7 @@ def _preamble(report: dict[str, Any]) -> list[str]:
          f"{len(report['eval_images'])} held-out photo(s) at {s['size']} px: "
          + ", ".join(f"`{Path(p).name}`" for p in report["eval_images"])
          + (f", each in styles {', '.join(s['styles'])} of the teacher" if s.get("styles") else "")),
+        *_peer_line(report),
         f"Machine: {machine_line(report)}",
         (f"Latency: {s['warmup']} warm-up + {s['latency_runs']} timed runs per variant and size, round-robin in one "
          f"process. Loss deltas judged by VGG19 {report['loss_network']['weights']}."),
@@ -158,7 +210,8 @@ def _preamble(report: dict[str, Any]) -> list[str]:
 def table_header(report: dict[str, Any]) -> list[str]:
     sizes = report["settings"]["latency_sizes"]
     return (["rank", "variant", "runtime", "PSNR dB", "SSIM", "size", "MMACs"]
-            + [f"p50 ms @{s}" for s in sizes] + ["p90 ms", "peak RSS", "style Δ%", "content Δ%"])
+            + [f"p50 ms @{s}" for s in sizes] + (["× peer"] if peer(report) else [])
+            + ["p90 ms", "peak RSS", "style Δ%", "content Δ%"])
 
 
 def _rank_cell(row: dict[str, Any]) -> str:
@@ -168,6 +221,7 @@ def _rank_cell(row: dict[str, Any]) -> str:
 def table_rows(report: dict[str, Any]) -> list[list[str]]:
     """Fidelity first, then cost, latency per size, then the signed loss deltas."""
     rows = []
+    yardstick = peer(report)
     for r in runnable(report):
         q = r["quality"]
         mem = r.get("memory") or {}
@@ -189,6 +243,7 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
             _human_bytes(r.get("size_bytes")),
             _num(r["macs"] / 1e6 if r.get("macs") is not None else None, "{:,.0f}"),
             *latency,
+            *([_num(_speedup(r, yardstick), "{:.2f}×")] if yardstick else []),
             _num(_latency(r).get("p90"), "{:.1f}"),
             _human_bytes(mem.get("peak_rss_bytes")),
             _num(q.get("style_degradation_pct"), "{:+.1f}"),
@@ -295,6 +350,9 @@ def markdown(report: dict[str, Any], plots: dict[str, str] | None = None) -> str
             f"`{n}` is also " + ", ".join(f"`{p}`" for p in also) for n, also in twins) + "."]
     if not_runnable(report):
         parts += ["", "## Core ML packages", "", COREML_NOTE, "", md_table(COREML_HEADER, coreml_rows(report))]
+    header, rows = search_rows(report)
+    if rows:
+        parts += ["", "## Student search", "", search_note(report), "", md_table(header, rows)]
     header, rows = per_style_rows(report)
     if rows:
         parts += ["", "## Fidelity per style", "", md_table(header, rows)]
@@ -645,6 +703,10 @@ def to_html(report: dict[str, Any], out_dir: Path, plots: dict[str, bytes | None
     if not_runnable(report):
         parts += ["<h2>Core ML packages</h2>", f'<p class="legend">{html.escape(COREML_NOTE)}</p>',
                   _html_table(COREML_HEADER, coreml_rows(report))]
+    header, prow = search_rows(report)
+    if prow:
+        parts += ["<h2>Student search</h2>", f'<p class="legend">{html.escape(search_note(report))}</p>',
+                  _html_table(header, prow)]
     header, prow = per_style_rows(report)
     if prow:
         parts += ["<h2>Fidelity per style</h2>", _html_table(header, prow)]

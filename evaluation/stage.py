@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from compressor.config import EvaluateStage
 from compressor.data import load_image, resolve_images, resolve_style
 from evaluation.evaluate import display_path, evaluate
 from evaluation.report import write_reports
+from evaluation.search import RESULT_FILE as SEARCH_RESULT
 from evaluation.variants import discover, load_variant
 
 
@@ -32,6 +34,9 @@ def evaluate_stage(ctx) -> dict[str, Any]:
         root=ctx.run_dir,
     )
     report["run"] = {"name": ctx.recipe.name, "dir": ctx.run_dir.name}
+    search = ctx.stage_dir("search") / SEARCH_RESULT
+    if ctx.recipe.search is not None and search.is_file():
+        report["search"] = json.loads(search.read_text())
     report["skipped"] = [s | {"path": display_path(s["path"], ctx.run_dir)} for s in skipped]
     write_reports(report, ctx.run_dir)
     return report

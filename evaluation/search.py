@@ -1,0 +1,127 @@
+"""Recipe stage ``search``: which student to train longer, decided by measurement on the target runtime.
+
+Each candidate (a family + spec, e.g. ``edge_net`` variants) is distilled briefly with the distill stage's
+settings and data, put on ``search.runtime`` (fp32, or that runtime's own static / dynamic int8, calibrated
+on training photos), timed round-robin in one process, and judged by the PSNR / SSIM of that artifact's
+output against the teacher's on validation photos (neither trained on nor reported by the evaluate stage).
+The fastest candidate within ``search.min_psnr_db`` wins; with none within it, the most faithful one does,
+and ``search.json`` says so. The winner's model folder is copied to ``search/winner/``, where the distill
+stage picks it up and trains it on. ``search.json`` holds every candidate (the frontier the report shows).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from compressor.data import resolve_images
+from compressor.distill import SEARCH_WINNER, distill_meta, distill_setup, make_objective, named_student, train
+from compressor.io import write_json
+from compressor.models import get_family
+from compressor.quantize import calibration_set
+from evaluation.evaluate import display_path, square_image
+from evaluation.latency import machine_info, measure_latency
+from evaluation.metrics import fidelity, params_and_macs
+from exports.backends.litert import quantize_tflite
+from exports.backends.onnxruntime import quantize_onnx
+from exports.runtime import load_runner
+from exports.stage import export_artifact
+
+log = logging.getLogger(__name__)
+RESULT_FILE = "search.json"
+_QUANTIZERS = {"onnx": quantize_onnx, "tflite": quantize_tflite}  # the runtime's own int8 quantizer
+
+
+def search_stage(ctx) -> dict[str, Any]:
+    """Distil, deploy, time and judge every candidate; copy the winner to ``search/winner``; write search.json."""
+    search, config = ctx.recipe.search, ctx.recipe.distill
+    out = ctx.stage_dir("search")
+    run, data = distill_setup(ctx)
+    photo_paths = resolve_images(search.images, "val")
+    photos = [square_image(p, search.size) for p in photo_paths]
+    with torch.no_grad():
+        targets = [run.teacher(x.to(run.device)).cpu().clamp(0, 1) for x in photos]
+    calibration = calibration_set(ctx.recipe.quantize.calibration if ctx.recipe.quantize else "samples",
+                                  search.size)[0] if search.mode == "static" else None
+    brief = config.model_copy(update={"steps": search.steps, "checkpoint_every": search.steps})
+    rows, calls = [], {}
+    for i, choice in enumerate(search.candidates):
+        folder = out / "candidates" / str(i)
+        student = named_student(choice, config.seed, f"search.candidates.{i}")
+        objective = make_objective(student, run.teacher, brief, run.vgg, run.grams, any_teacher=True)
+        train(student, objective, data, brief, folder / "model", resume=ctx.resume, progress=ctx.progress,
+              meta=distill_meta(ctx, f"search candidate {i}: fresh {choice.family}"), device=run.device)
+        student = student.cpu().eval()
+        artifact = deploy(student, search, folder, calibration)
+        runner = load_runner(artifact, search.threads)
+        with torch.no_grad():
+            float_scores = [fidelity(student(x).clamp(0, 1), t) for x, t in zip(photos, targets)]
+        scores = [fidelity(torch.from_numpy(np.asarray(runner(x.numpy()))).clamp(0, 1), t)
+                  for x, t in zip(photos, targets)]
+        calls[i] = functools.partial(runner, photos[0].numpy())
+        example = get_family(student).example_inputs(student, search.size)
+        params, macs = params_and_macs(student, example if isinstance(example, tuple) else (example,))
+        rows.append({"candidate": i, "family": choice.family, "spec": student.current_spec().model_dump(
+                        mode="json", exclude={"family", "style"}),
+                     "model": display_path(folder / "model", ctx.run_dir),
+                     "artifact": display_path(artifact, ctx.run_dir), "size_bytes": artifact.stat().st_size,
+                     "params": params, "macs": macs, "psnr_vs_teacher": _mean(scores, "psnr_vs_teacher"),
+                     "ssim_vs_teacher": _mean(scores, "ssim_vs_teacher"),
+                     "fp32_psnr_vs_teacher": _mean(float_scores, "psnr_vs_teacher")})
+    stats = measure_latency(calls, runs=search.latency_runs, warmup=2, block=3)
+    for row in rows:
+        row["latency_ms"] = stats[row["candidate"]]
+    winner, within = pick(rows, search.min_psnr_db)
+    mark_frontier(rows)
+    winner_dir = out / SEARCH_WINNER
+    shutil.rmtree(winner_dir, ignore_errors=True)
+    shutil.copytree(out / "candidates" / str(winner["candidate"]) / "model", winner_dir,
+                    ignore=shutil.ignore_patterns("checkpoint.pt"))
+    result = {"runtime": search.runtime, "mode": search.mode, "size": search.size, "steps": search.steps,
+              "threads": search.threads, "min_psnr_db": search.min_psnr_db,
+              "photos": [display_path(p, ctx.run_dir) for p in photo_paths],
+              "winner": winner["candidate"], "winner_within_budget": within,
+              "candidates": rows, "machine": machine_info()}
+    write_json(out / RESULT_FILE, result)
+    log.info("search: candidate %d wins (%s, %.1f dB, %.1f ms on %s %s)", winner["candidate"],
+             "within the budget" if within else "none within the budget: the most faithful",
+             winner["psnr_vs_teacher"], winner["latency_ms"]["p50"], search.runtime, search.mode)
+    return result
+
+
+def deploy(student: torch.nn.Module, search, folder: Path, calibration: list[np.ndarray] | None) -> Path:
+    """The candidate as it would ship: exported to the runtime (parity-checked) and, unless fp32, quantized."""
+    fmt = search.runtime
+    path, _ = export_artifact(student, fmt, folder / "float", size=(search.size, search.size))
+    if search.mode == "fp32":
+        return path
+    return _QUANTIZERS[fmt](path, folder / f"model-int8-{search.mode}{path.suffix}", search.mode, calibration)
+
+
+def pick(rows: list[dict[str, Any]], min_psnr_db: float) -> tuple[dict[str, Any], bool]:
+    """The fastest candidate within the budget, else the most faithful; and whether it is within the budget."""
+    within = [r for r in rows if r["psnr_vs_teacher"] is not None and r["psnr_vs_teacher"] >= min_psnr_db]
+    if within:
+        return min(within, key=lambda r: r["latency_ms"]["p50"]), True
+    return max(rows, key=lambda r: -np.inf if r["psnr_vs_teacher"] is None else r["psnr_vs_teacher"]), False
+
+
+def mark_frontier(rows: list[dict[str, Any]]) -> None:
+    """``pareto``: no other candidate is both at least as fast and at least as faithful (and better in one)."""
+    for row in rows:
+        lat, fid = row["latency_ms"]["p50"], row["psnr_vs_teacher"]
+        row["pareto"] = fid is not None and not any(
+            o["latency_ms"]["p50"] <= lat and o["psnr_vs_teacher"] >= fid
+            and (o["latency_ms"]["p50"] < lat or o["psnr_vs_teacher"] > fid)
+            for o in rows if o is not row and o["psnr_vs_teacher"] is not None)
+
+
+def _mean(scores: list[dict[str, Any]], key: str) -> float | None:
+    values = [s[key] for s in scores]
+    return None if any(v is None for v in values) else float(np.mean(values))
