@@ -83,6 +83,9 @@ class StudentChoice(_Strict):
 
     family: str
     spec: dict[str, Any] = Field(default_factory=dict)
+    init: Literal["random", "teacher_trunk"] = Field(
+        "random", description="teacher_trunk: the student's residual blocks start as the teacher's own (edge_net "
+        "block: norm, the teacher's trunk width); the rest is learnt around them.")
 
 
 class DistillStage(TrainConfig):

@@ -325,13 +325,25 @@ def distill_teacher(config, teacher_dir: Path) -> nn.Module:
     return load_model(teacher_dir)
 
 
-def named_student(choice, seed: int, key: str) -> nn.Module:
-    """A fresh student of a recipe-named family and spec; its initial weights are part of the run (seeded)."""
+def named_student(choice, seed: int, key: str, teacher: nn.Module) -> nn.Module:
+    """A fresh student of a recipe-named family and spec; its initial weights are part of the run (seeded).
+
+    ``init: teacher_trunk`` starts its residual blocks as ``teacher``'s (the families' ``graft`` hooks)."""
     torch.manual_seed(seed)
     try:
-        return create_model({"family": choice.family, **choice.spec})
+        student = create_model({"family": choice.family, **choice.spec})
     except ValueError as exc:
         raise UserError(key, str(exc).splitlines()[0], "see the family's spec fields") from None
+    if choice.init == "teacher_trunk":
+        if not hasattr(teacher, "spec"):
+            raise UserError(f"{key}.init", "teacher_trunk needs the model stage's teacher, not a black-box ONNX one",
+                            "drop distill.teacher_onnx, or init: random")
+        try:
+            grafted = get_family(student).graft(student, get_family(teacher).residual_trunk(teacher))
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{key}.init", str(exc), "or init: random") from None
+        log.info("%s: %d residual blocks start as the teacher's", key, grafted)
+    return student
 
 
 def distill_setup(ctx) -> tuple[TrainingRun, torch.utils.data.Dataset]:
@@ -364,12 +376,13 @@ def distill_stage(ctx) -> None:
         student_dir = ctx.stage_dir("search") / SEARCH_WINNER
         student, student_from = load_model(student_dir), f"search winner {student_dir}"
     elif config.student is not None:
-        student, student_from = named_student(config.student, config.seed, "distill.student"), \
-            f"fresh {config.student.family}"
+        student, student_from = None, f"fresh {config.student.family} ({config.student.init} init)"
     else:
         student, student_from = load_model(student_dir), str(student_dir)
     named = config.student is not None or ctx.recipe.search is not None
     run, data = distill_setup(ctx)
+    if student is None:
+        student = named_student(config.student, config.seed, "distill.student", run.teacher)
     objective = make_objective(student, run.teacher, config, run.vgg, run.grams,
                                any_teacher=named or config.teacher_onnx is not None)
     train(student, objective, data, config, ctx.stage_dir("distill"), resume=ctx.resume,

@@ -170,6 +170,7 @@ def search_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     for c in search["candidates"]:
         mark = " ".join(m for m, on in (("winner", c["candidate"] == search["winner"]), ("★", c["pareto"])) if on)
         spec = ", ".join(f"{k}={v}" for k, v in c["spec"].items())
+        spec += " (teacher's trunk)" if c.get("init") == "teacher_trunk" else ""
         rows.append([mark, f"{c['candidate']}: {c['family']}", spec, _num(c["macs"] / 1e6, "{:,.0f}"),
                      _human_bytes(c["size_bytes"]), _num(c["latency_ms"]["p50"], "{:.1f}"),
                      _psnr_text(c["psnr_vs_teacher"]), _num(c["ssim_vs_teacher"], "{:.3f}"),

@@ -53,10 +53,10 @@ def search_stage(ctx) -> dict[str, Any]:
     rows, calls = [], {}
     for i, choice in enumerate(search.candidates):
         folder = out / "candidates" / str(i)
-        student = named_student(choice, config.seed, f"search.candidates.{i}")
+        student = named_student(choice, config.seed, f"search.candidates.{i}", run.teacher)
         objective = make_objective(student, run.teacher, brief, run.vgg, run.grams, any_teacher=True)
         train(student, objective, data, brief, folder / "model", resume=ctx.resume, progress=ctx.progress,
-              meta=distill_meta(ctx, f"search candidate {i}: fresh {choice.family}"), device=run.device)
+              meta=distill_meta(ctx, f"search candidate {i}: fresh {choice.family} ({choice.init} init)"), device=run.device)
         student = student.cpu().eval()
         artifact = deploy(student, search, folder, calibration)
         runner = load_runner(artifact, search.threads)
@@ -67,7 +67,7 @@ def search_stage(ctx) -> dict[str, Any]:
         calls[i] = functools.partial(runner, photos[0].numpy())
         example = get_family(student).example_inputs(student, search.size)
         params, macs = params_and_macs(student, example if isinstance(example, tuple) else (example,))
-        rows.append({"candidate": i, "family": choice.family, "spec": student.current_spec().model_dump(
+        rows.append({"candidate": i, "family": choice.family, "init": choice.init, "spec": student.current_spec().model_dump(
                         mode="json", exclude={"family", "style"}),
                      "model": display_path(folder / "model", ctx.run_dir),
                      "artifact": display_path(artifact, ctx.run_dir), "size_bytes": artifact.stat().st_size,

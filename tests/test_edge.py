@@ -11,7 +11,7 @@ from compressor.config import DistillStage, TrainConfig
 from compressor.data import ContentCrops, sample_content_paths
 from compressor.distill import make_objective, train
 from compressor.losses import psnr
-from compressor.models import EdgeNet, EdgeNetSpec, create_model, load_model
+from compressor.models import EdgeNet, EdgeNetSpec, create_model, get_family, load_model
 
 
 class _MixTeacher(nn.Module):
@@ -131,3 +131,51 @@ def test_teacher_pairs_hold_whole_image_outputs(onnx_teacher):
     assert torch.equal(item, pairs[3])  # a pure function of the index (resumable runs)
     with pytest.raises(ValueError, match="larger than a training photo"):
         TeacherPairs(sample_content_paths("train")[:1], teacher, size=32, crop=48)
+
+
+@pytest.mark.parametrize("teacher_spec", [
+    {"family": "multistyle", "n_styles": 1, "contract": [8, 8, 16], "res_inner": [16] * 3, "expand": [8, 4]},
+    {"family": "transformer_net", "conv1": 8, "conv2": 8, "trunk": 16, "res_inner": [16] * 5, "deconv1": 8,
+     "deconv2": 8},
+])
+def test_a_norm_block_student_starts_from_the_teachers_residual_trunk(teacher_spec):
+    from compressor.config import StudentChoice
+    from compressor.distill import named_student
+
+    torch.manual_seed(3)
+    teacher = create_model(teacher_spec)
+    for p in teacher.parameters():
+        p.data.normal_()
+    choice = StudentChoice(family="edge_net", spec={"block": "norm", "trunk": 16, "stem": 16, "blocks": 2},
+                           init="teacher_trunk")
+    student = named_student(choice, 0, "distill.student", teacher)
+    trunk = get_family(teacher).residual_trunk(teacher)
+    for block, weights in zip(student.blocks, trunk):
+        got = [(block.body[0][0].weight, block.body[0][1].weight, block.body[0][1].bias),
+               (block.body[1].weight, block.body[2].weight, block.body[2].bias)]
+        for mine, theirs in zip(got, weights):
+            assert all(torch.equal(a, b) for a, b in zip(mine, theirs))
+    random = named_student(choice.model_copy(update={"init": "random"}), 0, "distill.student", teacher)
+    assert not torch.equal(random.blocks[0].body[1].weight, trunk[0][1][0])
+    x = torch.rand(1, 3, 32, 32)
+    assert student(x).shape == x.shape
+
+
+def test_grafting_refuses_what_does_not_fit():
+    from compressor.config import StudentChoice
+    from compressor.distill import named_student
+    from compressor.errors import UserError
+
+    teacher = create_model({"family": "multistyle", "n_styles": 1, "contract": [8, 8, 16], "res_inner": [16] * 2,
+                            "expand": [8, 4]})
+    cases = [({"block": "conv", "trunk": 16}, "needs block: norm"),
+             ({"block": "norm", "trunk": 8, "blocks": 2}, "set trunk: 16"),
+             ({"block": "norm", "trunk": 16, "blocks": 3}, "the teacher has 2 residual blocks")]
+    for spec, message in cases:
+        with pytest.raises(UserError, match=message):
+            named_student(StudentChoice(family="edge_net", spec=spec, init="teacher_trunk"), 0, "s", teacher)
+    many = create_model({"family": "multistyle", "n_styles": 3, "contract": [8, 8, 16], "res_inner": [16],
+                         "expand": [8, 4]})
+    with pytest.raises(UserError, match="select_style"):
+        named_student(StudentChoice(family="edge_net", spec={"block": "norm", "trunk": 16, "blocks": 1},
+                                    init="teacher_trunk"), 0, "s", many)

@@ -12,7 +12,9 @@ convs. This family has none of those by default:
 - no norm (``norm="none"``: the conv bias is the learned affine; nothing is left to fold at inference), or
   instance norm where fidelity needs it (``norm="instance"``);
 - ``down`` stride-2 convs and as many pixel-shuffle ups for a wider receptive field at the same MACs;
-- plain 3x3 residual blocks (``block="conv"``) or depthwise-separable ones (``block="dw"``);
+- plain 3x3 residual blocks (``block="conv"``), depthwise-separable ones (``block="dw"``), or the
+  Johnson/Dumoulin block (``block="norm"``: conv, instance norm, ReLU, conv, instance norm), whose weights
+  can start as the teacher's own residual trunk (``graft``: a recipe's ``init: teacher_trunk``);
 - widths meant to be multiples of 8/16 (SIMD tiles).
 
 I/O is styleslim's: RGB [0, 1] NCHW in, RGB in (0, 1) out (a sigmoid), sides a multiple of
@@ -28,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from compressor.losses import finish, teacher_terms
-from compressor.models.registry import Family, Objective, Width, register_family
+from compressor.models.registry import Family, Objective, ResidualWeights, Width, register_family
 
 
 class EdgeNetSpec(BaseModel):
@@ -42,7 +44,7 @@ class EdgeNetSpec(BaseModel):
     down: int = Field(0, ge=0, le=2)
     trunk: Width = 32
     blocks: int = Field(3, ge=0, le=16)
-    block: Literal["conv", "dw"] = "conv"
+    block: Literal["conv", "dw", "norm"] = "conv"
     expand: int = Field(2, ge=1, le=8, description="Depthwise blocks: inner width = expand * trunk.")
     norm: Literal["none", "instance"] = "none"
 
@@ -57,12 +59,16 @@ def _act(cin: int, cout: int, norm: str, stride: int = 1, kernel: int = 3, pad: 
 
 
 class ResBlock(nn.Module):
-    """x + f(x): two 3x3 convs, or (``dw``) 1x1 expand, depthwise 3x3, 1x1 project (MobileNetV2-like)."""
+    """x + f(x): two 3x3 convs, (``dw``) 1x1 expand, depthwise 3x3, 1x1 project (MobileNetV2-like), or
+    (``norm``) conv, instance norm, ReLU, conv, instance norm (Johnson et al.; zero padding here)."""
 
     def __init__(self, width: int, spec: EdgeNetSpec):
         super().__init__()
         if spec.block == "conv":
             self.body = nn.Sequential(_act(width, width, spec.norm), nn.Conv2d(width, width, 3, 1, 1))
+        elif spec.block == "norm":
+            self.body = nn.Sequential(_act(width, width, "instance"), nn.Conv2d(width, width, 3, 1, 1, bias=False),
+                                      nn.InstanceNorm2d(width, affine=True))
         else:
             inner = width * spec.expand
             self.body = nn.Sequential(
@@ -109,6 +115,29 @@ class EdgeNet(nn.Module):
         return spec.model_copy(update={"stem": stem, "trunk": trunk})
 
 
+def graft(model: EdgeNet, trunk: list[ResidualWeights]) -> int:
+    """Start ``model``'s ``norm`` residual blocks as the teacher's first ones; returns how many were grafted.
+
+    Why: a teacher's residual trunk at 1/4 resolution is already cheap; what makes it slow are the ends
+    around it. Keeping its trunk and learning new int8-friendly ends keeps far more of its behaviour than a
+    student learnt from scratch. ``trunk``: the teacher family's ``residual_trunk``."""
+    if model.spec.block != "norm":
+        raise ValueError(f"grafting a teacher's residual blocks needs block: norm (this spec has {model.spec.block})")
+    if len(trunk) < len(model.blocks):
+        raise ValueError(f"the teacher has {len(trunk)} residual blocks, the student {len(model.blocks)}")
+    for block, weights in zip(model.blocks, trunk):
+        layers = ((block.body[0][0], block.body[0][1]), (block.body[1], block.body[2]))
+        for (conv, norm), (weight, gamma, beta) in zip(layers, weights):
+            if weight.shape != conv.weight.shape:
+                raise ValueError(f"the teacher's residual convs are {tuple(weight.shape)}, the student's "
+                                 f"{tuple(conv.weight.shape)} (set trunk: {weight.shape[1]}, or prune the teacher)")
+            with torch.no_grad():
+                conv.weight.copy_(weight)
+                norm.weight.copy_(gamma)
+                norm.bias.copy_(beta)
+    return len(model.blocks)
+
+
 def edge_objective(config: Any, vgg: nn.Module, teacher: nn.Module | None) -> Objective:
     """Output MSE (what PSNR measures) + L1 to any teacher's output, plus VGG perceptual when weighted.
 
@@ -144,6 +173,9 @@ class EdgeNetFamily(Family):
 
     def objective(self, student, teacher, config, vgg, style_grams, style_images) -> Objective:
         return edge_objective(config, vgg, teacher)
+
+    def graft(self, student: EdgeNet, trunk: list[ResidualWeights]) -> int:
+        return graft(student, trunk)
 
 
 register_family(EdgeNetFamily())

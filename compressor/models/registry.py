@@ -60,7 +60,9 @@ Hooks (methods; defaults suit a one-input, RGB-output image-to-image net):
 - Distillation: ``objective(student, teacher, config, vgg, style_grams,
   style_images)`` -> ``Objective`` (student, batch) -> loss terms with
   ``"total"``; ``checkpoint_modules(model)``: modules recomputed in backward
-  under ``grad_checkpointing`` (``nn.Sequential`` ones in segments).
+  under ``grad_checkpointing`` (``nn.Sequential`` ones in segments);
+  ``residual_trunk(teacher)`` (its residual blocks as tensors) and
+  ``graft(student, trunk)`` (a student starting from them: ``init: teacher_trunk``).
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ from torch import nn
 
 Role = Literal["style_transformer", "arbitrary_style", "loss_network"]
 Objective = Callable[[nn.Module, torch.Tensor], dict[str, torch.Tensor]]
+# One residual block of a teacher, for grafting into a student: (conv weight, norm gamma, norm beta) of its two
+# conv + instance-norm layers, in order.
+ResidualWeights = tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 Rewrite = Callable[[nn.Module], int]
 # A channel width in a spec: at least 1, and bounded so a typo (100000) is refused instead of allocating gigabytes.
 MAX_WIDTH = 4096
@@ -202,6 +207,14 @@ class Family:
 
     def checkpoint_modules(self, model: nn.Module) -> list[nn.Module]:
         return []
+
+    def residual_trunk(self, model: nn.Module) -> list[ResidualWeights]:
+        """A teacher's residual blocks as plain tensors (what a student's ``graft`` starts from)."""
+        raise TypeError(f"the {self.name} family has no residual trunk to share with a student")
+
+    def graft(self, student: nn.Module, trunk: list[ResidualWeights]) -> int:
+        """Start ``student``'s residual blocks as a teacher's ``residual_trunk``; returns how many."""
+        raise TypeError(f"a {self.name} student cannot start from a teacher's residual trunk")
 
 
 _FAMILIES: dict[str, Family] = {}

@@ -20,7 +20,15 @@ from torch import nn
 from compressor.config import TrainConfig
 from compressor.losses import StyleTransferLoss, finish, loss_weights, teacher_terms, uses_teacher
 from compressor.models.checkpoint import CheckpointMismatch, load_weights, read_state_dict
-from compressor.models.registry import Family, ForeignLoader, Objective, Width, register_family, replace_modules
+from compressor.models.registry import (
+    Family,
+    ForeignLoader,
+    Objective,
+    ResidualWeights,
+    Width,
+    register_family,
+    replace_modules,
+)
 
 
 class STNSpec(BaseModel):
@@ -298,6 +306,12 @@ class TransformerNetFamily(Family):
 
     def checkpoint_modules(self, model: TransformerNet) -> list[nn.Module]:
         return [m for m in model.modules() if isinstance(m, ResidualBlock)]
+
+    def residual_trunk(self, model: TransformerNet) -> list[ResidualWeights]:
+        """Conv biases are left out: the instance norm after each conv cancels them exactly."""
+        blocks = [getattr(model, f"res{i}") for i in range(1, 6)]
+        return [((b.conv1.conv2d.weight.detach(), b.in1.weight.detach(), b.in1.bias.detach()),
+                 (b.conv2.conv2d.weight.detach(), b.in2.weight.detach(), b.in2.bias.detach())) for b in blocks]
 
 
 register_family(TransformerNetFamily())
