@@ -24,7 +24,7 @@ from compressor.data import resolve_images
 from compressor.distill import SEARCH_WINNER, distill_meta, distill_setup, make_objective, named_student, train
 from compressor.io import write_json
 from compressor.models import get_family
-from compressor.quantize import calibration_set
+from compressor.quantize import calibration_set, equalize_norm_inputs
 from evaluation.evaluate import display_path, square_image
 from evaluation.latency import machine_info, measure_latency
 from evaluation.metrics import fidelity, params_and_macs
@@ -96,8 +96,11 @@ def search_stage(ctx) -> dict[str, Any]:
 
 
 def deploy(student: torch.nn.Module, search, folder: Path, calibration: list[np.ndarray] | None) -> Path:
-    """The candidate as it would ship: exported to the runtime (parity-checked) and, unless fp32, quantized."""
+    """The candidate as it would ship: exported to the runtime (parity-checked) and, unless fp32, quantized
+    (static int8 after norm-input equalization, as the quantize stage does it)."""
     fmt = search.runtime
+    if search.mode == "static":
+        student = equalize_norm_inputs(student, calibration)[0]
     path, _ = export_artifact(student, fmt, folder / "float", size=(search.size, search.size))
     if search.mode == "fp32":
         return path
