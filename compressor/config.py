@@ -111,6 +111,17 @@ class DistillStage(TrainConfig):
         default_factory=dict,
         description="Fixed extra teacher inputs: numbers, or an index K = one-hot K (e.g. style_weights: 19).",
     )
+    trunk_weight: float = Field(
+        0.0, ge=0, description="Also match the teacher's residual trunk: MSE of the student's trunk input and output "
+        "to the teacher's, relative to the teacher's (edge_net students whose trunk has the teacher's width and "
+        "resolution, e.g. init: teacher_trunk). Runs the teacher on each batch, so not with paired_size.")
+
+    @model_validator(mode="after")
+    def _trunk_needs_the_teacher_in_the_loop(self) -> DistillStage:
+        if self.trunk_weight and self.paired_size:
+            raise ValueError("trunk_weight compares the teacher's inner features on each batch; paired_size keeps only "
+                             "its outputs: unset one of them")
+        return self
 
 
 class SearchStage(_Strict):

@@ -179,3 +179,39 @@ def test_grafting_refuses_what_does_not_fit():
     with pytest.raises(UserError, match="select_style"):
         named_student(StudentChoice(family="edge_net", spec={"block": "norm", "trunk": 16, "blocks": 1},
                                     init="teacher_trunk"), 0, "s", many)
+
+
+def test_trunk_weight_matches_the_teachers_trunk_input_and_output():
+    from compressor.config import DistillStage, StudentChoice
+    from compressor.distill import named_student
+
+    torch.manual_seed(4)
+    teacher = create_model({"family": "multistyle", "n_styles": 1, "contract": [8, 8, 16], "res_inner": [16] * 2,
+                            "expand": [8, 4]}).eval()
+    choice = StudentChoice(family="edge_net", spec={"block": "norm", "norm": "instance", "stem": 16, "trunk": 16,
+                                                    "blocks": 2}, init="teacher_trunk")
+    student = named_student(choice, 0, "distill.student", teacher)
+    config = DistillStage(trunk_weight=1.0, perceptual_weight=0.0)
+    objective = make_objective(student, teacher, config, None, None, any_teacher=True)
+    batch = torch.rand(2, 3, 32, 32)
+    terms = objective(student, batch)
+    assert float(terms["trunk"]) > 0
+    with torch.no_grad():  # the same term by hand: the teacher's trunk ends vs the student's stem and blocks
+        w = torch.ones(1, 1)
+        t_in = batch
+        for layer in teacher.contract:
+            t_in = teacher.relu(layer(t_in, w))
+        t_out = t_in
+        for inner, outer in teacher.res:
+            t_out = t_out + outer(teacher.relu(inner(t_out, w)), w)
+        s_in = student.stem(batch)
+        s_out = student.blocks(s_in)
+        expected = sum((s - t).pow(2).mean() / t.pow(2).mean() for s, t in ((s_in, t_in), (s_out, t_out)))
+    assert torch.allclose(terms["trunk"], expected, rtol=1e-4)
+    assert set(make_objective(student, teacher, DistillStage(perceptual_weight=0.0), None, None,
+                              any_teacher=True)(student, batch)) == {"output", "mse", "total"}
+    narrow = create_model({"family": "edge_net", "stem": 8, "trunk": 8, "blocks": 1})
+    with pytest.raises(ValueError, match="the student's trunk is"):
+        make_objective(narrow, teacher, config, None, None, any_teacher=True)(narrow, batch)
+    with pytest.raises(ValueError, match="unset one of them"):
+        DistillStage(trunk_weight=1.0, paired_size=64)

@@ -23,6 +23,8 @@ I/O is styleslim's: RGB [0, 1] NCHW in, RGB in (0, 1) out (a sigmoid), sides a m
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -30,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from compressor.losses import finish, teacher_terms
-from compressor.models.registry import Family, Objective, ResidualWeights, Width, register_family
+from compressor.models.registry import Family, Objective, ResidualWeights, Width, get_family, register_family
 
 
 class EdgeNetSpec(BaseModel):
@@ -138,25 +140,57 @@ def graft(model: EdgeNet, trunk: list[ResidualWeights]) -> int:
     return len(model.blocks)
 
 
-def edge_objective(config: Any, vgg: nn.Module, teacher: nn.Module | None) -> Objective:
-    """Output MSE (what PSNR measures) + L1 to any teacher's output, plus VGG perceptual when weighted.
+def edge_objective(config: Any, vgg: nn.Module, teacher: nn.Module | None, student: EdgeNet) -> Objective:
+    """Output MSE (what PSNR measures) + L1 to any teacher's output, plus VGG perceptual when weighted, plus the
+    residual trunk's input and output (``trunk_weight``) for a teacher whose trunk the student's matches.
 
     Batches of 6-channel (input, target) pairs carry the teacher's outputs already (``TeacherPairs``)."""
     if teacher is None or not config.output_weight:
         raise ValueError("an edge_net student learns from a teacher: give a teacher and a nonzero output_weight")
+    trunk_weight = getattr(config, "trunk_weight", 0.0)
+    if trunk_weight:
+        if not hasattr(teacher, "spec"):
+            raise ValueError("trunk_weight compares inner features: it needs the model stage's teacher, not an ONNX one")
+        teacher_ends = get_family(teacher).trunk_ends(teacher)
+        student_ends = get_family(student).trunk_ends(student)
 
-    def objective(student: nn.Module, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    def objective(model: nn.Module, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         if batch.shape[1] == 6:  # (input, teacher output) pairs: compressor.blackbox.TeacherPairs
             batch, target = batch[:, :3], batch[:, 3:]
+        elif trunk_weight:
+            with torch.no_grad(), module_inputs(teacher_ends) as wanted:
+                target = teacher(batch)
         else:
             with torch.no_grad():
                 target = teacher(batch)
-        output = student(batch)
+        if trunk_weight:
+            with module_inputs(student_ends) as got:
+                output = model(batch)
+        else:
+            output = model(batch)
         terms = teacher_terms(config, vgg, output, target)
         terms["mse"] = config.output_weight * 10.0 * (output - target).pow(2).mean()
+        if trunk_weight:
+            if [g.shape for g in got] != [w.shape for w in wanted]:
+                raise ValueError(f"trunk_weight: the student's trunk is {tuple(got[0].shape[1:])}, the teacher's "
+                                 f"{tuple(wanted[0].shape[1:])} (give the student the teacher's trunk width)")
+            terms["trunk"] = trunk_weight * sum((g - w).pow(2).mean() / w.pow(2).mean().clamp_min(1e-12)
+                                                for g, w in zip(got, wanted))
         return finish(terms)
 
     return objective
+
+
+@contextmanager
+def module_inputs(modules: tuple[nn.Module, ...]) -> Iterator[list[torch.Tensor]]:
+    """Collects the first input of each of ``modules`` during the forward passes inside the block, in order."""
+    seen: list[torch.Tensor] = []
+    hooks = [m.register_forward_pre_hook(lambda _, args: seen.append(args[0])) for m in modules]
+    try:
+        yield seen
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 class EdgeNetFamily(Family):
@@ -172,7 +206,10 @@ class EdgeNetFamily(Family):
         return [model.head]  # its 3*f^2 outputs are the RGB pixels after the shuffle
 
     def objective(self, student, teacher, config, vgg, style_grams, style_images) -> Objective:
-        return edge_objective(config, vgg, teacher)
+        return edge_objective(config, vgg, teacher, student)
+
+    def trunk_ends(self, model: EdgeNet) -> tuple[nn.Module, nn.Module]:
+        return model.blocks, model.up[0] if len(model.up) else model.head
 
     def graft(self, student: EdgeNet, trunk: list[ResidualWeights]) -> int:
         return graft(student, trunk)

@@ -286,6 +286,9 @@ class MultiStyleFamily(ConditionalNormFamily):
     def objective(self, student, teacher, config, vgg, style_grams, style_images) -> Objective:
         return multistyle_objective(config, vgg, teacher)
 
+    def trunk_ends(self, model: MultiStyleNet) -> tuple[nn.Module, nn.Module]:
+        return model.res[0][0], model.expand[0]
+
     def residual_trunk(self, model: MultiStyleNet) -> list[ResidualWeights]:
         if model.spec.n_styles != 1:
             raise ValueError("a multi-style teacher's norms depend on the style: pick one first (model.select_style)")

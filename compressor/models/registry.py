@@ -61,7 +61,8 @@ Hooks (methods; defaults suit a one-input, RGB-output image-to-image net):
   style_images)`` -> ``Objective`` (student, batch) -> loss terms with
   ``"total"``; ``checkpoint_modules(model)``: modules recomputed in backward
   under ``grad_checkpointing`` (``nn.Sequential`` ones in segments);
-  ``residual_trunk(teacher)`` (its residual blocks as tensors) and
+  ``trunk_ends(model)`` (where its residual trunk starts and ends, for
+  ``trunk_weight`` distillation), ``residual_trunk(teacher)`` (its residual blocks as tensors) and
   ``graft(student, trunk)`` (a student starting from them: ``init: teacher_trunk``).
 """
 
@@ -207,6 +208,11 @@ class Family:
 
     def checkpoint_modules(self, model: nn.Module) -> list[nn.Module]:
         return []
+
+    def trunk_ends(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """The first module of the residual trunk and the first one after it: their inputs are the trunk's input
+        and output (what ``trunk_weight`` distillation compares between student and teacher)."""
+        raise TypeError(f"the {self.name} family has no residual trunk to compare")
 
     def residual_trunk(self, model: nn.Module) -> list[ResidualWeights]:
         """A teacher's residual blocks as plain tensors (what a student's ``graft`` starts from)."""

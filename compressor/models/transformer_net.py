@@ -307,6 +307,9 @@ class TransformerNetFamily(Family):
     def checkpoint_modules(self, model: TransformerNet) -> list[nn.Module]:
         return [m for m in model.modules() if isinstance(m, ResidualBlock)]
 
+    def trunk_ends(self, model: TransformerNet) -> tuple[nn.Module, nn.Module]:
+        return model.res1, model.deconv1
+
     def residual_trunk(self, model: TransformerNet) -> list[ResidualWeights]:
         """Conv biases are left out: the instance norm after each conv cancels them exactly."""
         blocks = [getattr(model, f"res{i}") for i in range(1, 6)]
