@@ -69,7 +69,7 @@ def test_onnx_teacher_refuses_what_it_cannot_run(onnx_teacher, tmp_path):
 
 @pytest.mark.parametrize("spec", [
     {}, {"unshuffle": 2, "down": 1, "trunk": 16, "blocks": 1}, {"unshuffle": 1, "block": "dw", "stem": 8, "trunk": 8},
-    {"norm": "instance", "down": 2, "trunk": 16, "blocks": 1},
+    {"norm": "instance", "down": 2, "trunk": 16, "blocks": 1}, {"block": "norm", "head": 24, "blocks": 1},
 ])
 def test_edge_net_keeps_the_image_size_and_reloads(spec, tmp_path):
     from compressor.models import save_model
@@ -169,7 +169,7 @@ def test_grafting_refuses_what_does_not_fit():
     teacher = create_model({"family": "multistyle", "n_styles": 1, "contract": [8, 8, 16], "res_inner": [16] * 2,
                             "expand": [8, 4]})
     cases = [({"block": "conv", "trunk": 16}, "needs block: norm"),
-             ({"block": "norm", "trunk": 8, "blocks": 2}, "set trunk: 16"),
+             ({"block": "norm", "stem": 8, "blocks": 2}, "a trunk 16 wide"),
              ({"block": "norm", "trunk": 16, "blocks": 3}, "the teacher has 2 residual blocks")]
     for spec, message in cases:
         with pytest.raises(UserError, match=message):

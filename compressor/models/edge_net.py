@@ -49,6 +49,8 @@ class EdgeNetSpec(BaseModel):
     block: Literal["conv", "dw", "norm"] = "conv"
     expand: int = Field(2, ge=1, le=8, description="Depthwise blocks: inner width = expand * trunk.")
     norm: Literal["none", "instance"] = "none"
+    head: int = Field(0, ge=0, le=1024, description="Width of a 3x3 conv + ReLU before the RGB conv (0: none); "
+                      "the teacher's decoder is nonlinear, a one-conv head is not.")
 
 
 def _act(cin: int, cout: int, norm: str, stride: int = 1, kernel: int = 3, pad: int | None = None) -> nn.Sequential:
@@ -97,7 +99,8 @@ class EdgeNet(nn.Module):
         # Each up: a conv to 4x the width below, then pixel-shuffle x2 (no upsampling copies).
         self.up = nn.ModuleList(nn.Sequential(nn.Conv2d(widths[i + 1], 4 * widths[i], 3, 1, 1), nn.PixelShuffle(2),
                                               nn.ReLU()) for i in reversed(range(spec.down)))
-        self.head = nn.Conv2d(spec.stem, 3 * f * f, 3, 1, 1)
+        rgb = nn.Conv2d(spec.head or spec.stem, 3 * f * f, 3, 1, 1)
+        self.head = nn.Sequential(_act(spec.stem, spec.head, "none"), rgb) if spec.head else rgb
         self.shuffle = nn.PixelShuffle(f) if f > 1 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,7 +117,8 @@ class EdgeNet(nn.Module):
         spec = self.spec
         stem = self.stem[0].out_channels
         trunk = self.down[-1][0].out_channels if self.down else spec.trunk
-        return spec.model_copy(update={"stem": stem, "trunk": trunk})
+        head = self.head[0][0].out_channels if spec.head else 0
+        return spec.model_copy(update={"stem": stem, "trunk": trunk, "head": head})
 
 
 def graft(model: EdgeNet, trunk: list[ResidualWeights]) -> int:
@@ -132,7 +136,8 @@ def graft(model: EdgeNet, trunk: list[ResidualWeights]) -> int:
         for (conv, norm), (weight, gamma, beta) in zip(layers, weights):
             if weight.shape != conv.weight.shape:
                 raise ValueError(f"the teacher's residual convs are {tuple(weight.shape)}, the student's "
-                                 f"{tuple(conv.weight.shape)} (set trunk: {weight.shape[1]}, or prune the teacher)")
+                                 f"{tuple(conv.weight.shape)} (give the student a trunk {weight.shape[1]} wide: trunk, or stem "
+                                 "when down is 0)")
             with torch.no_grad():
                 conv.weight.copy_(weight)
                 norm.weight.copy_(gamma)
@@ -203,7 +208,7 @@ class EdgeNetFamily(Family):
     size_multiple = 16  # unshuffle * 2**down is at most 4 * 4
 
     def protected_layers(self, model: EdgeNet, config: Any) -> list[nn.Module]:
-        return [model.head]  # its 3*f^2 outputs are the RGB pixels after the shuffle
+        return [model.head[-1] if model.spec.head else model.head]  # its 3*f^2 outputs: RGB pixels after the shuffle
 
     def objective(self, student, teacher, config, vgg, style_grams, style_images) -> Objective:
         return edge_objective(config, vgg, teacher, student)
