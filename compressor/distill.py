@@ -371,18 +371,17 @@ def distill_stage(ctx) -> None:
     """Recipe stage ``distill``: the pruned model (or a copy of the teacher, a named ``student``, or the student
     search's winner, trained on from its brief run) learns from the teacher."""
     config = ctx.recipe.distill
-    student_dir = ctx.stage_dir("prune") if ctx.recipe.prune is not None else ctx.stage_dir("model")
-    if ctx.recipe.search is not None:
-        student_dir = ctx.stage_dir("search") / SEARCH_WINNER
-        student, student_from = load_model(student_dir), f"search winner {student_dir}"
-    elif config.student is not None:
-        student, student_from = None, f"fresh {config.student.family} ({config.student.init} init)"
-    else:
-        student, student_from = load_model(student_dir), str(student_dir)
-    named = config.student is not None or ctx.recipe.search is not None
     run, data = distill_setup(ctx)
-    if student is None:
+    if ctx.recipe.search is not None:
+        source = ctx.stage_dir("search") / SEARCH_WINNER
+        student, student_from = load_model(source), f"search winner {source}"
+    elif config.student is not None:
         student = named_student(config.student, config.seed, "distill.student", run.teacher)
+        student_from = f"fresh {config.student.family} ({config.student.init} init)"
+    else:
+        source = ctx.stage_dir("prune") if ctx.recipe.prune is not None else ctx.stage_dir("model")
+        student, student_from = load_model(source), str(source)
+    named = ctx.recipe.search is not None or config.student is not None
     objective = make_objective(student, run.teacher, config, run.vgg, run.grams,
                                any_teacher=named or config.teacher_onnx is not None)
     train(student, objective, data, config, ctx.stage_dir("distill"), resume=ctx.resume,

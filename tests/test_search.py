@@ -94,3 +94,17 @@ def test_a_search_needs_a_distill_stage_and_owns_the_student(change, message):
     data = {"name": "x", "search": {"candidates": [{"family": "edge_net"}]}, "distill": {}} | change
     with pytest.raises(ValueError, match=message):
         Recipe.model_validate(data)
+
+
+def test_a_peer_that_cannot_run_is_one_clear_error(tmp_path):
+    from compressor.config import Peer
+    from compressor.errors import UserError
+    from evaluation.variants import peer_variant
+
+    recipe = _recipe(tmp_path, 1.0)
+    peer = recipe.evaluate.peers[0]
+    assert peer_variant(peer).is_peer
+    with pytest.raises(UserError, match="evaluate.peers: .*needs a fixed value"):
+        peer_variant(Peer(path=peer.path))
+    with pytest.raises(UserError, match="evaluate.peers: .*no such ONNX file"):
+        peer_variant(Peer(path=str(tmp_path / "missing.onnx")))
