@@ -156,6 +156,14 @@ def _peer_line(report: dict[str, Any]) -> list[str]:
     if verdict is not None:
         line += (f". The verdict is {_speedup(verdict, yardstick):.2f}× the peer's speed at "
                  f"{_psnr_text(fidelity_db(verdict))} dB")
+    artifacts = [r for r in report["variants"] if r["kind"] == "artifact" and _speedup(r, yardstick)
+                 and fidelity_db(r) is not None]
+    if artifacts:
+        fastest = max(artifacts, key=lambda r: _speedup(r, yardstick))
+        within = fidelity_db(fastest) >= report["ranking"]["min_psnr_db"]
+        line += (f". Fastest artifact: `{fastest['name']}` ({_runtime_label(fastest)}), "
+                 f"{_speedup(fastest, yardstick):.2f}× the peer's speed at {_psnr_text(fidelity_db(fastest))} dB "
+                 f"({'within' if within else 'below'} the {report['ranking']['min_psnr_db']:g} dB budget)")
     return [line]
 
 

@@ -43,6 +43,7 @@ def _recipe(tmp_path, min_psnr_db: float) -> Recipe:
                    "steps": 3, "size": 32, "latency_runs": 3, "min_psnr_db": min_psnr_db},
         "distill": {"steps": 2, "batch_size": 2, "crop": 32, "paired_size": 64, "perceptual_weight": 0.0,
                     "checkpoint_every": 10},
+        "export": {"formats": ["onnx"], "size": 32},
         "evaluate": {"size": 32, "latency_sizes": [32], "latency_runs": 3, "memory": False,
                      "peers": [{"path": str(peer), "inputs": {"style_weights": 1}}]},
     })
@@ -72,6 +73,7 @@ def test_search_picks_the_fastest_within_budget_trains_it_on_and_reports_it(tmp_
     assert peers[0]["name"] not in report["ranking"]["frontier"]
     md = (run_dir / "report.md").read_text()
     assert "## Student search" in md and "× peer" in md and "Peer: `peer peer.onnx [style_weights=1]`" in md
+    assert "Fastest artifact: `" in md
 
 
 def test_with_none_within_budget_the_most_faithful_wins():
