@@ -95,10 +95,16 @@ class RunContext:
         raise FileNotFoundError(f"{self.run_dir}: no model produced yet (the model stage writes teacher/)")
 
 
+# Sections a stage reads besides its own: the search trains with distill's settings, calibrates as quantize does.
+_ALSO_READS = {"search": ("distill", "quantize")}
+
+
 def _stage_hash(recipe: Recipe, stage: str, upstream: str) -> str:
-    section = getattr(recipe, stage)
     globals_ = recipe.model_dump(include={"style", "style_size", "content", "loss_network"})
-    payload = json.dumps({"stage": section.model_dump(mode="json"), "globals": globals_, "up": upstream}, sort_keys=True)
+    data = {"stage": getattr(recipe, stage).model_dump(mode="json"), "globals": globals_, "up": upstream}
+    if stage in _ALSO_READS:
+        data["reads"] = recipe.model_dump(mode="json", include=set(_ALSO_READS[stage]))
+    payload = json.dumps(data, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

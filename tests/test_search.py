@@ -110,3 +110,13 @@ def test_a_peer_that_cannot_run_is_one_clear_error(tmp_path):
         peer_variant(Peer(path=peer.path))
     with pytest.raises(UserError, match="evaluate.peers: .*no such ONNX file"):
         peer_variant(Peer(path=str(tmp_path / "missing.onnx")))
+
+
+def test_the_search_reruns_when_the_distill_settings_it_trains_with_change(tmp_path):
+    from compressor.pipeline import _stage_hash
+
+    recipe = _recipe(tmp_path, 1.0)
+    same = _stage_hash(recipe, "search", "up")
+    assert _stage_hash(recipe.model_copy(update={"evaluate": None}), "search", "up") == same
+    crop = recipe.model_copy(update={"distill": recipe.distill.model_copy(update={"crop": 48})})
+    assert _stage_hash(crop, "search", "up") != same
