@@ -8,9 +8,10 @@ round-robin in blocks), speed-up vs the peer, PSNR/SSIM vs the peer's own output
 QLinearConv, as in bench_quant) and the physical limit (GMAC / peak). An ORT int8 per-op profile shows where
 the rest goes.
 
-    python benchmarks/bench_edge.py --quick                    # 256 px, a 40-step student (pipeline check)
-    python benchmarks/bench_edge.py --student runs/X/distilled  # 512 px, trained students (repeatable)
-    python benchmarks/bench_edge.py                            # 512 px, distils the default student first
+    styleslim run recipes/multistyle_edge.yaml                 # the searched, grafted student (~15-20 min)
+    python benchmarks/bench_edge.py --student runs/multistyle_edge/distilled  # 512 px (--student repeatable)
+    python benchmarks/bench_edge.py --quick                    # 256 px, a 40-step black-box student (pipeline check)
+    python benchmarks/bench_edge.py                            # 512 px, distils a norm-free black-box student first
 """
 
 from __future__ import annotations
