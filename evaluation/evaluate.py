@@ -358,7 +358,7 @@ def rank(rows: list[dict[str, Any]], min_psnr_db: float) -> dict[str, Any]:
     """
     points = {}
     for i, row in enumerate(rows):
-        if row["kind"] == "peer":
+        if row.get("kind") == "peer":
             continue
         lat = row["latency_ms"].get(row["runtime"], {}).get("p50")
         fid = fidelity_db(row)
