@@ -10,6 +10,7 @@ the rest goes.
 
     styleslim run recipes/multistyle_edge.yaml                 # the searched, grafted student (~15-20 min)
     python benchmarks/bench_edge.py --student runs/multistyle_edge/distilled  # 512 px (--student repeatable)
+    python benchmarks/bench_edge.py --student runs/multistyle_edge/distilled --johnson  # + Johnson teacher speed
     python benchmarks/bench_edge.py --quick                    # 256 px, a 40-step black-box student (pipeline check)
     python benchmarks/bench_edge.py                            # 512 px, distils a norm-free black-box student first
 """
@@ -40,7 +41,7 @@ from compressor.config import TrainConfig
 from compressor.data import load_image, sample_content_paths
 from compressor.distill import make_objective, train
 from compressor.io import atomic_write
-from compressor.models import EdgeNet, EdgeNetSpec, load_model
+from compressor.models import EdgeNet, EdgeNetSpec, create_model, load_model
 from compressor.models.multistyle import SingleStyle, load_onnx, parse_style_weights
 from evaluation.latency import machine_info, measure_latency
 from evaluation.metrics import fidelity
@@ -116,7 +117,19 @@ def litert_peak_layer(work: Path) -> tuple[Callable[[], object], dict]:
     return call, {"layer": f"LiteRT int8 CONV_2D 3x3 {c}->{c} @ {hw}x{hw}", "macs": hw * hw * c * c * 9}
 
 
-def run(quick: bool, students: list[Path] | None = None, runs: int | None = None, steps: int | None = None) -> dict:
+def johnson_calls(size: int, calibration: list[np.ndarray], work: Path) -> tuple[dict[str, Callable[[], object]], dict]:
+    """The speed side of the Johnson target: a default-width TransformerNet (Johnson et al.) in torch fp32 and as
+    stock ORT static int8, timed in the same process as the students (its weights do not change its speed)."""
+    teacher = create_model({"family": "transformer_net"}).eval()
+    x = torch.rand(1, 3, size, size)
+    onnx_path, _ = export_artifact(teacher, "onnx", work / "johnson", size=(size, size))
+    int8 = load_runner(quantize_onnx(onnx_path, work / "johnson" / "int8.onnx", "static", calibration[:2]), THREADS)
+    calls = {"johnson: torch fp32": functools.partial(teacher, x), "johnson: ORT int8": functools.partial(int8, x.numpy())}
+    return calls, {"gmac": round(conv_macs(teacher, size) / 1e9, 3)}
+
+
+def run(quick: bool, students: list[Path] | None = None, runs: int | None = None, steps: int | None = None,
+        johnson: bool = False) -> dict:
     size = 256 if quick else 512
     runs = runs or (3 if quick else 9)
     torch.set_num_threads(THREADS)
@@ -164,6 +177,9 @@ def run(quick: bool, students: list[Path] | None = None, runs: int | None = None
                              "psnr_db": round(float(np.mean([s["psnr_vs_teacher"] for s in scores])), 2),
                              "ssim": round(float(np.mean([s["ssim_vs_teacher"] for s in scores])), 4)})
             profiles[name] = ort_profile(artifacts["ORT int8"], x0)
+        if johnson:
+            extra, johnson_info = johnson_calls(size, calibration, tmp)
+            calls |= extra
         stats = measure_latency(calls, runs=runs, warmup=2, block=3)
     tmp_dir.cleanup()
     for p, key in ((peak, "int8 peak"), (litert_peak, "litert peak")):
@@ -180,7 +196,14 @@ def run(quick: bool, students: list[Path] | None = None, runs: int | None = None
         row["fraction_of_runtime_int8_peak"] = round(row["gmac"] * 1e9 / (ms / 1e3) / own["macs_per_s"], 3)
         row["physical_limit_ms"] = round(row["gmac"] * 1e9 / best * 1e3, 2)
     peak = {"machine_macs_per_s": best, "ort": peak, "litert": litert_peak}
+    if johnson:
+        johnson_info |= {k.split(": ")[1] + " ms": round(stats[k]["p50"], 1) for k in ("johnson: torch fp32",
+                                                                                      "johnson: ORT int8")}
+        for row in rows[1:]:
+            row["speedup_vs_johnson_torch_fp32"] = round(johnson_info["torch fp32 ms"] / row["ms"], 1)
+            row["speedup_vs_johnson_ort_int8"] = round(johnson_info["ORT int8 ms"] / row["ms"], 1)
     return {"threads": THREADS, "size": size, "runs": runs, "style": STYLE, "int8_peak": peak, "table": rows,
+            **({"johnson_teacher": johnson_info} if johnson else {}),
             "ort_int8_profile": profiles, "targets": verdicts(rows), "machine": machine_info(),
             "note": "PSNR/SSIM vs the peer's ORT fp32 output on held-out photos; latencies are medians"}
 
@@ -216,8 +239,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="distillation steps of the default student")
     parser.add_argument("--runs", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="JSON to write (default benchmarks/results/)")
+    parser.add_argument("--johnson", action="store_true", help="also time a default TransformerNet teacher (torch "
+                        "fp32, ORT static int8): the speed side of the Johnson target")
     args = parser.parse_args()
-    report = run(args.quick, args.student, args.runs, args.steps)
+    report = run(args.quick, args.student, args.runs, args.steps, args.johnson)
+    if args.johnson:
+        print(f"johnson teacher: {report['johnson_teacher']}")
     for p in (report["int8_peak"]["ort"], report["int8_peak"]["litert"]):
         print(f"int8 peak: {p['layer']}: {p['macs_per_s'] / 1e9:.1f} GMAC/s")
     for r in report["table"]:
