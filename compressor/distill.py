@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from pydantic import ValidationError
 from torch import nn
 from torch.utils.checkpoint import checkpoint, checkpoint_sequential
 from tqdm import tqdm
@@ -332,6 +333,9 @@ def named_student(choice, seed: int, key: str, teacher: nn.Module) -> nn.Module:
     torch.manual_seed(seed)
     try:
         student = create_model({"family": choice.family, **choice.spec})
+    except ValidationError as exc:  # e.g. "spec.blocks: Input should be less than or equal to 16"
+        problems = "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
+        raise UserError(key, problems, "see the family's spec fields") from None
     except ValueError as exc:
         raise UserError(key, str(exc).splitlines()[0], "see the family's spec fields") from None
     if choice.init == "teacher_trunk":

@@ -120,3 +120,12 @@ def test_the_search_reruns_when_the_distill_settings_it_trains_with_change(tmp_p
     assert _stage_hash(recipe.model_copy(update={"evaluate": None}), "search", "up") == same
     crop = recipe.model_copy(update={"distill": recipe.distill.model_copy(update={"crop": 48})})
     assert _stage_hash(crop, "search", "up") != same
+
+
+def test_a_bad_candidate_spec_names_its_key_and_field():
+    from compressor.config import StudentChoice
+    from compressor.distill import named_student
+    from compressor.errors import UserError
+
+    with pytest.raises(UserError, match=r"search.candidates.2: spec.blocks: Input should be less than or equal to 16"):
+        named_student(StudentChoice(family="edge_net", spec={"blocks": 99}), 0, "search.candidates.2", None)
