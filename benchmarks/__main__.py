@@ -74,11 +74,11 @@ def main(argv: list[str] | None = None) -> None:
         results[name] = run_one(name, args.quick)
         print(f"{results[name]['status']} in {results[name]['seconds']} s")
         print(format_table(results[name].get("table", [])), flush=True)
-    from compressor.io import atomic_write
+    from compressor.io import write_json
     from evaluation.latency import machine_info
 
     doc = {"quick": args.quick, "machine": machine_info(), "benchmarks": results}
-    atomic_write(args.out, lambda p: p.write_text(json.dumps(doc, indent=2, default=str) + "\n"))
+    write_json(args.out, doc, default=str)
     print(f"combined results: {args.out}")
     if any(r["status"] != "ok" for r in results.values()):
         sys.exit(1)

@@ -12,7 +12,6 @@ Step time = interval between consecutive steps of ``compressor.distill.train``.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import tempfile
@@ -24,7 +23,7 @@ import torch
 from compressor.config import TrainConfig
 from compressor.data import ContentCrops, load_image, sample_content_paths, sample_style_path
 from compressor.distill import default_device, make_objective, train
-from compressor.io import atomic_write
+from compressor.io import write_json
 from compressor.losses import style_grams
 from compressor.models import TransformerNet, TransformerNetSpec, load_vgg19
 
@@ -85,7 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     doc = run(args.quick, args.steps)
     out = args.out or RESULTS / f"bench_distill{'_quick' if args.quick else ''}.json"
-    atomic_write(out, lambda p: p.write_text(json.dumps(doc, indent=2) + "\n"))
+    write_json(out, doc)
     print(f"crop {doc['crop']}, batch {doc['batch_size']}, {doc['device']}, {doc['threads']} threads, "
           f"loss network {doc['loss_network']}")
     print(f"{'variant':28} {'s/step':>8} {'steps/s':>8} {'img/s':>7} {'vs fp32':>8}")

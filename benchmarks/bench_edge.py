@@ -40,7 +40,7 @@ from compressor.blackbox import OnnxTeacher, TeacherPairs
 from compressor.config import TrainConfig
 from compressor.data import load_image, sample_content_paths
 from compressor.distill import make_objective, train
-from compressor.io import atomic_write
+from compressor.io import write_json
 from compressor.models import EdgeNet, EdgeNetSpec, create_model, load_model
 from compressor.models.multistyle import SingleStyle, load_onnx, parse_style_weights
 from evaluation.latency import machine_info, measure_latency
@@ -253,9 +253,8 @@ def main() -> None:
               f"peak {r['fraction_of_int8_peak']:.3f} limit {r['physical_limit_ms']} ms")
     for key, v in report["targets"].items():
         print(f"target {key}: {v}")
-    RESULTS.mkdir(exist_ok=True)
     out = args.out or RESULTS / f"bench_edge{'_quick' if args.quick else ''}.json"
-    atomic_write(out, lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
+    write_json(out, report)
     print(f"written {out}")
 
 

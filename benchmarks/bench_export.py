@@ -13,7 +13,6 @@ width halved (a 50%-pruned spec). Random weights: latency does not depend on the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -25,7 +24,7 @@ try:
 except ImportError:
     pass
 
-from compressor.io import atomic_write
+from compressor.io import write_json
 from compressor.models import TransformerNet, TransformerNetSpec, VGG19LossNet, VGG19Spec
 from evaluation.latency import measure_latency
 from exports.backends.litert import export_tflite
@@ -124,7 +123,7 @@ def main() -> None:
     args = parser.parse_args()
     doc = run(args.quick, args.runs)
     out = args.out or RESULTS / f"bench_export{'_quick' if args.quick else ''}.json"
-    atomic_write(out, lambda p: p.write_text(json.dumps(doc, indent=2) + "\n"))
+    write_json(out, doc)
     print(f"{'model':26} {'size':>4} {'runtime':18} {'thr':>3} {'median ms':>10} {'p90 ms':>8} {'vs torch':>8}  "
           "xnnpack graph")
     for r in doc["table"]:

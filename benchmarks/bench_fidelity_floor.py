@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import tempfile
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import torch
 from PIL import Image
 
 from compressor.data import sample_content_paths
-from compressor.io import atomic_write
+from compressor.io import write_json
 from compressor.models import get_family, load_any, load_model
 from compressor.quantize import calibration_set, equalize_norm_inputs, image_batch
 from evaluation.metrics import fidelity
@@ -104,8 +103,7 @@ def main() -> None:
     for row in report["table"]:
         print(row)
     out = args.out or RESULTS / f"bench_fidelity_floor{'_quick' if args.quick else ''}.json"
-    RESULTS.mkdir(exist_ok=True)
-    atomic_write(out, lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
+    write_json(out, report)
     print(f"written {out}")
 
 

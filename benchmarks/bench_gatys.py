@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 from compressor.config import PruneStage
 from compressor.data import load_image, sample_content_paths, sample_style_path
 from compressor.gatys import GatysConfig, stylize_gatys
-from compressor.io import atomic_write
+from compressor.io import write_json
 from compressor.losses import LossWeights, StyleTransferLoss, style_grams
 from compressor.models import load_vgg19
 from compressor.prune import prune_model
@@ -68,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     result = run(args.quick)
     out = args.out or RESULTS / f"bench_gatys{'_quick' if args.quick else ''}.json"
-    atomic_write(out, lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
+    write_json(out, result)
     for row in result["table"]:
         print(row)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import statistics
 import time
@@ -22,7 +21,7 @@ import torch
 import torch_pruning as tp
 
 from compressor.config import PruneStage
-from compressor.io import atomic_write
+from compressor.io import write_json
 from compressor.models import TransformerNet, VGG19Spec, load_vgg19
 from compressor.prune import prune_model
 
@@ -94,7 +93,7 @@ def main() -> None:
         "note": "projection 1x1 convs of project_taps are not in the forward pass (distillation only)",
         "table": rows,
     }
-    atomic_write(args.out, lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
+    write_json(args.out, result)
     print(f"\n{'model':28} {'ratio':>5} {'size':>5} {'params':>11} {'GMACs':>8} {'MACs%':>6} "
           f"{'median ms':>10} {'p90 ms':>8} {'speedup':>7}")
     for r in rows:

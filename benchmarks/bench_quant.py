@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compressor.io import atomic_write
+from compressor.io import write_json
 from compressor.models import TransformerNet, TransformerNetSpec, VGG19LossNet, VGG19Spec
 from compressor.quantize import calibration_set, rgb_output_convs
 from evaluation.latency import measure_latency
@@ -212,9 +212,8 @@ def main() -> None:
               "ORT int8 (unpruned)")
     for k, v in verdicts.items():
         print(f"target {k}: >= {v['target']}x, measured {v['measured']}: {'met' if v['met'] else 'NOT met'}")
-    RESULTS.mkdir(exist_ok=True)
     out = args.out or RESULTS / f"bench_quant{'_quick' if args.quick else ''}.json"
-    atomic_write(out, lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
+    write_json(out, report)
     print(f"written {out}")
 
 

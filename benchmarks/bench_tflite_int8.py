@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import tempfile
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from compressor.data import sample_content_paths
-from compressor.io import atomic_write
+from compressor.io import write_json
 from compressor.models import load_model
 from compressor.quantize import calibration_set, image_batch
 from evaluation.latency import measure_latency
@@ -97,8 +96,7 @@ def main() -> None:
     for row in report["table"]:
         print(row)
     out = args.out or RESULTS / f"bench_tflite_int8{'_quick' if args.quick else ''}.json"
-    RESULTS.mkdir(exist_ok=True)
-    atomic_write(out, lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
+    write_json(out, report)
     print(f"written {out}")
 
 

@@ -254,12 +254,12 @@ def main() -> None:
     if args.child:
         print(json.dumps(child_speed(Path(args.child[0]), args.model, Path(args.child[1]), args.whole)))
         return
-    from compressor.io import atomic_write
+    from compressor.io import write_json
 
     out = args.out or RESULTS / f"bench_tiling{'_quick' if args.quick else ''}.json"
     previous = json.loads(out.read_text()) if args.part and out.is_file() else None
     result = run(args.quick, args.model, tuple(args.part or PARTS), previous)
-    atomic_write(out, lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
+    write_json(out, result)
     print(json.dumps(result["targets"], indent=2))
     print(f"results: {out}")
 
