@@ -350,6 +350,12 @@ def _lossnet(variants, rows, vgg) -> None:
             row["errors"].append(f"lossnet: {type(exc).__name__}: {exc}")
 
 
+def pareto_front(points: dict[Any, tuple[float, float]]) -> set[Any]:
+    """Keys of the (latency, fidelity) points no other point beats: at least as fast and as faithful, better in one."""
+    return {i for i, (lat, fid) in points.items()
+            if not any(ol <= lat and of >= fid and (ol < lat or of > fid) for j, (ol, of) in points.items() if j != i)}
+
+
 def rank(rows: list[dict[str, Any]], min_psnr_db: float) -> dict[str, Any]:
     """Star the Pareto frontier (latency p50 on own runtime vs fidelity) and pick the verdict.
 
@@ -364,9 +370,9 @@ def rank(rows: list[dict[str, Any]], min_psnr_db: float) -> dict[str, Any]:
         fid = fidelity_db(row)
         if lat is not None and fid is not None:
             points[i] = (lat, fid)
-    for i, (lat, fid) in points.items():
-        rows[i]["pareto"] = not any(
-            ol <= lat and of >= fid and (ol < lat or of > fid) for j, (ol, of) in points.items() if j != i)
+    front = pareto_front(points)
+    for i in points:
+        rows[i]["pareto"] = i in front
     within = [i for i, (_, fid) in points.items() if fid >= min_psnr_db]
     verdict = min(within, key=lambda i: (points[i][0], -points[i][1])) if within else None
     if verdict is not None:

@@ -25,7 +25,7 @@ from compressor.distill import SEARCH_WINNER, distill_meta, distill_setup, make_
 from compressor.io import write_json
 from compressor.models import get_family
 from compressor.quantize import calibration_set, equalize_norm_inputs
-from evaluation.evaluate import display_path, square_image
+from evaluation.evaluate import display_path, pareto_front, square_image
 from evaluation.latency import machine_info, measure_latency
 from evaluation.metrics import fidelity, params_and_macs
 from exports.backends.litert import quantize_tflite
@@ -117,12 +117,10 @@ def pick(rows: list[dict[str, Any]], min_psnr_db: float) -> tuple[dict[str, Any]
 
 def mark_frontier(rows: list[dict[str, Any]]) -> None:
     """``pareto``: no other candidate is both at least as fast and at least as faithful (and better in one)."""
-    for row in rows:
-        lat, fid = row["latency_ms"]["p50"], row["psnr_vs_teacher"]
-        row["pareto"] = fid is not None and not any(
-            o["latency_ms"]["p50"] <= lat and o["psnr_vs_teacher"] >= fid
-            and (o["latency_ms"]["p50"] < lat or o["psnr_vs_teacher"] > fid)
-            for o in rows if o is not row and o["psnr_vs_teacher"] is not None)
+    front = pareto_front({i: (r["latency_ms"]["p50"], r["psnr_vs_teacher"]) for i, r in enumerate(rows)
+                          if r["psnr_vs_teacher"] is not None})
+    for i, row in enumerate(rows):
+        row["pareto"] = i in front
 
 
 def _mean(scores: list[dict[str, Any]], key: str) -> float | None:

@@ -136,8 +136,8 @@ def graft(model: EdgeNet, trunk: list[ResidualWeights]) -> int:
         for (conv, norm), (weight, gamma, beta) in zip(layers, weights):
             if weight.shape != conv.weight.shape:
                 raise ValueError(f"the teacher's residual convs are {tuple(weight.shape)}, the student's "
-                                 f"{tuple(conv.weight.shape)} (give the student a trunk {weight.shape[1]} wide: trunk, or stem "
-                                 "when down is 0)")
+                                 f"{tuple(conv.weight.shape)} (give the student a trunk {weight.shape[1]} wide: "
+                                 "trunk, or stem when down is 0)")
             with torch.no_grad():
                 conv.weight.copy_(weight)
                 norm.weight.copy_(gamma)
@@ -153,6 +153,7 @@ def edge_objective(config: Any, vgg: nn.Module, teacher: nn.Module | None, stude
     if teacher is None or not config.output_weight:
         raise ValueError("an edge_net student learns from a teacher: give a teacher and a nonzero output_weight")
     trunk_weight = getattr(config, "trunk_weight", 0.0)
+    teacher_ends = student_ends = ()  # whose inputs are compared (none without trunk_weight)
     if trunk_weight:
         if not hasattr(teacher, "spec"):
             raise ValueError("trunk_weight compares inner features: it needs the model stage's teacher, not an ONNX one")
@@ -160,18 +161,13 @@ def edge_objective(config: Any, vgg: nn.Module, teacher: nn.Module | None, stude
         student_ends = get_family(student).trunk_ends(student)
 
     def objective(model: nn.Module, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        wanted: list[torch.Tensor] = []
         if batch.shape[1] == 6:  # (input, teacher output) pairs: compressor.blackbox.TeacherPairs
             batch, target = batch[:, :3], batch[:, 3:]
-        elif trunk_weight:
+        else:
             with torch.no_grad(), module_inputs(teacher_ends) as wanted:
                 target = teacher(batch)
-        else:
-            with torch.no_grad():
-                target = teacher(batch)
-        if trunk_weight:
-            with module_inputs(student_ends) as got:
-                output = model(batch)
-        else:
+        with module_inputs(student_ends) as got:
             output = model(batch)
         terms = teacher_terms(config, vgg, output, target)
         terms["mse"] = config.output_weight * 10.0 * (output - target).pow(2).mean()
