@@ -124,6 +124,20 @@ def conv_layers(path: str | Path, module_order: list[str] | None = None) -> dict
     return names
 
 
+def strip_tensor_names(flatbuffer: bytes) -> bytes:
+    """The same model without its inner tensor names: litert-torch's module paths, about a third of a small int8
+    model. The graph's input and output tensors and the signature keep theirs."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
+    for subgraph in model.subgraphs:
+        boundary = set(subgraph.inputs) | set(subgraph.outputs)
+        for index, tensor in enumerate(subgraph.tensors):
+            if index not in boundary:
+                tensor.name = None
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
 def quantize_tflite(
     float_tflite: str | Path,
     out_path: str | Path,
@@ -132,8 +146,8 @@ def quantize_tflite(
     keep_float: list[str] | tuple[str, ...] = (),
     module_order: list[str] | None = None,
 ) -> Path:
-    """Quantize ``float_tflite`` into ``out_path``; ``keep_float`` are module-name globs of convs left in float
-    (``module_order``: see ``conv_layers``)."""
+    """Quantize ``float_tflite`` into ``out_path``, inner tensor names stripped (``strip_tensor_names``);
+    ``keep_float`` are module-name globs of convs left in float (``module_order``: see ``conv_layers``)."""
     from ai_edge_quantizer import qtyping, quantizer, recipe
 
     if mode not in MODES:
@@ -141,7 +155,7 @@ def quantize_tflite(
     float_tflite, out_path = Path(float_tflite), Path(out_path)
     with atomic_output(out_path) as tmp:
         if mode == "fp16":
-            tmp.write_bytes(fp16_weights(float_tflite.read_bytes()))
+            tmp.write_bytes(strip_tensor_names(fp16_weights(float_tflite.read_bytes())))
             return out_path
         q = quantizer.Quantizer(str(float_tflite))
         q.load_quantization_recipe({"static": recipe.static_wi8_ai8, "dynamic": recipe.dynamic_wi8_afp32,
@@ -160,7 +174,7 @@ def quantize_tflite(
                 raise ValueError("static quantization needs calibration images")
             signature, name = _signature_input(float_tflite)
             result = q.calibrate({signature: [{name: x} for x in calibration]})
-        tmp.write_bytes(bytes(q.quantize(result).quantized_model))
+        tmp.write_bytes(strip_tensor_names(bytes(q.quantize(result).quantized_model)))
     return out_path
 
 
@@ -172,17 +186,22 @@ def _signature_input(path: Path) -> tuple[str, str]:
     return key, signatures[key]["inputs"][0]
 
 
-def int8_contents(path: str | Path) -> dict:
-    """Which CONV_2D ops compute in int8 (int8 input and weights) and which stay float; float ops; op counts."""
+def int8_contents(path: str | Path, conv_names: list[str] | None = None) -> dict:
+    """Which CONV_2D ops compute in int8 (int8 input and weights) and which stay float; float ops; op counts.
+
+    ``conv_names`` names the convs in execution order (the ``conv_layers`` of the float file a quantized one
+    came from: quantization keeps the op order but strips the tensor names)."""
     from ai_edge_litert.interpreter import Interpreter
 
     ops, tensors = _ops(Interpreter(model_path=str(path)))
+    convs = [op for op in ops if op["op_name"] == "CONV_2D"]
+    names = conv_names or [_module_name(tensors[op["outputs"][0]]["name"]) for op in convs]
+    if len(names) != len(convs):
+        raise ValueError(f"{path}: {len(convs)} CONV_2D ops, {len(names)} conv names given")
     int8_convs, float_convs = [], []
-    for op in ops:
-        if op["op_name"] == "CONV_2D":
-            data, weight = (tensors[i]["dtype"] for i in op["inputs"][:2])
-            name = _module_name(tensors[op["outputs"][0]]["name"])
-            (int8_convs if data == np.int8 and weight == np.int8 else float_convs).append(name)
+    for op, name in zip(convs, names):
+        data, weight = (tensors[i]["dtype"] for i in op["inputs"][:2])
+        (int8_convs if data == np.int8 and weight == np.int8 else float_convs).append(name)
     weights = Counter(np.dtype(t["dtype"]).name for t in tensors.values() if len(t["shape"]) == 4)
     float_ops = Counter(o["op_name"] for o in ops if o["op_name"] not in ("DELEGATE", "QUANTIZE", "DEQUANTIZE")
                         and o["inputs"].size and tensors[o["inputs"][0]]["dtype"] == np.float32)
@@ -245,11 +264,12 @@ def quantize(job: QuantizeJob) -> list[dict[str, Any]]:
     """Export the float .tflite, quantize it with ``job.mode``, check it on LiteRT, write its manifest."""
     float_path, float_manifest = job.export_float("tflite")
     order = [n for n, m in job.reference.named_modules() if isinstance(m, nn.Conv2d)]
-    keep = job.keep_float(conv_layers(float_path, order))
+    layers = conv_layers(float_path, order)
+    keep = job.keep_float(layers)
     path = job.out_dir / f"model-{job.precision}.tflite"
     quantize_tflite(float_path, path, job.mode, job.calibration, keep_float=keep, module_order=order)
     runner = load(path, None, "nchw", {"outputs": float_manifest["outputs"]})
-    info = {**job.extra, "keep_float": keep, "runs_in_int8": RUNS_IN_INT8[job.mode], "contents": int8_contents(path),
+    info = {**job.extra, "keep_float": keep, "runs_in_int8": RUNS_IN_INT8[job.mode], "contents": int8_contents(path, list(layers.values())),
             "quality": job.judge(runner) if job.judge else None, "rewrites": float_manifest["rewrites"]}
     return [job.write(path, job.precision, info, runner=runner)]
 
