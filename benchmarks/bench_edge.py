@@ -11,6 +11,8 @@ the rest goes.
     styleslim run recipes/multistyle_edge.yaml                 # the searched, grafted student (~15-20 min)
     python benchmarks/bench_edge.py --student runs/multistyle_edge/distilled  # 512 px (--student repeatable)
     python benchmarks/bench_edge.py --student runs/multistyle_edge/distilled --johnson  # + Johnson teacher speed
+    styleslim run recipes/johnson_edge.yaml                    # a trained Johnson teacher and its edge student
+    python benchmarks/bench_edge.py --johnson runs/johnson_edge/teacher --johnson-student runs/johnson_edge/distilled
     python benchmarks/bench_edge.py --quick                    # 256 px, a 40-step black-box student (pipeline check)
     python benchmarks/bench_edge.py                            # 512 px, distils a norm-free black-box student first
 """
@@ -54,6 +56,7 @@ RESULTS = Path(__file__).parent / "results"
 THREADS = 2
 STYLE = 19
 TARGETS = {"speedup_vs_peer": 4.0, "psnr_db": 32.0, "ssim": 0.95, "int8_mb": 0.3, "int8_fraction_of_peak": 0.6}
+JOHNSON_TARGETS = {"speedup_vs_johnson_torch_fp32": 25.0, "speedup_vs_johnson_ort_int8": 8.0, "psnr_db": 30.0}
 
 
 def peer_path() -> Path:
@@ -117,10 +120,17 @@ def litert_peak_layer(work: Path) -> tuple[Callable[[], object], dict]:
     return call, {"layer": f"LiteRT int8 CONV_2D 3x3 {c}->{c} @ {hw}x{hw}", "macs": hw * hw * c * c * 9}
 
 
-def johnson_calls(size: int, calibration: list[np.ndarray], work: Path) -> tuple[dict[str, Callable[[], object]], dict]:
-    """The speed side of the Johnson target: a default-width TransformerNet (Johnson et al.) in torch fp32 and as
-    stock ORT static int8, timed in the same process as the students (its weights do not change its speed)."""
-    teacher = create_model({"family": "transformer_net"}).eval()
+def johnson_teacher(teacher_dir: Path | None) -> nn.Module:
+    """A trained TransformerNet (e.g. runs/johnson_edge/teacher of recipes/johnson_edge.yaml), or a default-width
+    untrained one (speed only: weights do not change its speed)."""
+    model = load_model(teacher_dir) if teacher_dir else create_model({"family": "transformer_net"})
+    return model.eval()
+
+
+def johnson_calls(teacher: nn.Module, size: int, calibration: list[np.ndarray],
+                  work: Path) -> tuple[dict[str, Callable[[], object]], dict]:
+    """The Johnson teacher (Johnson et al.) in torch fp32 and as stock ORT static int8, timed in the same process
+    as the students."""
     x = torch.rand(1, 3, size, size)
     onnx_path, _ = export_artifact(teacher, "onnx", work / "johnson", size=(size, size))
     int8 = load_runner(quantize_onnx(onnx_path, work / "johnson" / "int8.onnx", "static", calibration[:2]), THREADS)
@@ -128,8 +138,36 @@ def johnson_calls(size: int, calibration: list[np.ndarray], work: Path) -> tuple
     return calls, {"gmac": round(conv_macs(teacher, size) / 1e9, 3)}
 
 
+def student_rows(student_dir: Path, label: str, references: dict[str, torch.Tensor], photos: dict[str, np.ndarray],
+                 calibration: list[np.ndarray], size: int, work: Path) -> tuple[list[dict], dict, dict]:
+    """One student as ORT fp32, ORT static int8 and LiteRT int8: a row each (fidelity vs ``references``, the
+    outputs of the teacher it learnt from), their timed calls, and the ORT int8 per-op profile."""
+    model = load_model(student_dir).eval()
+    name = f"{label}: {json.dumps(model.current_spec().model_dump(exclude={'family', 'style'}))}"
+    onnx_path, _ = export_artifact(model, "onnx", work / "onnx", size=(size, size))
+    artifacts = {"ORT fp32": onnx_path, "ORT int8": quantize_onnx(onnx_path, work / "int8.onnx", "static", calibration)}
+    tfl, _ = export_artifact(model, "tflite", work / "tflite", size=(size, size))
+    artifacts["LiteRT int8"] = quantize_tflite(tfl, work / "int8.tflite", "static", calibration)
+    gmac = round(conv_macs(model, size) / 1e9, 3)
+    meta = json.loads((Path(student_dir) / "spec.json").read_text()).get("meta", {})
+    trained = {k: meta[k] for k in ("steps", "steps_done", "train") if k in meta}
+    rows, calls, x0 = [], {}, next(iter(photos.values()))
+    for variant, path in artifacts.items():
+        runner = load_runner(path, THREADS)
+        scores = [fidelity(torch.from_numpy(np.asarray(runner(x))).clamp(0, 1), references[n]) for n, x in photos.items()]
+        key = f"{name}: {variant}"
+        calls[key] = functools.partial(runner, x0)
+        rows.append({"model": name, "variant": variant, "key": key, "gmac": gmac, "trained": trained,
+                     "size_mb": round(path.stat().st_size / 1e6, 3),
+                     "psnr_db": round(float(np.mean([s["psnr_vs_teacher"] for s in scores])), 2),
+                     "ssim": round(float(np.mean([s["ssim_vs_teacher"] for s in scores])), 4)})
+    return rows, calls, {name: ort_profile(artifacts["ORT int8"], x0)}
+
+
 def run(quick: bool, students: list[Path] | None = None, runs: int | None = None, steps: int | None = None,
-        johnson: bool = False) -> dict:
+        johnson: Path | bool = False, johnson_students: list[Path] | None = None) -> dict:
+    """``johnson``: True times a default TransformerNet; a model folder is a trained one, and ``johnson_students``
+    (distilled from it) are judged against its torch fp32 output."""
     size = 256 if quick else 512
     runs = runs or (3 if quick else 9)
     torch.set_num_threads(THREADS)
@@ -151,35 +189,23 @@ def run(quick: bool, students: list[Path] | None = None, runs: int | None = None
     profiles = {}
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         tmp = Path(tmp)
-        if not students:
+        if not students and not johnson_students:
             with torch.enable_grad():
                 students = [distil_default(steps or (40 if quick else 1500), size, 64 if quick else 96, tmp / "student")]
-        for i, student_dir in enumerate(students):
-            model = load_model(student_dir).eval()
-            name = f"edge_net {i}: {json.dumps(model.current_spec().model_dump(exclude={'family', 'style'}))}"
-            work = tmp / f"s{i}"
-            onnx_path, _ = export_artifact(model, "onnx", work / "onnx", size=(size, size))
-            artifacts = {"ORT fp32": onnx_path,
-                         "ORT int8": quantize_onnx(onnx_path, work / "int8.onnx", "static", calibration)}
-            tfl, _ = export_artifact(model, "tflite", work / "tflite", size=(size, size))
-            artifacts["LiteRT int8"] = quantize_tflite(tfl, work / "int8.tflite", "static", calibration)
-            gmac = round(conv_macs(model, size) / 1e9, 3)
-            meta = json.loads((Path(student_dir) / "spec.json").read_text()).get("meta", {})
-            trained = {k: meta[k] for k in ("steps", "steps_done", "train") if k in meta}
-            for variant, path in artifacts.items():
-                runner = load_runner(path, THREADS)
-                scores = [fidelity(torch.from_numpy(np.asarray(runner(x))).clamp(0, 1), references[n])
-                          for n, x in photos.items()]
-                key = f"{name}: {variant}"
-                calls[key] = functools.partial(runner, x0)
-                rows.append({"model": name, "variant": variant, "key": key, "gmac": gmac, "trained": trained,
-                             "size_mb": round(path.stat().st_size / 1e6, 3),
-                             "psnr_db": round(float(np.mean([s["psnr_vs_teacher"] for s in scores])), 2),
-                             "ssim": round(float(np.mean([s["ssim_vs_teacher"] for s in scores])), 4)})
-            profiles[name] = ort_profile(artifacts["ORT int8"], x0)
+        groups = [(f"edge_net {i}", d, references) for i, d in enumerate(students or [])]
         if johnson:
-            extra, johnson_info = johnson_calls(size, calibration, tmp)
+            teacher = johnson_teacher(johnson if isinstance(johnson, Path) else None)
+            extra, johnson_info = johnson_calls(teacher, size, calibration, tmp)
             calls |= extra
+            johnson_info["teacher"] = str(johnson) if isinstance(johnson, Path) else "untrained default TransformerNet"
+            outputs = {n: teacher(torch.from_numpy(x)).clamp(0, 1) for n, x in photos.items()}
+            groups += [(f"johnson student {i}", d, outputs) for i, d in enumerate(johnson_students or [])]
+        for i, (label, student_dir, refs) in enumerate(groups):
+            student, student_calls, profile = student_rows(student_dir, label, refs, photos, calibration, size,
+                                                           tmp / f"s{i}")
+            rows += student
+            calls |= student_calls
+            profiles |= profile
         stats = measure_latency(calls, runs=runs, warmup=2, block=3)
     tmp_dir.cleanup()
     for p, key in ((peak, "int8 peak"), (litert_peak, "litert peak")):
@@ -196,26 +222,31 @@ def run(quick: bool, students: list[Path] | None = None, runs: int | None = None
         row["fraction_of_runtime_int8_peak"] = round(row["gmac"] * 1e9 / (ms / 1e3) / own["macs_per_s"], 3)
         row["physical_limit_ms"] = round(row["gmac"] * 1e9 / best * 1e3, 2)
     peak = {"machine_macs_per_s": best, "ort": peak, "litert": litert_peak}
+    peer_students = [r for r in rows if r["model"].startswith("edge_net")]
+    targets = {"peer": verdicts(peer_students)} if peer_students else {}
     if johnson:
         johnson_info |= {k.split(": ")[1] + " ms": round(stats[k]["p50"], 1) for k in ("johnson: torch fp32",
                                                                                       "johnson: ORT int8")}
         for row in rows[1:]:
             row["speedup_vs_johnson_torch_fp32"] = round(johnson_info["torch fp32 ms"] / row["ms"], 1)
             row["speedup_vs_johnson_ort_int8"] = round(johnson_info["ORT int8 ms"] / row["ms"], 1)
+        if johnson_students:
+            targets["johnson"] = johnson_verdicts([r for r in rows if r["model"].startswith("johnson student")])
     return {"threads": THREADS, "size": size, "runs": runs, "style": STYLE, "int8_peak": peak, "table": rows,
             **({"johnson_teacher": johnson_info} if johnson else {}),
-            "ort_int8_profile": profiles, "targets": verdicts(rows), "machine": machine_info(),
-            "note": "PSNR/SSIM vs the peer's ORT fp32 output on held-out photos; latencies are medians"}
+            "ort_int8_profile": profiles, "targets": targets, "machine": machine_info(),
+            "note": "PSNR/SSIM vs the output of the teacher each student learnt from (the peer's ORT fp32, or the "
+                    "Johnson teacher's torch fp32) on held-out photos; latencies are medians"}
 
 
 def verdicts(rows: list[dict]) -> dict:
-    """Issue 15's targets, met by the fastest student artifact (any runtime) within the fidelity budget.
+    """Issue 15's targets vs the peer, met by the fastest artifact of its students (``rows``, any runtime)
+    within the fidelity budget.
 
     With no student within the budget, the figures are those of the fastest student overall (``met`` false).
     """
-    students = [r for r in rows if r["model"].startswith("edge_net")]
-    good = [r for r in students if r["psnr_db"] >= TARGETS["psnr_db"] and r["ssim"] >= TARGETS["ssim"]]
-    pool = good or students
+    good = [r for r in rows if r["psnr_db"] >= TARGETS["psnr_db"] and r["ssim"] >= TARGETS["ssim"]]
+    pool = good or rows
     best = max(pool, key=lambda r: r["speedup_vs_peer"])
     int8 = [r for r in pool if "int8" in r["variant"]]
     best_int8 = max(int8, key=lambda r: r["speedup_vs_peer"]) if int8 else None
@@ -232,6 +263,16 @@ def verdicts(rows: list[dict]) -> dict:
     return out
 
 
+def johnson_verdicts(rows: list[dict]) -> dict:
+    """Issue 15's Johnson targets, met by the fastest artifact of a Johnson student within its fidelity budget."""
+    good = [r for r in rows if r["psnr_db"] >= JOHNSON_TARGETS["psnr_db"]]
+    best = max(good or rows, key=lambda r: r["speedup_vs_johnson_torch_fp32"])
+    out: dict = {"fastest": f"{best['model']} {best['variant']}", "within_fidelity_budget": bool(good)}
+    for key, target in JOHNSON_TARGETS.items():
+        out[key] = {"target": target, "measured": best[key], "met": bool(good) and best[key] >= target}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -239,10 +280,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="distillation steps of the default student")
     parser.add_argument("--runs", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="JSON to write (default benchmarks/results/)")
-    parser.add_argument("--johnson", action="store_true", help="also time a default TransformerNet teacher (torch "
-                        "fp32, ORT static int8): the speed side of the Johnson target")
+    parser.add_argument("--johnson", type=Path, nargs="?", const=True, default=False, metavar="TEACHER",
+                        help="also time a TransformerNet teacher (torch fp32, ORT static int8): a trained model folder, "
+                        "or none for a default-width untrained one (speed only)")
+    parser.add_argument("--johnson-student", type=Path, action="append", help="a student distilled from the "
+                        "--johnson teacher, judged against it (repeatable)")
     args = parser.parse_args()
-    report = run(args.quick, args.student, args.runs, args.steps, args.johnson)
+    if args.johnson_student and not isinstance(args.johnson, Path):
+        parser.error("--johnson-student needs the trained teacher it learnt from: --johnson TEACHER")
+    report = run(args.quick, args.student, args.runs, args.steps, args.johnson, args.johnson_student)
     if args.johnson:
         print(f"johnson teacher: {report['johnson_teacher']}")
     for p in (report["int8_peak"]["ort"], report["int8_peak"]["litert"]):
@@ -251,8 +297,9 @@ def main() -> None:
         print(f"{r['model'][:70]:70s} {r['variant']:12s} {r['ms']:7.1f} ms {r['speedup_vs_peer']:5.2f}x "
               f"PSNR {r['psnr_db']} SSIM {r['ssim']} {r['size_mb']} MB {r['gmac']} GMAC "
               f"peak {r['fraction_of_int8_peak']:.3f} limit {r['physical_limit_ms']} ms")
-    for key, v in report["targets"].items():
-        print(f"target {key}: {v}")
+    for group, targets in report["targets"].items():
+        for key, v in targets.items():
+            print(f"target ({group}) {key}: {v}")
     out = args.out or RESULTS / f"bench_edge{'_quick' if args.quick else ''}.json"
     write_json(out, report)
     print(f"written {out}")
