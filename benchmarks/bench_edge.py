@@ -163,11 +163,11 @@ def johnson_calls(teacher: nn.Module, size: int, calibration: list[np.ndarray],
     return calls, {"gmac": round(conv_macs(teacher, size) / 1e9, 3)}
 
 
-def student_rows(student_dir: Path, label: str, references: dict[str, torch.Tensor], photos: dict[str, np.ndarray],
-                 calibration: list[np.ndarray], size: int, work: Path) -> tuple[list[dict], dict, dict]:
+def student_rows(model: nn.Module, student_dir: Path, label: str, references: dict[str, torch.Tensor],
+                 photos: dict[str, np.ndarray], calibration: list[np.ndarray], size: int,
+                 work: Path) -> tuple[list[dict], dict, dict]:
     """One student as ORT fp32, ORT static int8 and LiteRT int8: a row each (fidelity vs ``references``, the
     outputs of the teacher it learnt from), their timed calls, and the ORT int8 per-op profile."""
-    model = load_model(student_dir).eval()
     name = f"{label}: {json.dumps(model.current_spec().model_dump(exclude={'family', 'style'}))}"
     onnx_path, _ = export_artifact(model, "onnx", work / "onnx", size=(size, size))
     artifacts = {"ORT fp32": onnx_path, "ORT int8": quantize_onnx(onnx_path, work / "int8.onnx", "static", calibration)}
@@ -227,11 +227,12 @@ def run(quick: bool, students: list[Path] | None = None, runs: int | None = None
             groups += [(f"johnson student {i}", d, outputs) for i, d in enumerate(johnson_students or [])]
         conv_layers: dict[str, list[dict]] = {}  # per student: each conv alone on LiteRT int8
         for i, (label, student_dir, refs) in enumerate(groups):
-            student, student_calls, profile = student_rows(student_dir, label, refs, photos, calibration, size,
+            model = load_model(student_dir).eval()
+            student, student_calls, profile = student_rows(model, student_dir, label, refs, photos, calibration, size,
                                                            tmp / f"s{i}")
             name = student[0]["model"]
             conv_layers[name] = []
-            for j, (conv_name, conv, hw) in enumerate(student_convs(load_model(student_dir).eval(), size)):
+            for j, (conv_name, conv, hw) in enumerate(student_convs(model, size)):
                 call, layer = litert_conv_layer(tmp / f"s{i}" / f"conv{j}", conv, hw)
                 calls[f"{name}: conv {j}"] = call
                 conv_layers[name].append({"conv": conv_name, **layer, "key": f"{name}: conv {j}"})
