@@ -214,7 +214,8 @@ class Recipe(_Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
     style: str = Field("starry_night", description="Style image path, or a bundled style name.")
     style_size: int = Field(256, ge=16)
-    content: str = Field("samples", description="Folder of training content images, or 'samples'.")
+    content: str = Field("samples", description="Folder of training content images, 'samples' (4 bundled photos) or "
+                         "'samples-wide' (those and 9 more bundled images, mostly grey textures).")
     loss_network: str = Field("imagenet", description="imagenet | random | path to VGG19 weights.")
     allow_random_loss_network: bool = Field(True, description="Fall back (loudly) to a seeded random VGG19.")
     model: ModelStage = Field(default_factory=ModelStage)
