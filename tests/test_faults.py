@@ -23,7 +23,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from compressor.cli import app
+from compressor.data import ImageError, load_image, resolve_images, sample_content_paths
+from compressor.io import file_sha256
 from compressor.models import TransformerNet, TransformerNetSpec, save_model
+from compressor.quantize import check_disjoint
 
 TINY = TransformerNetSpec(style="starry_night", conv1=4, conv2=4, trunk=4, res_inner=[4] * 5, deconv1=4, deconv2=4)
 
@@ -659,3 +662,18 @@ def test_debug_shows_the_traceback(tmp_path, model):
     result = cli("--debug", "stylize", tmp_path / "nowhere.png", "-m", model)
     assert result.exit_code == 2 and "Traceback" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+def test_wide_samples_are_distinct_training_photos_only():
+    wide = resolve_images("samples-wide", "train")
+    assert wide[:4] == sample_content_paths("train") and len(wide) == 13
+    assert len({file_sha256(p) for p in wide}) == len(wide)
+    check_disjoint(wide, sample_content_paths("eval") + sample_content_paths("val"))
+    assert all(min(load_image(p).shape[1:]) >= 128 for p in wide)
+    with pytest.raises(ImageError, match="training only"):
+        resolve_images("samples-wide", "eval")
+
+
+def test_wide_samples_as_evaluation_photos_give_one_line(model, tmp_path):
+    expect_error(cli("evaluate", model, "--teacher", model, "--images", "samples-wide", "-o", tmp_path / "ev"),
+                 "samples-wide", "training only")
