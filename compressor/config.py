@@ -116,11 +116,17 @@ class DistillStage(TrainConfig):
         "to the teacher's, relative to the teacher's (edge_net students whose trunk has the teacher's width and "
         "resolution, e.g. init: teacher_trunk). Runs the teacher on each batch, so not with paired_size.")
 
+    color_jitter: float = Field(
+        0.0, ge=0, le=0.5, description="Jitter each training crop's brightness, contrast and saturation by 1 ± this "
+        "and its hue by ± half this (0: off): the student sees more colours than its few photos hold. Needs the "
+        "teacher on each batch, so not with paired_size.")
+
     @model_validator(mode="after")
-    def _trunk_needs_the_teacher_in_the_loop(self) -> DistillStage:
-        if self.trunk_weight and self.paired_size:
-            raise ValueError("trunk_weight compares the teacher's inner features on each batch; paired_size keeps only "
-                             "its outputs: unset one of them")
+    def _teacher_in_the_loop(self) -> DistillStage:
+        for key in ("trunk_weight", "color_jitter"):
+            if getattr(self, key) and self.paired_size:
+                raise ValueError(f"{key} needs the teacher on each batch; paired_size keeps only its outputs on the "
+                                 "photos as they are: unset one of them")
         return self
 
 

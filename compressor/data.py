@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from compressor.errors import UserError, one_line
-from compressor.images import crop_resize
+from compressor.images import crop_resize, jitter_colors
 from compressor.io import atomic_write
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -175,17 +175,19 @@ def resolve_images(source: str | Path | None, split: str = "train") -> list[Path
 
 
 class ContentCrops(torch.utils.data.Dataset):
-    """Random square crops (with resize and horizontal flips) of a few content images.
+    """Random square crops (with resize and horizontal flips, and colour jitter when ``color_jitter`` > 0, see
+    ``jitter_colors``) of a few content images.
 
     Images are decoded once and kept in memory; an "epoch" is ``length`` crops
-    so tiny image sets still give varied batches. Randomness comes from the
-    torch generator the sampler draws with, so runs are reproducible.
+    so tiny image sets still give varied batches. Each crop is a pure function
+    of its index, so runs are reproducible.
     """
 
-    def __init__(self, paths: list[Path], crop: int, length: int = 10_000):
+    def __init__(self, paths: list[Path], crop: int, length: int = 10_000, color_jitter: float = 0.0):
         self.images = [load_image(p, size=max(crop * 2, 256)) for p in paths]
         self.crop = crop
         self.length = length
+        self.color_jitter = color_jitter
 
     def __len__(self) -> int:
         return self.length
@@ -199,4 +201,6 @@ class ContentCrops(torch.utils.data.Dataset):
         patch = crop_resize(img.unsqueeze(0), top, left, side, self.crop)
         if rng.random() < 0.5:
             patch = patch.flip(-1)
+        if self.color_jitter:
+            patch = jitter_colors(patch, self.color_jitter, rng)
         return patch[0].clamp(0, 1)

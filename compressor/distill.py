@@ -361,7 +361,7 @@ def distill_setup(ctx) -> tuple[TrainingRun, torch.utils.data.Dataset]:
         from compressor.blackbox import TeacherPairs
 
         return run, TeacherPairs(photos, run.teacher, config.paired_size, config.crop)
-    return run, ContentCrops(photos, config.crop)
+    return run, ContentCrops(photos, config.crop, color_jitter=config.color_jitter)
 
 
 def distill_meta(ctx, student_from: str) -> dict:

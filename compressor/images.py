@@ -53,3 +53,12 @@ def fit_shortest(images: torch.Tensor, size: int) -> torch.Tensor:
     if short >= size:
         return images
     return resize(images, [max(size, round(h * size / short)), max(size, round(w * size / short))])
+
+
+def jitter_colors(images: torch.Tensor, strength: float, rng) -> torch.Tensor:
+    """Brightness, contrast and saturation scaled by 1 ± ``strength`` and hue turned by ± ``strength`` / 2 of the
+    colour wheel (torchvision's ColorJitter ranges), drawn from ``rng`` (a ``random.Random``) so crops replay."""
+    TF = _functional()
+    for adjust in (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation):
+        images = adjust(images, rng.uniform(1 - strength, 1 + strength))
+    return TF.adjust_hue(images, rng.uniform(-strength / 2, strength / 2)).clamp(0, 1)

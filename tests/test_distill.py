@@ -306,16 +306,26 @@ def test_ddp_two_processes_stay_in_sync(tmp_path):
     assert len((out / "train_log.csv").read_text().splitlines()) == 4, "rank 0 alone logs"
 
 
-def test_distill_stage_in_a_recipe_without_prune(tmp_path):
+def test_distill_stage_in_a_recipe_without_prune(tmp_path, monkeypatch):
+    import compressor.distill
     from compressor.config import Recipe
     from compressor.pipeline import run_recipe
 
+    jitters = []
+
+    class Recorded(ContentCrops):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            jitters.append(self.color_jitter)
+
+    monkeypatch.setattr(compressor.distill, "ContentCrops", Recorded)
     recipe = Recipe.model_validate({
         "name": "tiny", "loss_network": "random",
         "model": {"family": "transformer_net", "spec": STUDENT_SPEC.model_dump(exclude={"family", "style", "stn"})},
-        "distill": {"steps": 2, "crop": CROP, "batch_size": 1, "perceptual_weight": 0.0},
+        "distill": {"steps": 2, "crop": CROP, "batch_size": 1, "perceptual_weight": 0.0, "color_jitter": 0.3},
     })
     run_dir = run_recipe(recipe, tmp_path, progress=False)
+    assert jitters == [0.3], "the stage's crops are jittered as the recipe says"
     distilled = load_model(run_dir / "distilled")
     assert distilled.current_spec().res_inner == STUDENT_SPEC.res_inner
     assert distilled.meta["student_from"] == str(run_dir / "teacher")
@@ -359,3 +369,28 @@ def test_a_recipe_distill_stage_resumes_from_its_checkpoint(tmp_path):
         weights.append(student.state_dict())
     assert [row["step"] for row in history] == [3, 4]  # steps 1-2 came from the checkpoint
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_color_jitter_changes_colours_only_and_replays():
+    plain = ContentCrops(sample_content_paths("train"), CROP)
+    jittered = ContentCrops(sample_content_paths("train"), CROP, color_jitter=0.4)
+    for index in range(4):
+        a, b = plain[index], jittered[index]
+        assert torch.equal(b, jittered[index]), "a crop is a function of its index"
+        assert 0 <= b.min() and b.max() <= 1
+        assert (a - b).abs().mean() > 0.01, "colours moved"
+        # same geometry: the jittered crop's edges are where the plain crop's are
+        edges = [(x[:, :, 1:] - x[:, :, :-1]).abs().mean(0).flatten() for x in (a, b)]
+        assert torch.corrcoef(torch.stack(edges))[0, 1] > 0.8
+    grey = ContentCrops(sample_content_paths("train"), CROP, color_jitter=0.4)
+    grey.images = [img.mean(0, keepdim=True).expand(3, -1, -1).contiguous() for img in grey.images]
+    crop = grey[0]
+    assert torch.allclose(crop[0], crop[1], atol=1e-5) and torch.allclose(crop[1], crop[2], atol=1e-5), \
+        "hue and saturation leave grey alone"
+
+
+def test_color_jitter_needs_the_teacher_on_each_batch():
+    from compressor.config import DistillStage
+
+    with pytest.raises(ValueError, match="color_jitter needs the teacher"):
+        DistillStage(color_jitter=0.2, paired_size=64)
