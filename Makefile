@@ -16,8 +16,10 @@ quickstart: $(BIN)/.installed
 	$(BIN)/styleslim run recipes/quickstart.yaml
 
 # The report tests drive a real headless browser (Debian's chromium).
+# `dpkg --configure -a` first finishes any install a machine left interrupted (a no-op otherwise),
+# which would make apt-get refuse to install anything.
 browser:
-	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
+	@command -v chromium >/dev/null || { export DEBIAN_FRONTEND=noninteractive; dpkg --configure -a && apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 # The import contracts (pyproject.toml [tool.importlinter]) first, then the tests.
 test: $(BIN)/.installed browser
