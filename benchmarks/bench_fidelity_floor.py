@@ -6,7 +6,8 @@ A student is judged by PSNR/SSIM against its teacher. This puts that number in s
 - the teacher against itself under input changes nobody can see: +-0.5 grey level of uniform dither, Gaussian
   noise of one grey level, a JPEG quality-95 round trip;
 - the teacher quantized as it is (no pruning, no distillation) with ONNX Runtime: static int8 with and without
-  norm-input equalization, dynamic int8 (int8 convs with int32 outputs).
+  norm-input equalization, each with 8-bit and 7-bit weights (on x86 without VNNI ORT's u8s8 kernels saturate with
+  8 bits; ``machine.ort_int8_saturates`` says whether this machine is one), dynamic int8 (int32 conv outputs).
 
     python benchmarks/bench_fidelity_floor.py [--model DIR] [--quick]
 """
@@ -26,6 +27,7 @@ from compressor.data import sample_content_paths
 from compressor.io import write_json
 from compressor.models import get_family, load_any, load_model
 from compressor.quantize import calibration_set, equalize_norm_inputs, image_batch
+from evaluation.latency import machine_info
 from evaluation.metrics import fidelity
 from exports.backends.onnxruntime import export_onnx, quantize_onnx
 from exports.runtime import load_runner
@@ -79,9 +81,13 @@ def run(quick: bool, model_dir: Path | None = None) -> dict:
                                          (size, size))
             variants = {
                 "ORT static int8 (u8 activations, s8 per-channel weights)":
-                    quantize_onnx(float_path, Path(tmp) / "s.onnx", "static", calibration),
+                    quantize_onnx(float_path, Path(tmp) / "s.onnx", "static", calibration, reduce_range=False),
+                "ORT static int8, 7-bit weights (reduce_range)":
+                    quantize_onnx(float_path, Path(tmp) / "s7.onnx", "static", calibration, reduce_range=True),
                 "ORT static int8, norm inputs equalized":
-                    quantize_onnx(equalized_path, Path(tmp) / "se.onnx", "static", calibration),
+                    quantize_onnx(equalized_path, Path(tmp) / "se.onnx", "static", calibration, reduce_range=False),
+                "ORT static int8, norm inputs equalized, 7-bit weights":
+                    quantize_onnx(equalized_path, Path(tmp) / "se7.onnx", "static", calibration, reduce_range=True),
                 "ORT dynamic int8 (int32 conv outputs)": quantize_onnx(float_path, Path(tmp) / "d.onnx", "dynamic"),
             }
             for label, path in variants.items():
@@ -90,7 +96,7 @@ def run(quick: bool, model_dir: Path | None = None) -> dict:
                           for x, ref in zip(images, reference)]
                 rows.append({"size": size, **_summary(f"{label} of the teacher", scores)})
     return {"model": str(model_dir or f"{TEACHER} style {STYLE}"), "eval_images": len(sample_content_paths("eval")),
-            "table": rows}
+            "table": rows, "machine": machine_info()}
 
 
 def main() -> None:

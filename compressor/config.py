@@ -169,6 +169,11 @@ class QuantizeStage(_Strict):
         True, description="Static int8: first rescale each conv that feeds an instance norm to unit spread per "
         "channel (the norm undoes it), so one int8 scale fits all its channels."
     )
+    onnx_reduce_range: bool | None = Field(
+        None, description="ONNX Runtime static int8 with 7-bit weights (ORT's reduce_range). None: on where this "
+        "machine's x86 int8 kernels lack VNNI and saturate (AVX2), off elsewhere; false for an ARM phone built on "
+        "such a machine (its parity check here then reads the saturation)."
+    )
     size: int = Field(256, ge=16, description="Square input side of the quantized artifacts.")
     coreml_palettize_bits: list[Literal[4, 6]] = Field(
         default_factory=lambda: [6, 4], description="Core ML k-means palettization variants (besides int8 weights)."

@@ -81,4 +81,7 @@ def machine_info() -> dict[str, Any]:
             info[module] = __import__(module).__version__
         except (ImportError, AttributeError):
             info[module] = None
+    from exports.backends.onnxruntime import u8s8_saturates
+
+    info["ort_int8_saturates"] = u8s8_saturates()  # x86 without VNNI: ORT static int8 then uses 7-bit weights
     return info

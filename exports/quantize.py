@@ -83,7 +83,8 @@ def resolve_keep_float(globs: list[str], layers: dict[str, str]) -> list[str]:
 
 
 def layer_sensitivity(float_onnx: Path, calibration: list[np.ndarray], judge: Judge, method: str = "minmax",
-                      work_dir: Path | None = None, by: str = "psnr") -> list[dict[str, Any]]:
+                      work_dir: Path | None = None, by: str = "psnr",
+                      reduce_range: bool | None = None) -> list[dict[str, Any]]:
     """Quantize one conv at a time (ORT static) and measure the damage; most harmful first.
 
     ``by="psnr"``: lowest PSNR vs fp32 first (fidelity); ``by="style"``: largest style-loss rise first.
@@ -92,7 +93,7 @@ def layer_sensitivity(float_onnx: Path, calibration: list[np.ndarray], judge: Ju
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         for node, module in conv_layers(float_onnx).items():
             path = Path(tmp) / "one.onnx"
-            quantize_onnx(float_onnx, path, "static", calibration, method, only=[node])
+            quantize_onnx(float_onnx, path, "static", calibration, method, only=[node], reduce_range=reduce_range)
             results.append({"layer": module, "node": node, **judge(load_runner(path))})
     if by == "psnr":
         return sorted(results, key=lambda r: (r["psnr_db"], -r["style_increase_pct"]))
@@ -111,7 +112,8 @@ def _mixed_precision(settings: QuantizeStage, float_onnx: Path, calibration: lis
     """Greedy: add the most sensitive layer to the float set until the int8 model fits the budget(s)."""
     layers = conv_layers(float_onnx)
     by = "psnr" if settings.min_psnr_db is not None else "style"
-    ranking = layer_sensitivity(float_onnx, calibration, judge, settings.calibration_method, work_dir, by=by)
+    ranking = layer_sensitivity(float_onnx, calibration, judge, settings.calibration_method, work_dir, by=by,
+                                reduce_range=settings.onnx_reduce_range)
     keep = resolve_keep_float(settings.keep_float, layers)
     trail = []
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
@@ -122,7 +124,8 @@ def _mixed_precision(settings: QuantizeStage, float_onnx: Path, calibration: lis
                 keep.append(candidate)
             path = Path(tmp) / "mixed.onnx"
             nodes = _module_globs_to_nodes(layers, keep)
-            quantize_onnx(float_onnx, path, "static", calibration, settings.calibration_method, keep_float=nodes)
+            quantize_onnx(float_onnx, path, "static", calibration, settings.calibration_method, keep_float=nodes,
+                          reduce_range=settings.onnx_reduce_range)
             quality = judge(load_runner(path))
             trail.append({"keep_float": list(keep), **quality})
             if within_budget(quality, settings):

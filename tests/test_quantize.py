@@ -177,6 +177,26 @@ def test_several_modes_make_one_variant_each(model_dir, judge_parts, tmp_path):
                  vgg, grams, progress=False)
 
 
+@pytest.mark.parametrize("reduce_range", [None, True, False])
+def test_onnx_static_weight_bits_follow_the_machine_or_the_recipe(model_dir, judge_parts, tmp_path, reduce_range):
+    """ORT's x86 u8s8 kernels without VNNI saturate: there (reduce_range None) the int8 weights get 7 bits."""
+    import onnx
+    from onnx import numpy_helper
+
+    from exports.backends.onnxruntime import u8s8_saturates
+
+    vgg, grams = judge_parts
+    settings = QuantizeStage(size=SIZE, onnx_reduce_range=reduce_range)
+    [manifest] = quantize(model_dir, tmp_path, settings, vgg, grams, progress=False)
+    seven_bits = u8s8_saturates() if reduce_range is None else reduce_range
+    assert manifest["quantization"]["weight_bits"] == (7 if seven_bits else 8)
+    graph = onnx.load(str(tmp_path / "onnx" / manifest["artifact"])).graph
+    weights = {i.name: numpy_helper.to_array(i) for i in graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    assert weights, "static int8 stores its conv weights as int8"
+    peak = max(int(np.abs(w.astype(np.int32)).max()) for w in weights.values())
+    assert peak <= 64 if seven_bits else peak > 64, peak
+
+
 def _skewed_multistyle() -> torch.nn.Module:
     """A small single-style multistyle net whose pre-norm channels differ 100x in spread (the norms undo it)."""
     from compressor.models.multistyle import MultiStyleNet, MultiStyleSpec

@@ -8,6 +8,8 @@ Quantization of the exported float model with ONNX Runtime's quantizers:
 - static: ``quantize_static`` in QDQ format, u8 activations + s8 per-channel
   weights (the VNNI fast path on x86; s8s8 has none). InstanceNormalization
   is not in the quantized op list, so it stays float between Q/DQ pairs.
+  On x86 without VNNI (AVX2) ORT's u8s8 kernels add pairs of products in
+  int16 and saturate, so there the weights get 7 bits (``reduce_range``).
 - dynamic: ``quantize_dynamic`` -> ConvInteger, activations quantized at run time.
 - weight-only: int8 per-channel weights + DequantizeLinear, float compute (a size win only).
 - fp16: float16 weights and compute graph with float32 I/O (``keep_io_types``).
@@ -105,6 +107,13 @@ def _input_name(path: Path) -> str:
     return onnx.load(str(path), load_external_data=False).graph.input[0].name
 
 
+def u8s8_saturates() -> bool:
+    """Whether ORT's static int8 convs saturate on this machine: on x86 without VNNI (AVX2, plain AVX-512) they add
+    pairs of u8 x s8 products in int16 (VPMADDUBSW), which overflows (ORT's quantization guide: use reduce_range)."""
+    caps = torch.cpu.get_capabilities()
+    return caps.get("architecture") == "x86_64" and not (caps.get("avx512_vnni") or caps.get("avx_vnni"))
+
+
 def quantize_onnx(
     float_onnx: str | Path,
     out_path: str | Path,
@@ -113,10 +122,12 @@ def quantize_onnx(
     method: str = "minmax",
     keep_float: list[str] | tuple[str, ...] = (),
     only: list[str] | None = None,
+    reduce_range: bool | None = None,
 ) -> Path:
     """Quantize ``float_onnx`` into ``out_path``. ``keep_float``/``only`` are Conv node names.
 
-    ``calibration`` is a list of NCHW float32 arrays (needed by ``static``).
+    ``calibration`` is a list of NCHW float32 arrays (needed by ``static``). ``reduce_range``: static int8 with
+    7-bit weights; None = where this machine's kernels would saturate (``u8s8_saturates``).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -136,6 +147,7 @@ def quantize_onnx(
             quantize_static(
                 str(pre), str(tmp), _Reader(_input_name(pre), calibration),
                 quant_format=QuantFormat.QDQ, per_channel=True,
+                reduce_range=u8s8_saturates() if reduce_range is None else reduce_range,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                                   "percentile": CalibrationMethod.Percentile}[method],
@@ -249,10 +261,16 @@ def quantize(job: QuantizeJob) -> list[dict[str, Any]]:
     keep = job.keep_float(layers)
     path = job.out_dir / f"model-{job.precision}.onnx"
     nodes = [node for node, module in layers.items() if module in keep]
-    quantize_onnx(float_path, path, job.mode, job.calibration, job.settings.calibration_method, keep_float=nodes)
+    reduce_range = job.settings.onnx_reduce_range
+    if reduce_range is None:
+        reduce_range = job.mode == "static" and u8s8_saturates()
+    quantize_onnx(float_path, path, job.mode, job.calibration, job.settings.calibration_method, keep_float=nodes,
+                  reduce_range=reduce_range)
     runner = load(path, None, "nchw", {})
     info = {**job.extra, "keep_float": keep, "runs_in_int8": RUNS_IN_INT8[job.mode], "contents": int8_contents(path),
             "quality": job.judge(runner) if job.judge else None}
+    if job.mode == "static":
+        info["weight_bits"] = 7 if reduce_range else 8
     return [job.write(path, job.precision, info, runner=runner)]
 
 
