@@ -7,7 +7,7 @@ A student is judged by PSNR/SSIM against its teacher. This puts that number in s
   noise of one grey level, a JPEG quality-95 round trip;
 - the teacher quantized as it is (no pruning, no distillation) with ONNX Runtime: static int8 with and without
   norm-input equalization, each with 8-bit and 7-bit weights (on x86 without VNNI ORT's u8s8 kernels saturate with
-  8 bits; ``machine.ort_int8_saturates`` says whether this machine is one), dynamic int8 (int32 conv outputs).
+  8 bits; ``machine.x86_vnni`` false says this machine is one), dynamic int8 (int32 conv outputs).
 
     python benchmarks/bench_fidelity_floor.py [--model DIR] [--quick]
 """

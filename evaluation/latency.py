@@ -81,7 +81,8 @@ def machine_info() -> dict[str, Any]:
             info[module] = __import__(module).__version__
         except (ImportError, AttributeError):
             info[module] = None
-    from exports.backends.onnxruntime import u8s8_saturates
+    from exports.backends.onnxruntime import x86_vnni
 
-    info["ort_int8_saturates"] = u8s8_saturates()  # x86 without VNNI: ORT static int8 then uses 7-bit weights
+    # False: int8 convs run without dot-product instructions (slower) and ORT static int8 takes 7-bit weights
+    info["x86_vnni"] = x86_vnni()
     return info

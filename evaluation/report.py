@@ -132,8 +132,9 @@ def machine_line(report: dict[str, Any]) -> str:
     m, s = report["machine"], report["settings"]
     versions = [f"Python {m['python']}", f"torch {m['torch']}"]
     versions += [f"{k} {m[k]}" for k in ("onnxruntime", "ai_edge_litert") if m.get(k)]
+    vnni = {True: "int8 dot products (VNNI) · ", False: "no VNNI: int8 without dot-product instructions · "}
     return (f"{m['cpu_model']} · {m['usable_cores']} usable / {m['logical_cores']} logical cores · "
-            f"{s['threads']} thread(s) · {m['platform']} · " + " · ".join(versions))
+            f"{vnni.get(m.get('x86_vnni'), '')}{s['threads']} thread(s) · {m['platform']} · " + " · ".join(versions))
 
 
 def peer(report: dict[str, Any]) -> dict[str, Any] | None:

@@ -107,11 +107,16 @@ def _input_name(path: Path) -> str:
     return onnx.load(str(path), load_external_data=False).graph.input[0].name
 
 
+def x86_vnni() -> bool | None:
+    """Whether this x86 CPU has int8 dot-product instructions (AVX-512 VNNI or AVX-VNNI); None off x86."""
+    caps = torch.cpu.get_capabilities()
+    return bool(caps.get("avx512_vnni") or caps.get("avx_vnni")) if caps.get("architecture") == "x86_64" else None
+
+
 def u8s8_saturates() -> bool:
     """Whether ORT's static int8 convs saturate on this machine: on x86 without VNNI (AVX2, plain AVX-512) they add
     pairs of u8 x s8 products in int16 (VPMADDUBSW), which overflows (ORT's quantization guide: use reduce_range)."""
-    caps = torch.cpu.get_capabilities()
-    return caps.get("architecture") == "x86_64" and not (caps.get("avx512_vnni") or caps.get("avx_vnni"))
+    return x86_vnni() is False
 
 
 def quantize_onnx(
@@ -261,9 +266,7 @@ def quantize(job: QuantizeJob) -> list[dict[str, Any]]:
     keep = job.keep_float(layers)
     path = job.out_dir / f"model-{job.precision}.onnx"
     nodes = [node for node, module in layers.items() if module in keep]
-    reduce_range = job.settings.onnx_reduce_range
-    if reduce_range is None:
-        reduce_range = job.mode == "static" and u8s8_saturates()
+    reduce_range = u8s8_saturates() if job.settings.onnx_reduce_range is None else job.settings.onnx_reduce_range
     quantize_onnx(float_path, path, job.mode, job.calibration, job.settings.calibration_method, keep_float=nodes,
                   reduce_range=reduce_range)
     runner = load(path, None, "nchw", {})
