@@ -119,6 +119,11 @@ def u8s8_saturates() -> bool:
     return x86_vnni() is False
 
 
+def static_reduce_range(choice: bool | None) -> bool:
+    """7-bit static int8 weights: ``choice`` when given (``quantize.onnx_reduce_range``), else where ORT saturates."""
+    return u8s8_saturates() if choice is None else choice
+
+
 def quantize_onnx(
     float_onnx: str | Path,
     out_path: str | Path,
@@ -132,7 +137,7 @@ def quantize_onnx(
     """Quantize ``float_onnx`` into ``out_path``. ``keep_float``/``only`` are Conv node names.
 
     ``calibration`` is a list of NCHW float32 arrays (needed by ``static``). ``reduce_range``: static int8 with
-    7-bit weights; None = where this machine's kernels would saturate (``u8s8_saturates``).
+    7-bit weights; None = where this machine's kernels would saturate (``static_reduce_range``).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -152,7 +157,7 @@ def quantize_onnx(
             quantize_static(
                 str(pre), str(tmp), _Reader(_input_name(pre), calibration),
                 quant_format=QuantFormat.QDQ, per_channel=True,
-                reduce_range=u8s8_saturates() if reduce_range is None else reduce_range,
+                reduce_range=static_reduce_range(reduce_range),
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                                   "percentile": CalibrationMethod.Percentile}[method],
@@ -266,7 +271,7 @@ def quantize(job: QuantizeJob) -> list[dict[str, Any]]:
     keep = job.keep_float(layers)
     path = job.out_dir / f"model-{job.precision}.onnx"
     nodes = [node for node, module in layers.items() if module in keep]
-    reduce_range = u8s8_saturates() if job.settings.onnx_reduce_range is None else job.settings.onnx_reduce_range
+    reduce_range = static_reduce_range(job.settings.onnx_reduce_range)
     quantize_onnx(float_path, path, job.mode, job.calibration, job.settings.calibration_method, keep_float=nodes,
                   reduce_range=reduce_range)
     runner = load(path, None, "nchw", {})
