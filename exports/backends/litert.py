@@ -11,6 +11,9 @@ Quantization of the float .tflite (exported with the slice-padding rewrite):
 - dynamic: ``dynamic_wi8_afp32`` (int8 weights, activations quantized per run inside the kernels).
 - weight-only: ``weight_only_wi8_afp32`` (int8 weights dequantized to float, float compute).
 - fp16: float16 weights, float compute (the exporter's ``fp16_weights``).
+
+Every quantized file is written as deployed (``exports.tflite_graph.deployable``): each pixel shuffle as one
+DEPTH_TO_SPACE instead of litert-torch's TRANSPOSE/RESHAPE chain, inner tensor names stripped.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from torch import nn
 from compressor.io import atomic_output
 from exports.backends.base import Backend, QuantizeJob, Runner, register_backend
 from exports.common import ExportError, ExportWrapper, conversion_error, example_inputs
+from exports.tflite_graph import deployable
 
 # Ops whose constant weights the fp16 variant stores as float16 (computed in float32 after DEQUANTIZE).
 FP16_WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "CONV_2D_TRANSPOSE")
@@ -124,20 +128,6 @@ def conv_layers(path: str | Path, module_order: list[str] | None = None) -> dict
     return names
 
 
-def strip_tensor_names(flatbuffer: bytes) -> bytes:
-    """The same model without its inner tensor names: litert-torch's module paths, about a third of a small int8
-    model. The graph's input and output tensors and the signature keep theirs."""
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
-    for subgraph in model.subgraphs:
-        boundary = set(subgraph.inputs) | set(subgraph.outputs)
-        for index, tensor in enumerate(subgraph.tensors):
-            if index not in boundary:
-                tensor.name = None
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
 def quantize_tflite(
     float_tflite: str | Path,
     out_path: str | Path,
@@ -146,7 +136,8 @@ def quantize_tflite(
     keep_float: list[str] | tuple[str, ...] = (),
     module_order: list[str] | None = None,
 ) -> Path:
-    """Quantize ``float_tflite`` into ``out_path``, inner tensor names stripped (``strip_tensor_names``);
+    """Quantize ``float_tflite`` into ``out_path`` as deployed (``exports.tflite_graph.deployable``: pixel shuffles as
+    DEPTH_TO_SPACE, inner tensor names stripped);
     ``keep_float`` are module-name globs of convs left in float (``module_order``: see ``conv_layers``)."""
     from ai_edge_quantizer import qtyping, quantizer, recipe
 
@@ -155,7 +146,7 @@ def quantize_tflite(
     float_tflite, out_path = Path(float_tflite), Path(out_path)
     with atomic_output(out_path) as tmp:
         if mode == "fp16":
-            tmp.write_bytes(strip_tensor_names(fp16_weights(float_tflite.read_bytes())))
+            tmp.write_bytes(deployable(fp16_weights(float_tflite.read_bytes())))
             return out_path
         q = quantizer.Quantizer(str(float_tflite))
         q.load_quantization_recipe({"static": recipe.static_wi8_ai8, "dynamic": recipe.dynamic_wi8_afp32,
@@ -174,7 +165,7 @@ def quantize_tflite(
                 raise ValueError("static quantization needs calibration images")
             signature, name = _signature_input(float_tflite)
             result = q.calibrate({signature: [{name: x} for x in calibration]})
-        tmp.write_bytes(strip_tensor_names(bytes(q.quantize(result).quantized_model)))
+        tmp.write_bytes(deployable(bytes(q.quantize(result).quantized_model)))
     return out_path
 
 

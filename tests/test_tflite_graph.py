@@ -1,0 +1,110 @@
+"""What quantized .tflite files are deployed as (exports.tflite_graph): pixel shuffles as one DEPTH_TO_SPACE,
+same outputs, and chains that are not a depth-to-space left alone."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from compressor.models import EdgeNet, EdgeNetSpec
+from exports.backends import litert
+from exports.backends.litert import export_tflite, quantize_tflite
+from exports.tflite_graph import deployable
+
+SIZE = 64
+
+
+def op_counts(flatbuffer: bytes) -> Counter:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=flatbuffer)
+    interpreter.allocate_tensors()
+    return Counter(op["op_name"] for op in interpreter._get_ops_details())
+
+
+def run(flatbuffer: bytes, x: np.ndarray) -> np.ndarray:
+    """The raw graph output (int8 stays int8: bit-level comparisons)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_content=flatbuffer).get_signature_runner()
+    [key] = runner.get_input_details()
+    detail = runner.get_input_details()[key]
+    scale, zero = detail["quantization"]
+    if scale:
+        x = np.clip(np.round(x / scale + zero), -128, 127).astype(detail["dtype"])
+    return next(iter(runner(**{key: x}).values()))
+
+
+@pytest.fixture(scope="module")
+def edge_float(tmp_path_factory):
+    """An edge student with two shuffles: a x2 up after its trunk, and the x2 RGB output (NCHW graph output)."""
+    torch.manual_seed(0)
+    model = EdgeNet(EdgeNetSpec(unshuffle=2, down=1, stem=16, trunk=16, blocks=1)).eval()
+    path = tmp_path_factory.mktemp("edge") / "model-fp32.tflite"
+    export_tflite(model, path, (SIZE, SIZE))
+    return model, path
+
+
+def test_pixel_shuffles_become_depth_to_space_with_the_same_outputs(edge_float):
+    model, path = edge_float
+    x = np.random.default_rng(0).random((1, 3, SIZE, SIZE), dtype=np.float32)
+    before = path.read_bytes()
+    after = deployable(before)
+    ops_before, ops_after = op_counts(before), op_counts(after)
+    assert ops_before["TRANSPOSE"] >= 8 and "DEPTH_TO_SPACE" not in ops_before  # litert-torch's lowering
+    assert ops_after["DEPTH_TO_SPACE"] == 2
+    # 4 TRANSPOSEs and 3 RESHAPEs per shuffle gone; one TRANSPOSE comes back for the NCHW graph output
+    assert ops_after["TRANSPOSE"] == ops_before["TRANSPOSE"] - 7 + 1
+    assert ops_after["RESHAPE"] == ops_before["RESHAPE"] - 6
+    assert ops_after["CONV_2D"] == ops_before["CONV_2D"]
+    np.testing.assert_allclose(run(after, x), run(before, x), atol=1e-5)
+    with torch.no_grad():
+        np.testing.assert_allclose(run(after, x), model(torch.from_numpy(x)).numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic", "fp16"])
+def test_quantized_files_are_fused_and_bit_identical_to_unfused_ones(edge_float, tmp_path, monkeypatch, mode):
+    _, path = edge_float
+    rng = np.random.default_rng(1)
+    calibration = [rng.random((1, 3, SIZE, SIZE), dtype=np.float32) for _ in range(2)]
+    fused = quantize_tflite(path, tmp_path / "fused.tflite", mode, calibration).read_bytes()
+    monkeypatch.setattr(litert, "deployable", lambda flatbuffer: flatbuffer)
+    plain = quantize_tflite(path, tmp_path / "plain.tflite", mode, calibration).read_bytes()
+    assert op_counts(fused)["DEPTH_TO_SPACE"] == 2 and "DEPTH_TO_SPACE" not in op_counts(plain)
+    x = rng.random((1, 3, SIZE, SIZE), dtype=np.float32)
+    if mode == "static":  # int8 all through: a channel permutation of integer convs changes no bit
+        np.testing.assert_array_equal(run(fused, x), run(plain, x))
+    else:
+        np.testing.assert_allclose(run(fused, x), run(plain, x), atol=1e-5)
+
+
+class _NotAShuffle(nn.Module):
+    """Transposes and reshapes that move pixels, but not as a depth-to-space: must stay as they are."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(2, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x).transpose(2, 3)  # H <-> W
+        n, c, h, w = y.shape
+        y = y.reshape(n, c // 4, 4, h, w).transpose(1, 2).reshape(n, c // 4, 4 * h, w)  # channels stacked along H
+        return self.b(y)
+
+
+def test_chains_that_are_not_a_depth_to_space_are_left_alone(tmp_path):
+    torch.manual_seed(0)
+    model = _NotAShuffle().eval()
+    import litert_torch
+
+    litert_torch.convert(model, (torch.rand(1, 3, 16, 16),)).export(str(tmp_path / "m.tflite"))
+    before = (tmp_path / "m.tflite").read_bytes()
+    after = deployable(before)
+    assert "DEPTH_TO_SPACE" not in op_counts(after)
+    assert op_counts(after)["TRANSPOSE"] == op_counts(before)["TRANSPOSE"] > 0
+    x = np.random.default_rng(2).random((1, 3, 16, 16), dtype=np.float32)
+    np.testing.assert_array_equal(run(after, x), run(before, x))
