@@ -1,15 +1,16 @@
 """What a quantized .tflite file is deployed as (``deployable``): litert-torch's graph made cheaper to run and
 smaller, with the same outputs.
 
-``fuse_depth_to_space``: litert-torch lowers every ``pixel_shuffle`` through rank-4 RESHAPE/TRANSPOSE chains
-(4 TRANSPOSEs and 3 RESHAPEs per shuffle, because the NCHW shuffle runs inside an NHWC graph). Each such chain
-is replaced by one DEPTH_TO_SPACE (plus one TRANSPOSE where the chain ends on an NCHW graph output). TFLite's
-DEPTH_TO_SPACE takes its channels in another order than PyTorch's shuffle, so the conv that produces the
-shuffled tensor has its output channels (weights, bias, per-channel scales) permuted to match. Which permutation
-a chain computes is found by running the chain on an index array, so only chains that really are a
-depth-to-space are touched. It is data movement only: int8 outputs are bit-identical, float ones equal to
-float rounding (the conv's channels are summed in another tiling). ai-edge-quantizer has no DEPTH_TO_SPACE,
-so this runs after quantization.
+``fuse_pixel_shuffles``: litert-torch lowers every ``pixel_shuffle`` / ``pixel_unshuffle`` through rank-4
+RESHAPE/TRANSPOSE chains (3-4 TRANSPOSEs and 3 RESHAPEs each, because the NCHW shuffle runs inside an NHWC
+graph). Each chain becomes one DEPTH_TO_SPACE / SPACE_TO_DEPTH, plus one TRANSPOSE where the chain ends on an
+NCHW graph output or starts on an NCHW graph input. TFLite orders the channels of a depth-to-space
+differently from PyTorch, so the conv on the channel side of the chain (the one making a shuffled tensor, or
+the one reading an unshuffled tensor) has its channels permuted to match: output channels (weights, bias,
+per-channel scales), or input channels (weights). Which permutation a chain computes is found by running it on
+an index array, so only chains that really are a depth-to-space or space-to-depth are touched. It is data
+movement only: int8 outputs are bit-identical, float ones equal to float rounding (a conv's channels are
+summed in another tiling). ai-edge-quantizer has no DEPTH_TO_SPACE, so this runs after quantization.
 
 ``strip_tensor_names``: litert-torch names inner tensors by module path, about a third of a small int8 file;
 the graph's input and output tensors and the signature keep theirs.
@@ -18,6 +19,7 @@ the graph's input and output tensors and the signature keep theirs.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,6 +27,7 @@ _LAYOUT_OPS = ("RESHAPE", "TRANSPOSE")
 # Ops that act on each element alone: a channel permutation before them is one after them.
 _ELEMENTWISE = ("LOGISTIC", "RELU", "RELU6", "TANH", "QUANTIZE", "DEQUANTIZE", "HARD_SWISH")
 _NUMPY = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 7: np.int16, 9: np.int8}
+_TO_NCHW, _TO_NHWC = [0, 3, 1, 2], [0, 2, 3, 1]
 
 
 class _Graph:
@@ -46,14 +49,42 @@ class _Graph:
         users = self.consumers.get(tensor, [])
         return users[0] if len(users) == 1 and tensor not in self.outputs else None
 
+    def shape(self, tensor: int) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.sub.tensors[tensor].shape)
+
     def constant(self, tensor: int) -> np.ndarray:
         t = self.sub.tensors[tensor]
         return np.frombuffer(bytes(self.model.buffers[t.buffer].data), _NUMPY[t.type]).reshape(t.shape)
 
-    def weights_tensor(self, tensor: int) -> int:
-        """The constant behind a conv input: itself, or the constant a DEQUANTIZE reads (fp16, weight-only)."""
-        op = self.producer.get(tensor)
-        return self.sub.operators[op].inputs[0] if op is not None and self.codes[op] == "DEQUANTIZE" else tensor
+    def conv_constants(self, op: int) -> list[int] | None:
+        """The conv's weights and bias as constant tensors (behind a DEQUANTIZE: fp16, weight-only), or None when
+        another op shares one (permuting it would change that op too)."""
+        constants = []
+        for tensor in self.sub.operators[op].inputs[1:3]:
+            if tensor < 0:
+                continue
+            producer = self.producer.get(tensor)
+            if producer is not None and self.codes[producer] == "DEQUANTIZE":
+                tensor = self.sub.operators[producer].inputs[0]
+            constants.append(tensor)
+        buffers = [t.buffer for t in self.sub.tensors]
+        shared = any(buffers.count(self.sub.tensors[t].buffer) > 1 or len(self.consumers.get(t, [])) > 1
+                     for t in constants)
+        return None if shared else constants
+
+    def set_constant(self, tensor: int, values: np.ndarray) -> None:
+        self.model.buffers[self.sub.tensors[tensor].buffer].data = np.frombuffer(values.tobytes(), np.uint8)
+
+
+@dataclass
+class _Shuffle:
+    """A chain found to be a depth-to-space (``up``) or space-to-depth by ``block``; ``channels[k]`` is the TFLite
+    channel that PyTorch's channel k becomes; ``nchw``: the chain's far end is NCHW (one TRANSPOSE kept)."""
+
+    up: bool
+    block: int
+    channels: np.ndarray
+    nchw: bool
 
 
 def _chain(graph: _Graph, start: int) -> list[int]:
@@ -65,65 +96,99 @@ def _chain(graph: _Graph, start: int) -> list[int]:
     return ops
 
 
-def _shuffle_permutation(graph: _Graph, ops: list[int]) -> tuple[int, np.ndarray, bool] | None:
-    """(block size, channel order, ends in NCHW) when the chain is a depth-to-space of an NHWC tensor, else None.
-
-    The chain is run on an index array; a depth-to-space by ``r`` of channels taken in ``order`` must give
-    out[h*r + i, w*r + j, c] = in[h, w, order[(i*r + j)*C' + c]]."""
-    sub = graph.sub
-    shape = list(sub.tensors[sub.operators[ops[0]].inputs[0]].shape)
-    if len(shape) != 4 or shape[0] != 1:
-        return None
-    _, height, width, channels = shape
-    index = np.arange(height * width * channels).reshape(shape)
+def _run_chain(graph: _Graph, ops: list[int]) -> np.ndarray:
+    """The chain's output, holding for each element the flat index of the input element it comes from."""
+    source = graph.sub.operators[ops[0]].inputs[0]
+    index = np.arange(int(np.prod(graph.shape(source)))).reshape(graph.shape(source))
     for i in ops:
-        op = sub.operators[i]
+        op = graph.sub.operators[i]
         if graph.codes[i] == "TRANSPOSE":
             index = index.transpose(graph.constant(op.inputs[1]))
         else:
-            index = index.reshape(sub.tensors[op.outputs[0]].shape)
-    for r in (2, 3, 4):
-        out_channels = channels // (r * r)
-        if out_channels * r * r != channels:
-            continue
-        nhwc, nchw = (1, height * r, width * r, out_channels), (1, out_channels, height * r, width * r)
-        if index.shape not in (nhwc, nchw):
-            continue
-        ends_nchw = index.shape == nchw and nhwc != nchw
-        src = (index.transpose(0, 2, 3, 1) if ends_nchw else index).reshape(height, r, width, r, out_channels)
-        src = src.transpose(0, 2, 1, 3, 4)  # h, w, i, j, c
-        rows, cols = np.indices((height, width))
-        if not (np.all(src // (width * channels) == rows[..., None, None, None])
-                and np.all(src // channels % width == cols[..., None, None, None])):
-            continue
-        order = src % channels
-        if np.all(order == order[:1, :1]):
-            return r, order[0, 0].reshape(-1), ends_nchw
+            index = index.reshape(graph.shape(op.outputs[0]))
+    return index
+
+
+def _pixels(index: np.ndarray, nhwc_shape: tuple[int, ...], nchw: bool) -> tuple[np.ndarray, ...]:
+    """Row, column and channel of each flat index into a tensor of ``nhwc_shape`` stored NCHW or NHWC."""
+    _, height, width, channels = nhwc_shape
+    if nchw:
+        return index // width % height, index % width, index // (height * width)
+    return index // (width * channels), index // channels % width, index % channels
+
+
+def _constant_over_pixels(x: np.ndarray) -> bool:
+    """Whether ``x`` (rows, columns, ...) holds the same values at every pixel."""
+    return bool(np.all(x == x[:1, :1]))
+
+
+def _find_shuffle(graph: _Graph, ops: list[int]) -> _Shuffle | None:
+    """What the chain computes, when it is a depth-to-space of an NHWC tensor (to NHWC or NCHW) or a
+    space-to-depth of an NHWC or NCHW tensor (to NHWC); else None."""
+    shape_in = graph.shape(graph.sub.operators[ops[0]].inputs[0])
+    if len(shape_in) != 4 or shape_in[0] != 1:
+        return None
+    out = _run_chain(graph, ops)
+    for block in (2, 3, 4):
+        for nchw in (False, True):
+            # depth-to-space: NHWC in; out[h*r + i, w*r + j, c'] = in[h, w, k] with one k per (i, j, c')
+            _, height, width, channels = shape_in
+            up = (1, height * block, width * block, channels // block**2)
+            if channels % block**2 == 0 and out.shape == ((up[0], up[3], up[1], up[2]) if nchw else up):
+                nhwc = out.transpose(_TO_NHWC) if nchw else out
+                rows, cols, k = _pixels(nhwc[0], shape_in, nchw=False)
+                grid_r, grid_c = np.indices(up[1:3])
+                if np.all(rows == (grid_r // block)[..., None]) and np.all(cols == (grid_c // block)[..., None]):
+                    phases = k.reshape(height, block, width, block, up[3]).transpose(0, 2, 1, 3, 4)
+                    if _constant_over_pixels(phases):
+                        taken = phases[0, 0].reshape(-1)  # TFLite channel (i*r + j)*C' + c' takes PyTorch's taken[.]
+                        return _Shuffle(True, block, np.argsort(taken), nchw)
+            # space-to-depth: NHWC or NCHW in; out[h, w, k] = in[h*r + a, w*r + b, c] with one (a, b, c) per k
+            nhwc_in = (1, shape_in[2], shape_in[3], shape_in[1]) if nchw else shape_in
+            _, height, width, channels = nhwc_in
+            down = (1, height // block, width // block, channels * block**2)
+            if height % block == 0 and width % block == 0 and out.shape == down:
+                rows, cols, c = _pixels(out[0], nhwc_in, nchw)
+                grid_r, grid_c = np.indices(down[1:3])
+                a, b = rows - (grid_r * block)[..., None], cols - (grid_c * block)[..., None]
+                if all(_constant_over_pixels(x) for x in (a, b, c)) and a.min() >= 0 and a.max() < block \
+                        and b.min() >= 0 and b.max() < block:
+                    channel = (a[0, 0] * block + b[0, 0]) * channels + c[0, 0]  # TFLite channel of PyTorch's k
+                    if len(set(channel.tolist())) == len(channel):
+                        return _Shuffle(False, block, channel, nchw)
     return None
 
 
-def _permute_producer(graph: _Graph, tensor: int, order: np.ndarray) -> bool:
-    """Permute the output channels of the conv that makes ``tensor`` (through elementwise ops); False if none."""
-    op = graph.producer.get(tensor)
+def _conv_beside(graph: _Graph, ops: list[int], up: bool) -> int | None:
+    """The conv on the channel side of the chain: the one making its input (through elementwise ops), or the one
+    reading its output; None when there is none or the tensors between are shared."""
+    sub = graph.sub
+    if not up:
+        op = graph.only_consumer(sub.operators[ops[-1]].outputs[0])
+        return op if op is not None and graph.codes[op] == "CONV_2D" and \
+            sub.operators[op].inputs[0] == sub.operators[ops[-1]].outputs[0] else None
+    op = graph.producer.get(sub.operators[ops[0]].inputs[0])
     while op is not None and graph.codes[op] in _ELEMENTWISE:
-        source = graph.sub.operators[op].inputs[0]
-        if graph.only_consumer(source) is None:
-            return False
-        op = graph.producer.get(source)
-    if op is None or graph.codes[op] != "CONV_2D" or graph.only_consumer(graph.sub.operators[op].outputs[0]) is None:
+        if graph.only_consumer(sub.operators[op].inputs[0]) is None:
+            return None
+        op = graph.producer.get(sub.operators[op].inputs[0])
+    if op is None or graph.codes[op] != "CONV_2D" or graph.only_consumer(sub.operators[op].outputs[0]) is None:
+        return None
+    return op
+
+
+def _permute_conv(graph: _Graph, conv: int, shuffle: _Shuffle) -> bool:
+    """Permute ``conv``'s output channels (before a depth-to-space) or input channels (after a space-to-depth)
+    to TFLite's order; False when its constants are shared."""
+    constants = graph.conv_constants(conv)
+    if constants is None:
         return False
-    conv = graph.sub.operators[op]
-    constants = [graph.weights_tensor(i) for i in conv.inputs[1:3] if i >= 0]  # weights (O, H, W, I), bias (O)
-    buffers = [t.buffer for t in graph.sub.tensors]
-    if any(buffers.count(graph.sub.tensors[i].buffer) > 1 or len(graph.consumers.get(i, [])) > 1 for i in constants):
-        return False  # shared with another op: permuting it would change that one too
-    for index in constants:
-        t = graph.sub.tensors[index]
-        graph.model.buffers[t.buffer].data = np.frombuffer(graph.constant(index)[order].tobytes(), np.uint8)
-        q = t.quantization
-        if q is not None and q.scale is not None and len(q.scale) == len(order):
-            q.scale = list(np.asarray(q.scale)[order])
-            q.zeroPoint = list(np.asarray(q.zeroPoint)[order])
+    order = np.argsort(shuffle.channels)  # TFLite channel t takes PyTorch's order[t]
+    for tensor in constants if shuffle.up else constants[:1]:  # weights (O, H, W, I), bias (O)
+        graph.set_constant(tensor, np.take(graph.constant(tensor), order, axis=0 if shuffle.up else 3))
+        q = graph.sub.tensors[tensor].quantization
+        if shuffle.up and q is not None and q.scale is not None and len(q.scale) == len(order):
+            q.scale, q.zeroPoint = list(np.asarray(q.scale)[order]), list(np.asarray(q.zeroPoint)[order])
     return True
 
 
@@ -134,62 +199,84 @@ def _opcode(model, builtin: int, version: int) -> int:
         if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
             code.version = max(code.version, version)
             return i
-    model.operatorCodes.append(schema.OperatorCodeT())
-    code = model.operatorCodes[-1]
+    code = schema.OperatorCodeT()
     code.builtinCode = code.deprecatedBuiltinCode = builtin
     code.version = version
+    model.operatorCodes.append(code)
     return len(model.operatorCodes) - 1
 
 
-def _replace(graph: _Graph, ops: list[int], r: int, ends_nchw: bool) -> list:
-    """The new ops for the chain ``ops``: DEPTH_TO_SPACE [+ the TRANSPOSE to the NCHW tensor the chain ended on]."""
+def _new_tensor(graph: _Graph, like: int, shape: list[int]) -> int:
+    """An activation tensor of ``shape`` with ``like``'s type and quantization."""
+    tensor = copy.deepcopy(graph.sub.tensors[like])
+    tensor.shape, tensor.shapeSignature, tensor.name, tensor.buffer = shape, None, None, 0
+    graph.sub.tensors.append(tensor)
+    return len(graph.sub.tensors) - 1
+
+
+def _transpose(graph: _Graph, source: int, result: int, perm: list[int]):
     from ai_edge_litert import schema_py_generated as schema
 
-    model, sub = graph.model, graph.sub
-    source, result = sub.operators[ops[0]].inputs[0], sub.operators[ops[-1]].outputs[0]
-    int8 = sub.tensors[source].type == schema.TensorType.INT8
-    d2s = schema.OperatorT()
-    d2s.opcodeIndex = _opcode(model, schema.BuiltinOperator.DEPTH_TO_SPACE, 2 if int8 else 1)
-    d2s.builtinOptionsType = schema.BuiltinOptions.DepthToSpaceOptions
-    d2s.builtinOptions = schema.DepthToSpaceOptionsT()
-    d2s.builtinOptions.blockSize = r
-    d2s.inputs, d2s.outputs = [source], [result]
-    if not ends_nchw:
-        return [d2s]
-    _, height, width, channels = sub.tensors[source].shape
-    nhwc = copy.deepcopy(sub.tensors[result])
-    nhwc.shape, nhwc.shapeSignature, nhwc.name, nhwc.buffer = [1, height * r, width * r, channels // (r * r)], None, None, 0
-    sub.tensors.append(nhwc)
-    d2s.outputs = [len(sub.tensors) - 1]
-    model.buffers.append(schema.BufferT())
-    model.buffers[-1].data = np.frombuffer(np.array([0, 3, 1, 2], np.int32).tobytes(), np.uint8)
-    perm = schema.TensorT()
-    perm.shape, perm.type, perm.buffer, perm.name = [4], schema.TensorType.INT32, len(model.buffers) - 1, None
-    sub.tensors.append(perm)
-    transpose = schema.OperatorT()
-    transpose.opcodeIndex = _opcode(model, schema.BuiltinOperator.TRANSPOSE, 1)
-    transpose.builtinOptionsType = schema.BuiltinOptions.TransposeOptions
-    transpose.builtinOptions = schema.TransposeOptionsT()
-    transpose.inputs, transpose.outputs = [len(sub.tensors) - 2, len(sub.tensors) - 1], [result]
-    return [d2s, transpose]
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(np.array(perm, np.int32).tobytes(), np.uint8)
+    graph.model.buffers.append(buffer)
+    constant = schema.TensorT()
+    constant.shape, constant.type, constant.buffer = [4], schema.TensorType.INT32, len(graph.model.buffers) - 1
+    graph.sub.tensors.append(constant)
+    op = schema.OperatorT()
+    op.opcodeIndex = _opcode(graph.model, schema.BuiltinOperator.TRANSPOSE, 1)
+    op.builtinOptionsType, op.builtinOptions = schema.BuiltinOptions.TransposeOptions, schema.TransposeOptionsT()
+    op.inputs, op.outputs = [source, len(graph.sub.tensors) - 1], [result]
+    return op
 
 
-def fuse_depth_to_space(model) -> int:
-    """Each pixel-shuffle chain of ``model`` (a flatbuffer ``ModelT``) as one DEPTH_TO_SPACE; returns how many."""
+def _replacement(graph: _Graph, ops: list[int], shuffle: _Shuffle) -> list:
+    """The ops that take the chain's place: [TRANSPOSE to NHWC,] SPACE_TO_DEPTH, or DEPTH_TO_SPACE[, TRANSPOSE
+    to NCHW]."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    source, result = graph.sub.operators[ops[0]].inputs[0], graph.sub.operators[ops[-1]].outputs[0]
+    int8 = graph.sub.tensors[source].type == schema.TensorType.INT8
+    op = schema.OperatorT()
+    if shuffle.up:
+        op.opcodeIndex = _opcode(graph.model, schema.BuiltinOperator.DEPTH_TO_SPACE, 2 if int8 else 1)
+        op.builtinOptionsType, op.builtinOptions = (schema.BuiltinOptions.DepthToSpaceOptions,
+                                                    schema.DepthToSpaceOptionsT())
+    else:
+        op.opcodeIndex = _opcode(graph.model, schema.BuiltinOperator.SPACE_TO_DEPTH, 2 if int8 else 1)
+        op.builtinOptionsType, op.builtinOptions = (schema.BuiltinOptions.SpaceToDepthOptions,
+                                                    schema.SpaceToDepthOptionsT())
+    op.builtinOptions.blockSize = shuffle.block
+    op.inputs, op.outputs = [source], [result]
+    if not shuffle.nchw:
+        return [op]
+    if shuffle.up:  # DEPTH_TO_SPACE into an NHWC tensor, then the TRANSPOSE to the chain's NCHW result
+        nhwc = _new_tensor(graph, result, [graph.shape(result)[i] for i in _TO_NHWC])
+        op.outputs = [nhwc]
+        return [op, _transpose(graph, nhwc, result, _TO_NCHW)]
+    nhwc = _new_tensor(graph, source, [graph.shape(source)[i] for i in _TO_NHWC])
+    op.inputs = [nhwc]
+    return [_transpose(graph, source, nhwc, _TO_NHWC), op]
+
+
+def fuse_pixel_shuffles(model) -> int:
+    """Each pixel (un)shuffle chain of ``model`` (a flatbuffer ``ModelT``) as one DEPTH_TO_SPACE or SPACE_TO_DEPTH
+    (see the module docstring); returns how many."""
     fused = 0
     for sub in model.subgraphs:
         graph = _Graph(model, sub)
-        replaced: dict[int, list] = {}  # first op of a chain -> its new ops
+        replaced: dict[int, list] = {}  # first op of a chain -> the ops taking its place
         dropped: set[int] = set()
         for start, code in enumerate(graph.codes):
             producer = graph.producer.get(sub.operators[start].inputs[0])
             if code not in _LAYOUT_OPS or (producer is not None and graph.codes[producer] in _LAYOUT_OPS):
                 continue  # not the first op of a chain
             ops = _chain(graph, start)
-            found = _shuffle_permutation(graph, ops) if len(ops) > 1 else None
-            if found is None or not _permute_producer(graph, sub.operators[start].inputs[0], found[1]):
+            shuffle = _find_shuffle(graph, ops) if len(ops) > 1 else None
+            conv = _conv_beside(graph, ops, shuffle.up) if shuffle else None
+            if conv is None or not _permute_conv(graph, conv, shuffle):
                 continue
-            replaced[start] = _replace(graph, ops, found[0], found[2])
+            replaced[start] = _replacement(graph, ops, shuffle)
             dropped.update(ops)
             fused += 1
         if replaced:
@@ -208,10 +295,10 @@ def strip_tensor_names(model) -> None:
 
 
 def deployable(flatbuffer: bytes) -> bytes:
-    """``flatbuffer`` as styleslim deploys it: pixel shuffles fused, inner tensor names stripped."""
+    """``flatbuffer`` as styleslim deploys it: pixel (un)shuffles fused, inner tensor names stripped."""
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
-    fuse_depth_to_space(model)
+    fuse_pixel_shuffles(model)
     strip_tensor_names(model)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))

@@ -30,8 +30,10 @@ from exports.rewrites import (
     ConcatUpsample2x,
     ExplicitInstanceNorm2d,
     SlicePad2d,
+    SpaceToDepthConv2d,
     SubpixelConv2d,
     apply_rewrites,
+    space_to_depth_input_conv,
     subpixel_output_conv,
 )
 from exports.runtime import load_runner
@@ -134,6 +136,19 @@ def test_subpixel_output_conv_computes_the_same_conv(size):
     assert isinstance(model[1], SubpixelConv2d) and model[1].weight.shape == (12, 8, 10, 10)
 
 
+@pytest.mark.parametrize(("kernel", "stride", "padding"), [(6, 2, 2), (12, 4, 4), (4, 2, 0)])
+def test_space_to_depth_input_conv_computes_the_same_conv(kernel, stride, padding):
+    conv = nn.Conv2d(3, 16, kernel, stride, padding)
+    x = torch.randn(2, 3, 8 * stride, 6 * stride)
+    with torch.no_grad():
+        torch.testing.assert_close(SpaceToDepthConv2d(conv)(x), conv(x), rtol=1e-5, atol=1e-5)
+    model = nn.Sequential(nn.Conv2d(3, 8, kernel, stride, padding), nn.Conv2d(8, 8, 4, 2, 2),  # 8 inputs: tiles full
+                          nn.Conv2d(3, 3, 3, 2, 1), nn.Conv2d(3, 3, 6, 1, 2))  # kernel not a stride multiple; stride 1
+    assert space_to_depth_input_conv(model) == 1
+    assert isinstance(model[0], SpaceToDepthConv2d)
+    assert model[0].weight.shape == (8, 3 * stride**2, kernel // stride, kernel // stride)
+
+
 def test_rewrites_keep_whole_models_bit_identical(tnet_dir, adain):
     model = load_model(tnet_dir)
     for net in (model, adain):
@@ -211,7 +226,7 @@ def test_tflite_transformer_net_fp32_and_fp16(tnet_dir, out):
     path, manifest = export_artifact(tnet_dir, "tflite", out / "tnet", size=SIZE)
     _check(manifest, "tflite", "fp32")
     assert [r["name"] for r in manifest["rewrites"]] == ["slice_pad", "concat_upsample", "explicit_instance_norm",
-                                                          "subpixel_output_conv"]
+                                                          "subpixel_output_conv", "space_to_depth_input_conv"]
     assert all(r["max_abs_difference"] < 1e-4 for r in manifest["rewrites"])
     ops = [d["op_name"] for d in Interpreter(model_path=str(path))._get_ops_details()]
     assert not set(ops) & {"MIRROR_PAD", "RESIZE_NEAREST_NEIGHBOR"}

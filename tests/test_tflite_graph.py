@@ -1,5 +1,5 @@
 """What quantized .tflite files are deployed as (exports.tflite_graph): pixel shuffles as one DEPTH_TO_SPACE,
-same outputs, and chains that are not a depth-to-space left alone."""
+unshuffles as one SPACE_TO_DEPTH, same outputs, and chains that are neither left alone."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from torch import nn
 from compressor.models import EdgeNet, EdgeNetSpec
 from exports.backends import litert
 from exports.backends.litert import export_tflite, quantize_tflite
+from exports.common import example_inputs
+from exports.rewrites import apply_rewrites, format_rewrites
 from exports.tflite_graph import deployable
 
 SIZE = 64
@@ -41,25 +43,28 @@ def run(flatbuffer: bytes, x: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def edge_float(tmp_path_factory):
-    """An edge student with two shuffles: a x2 up after its trunk, and the x2 RGB output (NCHW graph output)."""
+    """An edge student as the export stage writes it for LiteRT: its stem as an unshuffle of the NCHW graph input
+    and a 3x3 conv (the space_to_depth_input_conv rewrite), and two shuffles: a x2 up after its trunk, and the x2
+    RGB output (NCHW graph output)."""
     torch.manual_seed(0)
     model = EdgeNet(EdgeNetSpec(unshuffle=2, down=1, stem=16, trunk=16, blocks=1)).eval()
+    rewritten, _ = apply_rewrites(model, format_rewrites(model, "tflite"), example_inputs(model, (SIZE, SIZE)))
     path = tmp_path_factory.mktemp("edge") / "model-fp32.tflite"
-    export_tflite(model, path, (SIZE, SIZE))
+    export_tflite(rewritten, path, (SIZE, SIZE))
     return model, path
 
 
-def test_pixel_shuffles_become_depth_to_space_with_the_same_outputs(edge_float):
+def test_pixel_shuffles_become_depth_and_space_ops_with_the_same_outputs(edge_float):
     model, path = edge_float
     x = np.random.default_rng(0).random((1, 3, SIZE, SIZE), dtype=np.float32)
     before = path.read_bytes()
     after = deployable(before)
     ops_before, ops_after = op_counts(before), op_counts(after)
-    assert ops_before["TRANSPOSE"] >= 8 and "DEPTH_TO_SPACE" not in ops_before  # litert-torch's lowering
-    assert ops_after["DEPTH_TO_SPACE"] == 2
-    # 4 TRANSPOSEs and 3 RESHAPEs per shuffle gone; one TRANSPOSE comes back for the NCHW graph output
-    assert ops_after["TRANSPOSE"] == ops_before["TRANSPOSE"] - 7 + 1
-    assert ops_after["RESHAPE"] == ops_before["RESHAPE"] - 6
+    assert ops_before["TRANSPOSE"] >= 10 and "DEPTH_TO_SPACE" not in ops_before  # litert-torch's lowering
+    assert ops_after["DEPTH_TO_SPACE"] == 2 and ops_after["SPACE_TO_DEPTH"] == 1
+    # 3 RESHAPEs per chain gone; of the TRANSPOSEs one is left at each NCHW graph end
+    assert ops_after["RESHAPE"] == ops_before["RESHAPE"] - 9
+    assert ops_after["TRANSPOSE"] == 2
     assert ops_after["CONV_2D"] == ops_before["CONV_2D"]
     np.testing.assert_allclose(run(after, x), run(before, x), atol=1e-5)
     with torch.no_grad():
@@ -74,7 +79,8 @@ def test_quantized_files_are_fused_and_bit_identical_to_unfused_ones(edge_float,
     fused = quantize_tflite(path, tmp_path / "fused.tflite", mode, calibration).read_bytes()
     monkeypatch.setattr(litert, "deployable", lambda flatbuffer: flatbuffer)
     plain = quantize_tflite(path, tmp_path / "plain.tflite", mode, calibration).read_bytes()
-    assert op_counts(fused)["DEPTH_TO_SPACE"] == 2 and "DEPTH_TO_SPACE" not in op_counts(plain)
+    assert op_counts(fused)["DEPTH_TO_SPACE"] == 2 and op_counts(fused)["SPACE_TO_DEPTH"] == 1
+    assert "DEPTH_TO_SPACE" not in op_counts(plain)
     x = rng.random((1, 3, SIZE, SIZE), dtype=np.float32)
     if mode == "static":  # int8 all through: a channel permutation of integer convs changes no bit
         np.testing.assert_array_equal(run(fused, x), run(plain, x))
@@ -104,7 +110,7 @@ def test_chains_that_are_not_a_depth_to_space_are_left_alone(tmp_path):
     litert_torch.convert(model, (torch.rand(1, 3, 16, 16),)).export(str(tmp_path / "m.tflite"))
     before = (tmp_path / "m.tflite").read_bytes()
     after = deployable(before)
-    assert "DEPTH_TO_SPACE" not in op_counts(after)
+    assert "DEPTH_TO_SPACE" not in op_counts(after) and "SPACE_TO_DEPTH" not in op_counts(after)
     assert op_counts(after)["TRANSPOSE"] == op_counts(before)["TRANSPOSE"] > 0
     x = np.random.default_rng(2).random((1, 3, 16, 16), dtype=np.float32)
     np.testing.assert_array_equal(run(after, x), run(before, x))
