@@ -52,6 +52,7 @@ from evaluation.latency import machine_info, measure_latency
 from evaluation.metrics import fidelity
 from exports.backends.litert import quantize_tflite
 from exports.backends.onnxruntime import quantize_onnx
+from exports.rewrites import space_to_depth_input_conv
 from exports.runtime import load_runner
 from exports.stage import export_artifact
 
@@ -134,7 +135,8 @@ def litert_peak_layer(work: Path) -> tuple[Callable[[], object], dict]:
 
 
 def student_convs(model: nn.Module, size: int) -> list[tuple[str, nn.Conv2d, int]]:
-    """Every conv of ``model`` with the side of its input at ``size`` (forward hooks), in execution order."""
+    """Every conv of ``model`` with the side of its input at ``size`` (forward hooks), in execution order, as
+    LiteRT runs it: a strided RGB stem as the 3x3 conv after its space-to-depth (``space_to_depth_input_conv``)."""
     found: list[tuple[str, nn.Conv2d, int]] = []
     hooks = [m.register_forward_pre_hook(lambda m, args, name=name: found.append((name, m, args[0].shape[-1])))
              for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
@@ -142,7 +144,19 @@ def student_convs(model: nn.Module, size: int) -> list[tuple[str, nn.Conv2d, int
         model(torch.rand(1, 3, size, size))
     for hook in hooks:
         hook.remove()
-    return found
+    return [(name, *deployed_conv(conv, hw)) for name, conv, hw in found]
+
+
+def deployed_conv(conv: nn.Conv2d, hw: int) -> tuple[nn.Conv2d, int]:
+    """``conv`` and its input side as the LiteRT export rewrites them (the conv after a space-to-depth, or itself)."""
+    wrapped = nn.Sequential(conv)
+    if not space_to_depth_input_conv(wrapped):
+        return conv, hw
+    rewritten = wrapped[0]
+    out_channels, in_channels, k, _ = rewritten.weight.shape
+    plain = nn.Conv2d(in_channels, out_channels, k, 1, rewritten.padding, bias=rewritten.bias is not None)
+    plain.load_state_dict({"weight": rewritten.weight, **({"bias": rewritten.bias} if rewritten.bias is not None else {})})
+    return plain, hw // rewritten.block
 
 
 def johnson_teacher(teacher_dir: Path | None) -> nn.Module:
