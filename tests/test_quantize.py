@@ -287,3 +287,33 @@ def test_coreml_weight_compression_shows_in_the_spec(model_dir, judge_parts, tmp
         structure = manifest["parity"]["structure"]
         assert structure["compressed_weights"].get(kind, 0) >= 12, structure["compressed_weights"]
         assert structure["size_bytes"] < 0.75 * structure["float_size_bytes"]
+
+
+def test_qat_of_an_edge_student_deploys_as_int8_on_both_runtimes(judge_parts, tmp_path):
+    """An int8-built student (edge_net: a strided space-to-depth stem, norm blocks, pixel-shuffle up and out) goes
+    through QAT and both runtimes' static int8: every artifact passes parity, its convs compute in int8, and the
+    LiteRT file runs the shuffles as DEPTH_TO_SPACE / SPACE_TO_DEPTH."""
+    from compressor.models import EdgeNet, EdgeNetSpec
+
+    torch.manual_seed(0)
+    student = EdgeNet(EdgeNetSpec(unshuffle=2, down=1, stem=16, trunk=16, blocks=2, block="norm", norm="instance"))
+    config = TrainConfig(steps=30, batch_size=2, crop=SIZE, lr=3e-3, checkpoint_every=1000)
+
+    def identity(model, batch):
+        loss = (model(batch) - batch).abs().mean()
+        return {"l1": loss, "total": loss}
+
+    train(student, identity, ContentCrops(sample_content_paths("train"), SIZE), config, tmp_path / "student",
+          progress=False)
+    vgg, grams = judge_parts
+    qat = TrainConfig(steps=6, batch_size=2, crop=SIZE, lr=1e-4, output_weight=1.0, checkpoint_every=1000)
+    settings = QuantizeStage(runtimes=["onnx", "tflite"], modes=["static", "qat"], size=SIZE, qat=qat)
+    manifests = quantize(tmp_path / "student", tmp_path / "q", settings, vgg, grams, progress=False)
+    assert sorted((m["runtime"], m["precision"]) for m in manifests) == [
+        ("litert", "int8"), ("litert", "int8-qat"), ("onnxruntime", "int8"), ("onnxruntime", "int8-qat")]
+    for manifest in manifests:
+        assert manifest["parity"]["passed"], (manifest["runtime"], manifest["precision"], manifest["parity"])
+    for manifest in (m for m in manifests if m["runtime"] == "litert"):
+        contents = manifest["quantization"]["contents"]
+        assert not contents["float_compute_convs"] and len(contents["int8_compute_convs"]) == 8
+        assert contents["op_counts"]["DEPTH_TO_SPACE"] == 2 and contents["op_counts"]["SPACE_TO_DEPTH"] == 1
