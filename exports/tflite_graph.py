@@ -122,40 +122,52 @@ def _constant_over_pixels(x: np.ndarray) -> bool:
     return bool(np.all(x == x[:1, :1]))
 
 
+def _as_depth_to_space(out: np.ndarray, shape_in: tuple[int, ...], block: int, nchw: bool) -> _Shuffle | None:
+    """``out`` (see ``_run_chain``) as a depth-to-space of an NHWC input to an NHWC (or ``nchw``) output:
+    out[h*r + i, w*r + j, c'] = in[h, w, k], with one k per (i, j, c')."""
+    _, height, width, channels = shape_in
+    up = (1, height * block, width * block, channels // block**2)
+    if channels % block**2 or out.shape != ((up[0], up[3], up[1], up[2]) if nchw else up):
+        return None
+    rows, cols, k = _pixels((out.transpose(_TO_NHWC) if nchw else out)[0], shape_in, nchw=False)
+    grid_r, grid_c = np.indices(up[1:3])
+    if not (np.all(rows == (grid_r // block)[..., None]) and np.all(cols == (grid_c // block)[..., None])):
+        return None
+    phases = k.reshape(height, block, width, block, up[3]).transpose(0, 2, 1, 3, 4)
+    taken = phases[0, 0].reshape(-1)  # TFLite channel (i*r + j)*C' + c' takes PyTorch's channel taken[.]
+    if not _constant_over_pixels(phases) or len(set(taken.tolist())) != channels:
+        return None
+    return _Shuffle(True, block, np.argsort(taken), nchw)
+
+
+def _as_space_to_depth(out: np.ndarray, shape_in: tuple[int, ...], block: int, nchw: bool) -> _Shuffle | None:
+    """``out`` (see ``_run_chain``) as a space-to-depth of an NHWC (or ``nchw``) input to an NHWC output:
+    out[h, w, k] = in[h*r + a, w*r + b, c], with one (a, b, c) per k."""
+    nhwc_in = (1, shape_in[2], shape_in[3], shape_in[1]) if nchw else shape_in
+    _, height, width, channels = nhwc_in
+    if height % block or width % block or out.shape != (1, height // block, width // block, channels * block**2):
+        return None
+    rows, cols, c = _pixels(out[0], nhwc_in, nchw)
+    grid_r, grid_c = np.indices(out.shape[1:3])
+    a, b = rows - (grid_r * block)[..., None], cols - (grid_c * block)[..., None]
+    if not all(_constant_over_pixels(x) for x in (a, b, c)) or min(a.min(), b.min()) < 0 \
+            or max(a.max(), b.max()) >= block:
+        return None
+    channel = (a[0, 0] * block + b[0, 0]) * channels + c[0, 0]  # the TFLite channel of PyTorch's channel k
+    return _Shuffle(False, block, channel, nchw) if len(set(channel.tolist())) == len(channel) else None
+
+
 def _find_shuffle(graph: _Graph, ops: list[int]) -> _Shuffle | None:
-    """What the chain computes, when it is a depth-to-space of an NHWC tensor (to NHWC or NCHW) or a
-    space-to-depth of an NHWC or NCHW tensor (to NHWC); else None."""
+    """What the chain computes, when it is a depth-to-space or a space-to-depth; else None."""
     shape_in = graph.shape(graph.sub.operators[ops[0]].inputs[0])
     if len(shape_in) != 4 or shape_in[0] != 1:
         return None
     out = _run_chain(graph, ops)
     for block in (2, 3, 4):
         for nchw in (False, True):
-            # depth-to-space: NHWC in; out[h*r + i, w*r + j, c'] = in[h, w, k] with one k per (i, j, c')
-            _, height, width, channels = shape_in
-            up = (1, height * block, width * block, channels // block**2)
-            if channels % block**2 == 0 and out.shape == ((up[0], up[3], up[1], up[2]) if nchw else up):
-                nhwc = out.transpose(_TO_NHWC) if nchw else out
-                rows, cols, k = _pixels(nhwc[0], shape_in, nchw=False)
-                grid_r, grid_c = np.indices(up[1:3])
-                if np.all(rows == (grid_r // block)[..., None]) and np.all(cols == (grid_c // block)[..., None]):
-                    phases = k.reshape(height, block, width, block, up[3]).transpose(0, 2, 1, 3, 4)
-                    if _constant_over_pixels(phases):
-                        taken = phases[0, 0].reshape(-1)  # TFLite channel (i*r + j)*C' + c' takes PyTorch's taken[.]
-                        return _Shuffle(True, block, np.argsort(taken), nchw)
-            # space-to-depth: NHWC or NCHW in; out[h, w, k] = in[h*r + a, w*r + b, c] with one (a, b, c) per k
-            nhwc_in = (1, shape_in[2], shape_in[3], shape_in[1]) if nchw else shape_in
-            _, height, width, channels = nhwc_in
-            down = (1, height // block, width // block, channels * block**2)
-            if height % block == 0 and width % block == 0 and out.shape == down:
-                rows, cols, c = _pixels(out[0], nhwc_in, nchw)
-                grid_r, grid_c = np.indices(down[1:3])
-                a, b = rows - (grid_r * block)[..., None], cols - (grid_c * block)[..., None]
-                if all(_constant_over_pixels(x) for x in (a, b, c)) and a.min() >= 0 and a.max() < block \
-                        and b.min() >= 0 and b.max() < block:
-                    channel = (a[0, 0] * block + b[0, 0]) * channels + c[0, 0]  # TFLite channel of PyTorch's k
-                    if len(set(channel.tolist())) == len(channel):
-                        return _Shuffle(False, block, channel, nchw)
+            found = _as_depth_to_space(out, shape_in, block, nchw) or _as_space_to_depth(out, shape_in, block, nchw)
+            if found:
+                return found
     return None
 
 
