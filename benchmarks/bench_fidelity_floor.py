@@ -5,6 +5,9 @@ A student is judged by PSNR/SSIM against its teacher. This puts that number in s
 
 - the teacher against itself under input changes nobody can see: +-0.5 grey level of uniform dither, Gaussian
   noise of one grey level, a JPEG quality-95 round trip;
+- the teacher's own conv weights stored coarser, computed in float (what fp16 and weight-only int8 deploy): rounded
+  to float16, and to a symmetric per-output-channel int8 grid. No compressed student is closer to the teacher than
+  its own weights are to themselves at that precision;
 - the teacher quantized as it is (no pruning, no distillation) with ONNX Runtime: static int8 with and without
   norm-input equalization, each with 8-bit and 7-bit weights (on x86 without VNNI ORT's u8s8 kernels saturate with
   8 bits; ``machine.x86_vnni`` false says this machine is one), dynamic int8 (int32 conv outputs).
@@ -15,6 +18,7 @@ A student is judged by PSNR/SSIM against its teacher. This puts that number in s
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import tempfile
 from pathlib import Path
@@ -22,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from compressor.data import sample_content_paths
 from compressor.io import write_json
@@ -49,6 +54,26 @@ def _perturbations(x: torch.Tensor) -> dict[str, torch.Tensor]:
             "teacher, input JPEG q95 round trip": _jpeg_round_trip(x)}
 
 
+def _int8_grid(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` on a symmetric per-output-channel int8 grid (max |w| of each channel -> 127)."""
+    scale = weight.abs().amax(dim=tuple(range(1, weight.dim())), keepdim=True).clamp_min(1e-12) / 127
+    return torch.round(weight / scale) * scale
+
+
+def _coarser_weights(model: nn.Module) -> dict[str, nn.Module]:
+    """The model with its conv weights stored as float16, and on an int8 grid; everything else as it is."""
+    variants = {}
+    for label, store in (("teacher, conv weights rounded to float16", lambda w: w.half().float()),
+                         ("teacher, conv weights on a per-channel int8 grid (weight-only int8)", _int8_grid)):
+        coarse = copy.deepcopy(model)
+        with torch.no_grad():
+            for m in coarse.modules():
+                if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+                    m.weight.copy_(store(m.weight))
+        variants[label] = coarse
+    return variants
+
+
 def _summary(label: str, scores: list[dict]) -> dict:
     psnrs = [s["psnr_vs_teacher"] for s in scores]
     return {"variant": label, "psnr_db_mean": round(float(np.mean(psnrs)), 2), "psnr_db_min": round(min(psnrs), 2),
@@ -70,9 +95,12 @@ def run(quick: bool, model_dir: Path | None = None) -> dict:
         with torch.no_grad():
             reference = [model(x).clamp(0, 1) for x in images]
             perturbed: dict[str, list[dict]] = {}
+            coarse = _coarser_weights(model)
             for x, ref in zip(images, reference):
                 for label, xp in _perturbations(x).items():
                     perturbed.setdefault(label, []).append(fidelity(model(xp).clamp(0, 1), ref))
+                for label, variant in coarse.items():
+                    perturbed.setdefault(label, []).append(fidelity(variant(x).clamp(0, 1), ref))
         rows += [{"size": size, **_summary(label, scores)} for label, scores in perturbed.items()]
         calibration, _ = calibration_set("samples", size)
         with tempfile.TemporaryDirectory() as tmp:
