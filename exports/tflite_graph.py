@@ -280,9 +280,11 @@ def fuse_pixel_shuffles(model) -> int:
         replaced: dict[int, list] = {}  # first op of a chain -> the ops taking its place
         dropped: set[int] = set()
         for start, code in enumerate(graph.codes):
+            if code not in _LAYOUT_OPS:
+                continue
             producer = graph.producer.get(sub.operators[start].inputs[0])
-            if code not in _LAYOUT_OPS or (producer is not None and graph.codes[producer] in _LAYOUT_OPS):
-                continue  # not the first op of a chain
+            if producer is not None and graph.codes[producer] in _LAYOUT_OPS:
+                continue  # inside a chain, not its first op
             ops = _chain(graph, start)
             shuffle = _find_shuffle(graph, ops) if len(ops) > 1 else None
             conv = _conv_beside(graph, ops, shuffle.up) if shuffle else None
