@@ -158,7 +158,7 @@ def deployed_conv(conv: nn.Conv2d, hw: int) -> tuple[nn.Conv2d, int]:
     rewritten = wrapped[0]
     out_channels, in_channels, k, _ = rewritten.weight.shape
     plain = nn.Conv2d(in_channels, out_channels, k, 1, rewritten.padding, bias=rewritten.bias is not None)
-    plain.load_state_dict({"weight": rewritten.weight, **({"bias": rewritten.bias} if rewritten.bias is not None else {})})
+    plain.weight, plain.bias = rewritten.weight, rewritten.bias
     return plain, hw // rewritten.block
 
 

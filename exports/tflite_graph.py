@@ -59,17 +59,16 @@ class _Graph:
     def conv_constants(self, op: int) -> list[int] | None:
         """The conv's weights and bias as constant tensors (behind a DEQUANTIZE: fp16, weight-only), or None when
         another op shares one (permuting it would change that op too)."""
+        inputs = [t for t in self.sub.operators[op].inputs[1:3] if t >= 0]
         constants = []
-        for tensor in self.sub.operators[op].inputs[1:3]:
-            if tensor < 0:
-                continue
+        for tensor in inputs:
             producer = self.producer.get(tensor)
             if producer is not None and self.codes[producer] == "DEQUANTIZE":
                 tensor = self.sub.operators[producer].inputs[0]
             constants.append(tensor)
         buffers = [t.buffer for t in self.sub.tensors]
-        shared = any(buffers.count(self.sub.tensors[t].buffer) > 1 or len(self.consumers.get(t, [])) > 1
-                     for t in constants)
+        shared = any(len(self.consumers.get(t, [])) > 1 for t in inputs + constants) or \
+            any(buffers.count(self.sub.tensors[t].buffer) > 1 for t in constants)
         return None if shared else constants
 
     def set_constant(self, tensor: int, values: np.ndarray) -> None:
@@ -249,15 +248,12 @@ def _replacement(graph: _Graph, ops: list[int], shuffle: _Shuffle) -> list:
 
     source, result = graph.sub.operators[ops[0]].inputs[0], graph.sub.operators[ops[-1]].outputs[0]
     int8 = graph.sub.tensors[source].type == schema.TensorType.INT8
+    builtin, options = ("DEPTH_TO_SPACE", "DepthToSpaceOptions") if shuffle.up else ("SPACE_TO_DEPTH",
+                                                                                   "SpaceToDepthOptions")
     op = schema.OperatorT()
-    if shuffle.up:
-        op.opcodeIndex = _opcode(graph.model, schema.BuiltinOperator.DEPTH_TO_SPACE, 2 if int8 else 1)
-        op.builtinOptionsType, op.builtinOptions = (schema.BuiltinOptions.DepthToSpaceOptions,
-                                                    schema.DepthToSpaceOptionsT())
-    else:
-        op.opcodeIndex = _opcode(graph.model, schema.BuiltinOperator.SPACE_TO_DEPTH, 2 if int8 else 1)
-        op.builtinOptionsType, op.builtinOptions = (schema.BuiltinOptions.SpaceToDepthOptions,
-                                                    schema.SpaceToDepthOptionsT())
+    op.opcodeIndex = _opcode(graph.model, getattr(schema.BuiltinOperator, builtin), 2 if int8 else 1)
+    op.builtinOptionsType = getattr(schema.BuiltinOptions, options)
+    op.builtinOptions = getattr(schema, f"{options}T")()
     op.builtinOptions.blockSize = shuffle.block
     op.inputs, op.outputs = [source], [result]
     if not shuffle.nchw:
