@@ -213,10 +213,13 @@ class EvaluateStage(_Strict):
     memory: bool = Field(True, description="Measure peak RSS of one inference per variant in a fresh process.")
     styles: list[str] = Field(default_factory=list, description="A multi-style teacher's styles to judge every variant "
                               "on, each as --style-weights takes it ('19', '3:0.5,12:0.5'); empty: its style 0.")
-    min_psnr_db: float = Field(
-        30.0, gt=0, description="Fidelity budget: the verdict is the fastest variant whose output is at least this "
-        "close to the teacher's (mean PSNR dB over the eval images)."
-    )
+    grade: Literal["indistinguishable", "close"] = Field(
+        "close", description="Fidelity the verdict needs, graded by the perceptual judge against the teacher's own "
+        "variation: indistinguishable (within its same-picture band) or close (within its change when the photo "
+        "moves 2 px).")
+    min_psnr_db: float | None = Field(
+        None, gt=0, description="Optional extra budget in pixel terms: the verdict must also reach this mean PSNR "
+        "(dB) vs the teacher's output.")
     peers: list[Peer] = Field(default_factory=list, description="Models outside the run to compare with (never "
                               "the verdict): latency and fidelity side by side, speed-ups against the first.")
 

@@ -1,11 +1,12 @@
 """Evaluate variants against the teacher: fidelity, quality, cost, latency, memory -> one report dict.
 
 The first variant is the reference (the teacher). Fidelity is how closely a
-variant reproduces the teacher's output on the held-out photos (PSNR / SSIM);
-it alone ranks variants (Pareto frontier, verdict), because a student that
-merely draws a *different* picture can score a lower style/content loss
-without being any closer to the teacher. Those losses, judged by the
-uncompressed reference VGG19, are kept as signed deltas.
+variant reproduces the teacher's picture on the held-out photos, by the
+perceptual judge (``evaluation.fidelity``) in units of the teacher's own
+same-picture variation; it alone ranks variants (Pareto frontier, verdict),
+because a student that merely draws a *different* picture can score a lower
+style/content loss without being any closer to the teacher. PSNR / SSIM are
+columns; the losses, judged by the uncompressed reference VGG19, signed deltas.
 
 A variant is one model on one runtime, identified by its content hash: two
 paths holding the same bytes are evaluated once and listed together. Paths in
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -28,19 +30,22 @@ from compressor.config import EvaluateStage
 from compressor.data import load_image, save_image
 from compressor.errors import UserError
 from compressor.images import center_square, resize
+from compressor.io import file_sha256
 from compressor.losses import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, style_grams
+from compressor.judge import embed
 from compressor.models import create_model, get_family
+from compressor.models.checkpoint import WEIGHTS_FILE
 from evaluation import lossnet
+from evaluation.fidelity import GRADES, calibrate, degenerate, distances, grade, in_bands, judge_info, worst_grade
 from evaluation.latency import machine_info, measure_latency
 from evaluation.memory import peak_rss
 from evaluation.metrics import degradation_pct, fidelity, layer_widths, params_and_macs, perceptual_losses
-from evaluation.report import fidelity_db
 from evaluation.variants import Variant, content_hash, peer_variant, size_on_disk
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DIFF_GAIN = 8  # difference images show |variant - teacher| x this
-FRONTIER_MEASURE = "psnr_vs_teacher"
+FRONTIER_MEASURE = "perceptual_bands"
 
 
 def display_path(path: str | Path, root: Path | None) -> str:
@@ -112,7 +117,9 @@ def evaluate(
     grams = style_grams(vgg, style_image)
     judged = _judged_styles(variants[0], settings.styles, style_image)
     rows = [_describe(v, settings, judged[0][1], root) | identity[i] for i, v in enumerate(variants)]
-    outputs = _quality(variants, rows, images, image_paths, vgg, grams, judged, settings, work_dir, root, progress)
+    _mark_teacher_twins(variants, rows)
+    outputs, judge = _quality(variants, rows, images, image_paths, vgg, grams, judged, settings, work_dir, root,
+                              progress)
     _latency(variants, rows, judged[0][1], settings, progress)
     if settings.memory:
         _memory(variants, rows, settings, style_path, progress)
@@ -130,7 +137,8 @@ def evaluate(
         "eval_images": [display_path(p, root) for p in image_paths],
         "settings": settings.model_dump(mode="json"),
         "machine": machine_info(),
-        "ranking": rank(rows, settings.min_psnr_db),
+        "judge": judge,
+        "ranking": rank(rows, settings.grade, settings.min_psnr_db),
         "variants": rows,
         "exports": [_export_entry(v, root) for v in variants if v.is_artifact],
         "images": {"work_dir": display_path(work_dir, root), "diff_gain": DIFF_GAIN, "grid": outputs},
@@ -173,6 +181,16 @@ def _describe(variant: Variant, settings: EvaluateStage, style: torch.Tensor, ro
     return row
 
 
+def _mark_teacher_twins(variants: list[Variant], rows: list[dict[str, Any]]) -> None:
+    """Flag the teacher and its own exports (an artifact built from the teacher's weights): the baseline each
+    runtime's speed-up is measured against, so pruning's gain is not mixed up with the runtime's."""
+    weights = Path(variants[0].path) / WEIGHTS_FILE
+    digest = file_sha256(weights) if weights.is_file() else None
+    for i, (variant, row) in enumerate(zip(variants, rows)):
+        source = (variant.manifest.get("source") or {}).get("weights_sha256")
+        row["teacher_weights"] = i == 0 or (digest is not None and source == digest and not variant.is_peer)
+
+
 def _structure(variant: Variant) -> dict[str, Any] | None:
     """What this machine verified of an artifact it cannot run (Core ML on Linux): I/O, op types, weight dtypes."""
     parity = variant.manifest.get("parity") or {}
@@ -185,9 +203,10 @@ def _structure(variant: Variant) -> dict[str, Any] | None:
             "predictions": parity.get("predictions") or variant.not_measurable_note}
 
 
-def _quality(variants, rows, images, image_paths, vgg, grams, judged, settings, work_dir, root, progress) -> list[dict]:
-    """Stylise every eval image in every judged style with every variant; fidelity to the teacher, losses; images
-    saved for the grid (the first style's)."""
+def _quality(variants, rows, images, image_paths, vgg, grams, judged, settings, work_dir, root, progress
+             ) -> tuple[list[dict], dict[str, Any]]:
+    """Stylise every eval image in every judged style with every variant; fidelity to the teacher (the judge,
+    PSNR/SSIM), losses; images saved for the grid (the first style's). Returns the grid and the judge section."""
     items = [(path, label) for label, _ in judged for path in image_paths]  # style-major: the first style first
     per_variant: list[list[torch.Tensor] | None] = []
     bar = tqdm(total=len(variants) * len(items), desc="quality", disable=not progress, leave=False)
@@ -202,8 +221,7 @@ def _quality(variants, rows, images, image_paths, vgg, grams, judged, settings, 
                 outs = []
                 for _, style_input in judged:  # a single-style variant ignores the style it is asked for
                     run = variant.runner(style_input, settings.threads)
-                    with torch.no_grad():
-                        outs += [resize(run(_fit(variant, img)).float().clamp(0, 1), img.shape[-2:]) for img in images]
+                    outs += [_stylize(variant, run, img) for img in images]
             except Exception as exc:  # one broken artifact must not hide the others
                 row["errors"].append(f"inference: {type(exc).__name__}: {exc}")
                 outs = None
@@ -225,6 +243,7 @@ def _quality(variants, rows, images, image_paths, vgg, grams, judged, settings, 
             q["style_degradation_pct"] = degradation_pct(losses["style_loss"], ref_losses["style_loss"])
             q["content_degradation_pct"] = degradation_pct(losses["content_loss"], ref_losses["content_loss"])
             q["degradation_pct"] = (q["style_degradation_pct"] + q["content_degradation_pct"]) / 2
+    judge = _judge(variants, rows, per_variant, images, judged, settings.threads, progress)
 
     grid = []
     for i, (path, img) in enumerate(zip(image_paths, images)):
@@ -240,7 +259,52 @@ def _quality(variants, rows, images, image_paths, vgg, grams, judged, settings, 
                 entry["diffs"][variant.name] = display_path(
                     save_image(diff, folder / f"{i}_{path.stem}.diff.png"), root)
         grid.append(entry)
-    return grid
+    return grid, judge
+
+
+def _stylize(variant: Variant, run, image: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return resize(run(_fit(variant, image)).float().clamp(0, 1), image.shape[-2:])
+
+
+def _judge(variants, rows, per_variant, images, judged, threads: int, progress: bool) -> dict[str, Any]:
+    """The judge's distances of every variant from the teacher, calibrated per style on the teacher's own
+    variation (band, 2-px shift); ``quality.judge`` per variant (and per style / per image), the report section."""
+    info = judge_info() | {"calibration": [], "teacher_warning": None}
+    teacher = per_variant[0]
+    if teacher is None:
+        return info
+    info["teacher_warning"] = degenerate(teacher)
+    n = len(images)
+    refs = [embed(o) for o in teacher]
+    for s, (label, style_input) in enumerate(judged):
+        run = variants[0].runner(style_input, threads)
+        cal = calibrate(lambda x, run=run: _stylize(variants[0], run, x), images, teacher[s * n:(s + 1) * n],
+                        refs[s * n:(s + 1) * n])
+        info["calibration"].append({"style": label} | cal)
+    bar = tqdm(total=sum(o is not None for o in per_variant), desc="judge", disable=not progress, leave=False)
+    for outs, row in zip(per_variant, rows):
+        if outs is None:
+            continue
+        per_item = [distances(embed(o), r) for o, r in zip(outs, refs)]
+        q = row["quality"]
+        for entry, raw in zip(q.get("per_image", []), per_item):
+            entry["judge"] = raw
+        per_style = []
+        for s, cal in enumerate(info["calibration"]):
+            items = per_item[s * n:(s + 1) * n]
+            raw = {d: sum(i[d] for i in items) / n for d in ("perceptual", "style")}
+            bands = in_bands(raw, cal)
+            per_style.append(raw | {f"{d}_bands": v for d, v in bands.items()} | {"grade": grade(bands, cal)})
+        if "per_style" in q:
+            for entry, judged_style in zip(q["per_style"], per_style):
+                entry["judge"] = judged_style
+        q["judge"] = {k: sum(p[k] for p in per_style) / len(per_style)
+                      for k in ("perceptual", "style", "perceptual_bands", "style_bands")}
+        q["judge"]["grade"] = worst_grade([p["grade"] for p in per_style])
+        bar.update(1)
+    bar.close()
+    return info
 
 
 def _judged_styles(teacher: Variant, styles: list[str], style_image: torch.Tensor
@@ -356,36 +420,74 @@ def pareto_front(points: dict[Any, tuple[float, float]]) -> set[Any]:
             if not any(ol <= lat and of >= fid and (ol < lat or of > fid) for j, (ol, of) in points.items() if j != i)}
 
 
-def rank(rows: list[dict[str, Any]], min_psnr_db: float) -> dict[str, Any]:
-    """Star the Pareto frontier (latency p50 on own runtime vs fidelity) and pick the verdict.
+def perceptual_bands(row: dict[str, Any]) -> float | None:
+    """The ranking measure: the judge's perceptual distance from the teacher in band units (0 = identical)."""
+    return (row["quality"].get("judge") or {}).get("perceptual_bands")
 
-    The verdict is the fastest variant whose fidelity meets ``min_psnr_db``; signed loss deltas play no part.
-    Peers (models outside the run) are measured beside the variants but never ranked.
+
+def qualifies(row: dict[str, Any], worst: str, min_psnr_db: float | None) -> bool:
+    """Graded ``worst`` or better, and (when a dB budget is given) at least that close in PSNR too."""
+    judged = (row["quality"].get("judge") or {}).get("grade")
+    if judged is None or GRADES.index(judged) > GRADES.index(worst):
+        return False
+    psnr = math.inf if row["quality"].get("identical_to_teacher") else row["quality"].get("psnr_vs_teacher")
+    return min_psnr_db is None or (psnr is not None and psnr >= min_psnr_db)
+
+
+def rank(rows: list[dict[str, Any]], worst: str = "close", min_psnr_db: float | None = None) -> dict[str, Any]:
+    """Star the Pareto frontier (latency p50 on own runtime vs perceptual distance) and pick the verdict.
+
+    The verdict is the fastest variant graded ``worst`` or better (and within ``min_psnr_db`` when given); signed
+    loss deltas play no part. Per runtime: the fastest indistinguishable and the fastest close variant, with
+    the speed-up over the teacher on that same runtime. Peers are measured beside the variants, never ranked.
     """
     points = {}
     for i, row in enumerate(rows):
         if row.get("kind") == "peer":
             continue
         lat = row["latency_ms"].get(row["runtime"], {}).get("p50")
-        fid = fidelity_db(row)
-        if lat is not None and fid is not None:
-            points[i] = (lat, fid)
+        distance = perceptual_bands(row)
+        if lat is not None and distance is not None:
+            points[i] = (lat, -distance)
     front = pareto_front(points)
     for i in points:
         rows[i]["pareto"] = i in front
-    within = [i for i, (_, fid) in points.items() if fid >= min_psnr_db]
+    within = [i for i in points if qualifies(rows[i], worst, min_psnr_db)]
     verdict = min(within, key=lambda i: (points[i][0], -points[i][1])) if within else None
     if verdict is not None:
         rows[verdict]["verdict"] = True
+    closest = max(points, key=lambda i: (points[i][1], -points[i][0])) if points else None
+    budget = f" and PSNR >= {min_psnr_db:g} dB" if min_psnr_db is not None else ""
     return {
         "measure": FRONTIER_MEASURE,
-        "measure_description": "mean PSNR (dB) of the variant's output vs the teacher's on the held-out photos; "
-                               "higher is closer, identical = infinite; signed loss deltas never rank",
+        "measure_description": "the judge's perceptual distance of the variant's picture from the teacher's on the "
+                               "held-out photos, in units of the teacher's same-picture band (0 = identical); "
+                               f"verdict: the fastest variant graded {worst} or better{budget}",
+        "grade": worst,
         "min_psnr_db": min_psnr_db,
         "frontier": [rows[i]["name"] for i in sorted(points, key=lambda i: points[i][0]) if rows[i]["pareto"]],
         "verdict": rows[verdict]["name"] if verdict is not None else None,
+        "closest": rows[closest]["name"] if verdict is None and closest is not None else None,
         "within_budget": [rows[i]["name"] for i in sorted(within, key=lambda i: points[i][0])],
+        "per_runtime": _per_runtime(rows, points, min_psnr_db),
     }
+
+
+def _per_runtime(rows, points, min_psnr_db: float | None) -> list[dict[str, Any]]:
+    """What to ship on each runtime: its fastest indistinguishable and fastest close variant, each with its
+    speed-up over the teacher exported to that runtime (None when the teacher was not built for it)."""
+    out = []
+    for runtime in dict.fromkeys(rows[i]["runtime"] for i in points):
+        here = sorted((i for i in points if rows[i]["runtime"] == runtime), key=lambda i: points[i][0])
+        baseline = next((i for i in here if rows[i].get("teacher_weights")), None)
+        entry: dict[str, Any] = {"runtime": runtime,
+                                 "teacher": rows[baseline]["name"] if baseline is not None else None}
+        for worst in ("indistinguishable", "close"):
+            pick = next((i for i in here if qualifies(rows[i], worst, min_psnr_db)), None)
+            speedup = points[baseline][0] / points[pick][0] if pick is not None and baseline is not None else None
+            entry[worst] = None if pick is None else {"name": rows[pick]["name"], "speedup_vs_teacher": speedup}
+        out.append(entry)
+    return out
 
 
 def _export_entry(variant: Variant, root: Path | None) -> dict[str, Any]:

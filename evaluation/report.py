@@ -147,24 +147,30 @@ def _speedup(row: dict[str, Any], yardstick: dict[str, Any] | None) -> float | N
     return yardstick and mine and _latency(yardstick)["p50"] / mine
 
 
+def _fidelity_text(row: dict[str, Any]) -> str:
+    """'close (2.1 bands, 24.7 dB)': the grade, the perceptual distance in bands and the PSNR column."""
+    judged = row["quality"].get("judge")
+    psnr = _psnr_text(fidelity_db(row)) if fidelity_db(row) is not None else "–"
+    if not judged:
+        return f"PSNR {psnr} dB"
+    return f"{judged['grade']} ({judged['perceptual_bands']:.2f} bands, {psnr} dB)"
+
+
 def _peer_line(report: dict[str, Any]) -> list[str]:
     yardstick = peer(report)
     if yardstick is None:
         return []
     line = (f"Peer: `{yardstick['name']}` ({_runtime_label(yardstick)}), p50 {_latency(yardstick)['p50']:.1f} ms, "
-            f"PSNR {_psnr_text(fidelity_db(yardstick))} dB vs the teacher; measured beside the variants, never ranked")
+            f"{_fidelity_text(yardstick)} vs the teacher; measured beside the variants, never ranked")
     verdict = next((r for r in report["variants"] if r.get("verdict")), None)
     if verdict is not None:
-        line += (f". The verdict is {_speedup(verdict, yardstick):.2f}× the peer's speed at "
-                 f"{_psnr_text(fidelity_db(verdict))} dB")
+        line += f". The verdict is {_speedup(verdict, yardstick):.2f}× the peer's speed, {_fidelity_text(verdict)}"
     artifacts = [r for r in report["variants"] if r["kind"] == "artifact" and _speedup(r, yardstick)
-                 and fidelity_db(r) is not None]
+                 and grade_of(r) is not None]
     if artifacts:
         fastest = max(artifacts, key=lambda r: _speedup(r, yardstick))
-        within = fidelity_db(fastest) >= report["ranking"]["min_psnr_db"]
         line += (f". Fastest artifact: `{fastest['name']}` ({_runtime_label(fastest)}), "
-                 f"{_speedup(fastest, yardstick):.2f}× the peer's speed at {_psnr_text(fidelity_db(fastest))} dB "
-                 f"({'within' if within else 'below'} the {report['ranking']['min_psnr_db']:g} dB budget)")
+                 f"{_speedup(fastest, yardstick):.2f}× the peer's speed, {_fidelity_text(fastest)}")
     return [line]
 
 
@@ -197,29 +203,74 @@ def search_note(report: dict[str, Any]) -> str:
             f"{search['min_psnr_db']:g} dB; the distill stage trained it on. ★ = frontier of latency vs PSNR.")
 
 
+def _judge_lines(report: dict[str, Any]) -> list[str]:
+    """Which network judged, the teacher's calibration per style, and a warning when the teacher is degenerate."""
+    judge = report.get("judge") or {}
+    lines = []
+    if judge.get("teacher_warning"):
+        lines.append(f"**warning**: {judge['teacher_warning']} Every grade below measures closeness to it.")
+    if judge.get("network"):
+        cal = "; ".join(
+            (f"style {c['style']}: " if c.get("style") is not None else "")
+            + f"band {c['band']['perceptual']:.3g} perceptual / {c['band']['style']:.3g} style, 2-px shift "
+              f"{c['shift']['perceptual'] / c['band']['perceptual']:.1f} / {c['shift']['style'] / c['band']['style']:.1f} "
+              "bands" for c in judge.get("calibration", []) if c["band"]["perceptual"] > 0 and c["band"]["style"] > 0)
+        lines.append(f"Judged by {judge['description']}. Distances in units of the teacher's own same-picture band "
+                     f"(its output for the photo re-saved as JPEG q95 or ±1 grey level: 1 band)"
+                     + (f"; {cal}" if cal else "") + ".")
+    return lines
+
+
+def _ship_lines(report: dict[str, Any]) -> list[str]:
+    """What to ship on each runtime: the fastest indistinguishable and the fastest close variant, with the
+    speed-up over the teacher exported to that runtime."""
+    lines = []
+    for entry in report["ranking"].get("per_runtime", []):
+        picks = []
+        for worst in ("indistinguishable", "close"):
+            pick = entry.get(worst)
+            if pick is None:
+                picks.append(f"nothing {worst}")
+                continue
+            speed = (f"{pick['speedup_vs_teacher']:.2f}× the teacher on {entry['runtime']}"
+                     if pick.get("speedup_vs_teacher") else "no teacher baseline on this runtime")
+            picks.append(f"{worst}: `{pick['name']}` ({speed})")
+        lines.append(f"{_runtime_label(entry)}: " + "; ".join(picks))
+    return lines
+
+
 def _preamble(report: dict[str, Any]) -> list[str]:
     s, rk = report["settings"], report["ranking"]
-    verdict = (f"**{rk['verdict']}** — the fastest variant within the fidelity budget (PSNR ≥ {rk['min_psnr_db']:g} dB "
-               "vs the teacher)" if rk["verdict"] else
-               f"no variant reaches the fidelity budget (PSNR ≥ {rk['min_psnr_db']:g} dB vs the teacher)")
+    need = rk.get("grade", "close") + (f" and PSNR ≥ {rk['min_psnr_db']:g} dB" if rk.get("min_psnr_db") else "")
+    if rk["verdict"]:
+        row = next(r for r in report["variants"] if r["name"] == rk["verdict"])
+        verdict = f"**{rk['verdict']}** ({_runtime_label(row)}) — the fastest variant graded {need}: {_fidelity_text(row)}"
+    else:
+        closest = next((r for r in report["variants"] if r["name"] == rk.get("closest")), None)
+        verdict = f"no variant is graded {need}" + (
+            f"; the closest is `{closest['name']}`, {_fidelity_text(closest)}" if closest else "")
     return [
         f"Verdict: {verdict}",
+        *[f"Ship on {line}" for line in _ship_lines(report)],
+        *_judge_lines(report),
         (f"Ranking: {rk.get('measure_description', rk['measure'])}. "
-         "★ = Pareto frontier of latency p50 (own runtime) vs that fidelity."),
-        (f"Teacher: `{report['reference']}` · style: `{report.get('style')}` · "
+         "★ = Pareto frontier of latency p50 (own runtime) vs that distance. PSNR/SSIM are columns, not verdicts."),
+        (f"Teacher: `{report['reference']}` · style-loss reference: `{report.get('style')}` · "
          f"{len(report['eval_images'])} held-out photo(s) at {s['size']} px: "
          + ", ".join(f"`{Path(p).name}`" for p in report["eval_images"])
          + (f", each in styles {', '.join(s['styles'])} of the teacher" if s.get("styles") else "")),
         *_peer_line(report),
         f"Machine: {machine_line(report)}",
         (f"Latency: {s['warmup']} warm-up + {s['latency_runs']} timed runs per variant and size, round-robin in one "
-         f"process. Loss deltas judged by VGG19 {report['loss_network']['weights']}."),
+         f"process. Loss deltas judged by VGG19 {report['loss_network']['weights']}"
+         + (" (the random fallback: read them as texture statistics, not ImageNet perception)"
+            if report["loss_network"]["weights"].startswith("random") else "") + "."),
     ]
 
 
 def table_header(report: dict[str, Any]) -> list[str]:
     sizes = report["settings"]["latency_sizes"]
-    return (["rank", "variant", "runtime", "PSNR dB", "SSIM", "size", "MMACs"]
+    return (["rank", "variant", "runtime", "grade", "perceptual", "style", "PSNR dB", "SSIM", "size", "MMACs"]
             + [f"p50 ms @{s}" for s in sizes] + (["× peer"] if peer(report) else [])
             + ["p90 ms", "peak RSS", "style Δ%", "content Δ%"])
 
@@ -244,10 +295,14 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
             lat = _latency(r, size)
             fixed = not lat and r["kind"] == "artifact" and r["latency_sweep"]  # timed at its export size only
             latency.append("n/a" if fixed else _num(lat.get("p50"), "{:.1f}"))
+        judged = q.get("judge") or {}
         rows.append([
             _rank_cell(r),
             r["name"],
             _runtime_label(r),
+            judged.get("grade", "–"),
+            _num(judged.get("perceptual_bands"), "{:.2f}"),
+            _num(judged.get("style_bands"), "{:.2f}"),
             psnr,
             _num(q.get("ssim_vs_teacher"), "{:.3f}"),
             _human_bytes(r.get("size_bytes")),
@@ -344,7 +399,8 @@ def _caption(report: dict[str, Any], name: str, image: str) -> str:
         return f"{name}: the reference"
     f = _image_fidelity(report, name, image)
     psnr = _psnr_text(f.get("psnr_vs_teacher"), f.get("psnr_vs_teacher") is None and "ssim_vs_teacher" in f)
-    return f"{name}: PSNR {psnr} dB, SSIM {_num(f.get('ssim_vs_teacher'), '{:.3f}')}"
+    judged = f" perceptual {f['judge']['perceptual']:.3g}, style {f['judge']['style']:.3g};" if "judge" in f else ""
+    return f"{name}:{judged} PSNR {psnr} dB, SSIM {_num(f.get('ssim_vs_teacher'), '{:.3f}')}"
 
 
 def markdown(report: dict[str, Any], plots: dict[str, str] | None = None) -> str:
@@ -352,7 +408,9 @@ def markdown(report: dict[str, Any], plots: dict[str, str] | None = None) -> str
     plots = plots or {}
     parts = ["# styleslim evaluation report", "", *[f"- {line}" for line in _preamble(report)], ""]
     parts += [md_table(table_header(report), table_rows(report)), ""]
-    parts.append(f"PSNR / SSIM: the variant's output vs the teacher's (higher = closer). {DELTA_LEGEND} "
+    parts.append("perceptual / style: the judge's distances from the teacher's picture in the teacher's same-picture "
+                 "bands (0 = identical, 1 = as far as the teacher from itself). "
+                 f"PSNR / SSIM: the variant's output vs the teacher's (higher = closer). {DELTA_LEGEND} "
                  f"{FIXED_NOTE} peak RSS = whole fresh process incl. interpreter (see report.json memory).")
     twins = [(r["name"], _also(r)) for r in report["variants"] if _also(r)]
     if twins:
@@ -432,76 +490,84 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def perceptual_bands(row: dict[str, Any]) -> float | None:
+    """The ranking measure: the judge's perceptual distance from the teacher in band units (0 = identical)."""
+    return (row["quality"].get("judge") or {}).get("perceptual_bands")
+
+
+def grade_of(row: dict[str, Any]) -> str | None:
+    return (row["quality"].get("judge") or {}).get("grade")
+
+
 def _points(report: dict[str, Any], x: str) -> list[dict[str, Any]]:
-    """Plot points of the runnable variants: x = latency p50 or size (MB), y = fidelity (PSNR dB, inf = identical)."""
+    """Plot points of the runnable variants: x = latency p50 or size (MB), y = perceptual distance in bands."""
     pts = []
     for r in runnable(report):
         value = _latency(r).get("p50") if x == "latency" else (r.get("size_bytes") or 0) / 1e6 or None
-        fid = fidelity_db(r)
-        if value is not None and fid is not None:
-            pts.append({"name": r["name"], "x": value, "y": fid, "runtime": r["runtime"],
+        distance = perceptual_bands(r)
+        if value is not None and distance is not None:
+            pts.append({"name": r["name"], "x": value, "y": distance, "runtime": r["runtime"],
                         "pareto": r.get("pareto"), "verdict": r.get("verdict")})
     return pts
 
 
-def _y_range(ys: list[float], budget: float) -> tuple[float, float, float]:
-    """(floor, top, identical_y): outliers more than 12 dB below the budget are clipped to the floor."""
-    finite = [y for y in ys if math.isfinite(y)] or [budget]
-    floor = max(min(finite + [budget]) - 2, budget - 12)
-    top = max(finite + [budget]) + 3
-    return floor, top + 3, top
+def grade_limits(report: dict[str, Any]) -> dict[str, float]:
+    """The grade limits on the perceptual axis (band units): 1 band, and the teacher's 2-px shift (mean over
+    judged styles)."""
+    calibration = (report.get("judge") or {}).get("calibration") or []
+    shifts = [c["shift"]["perceptual"] / c["band"]["perceptual"] for c in calibration if c["band"]["perceptual"] > 0]
+    limits = {"indistinguishable: within the teacher's band": 1.0}
+    if shifts:
+        limits["close: within the teacher's 2-px shift"] = sum(shifts) / len(shifts)
+    return limits
 
 
-def fidelity_scatter(series: list[tuple[str | None, list[dict[str, Any]]]], budget: float, xlabel: str,
+def fidelity_scatter(series: list[tuple[str | None, list[dict[str, Any]]]], limits: dict[str, float], xlabel: str,
                      title: str) -> bytes | None:
-    """Fidelity (PSNR vs teacher, up) against a cost on a log x axis; one marker per runtime, frontier as steps.
-
-    ``series`` holds (run label or None, points); identical-to-teacher points sit on a "≡ teacher" line,
-    points far below the budget sit on the floor with a downward arrow and their value in the label.
-    """
+    """Perceptual distance from the teacher (band units, log, closer = up) against a cost on a log x axis; one
+    marker per runtime, the frontier as steps, the grade limits dashed; identical points on a "≡ teacher" line."""
     pts = [p for _, ps in series for p in ps]
     if not pts:
         return None
     plt = _pyplot()
-    floor, top, same_y = _y_range([p["y"] for p in pts], budget)
+    positive = [p["y"] for p in pts if p["y"] > 0] + list(limits.values())
+    low, high = min(positive) / 2, max(positive) * 1.6
+    same_y = low / 1.6
     fig, ax = plt.subplots(figsize=(8, 5))
     ax.set_xscale("log")
+    ax.set_yscale("log")
     labels = []
     for k, (run, ps) in enumerate(series):
         color = f"C{k}" if len(series) > 1 else None
         for p in ps:
-            y = same_y if math.isinf(p["y"]) else max(p["y"], floor)
+            y = same_y if p["y"] <= 0 else p["y"]
             c = color or COLORS.get(p["runtime"], "C7")
             ax.scatter(p["x"], y, marker=MARKERS.get(p["runtime"], "o"), s=110 if p["pareto"] else 45, color=c,
                        alpha=1.0 if p["pareto"] else 0.45, edgecolors="black" if p["pareto"] else "none", zorder=3)
             if p["verdict"]:
                 ax.scatter(p["x"], y, s=420, facecolors="none", edgecolors="crimson", linewidths=2, zorder=4)
-            text = (f"{run}: " if run else "") + p["name"]
-            if p["y"] < floor:
-                ax.annotate("", (p["x"], floor - 0.6), xytext=(p["x"], floor + 0.9),
-                            arrowprops={"arrowstyle": "->", "color": c}, zorder=2)
-                text += f" ({p['y']:.1f} dB ↓)"
-            labels.append((p["x"], y, text))
-        front = sorted((p["x"], same_y if math.isinf(p["y"]) else p["y"]) for p in ps if p["pareto"])
+            labels.append((p["x"], y, (f"{run}: " if run else "") + p["name"]))
+        front = sorted((p["x"], same_y if p["y"] <= 0 else p["y"]) for p in ps if p["pareto"])
         if front:
             xs = [f[0] for f in front] + [max(p["x"] for p in pts) * 1.5]
             ys = [f[1] for f in front] + [front[-1][1]]
             ax.step(xs, ys, where="post", color=color or "black", alpha=0.6, lw=1.2,
                     label=f"{run}: Pareto frontier" if run else "Pareto frontier")
-    ax.axhline(budget, color="crimson", ls="--", lw=1, label=f"fidelity budget {budget:g} dB")
-    ax.set_ylim(floor - 1, top)
+    for (label, value), style in zip(limits.items(), ("--", ":")):
+        ax.axhline(value, color="crimson", ls=style, lw=1, label=f"{label} ({value:.2g})")
+    ax.set_ylim(high, same_y / 1.3)  # inverted: closer to the teacher is up
     xs = [p["x"] for p in pts]
     ax.set_xlim(min(xs) / 1.6, max(xs) * 1.6)
-    ticks = [t for t in ax.get_yticks() if floor - 1 <= t < same_y - 1.5]
+    ticks = [t for t in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500) if low <= t <= high]
     ax.set_yticks(ticks + [same_y], [f"{t:g}" for t in ticks] + ["≡ teacher"])
-    runtimes = sorted({p["runtime"] for p in pts})
-    for rt in runtimes:
+    ax.minorticks_off()
+    for rt in sorted({p["runtime"] for p in pts}):
         ax.scatter([], [], marker=MARKERS.get(rt, "o"), color="gray" if len(series) > 1 else COLORS.get(rt, "C7"),
                    label=rt)
     ax.scatter([], [], s=200, facecolors="none", edgecolors="crimson", linewidths=2, label="verdict")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("fidelity: PSNR vs teacher (dB, higher = closer)")
+    ax.set_ylabel("perceptual distance from the teacher\n(teacher's same-picture bands, log; up = closer)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -540,14 +606,14 @@ def place_labels(fig, ax, labels: list[tuple[float, float, str]]) -> None:
 
 
 def frontier_plot(report: dict[str, Any]) -> bytes | None:
-    return fidelity_scatter([(None, _points(report, "latency"))], report["ranking"]["min_psnr_db"],
+    return fidelity_scatter([(None, _points(report, "latency"))], grade_limits(report),
                             "latency p50 (ms, own runtime, log scale)",
                             f"latency vs fidelity to the teacher ({report['settings']['size']} px eval, "
                             f"{report['settings']['threads']} thread(s))")
 
 
 def size_plot(report: dict[str, Any]) -> bytes | None:
-    return fidelity_scatter([(None, _points(report, "size"))], report["ranking"]["min_psnr_db"],
+    return fidelity_scatter([(None, _points(report, "size"))], grade_limits(report),
                             "size on disk (MB, log scale)", "size vs fidelity to the teacher")
 
 
@@ -746,25 +812,25 @@ def to_html(report: dict[str, Any], out_dir: Path, plots: dict[str, bytes | None
 
 
 def compare_plot(report_a: dict[str, Any], report_b: dict[str, Any], label_a: str, label_b: str) -> bytes | None:
-    """Both runs' latency-vs-fidelity points and frontiers on one plot (the stricter budget drawn)."""
-    budget = max(report_a["ranking"]["min_psnr_db"], report_b["ranking"]["min_psnr_db"])
+    """Both runs' latency-vs-fidelity points and frontiers on one plot (the first run's grade limits drawn)."""
     return fidelity_scatter([(label_a, _points(report_a, "latency")), (label_b, _points(report_b, "latency"))],
-                            budget, "latency p50 (ms, own runtime, log scale)", f"{label_a} vs {label_b}")
+                            grade_limits(report_a), "latency p50 (ms, own runtime, log scale)", f"{label_a} vs {label_b}")
 
 
 def _compare_rows(report_a, report_b, label_a, label_b) -> tuple[list[str], list[list[str]]]:
     by_a = {r["name"]: r for r in runnable(report_a)}
     by_b = {r["name"]: r for r in runnable(report_b)}
     names = list(by_a) + [n for n in by_b if n not in by_a]
-    header = ["variant"] + [f"{c} {lab}" for c in ("PSNR dB", "SSIM", "p50 ms", "size", "style Δ%")
+    header = ["variant"] + [f"{c} {lab}" for c in ("grade", "perceptual", "PSNR dB", "p50 ms", "size", "style Δ%")
                             for lab in (label_a, label_b)]
     header.append(f"p50 {label_b}/{label_a}")
     rows = []
     for name in names:
         a, b = by_a.get(name), by_b.get(name)
         cells = [name]
-        for get in (lambda r: _psnr_text(fidelity_db(r)) if fidelity_db(r) is not None else "–",
-                    lambda r: _num(r["quality"].get("ssim_vs_teacher"), "{:.3f}"),
+        for get in (lambda r: grade_of(r) or "–",
+                    lambda r: _num(perceptual_bands(r), "{:.2f}"),
+                    lambda r: _psnr_text(fidelity_db(r)) if fidelity_db(r) is not None else "–",
                     lambda r: _num(_latency(r).get("p50"), "{:.1f}"),
                     lambda r: _human_bytes(r.get("size_bytes")),
                     lambda r: _num(r["quality"].get("style_degradation_pct"), "{:+.1f}")):
@@ -780,9 +846,10 @@ def _compare_facts(report_a, report_b, label_a, label_b) -> list[str]:
     lines = []
     for lab, rep in ((label_a, report_a), (label_b, report_b)):
         rk = rep["ranking"]
-        lines.append(f"{lab}: verdict **{rk['verdict'] or 'none within budget'}** (PSNR ≥ {rk['min_psnr_db']:g} dB); "
+        lines.append(f"{lab}: verdict **{rk['verdict'] or 'none graded ' + rk.get('grade', 'close')}**; "
                      f"{machine_line(rep)}")
-    lines.append(f"Ranked by fidelity (mean PSNR vs each run's own teacher). {DELTA_LEGEND}")
+    lines.append("Ranked by the judge's perceptual distance from each run's own teacher, in that teacher's "
+                 f"same-picture bands. {DELTA_LEGEND}")
     if not_runnable(report_a) or not_runnable(report_b):
         lines.append("Core ML packages are not compared: their predictions need macOS (see each run's report).")
     if report_a["loss_network"]["weights"] != report_b["loss_network"]["weights"]:

@@ -108,17 +108,27 @@ def test_paths_are_relative_to_the_run_folder(report, run_dir):
         assert str(run_dir) not in (run_dir / name).read_text()
 
 
-def test_ranking_uses_fidelity_and_names_its_measure(report, run_dir):
+def test_ranking_uses_the_judge_and_names_it(report, run_dir):
     rows, ranking = by_name(report), report["ranking"]
-    assert ranking["measure"] == "psnr_vs_teacher" and ranking["min_psnr_db"] == 30.0
-    # The damaged student is far below the budget: never the verdict, whatever the sign of its loss deltas.
-    assert rows["distilled"]["quality"]["psnr_vs_teacher"] < ranking["min_psnr_db"]
+    assert ranking["measure"] == "perceptual_bands" and ranking["grade"] == "close"
+    assert report["judge"]["network"] == "magenta-style-predictor-mobilenetv2"
+    calibration = report["judge"]["calibration"][0]
+    assert calibration["band"]["perceptual"] > 0 and calibration["shift"]["perceptual"] > 0
+    # The damaged student paints another picture: graded different, never the verdict, whatever its loss deltas.
+    assert rows["distilled"]["quality"]["judge"]["grade"] == "different"
+    assert rows["teacher"]["quality"]["judge"] == {"perceptual": 0.0, "style": 0.0, "perceptual_bands": 0.0,
+                                                    "style_bands": 0.0, "grade": "indistinguishable"}
+    assert rows["exports/model-fp32.onnx"]["quality"]["judge"]["grade"] == "indistinguishable"
     assert ranking["verdict"] in ("teacher", "exports/model-fp32.onnx")
     assert "distilled" not in ranking["within_budget"]
     assert [v["name"] for v in report["variants"] if v["verdict"]] == [ranking["verdict"]]
+    # The teacher's own export is the onnxruntime baseline.
+    assert rows["exports/model-fp32.onnx"]["teacher_weights"] and not rows["distilled"]["teacher_weights"]
+    ort = next(e for e in ranking["per_runtime"] if e["runtime"] == "onnxruntime")
+    assert ort["teacher"] == "exports/model-fp32.onnx"
     md = (run_dir / "report.md").read_text()
-    assert f"Verdict: **{ranking['verdict']}**" in md and "mean PSNR (dB) of the variant's output vs the teacher" in md
-    assert "+ = higher loss than the teacher" in md
+    assert f"Verdict: **{ranking['verdict']}**" in md and "Judged by Magenta's style predictor" in md
+    assert "+ = higher loss than the teacher" in md and "Ship on onnxruntime" in md
 
 
 def test_latency_harness_orders_a_4x_heavier_model():

@@ -1,0 +1,128 @@
+"""Perceptual fidelity to the teacher: the judge's distances in units of the teacher's own variation, and grades.
+
+A style network's texture follows the pixel grid, so pixel PSNR cannot tell a
+faithful copy from a different picture (the teacher's own output for the photo
+moved 2 px scores ~14 dB). The judge (``compressor.judge``) can; its raw
+distances are calibrated per teacher and style on the held-out photos:
+
+- **band**: how far the teacher's output moves under input changes no eye
+  sees (the photo re-saved as JPEG q95; ±1 grey level of noise), the larger of
+  the two per photo, averaged. 1.0 band = as far as the teacher from itself.
+- **shift**: the teacher's own change when the photo moves by 2 px (compared
+  after moving it back): a camera that moved. A variant no farther than that
+  paints what the teacher itself might have painted.
+
+Grades: *indistinguishable* within the band on both distances, *close*
+within the shift on both, else *different* (``benchmarks/bench_judge.py``
+shows the ladder these limits sit on).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from compressor.judge import JUDGE_DESCRIPTION, JUDGE_NAME, PERCEPTUAL_TAPS, STYLE_TAPS, TAPS, Embedding, embed
+from compressor.judge import perceptual_distance, style_distance
+
+DISTANCES = ("perceptual", "style")
+GRADES = ("indistinguishable", "close", "different")
+SHIFT_PX = 2
+NOISE_SEED = 0
+
+
+def jpeg_roundtrip(image: torch.Tensor, quality: int) -> torch.Tensor:
+    """A (1, 3, H, W) image saved as JPEG at ``quality`` and read back."""
+    array = (image[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "JPEG", quality=quality)
+    return torch.from_numpy(np.array(Image.open(buffer))).permute(2, 0, 1)[None].float() / 255
+
+
+def grey_level_noise(image: torch.Tensor, seed: int = NOISE_SEED) -> torch.Tensor:
+    """Every pixel moved by -1, 0 or +1 grey level (of 255), seeded."""
+    gen = torch.Generator().manual_seed(seed)
+    return (image + torch.randint(-1, 2, image.shape, generator=gen) / 255).clamp(0, 1)
+
+
+def shift(image: torch.Tensor, pixels: int) -> torch.Tensor:
+    """The picture moved right by ``pixels`` (left when negative), the edge column repeated into the gap."""
+    if pixels >= 0:
+        return F.pad(image, (pixels, 0, 0, 0), mode="replicate")[..., :image.shape[-1]]
+    return F.pad(image, (0, -pixels, 0, 0), mode="replicate")[..., -pixels:]
+
+
+SAME_PICTURE = {"jpeg_q95": lambda x: jpeg_roundtrip(x, 95), "noise_1_grey_level": grey_level_noise}
+
+
+def distances(candidate: Embedding, reference: Embedding) -> dict[str, float]:
+    return {"perceptual": float(perceptual_distance(candidate, reference)),
+            "style": float(style_distance(candidate, reference))}
+
+
+@torch.no_grad()
+def calibrate(teacher: Callable[[torch.Tensor], torch.Tensor], photos: list[torch.Tensor],
+              outputs: list[torch.Tensor], references: list[Embedding]) -> dict[str, Any]:
+    """The teacher's band and shift yardstick (raw distances) over ``photos``, given its ``outputs`` on them."""
+    band = {d: [] for d in DISTANCES}
+    moved = {d: [] for d in DISTANCES}
+    for photo, reference in zip(photos, references):
+        same = [distances(embed(teacher(change(photo)).clamp(0, 1)), reference) for change in SAME_PICTURE.values()]
+        for d in DISTANCES:
+            band[d].append(max(s[d] for s in same))
+        back = shift(teacher(shift(photo, SHIFT_PX)).clamp(0, 1), -SHIFT_PX)
+        for d, value in distances(embed(back), reference).items():
+            moved[d].append(value)
+    return {"band": {d: float(np.mean(v)) for d, v in band.items()},
+            "shift": {d: float(np.mean(v)) for d, v in moved.items()},
+            "same_picture": list(SAME_PICTURE), "shift_px": SHIFT_PX, "photos": len(photos)}
+
+
+def in_bands(raw: dict[str, float], calibration: dict[str, Any]) -> dict[str, float]:
+    """Raw distances in units of the band (a band of 0, a constant teacher, leaves the raw distance)."""
+    return {d: raw[d] / calibration["band"][d] if calibration["band"][d] > 0 else raw[d] for d in DISTANCES}
+
+
+def grade(bands: dict[str, float], calibration: dict[str, Any]) -> str:
+    """indistinguishable (within the band on both), close (within the 2-px shift on both), else different."""
+    if all(bands[d] <= 1.0 for d in DISTANCES):
+        return "indistinguishable"
+    shift_bands = in_bands(calibration["shift"], calibration)
+    if all(bands[d] <= max(shift_bands[d], 1.0) for d in DISTANCES):
+        return "close"
+    return "different"
+
+
+def worst_grade(grades: list[str]) -> str:
+    return max(grades, key=GRADES.index)
+
+
+def degenerate(outputs: list[torch.Tensor]) -> str | None:
+    """Why the teacher's pictures cannot anchor a judgement (near-constant or mostly black), or None."""
+    spread = float(np.mean([float(o.std()) for o in outputs]))
+    dark = float(np.mean([float((o.max(dim=1).values < 0.05).float().mean()) for o in outputs]))
+    if spread < 0.02:
+        return f"the teacher's output is near-constant (pixel std {spread:.4f}): is it a trained network?"
+    if dark > 0.5:
+        return f"the teacher's output is mostly black ({100 * dark:.0f}% of pixels): is it a trained network?"
+    return None
+
+
+def judge_info() -> dict[str, Any]:
+    """What judged: the network and how its two distances are formed (every report names it)."""
+    return {
+        "network": JUDGE_NAME,
+        "description": JUDGE_DESCRIPTION,
+        "perceptual": f"unit-normalised features, mean squared distance, taps at strides "
+                      f"{[TAPS[i][1] for i in PERCEPTUAL_TAPS]}",
+        "style": f"relative Gram distance, taps at strides {[TAPS[i][1] for i in STYLE_TAPS]}",
+        "grades": {"indistinguishable": "within the teacher's same-picture band on both distances",
+                   "close": f"within the teacher's own change when the photo moves {SHIFT_PX} px, on both",
+                   "different": "farther than that on either"},
+    }
