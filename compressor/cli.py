@@ -591,19 +591,21 @@ def evaluate(
     latency_runs: int = field_option(EvaluateStage, "latency_runs"),
     threads: int = field_option(EvaluateStage, "threads"),
     memory: bool = field_option(EvaluateStage, "memory"),
-    min_psnr_db: float = field_option(EvaluateStage, "min_psnr_db"),
+    grade: str = field_option(EvaluateStage, "grade"),
+    min_psnr_db: float | None = field_option(EvaluateStage, "min_psnr_db"),
     styles: list[str] = field_option(EvaluateStage, "styles", "--styles", help="A multi-style teacher's style (or "
                                      "blend) to judge every variant on, e.g. 19 or 3:0.5,12:0.5 (repeatable)."),
     loss_network: str = _loss_network_option(),
     strict_loss_network: StrictOpt = False,
 ) -> None:
-    """Evaluate models/artifacts against a teacher: fidelity (PSNR/SSIM), size, MACs, latency, memory, loss deltas."""
+    """Evaluate models/artifacts against a teacher: perceptual fidelity (the judge, graded against the teacher's own
+    variation), PSNR/SSIM, size, MACs, latency, memory, loss deltas."""
     from compressor.data import resolve_images
     from evaluation.stage import evaluate_paths
 
     settings = build(EvaluateStage, {"latency_sizes": "--size"}, images=images, size=size, latency_sizes=[size],
-                     latency_runs=latency_runs, threads=threads, memory=memory, min_psnr_db=min_psnr_db,
-                     styles=styles)
+                     latency_runs=latency_runs, threads=threads, memory=memory, grade=grade,
+                     min_psnr_db=min_psnr_db, styles=styles)
     check_output_dir(output)
     for target in [teacher, *targets]:
         if not Path(target).exists():
@@ -617,6 +619,58 @@ def evaluate(
     evaluate_paths(targets, teacher, vgg, output, style=style, images=images, settings=settings)
     typer.echo((output / "report.md").read_text())
     typer.echo(f"reports written to {output}/report.{{json,md,html}}")
+
+
+@app.command()
+def judge(
+    reference: Annotated[Path, typer.Argument(help="The reference picture (the teacher's output), or a folder.")],
+    candidates: Annotated[list[Path], typer.Argument(help="Pictures to judge against it (folders: same-named "
+                                                     "images).")],
+    teacher: Annotated[Path | None, typer.Option(help="The teacher model or artifact: with --photo, calibrates "
+                                                 "its same-picture band and grades each candidate.")] = None,
+    photo: Annotated[list[Path] | None, typer.Option(help="Photo(s) the teacher stylised (repeatable).")] = None,
+    style: Annotated[str | None, typer.Option(help="The teacher's style image (AdaIN and arbitrary models).")] = None,
+    style_weights: Annotated[str | None, typer.Option(help="A multi-style teacher's style, e.g. 19 or "
+                                                      "'3:0.5,12:0.5'.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Perceptual and style distance of pictures from a reference, by the trained judge (0 = identical)."""
+    import json
+
+    from compressor.data import load_image
+    from compressor.stylize import load_stylizer
+    from evaluation.fidelity import image_pairs, judge_files
+    from exports.runtime import is_artifact
+    from exports.tile_export import load_artifact_runner
+
+    if (teacher is None) != (not photo):
+        fail("--teacher / --photo", "give both (the teacher and the photos it stylised) or neither")
+    for path in [reference, *candidates]:
+        if not path.exists():
+            fail(path, "no such image or folder", "check the path")
+    for candidate in candidates:
+        image_pairs(reference, candidate)
+    stylizer, photos = None, None
+    if teacher is not None:
+        if not teacher.exists():
+            fail(teacher, "no such model folder or artifact", "check the path")
+        photos = [load_image(p)[None] for p in photo]
+        runner = load_artifact_runner(teacher) if is_artifact(teacher) else None
+        stylizer = load_stylizer(teacher, style=style, runner=runner, style_weights=style_weights)
+    result = judge_files(reference, candidates, stylizer, photos)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(f"judge: {result['judge_description']}")
+    if "calibration" in result:
+        cal = result["calibration"]
+        typer.echo(f"teacher's same-picture band: perceptual {cal['band']['perceptual']:.4g}, style "
+                   f"{cal['band']['style']:.4g}; its {cal['shift_px']}-px shift: perceptual "
+                   f"{cal['shift']['perceptual']:.4g}, style {cal['shift']['style']:.4g}")
+    for c in result["candidates"]:
+        graded = (f"  = {c['perceptual_bands']:.2f} / {c['style_bands']:.2f} bands: {c['grade']}"
+                  if "grade" in c else "")
+        typer.echo(f"{c['path']}: perceptual {c['perceptual']:.4g}, style {c['style']:.4g}{graded}")
 
 
 @app.command()

@@ -220,6 +220,8 @@ class EvaluateStage(_Strict):
     min_psnr_db: float | None = Field(
         None, gt=0, description="Optional extra budget in pixel terms: the verdict must also reach this mean PSNR "
         "(dB) vs the teacher's output.")
+    show_intermediate: bool = Field(False, description="Also evaluate the float models the quantize stage derived on "
+                                    "the way to int8 (quantized/<runtime>/float-*/).")
     peers: list[Peer] = Field(default_factory=list, description="Models outside the run to compare with (never "
                               "the verdict): latency and fidelity side by side, speed-ups against the first.")
 

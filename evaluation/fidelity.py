@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from compressor.errors import UserError
 from compressor.judge import JUDGE_DESCRIPTION, JUDGE_NAME, PERCEPTUAL_TAPS, STYLE_TAPS, TAPS, Embedding, embed
 from compressor.judge import perceptual_distance, style_distance
 
@@ -126,3 +128,56 @@ def judge_info() -> dict[str, Any]:
                    "close": f"within the teacher's own change when the photo moves {SHIFT_PX} px, on both",
                    "different": "farther than that on either"},
     }
+
+
+def image_pairs(reference: Path, candidate: Path) -> list[tuple[Path, Path]]:
+    """(reference image, candidate image) pairs: two files, or the same-named images of two folders."""
+    from compressor.data import list_images
+
+    if reference.is_dir() != candidate.is_dir():
+        raise UserError(candidate, "give images for an image reference and folders for a folder reference",
+                        "pair like with like")
+    if not reference.is_dir():
+        return [(reference, candidate)]
+    theirs = {p.name: p for p in list_images(candidate)}
+    pairs = [(p, theirs.get(p.name)) for p in list_images(reference)]
+    missing = [r.name for r, c in pairs if c is None]
+    if missing:
+        raise UserError(candidate, f"no image named {missing[0]} (the reference folder has it)",
+                        "give folders of same-named images")
+    return pairs
+
+
+@torch.no_grad()
+def judge_files(reference: Path, candidates: list[Path], teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                photos: list[torch.Tensor] | None = None) -> dict[str, Any]:
+    """Both distances of each candidate (image or folder) from ``reference``; with a ``teacher`` (a stylizer)
+    and its ``photos``, also the teacher's band and shift on them, each distance in bands and a grade."""
+    from compressor.data import load_image
+
+    result: dict[str, Any] = {"judge": JUDGE_NAME, "judge_description": JUDGE_DESCRIPTION, "candidates": []}
+    calibration = None
+    if teacher is not None and photos:
+        outputs = [teacher(p).clamp(0, 1) for p in photos]
+        calibration = calibrate(teacher, photos, outputs, [embed(o) for o in outputs])
+        result["calibration"] = calibration
+    cache: dict[Path, Embedding] = {}
+    for candidate in candidates:
+        per_image = []
+        for ref_path, cand_path in image_pairs(reference, candidate):
+            ref = load_image(ref_path)[None]
+            if ref_path not in cache:
+                cache[ref_path] = embed(ref)
+            cand = load_image(cand_path)[None]
+            if cand.shape[-2:] != ref.shape[-2:]:
+                cand = F.interpolate(cand, size=ref.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
+            per_image.append({"image": ref_path.name} | distances(embed(cand), cache[ref_path]))
+        entry: dict[str, Any] = {"path": str(candidate)}
+        entry |= {d: sum(p[d] for p in per_image) / len(per_image) for d in DISTANCES}
+        if calibration is not None:
+            bands = in_bands(entry, calibration)
+            entry |= {f"{d}_bands": v for d, v in bands.items()} | {"grade": grade(bands, calibration)}
+        if len(per_image) > 1:
+            entry["per_image"] = per_image
+        result["candidates"].append(entry)
+    return result

@@ -19,7 +19,7 @@ from evaluation.variants import discover, load_variant
 def evaluate_stage(ctx) -> dict[str, Any]:
     """Evaluate every variant in the run folder; reports go to the run folder, images to evaluation/."""
     settings = ctx.recipe.evaluate or EvaluateStage()
-    variants, skipped = discover(ctx.run_dir)
+    variants, skipped = discover(ctx.run_dir, settings.show_intermediate)
     if not variants or variants[0].name != "teacher":
         raise FileNotFoundError(f"{ctx.run_dir / 'teacher'}: no teacher model; the evaluate stage needs the model stage")
     report = evaluate(

@@ -131,11 +131,18 @@ def torch_variant(name: str, folder: Path) -> Variant:
     return Variant(name=name, path=Path(folder), runtime="torch", family=family, model=model)
 
 
-def discover(run_dir: Path) -> tuple[list[Variant], list[dict[str, str]]]:
+def is_intermediate(rel: Path) -> bool:
+    """A float model the quantize stage derived on the way to an int8 one (``onnx/float-equalized-static/``): the
+    same picture as the float export, so it is hidden unless asked for."""
+    return any(part.startswith("float-") for part in rel.parts[:-1])
+
+
+def discover(run_dir: Path, intermediate: bool = False) -> tuple[list[Variant], list[dict[str, str]]]:
     """Every variant a run folder holds, teacher first, and what could not be loaded (path, reason).
 
     Stages that did not run are simply absent; one unloadable folder does not stop the others.
     An artifact counts only with a valid manifest (written last); hidden temp folders are interrupted writes.
+    Intermediate float artifacts are left out unless ``intermediate``.
     """
     found: list[Variant] = []
     skipped: list[dict[str, str]] = []
@@ -163,6 +170,8 @@ def discover(run_dir: Path) -> tuple[list[Variant], list[dict[str, str]]]:
                 continue  # not an artifact at all
             if any(part.startswith(".") for part in rel.parts):
                 skipped.append({"path": str(path), "reason": "inside a hidden temp folder: an interrupted write"})
+                continue
+            if folder == "quantized" and is_intermediate(rel) and not intermediate:
                 continue
             problem = manifest_problem(path)
             if problem:

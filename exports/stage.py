@@ -145,7 +145,8 @@ def reuse_artifact(candidate: Path, model_dir: Path, out_dir: Path, size: tuple[
 
 
 def export_stage(ctx) -> None:
-    """Pipeline stage: export the run's newest float model to every format the recipe asks for.
+    """Pipeline stage: export the run's newest float model to every format the recipe asks for, and the teacher
+    to every format this machine can run (``exports/teacher/``): each runtime's speed-up baseline in the report.
 
     A float artifact the quantize stage already built for the same model is copied, not rebuilt.
     """
@@ -164,3 +165,9 @@ def export_stage(ctx) -> None:
         p = manifest["parity"]
         log.info("export %s: %s; parity %s", fmt, path, "PSNR %.1f dB" % p["psnr_db"] if "psnr_db" in p
                  else p.get("predictions"))
+    teacher_dir = ctx.stage_dir("model")
+    if model_dir != teacher_dir:
+        for fmt in cfg.formats:
+            if backend_for_format(fmt).can_run():
+                path, _ = export_artifact(teacher_dir, fmt, out_dir / "teacher", size=size, layout=cfg.layout)
+                log.info("export %s: the teacher as %s (its speed-up baseline)", fmt, path)
