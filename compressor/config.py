@@ -220,6 +220,9 @@ class EvaluateStage(_Strict):
     min_psnr_db: float | None = Field(
         None, gt=0, description="Optional extra budget in pixel terms: the verdict must also reach this mean PSNR "
         "(dB) vs the teacher's output.")
+    style_reference: Literal["auto", "image", "teacher_output"] = Field(
+        "auto", description="What the style-loss column measures against: the recipe's style image, or the teacher's "
+        "own picture of each photo; auto: the latter for multi-style networks, whose styles have no image.")
     show_intermediate: bool = Field(False, description="Also evaluate the float models the quantize stage derived on "
                                     "the way to int8 (quantized/<runtime>/float-*/).")
     peers: list[Peer] = Field(default_factory=list, description="Models outside the run to compare with (never "

@@ -114,7 +114,8 @@ def evaluate(
     torch.set_num_threads(settings.threads)
     variants, identity = dedupe(variants + [peer_variant(p) for p in settings.peers], root)
     images = [square_image(p, settings.size) for p in image_paths]
-    grams = style_grams(vgg, style_image)
+    reference = _style_reference(variants[0], settings.style_reference)
+    grams = style_grams(vgg, style_image) if reference == "image" else None
     judged = _judged_styles(variants[0], settings.styles, style_image)
     rows = [_describe(v, settings, judged[0][1], root) | identity[i] for i, v in enumerate(variants)]
     _mark_teacher_twins(variants, rows)
@@ -133,7 +134,8 @@ def evaluate(
             "content_layers": DEFAULT_CONTENT_LAYERS,
         },
         "reference": variants[0].name,
-        "style": display_path(style_path, root) if style_path else None,
+        "style": display_path(style_path, root) if style_path and reference == "image" else None,
+        "style_reference": reference,
         "eval_images": [display_path(p, root) for p in image_paths],
         "settings": settings.model_dump(mode="json"),
         "machine": machine_info(),
@@ -231,11 +233,16 @@ def _quality(variants, rows, images, image_paths, vgg, grams, judged, settings, 
 
     teacher = per_variant[0]
     contents = images * len(judged)
-    ref_losses = _mean_losses(vgg, teacher, contents, grams) if teacher else None
+    if grams is not None:
+        item_grams = [grams] * len(contents)
+    else:  # the teacher's own picture of each photo is the style every variant should keep
+        with torch.no_grad():
+            item_grams = [style_grams(vgg, out) for out in teacher] if teacher else None
+    ref_losses = _mean_losses(vgg, teacher, contents, item_grams) if teacher else None
     for outs, row in zip(per_variant, rows):
-        if outs is None:
+        if outs is None or item_grams is None:
             continue
-        losses = _mean_losses(vgg, outs, contents, grams)
+        losses = _mean_losses(vgg, outs, contents, item_grams)
         q = row["quality"]
         q.update(losses)
         if ref_losses:
@@ -354,8 +361,17 @@ def _fit(variant: Variant, img: torch.Tensor) -> torch.Tensor:
     return img
 
 
-def _mean_losses(vgg, outputs, images, grams) -> dict[str, float]:
-    losses = [perceptual_losses(vgg, o, c, grams) for o, c in zip(outputs, images)]
+def _style_reference(teacher: Variant, setting: str) -> str:
+    """``image`` (the recipe's style image) or ``teacher_output`` (the teacher's own picture of each photo):
+    ``auto`` picks the latter for a style bank (an imported multi-style network), whose styles have no image."""
+    if setting != "auto":
+        return setting
+    family = get_family(teacher.family) if teacher.family else None
+    return "teacher_output" if family is not None and family.style_bank else "image"
+
+
+def _mean_losses(vgg, outputs, images, item_grams) -> dict[str, float]:
+    losses = [perceptual_losses(vgg, o, c, g) for o, c, g in zip(outputs, images, item_grams)]
     return {k: sum(d[k] for d in losses) / len(losses) for k in ("style_loss", "content_loss")}
 
 

@@ -255,8 +255,10 @@ def _preamble(report: dict[str, Any]) -> list[str]:
         *_judge_lines(report),
         (f"Ranking: {rk.get('measure_description', rk['measure'])}. "
          "★ = Pareto frontier of latency p50 (own runtime) vs that distance. PSNR/SSIM are columns, not verdicts."),
-        (f"Teacher: `{report['reference']}` · style-loss reference: `{report.get('style')}` · "
-         f"{len(report['eval_images'])} held-out photo(s) at {s['size']} px: "
+        (f"Teacher: `{report['reference']}` · style-loss reference: "
+         + (f"`{report.get('style')}` · " if report.get("style_reference", "image") == "image" else
+            "the teacher's own picture of each photo (its styles have no image) · ")
+         + f"{len(report['eval_images'])} held-out photo(s) at {s['size']} px: "
          + ", ".join(f"`{Path(p).name}`" for p in report["eval_images"])
          + (f", each in styles {', '.join(s['styles'])} of the teacher" if s.get("styles") else "")),
         *_peer_line(report),

@@ -18,7 +18,7 @@ from torch import nn
 
 from compressor.io import atomic_output, file_sha256
 from compressor.models import load_model
-from compressor.models.checkpoint import WEIGHTS_FILE
+from compressor.models.checkpoint import SPEC_FILE, WEIGHTS_FILE
 from exports.backends import Backend, backend_for_format
 from exports.common import ExportError, ParityError, example_inputs, io_names
 from exports.manifest import manifest_problem, read_manifest, versions, write_manifest
@@ -166,7 +166,7 @@ def export_stage(ctx) -> None:
         log.info("export %s: %s; parity %s", fmt, path, "PSNR %.1f dB" % p["psnr_db"] if "psnr_db" in p
                  else p.get("predictions"))
     teacher_dir = ctx.stage_dir("model")
-    if model_dir != teacher_dir:
+    if model_dir != teacher_dir and (teacher_dir / SPEC_FILE).is_file():
         for fmt in cfg.formats:
             if backend_for_format(fmt).can_run():
                 path, _ = export_artifact(teacher_dir, fmt, out_dir / "teacher", size=size, layout=cfg.layout)

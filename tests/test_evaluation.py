@@ -70,6 +70,7 @@ def by_name(report: dict) -> dict[str, dict]:
 def test_teacher_against_itself_is_identical_and_damage_shows(report):
     rows = by_name(report)
     assert report["loss_network"]["weights"] == "random(seed=0)"
+    assert report["style_reference"] == "image" and report["style"].endswith("starry_night.jpg")
     q = rows["teacher"]["quality"]
     assert q["style_degradation_pct"] == 0 and q["content_degradation_pct"] == 0
     assert q["identical_to_teacher"] and q["psnr_vs_teacher"] is None and q["ssim_vs_teacher"] == pytest.approx(1.0)
@@ -272,6 +273,11 @@ def test_a_multistyle_teacher_is_judged_per_style(tmp_path):
     assert per_style["1"]["psnr_vs_teacher"] is None or per_style["1"]["psnr_vs_teacher"] > 60  # the same style
     assert per_style["0"]["psnr_vs_teacher"] < 30 and per_style["0:0.5,2:0.5"]["psnr_vs_teacher"] < 30
     assert len(student["quality"]["per_image"]) == 3 * len(report["eval_images"])
+    # A style bank's styles have no image: style loss is measured against the teacher's own pictures, so the
+    # teacher scores exactly 0 and the report names no unrelated painting as the style.
+    assert report["style_reference"] == "teacher_output" and report["style"] is None
+    assert next(v for v in report["variants"] if v["name"] == "teacher")["quality"]["style_loss"] == 0
+    assert student["quality"]["style_loss"] > 0
     jsonschema.validate(report, json.loads(SCHEMA_PATH.read_text()))
     md = (tmp_path / "out" / "report.md").read_text()
     assert "## Fidelity per style" in md and "style 0:0.5,2:0.5: PSNR dB / SSIM" in md

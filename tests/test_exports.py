@@ -326,7 +326,14 @@ def test_export_stage_writes_into_the_run(tnet_dir, tmp_path):
     from compressor.config import ExportStage
     from exports.stage import export_stage
 
+    import shutil
+
+    teacher = shutil.copytree(tnet_dir, tmp_path / "teacher")
+    folders = {"export": tmp_path / "exports", "model": teacher, "quantize": tmp_path / "quantized"}
     ctx = SimpleNamespace(recipe=SimpleNamespace(export=ExportStage(formats=["onnx"], size=64), quantize=None),
-                          latest_model_dir=lambda: tnet_dir, stage_dir=lambda stage: tmp_path / "exports")
+                          latest_model_dir=lambda: tnet_dir, stage_dir=folders.get)
     export_stage(ctx)
     assert read_manifest(tmp_path / "exports" / "model-fp32.onnx")["parity"]["passed"] is True
+    # The teacher is built for the same runtime: the report's speed-up baseline on it.
+    baseline = read_manifest(tmp_path / "exports" / "teacher" / "model-fp32.onnx")
+    assert baseline["parity"]["passed"] is True and baseline["source"]["model_dir"] == str(teacher)
