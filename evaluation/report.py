@@ -24,7 +24,7 @@ MARKERS = {"torch": "o", "onnxruntime": "s", "litert": "^", "coreml": "D"}
 COLORS = {"torch": "C0", "onnxruntime": "C1", "litert": "C2", "coreml": "C4"}
 CROP = 96  # side (px) of the full-resolution crop in the image grid
 DELTA_LEGEND = ("style Δ% / content Δ% = signed change of the judge's loss vs the teacher: + = higher loss than the "
-                "teacher, − = lower. Neither sign means closer to the teacher; only PSNR/SSIM say that.")
+                "teacher, − = lower. Neither sign means closer to the teacher; only the judge's distances say that.")
 
 
 def validate(report: dict[str, Any]) -> None:
