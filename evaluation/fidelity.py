@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from compressor.errors import UserError
+from compressor.images import resize
 from compressor.judge import JUDGE_DESCRIPTION, JUDGE_NAME, PERCEPTUAL_TAPS, STYLE_TAPS, TAPS, Embedding, embed
 from compressor.judge import perceptual_distance, style_distance
 
@@ -168,9 +169,7 @@ def judge_files(reference: Path, candidates: list[Path], teacher: Callable[[torc
             ref = load_image(ref_path)[None]
             if ref_path not in cache:
                 cache[ref_path] = embed(ref)
-            cand = load_image(cand_path)[None]
-            if cand.shape[-2:] != ref.shape[-2:]:
-                cand = F.interpolate(cand, size=ref.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
+            cand = resize(load_image(cand_path)[None], ref.shape[-2:])
             per_image.append({"image": ref_path.name} | distances(embed(cand), cache[ref_path]))
         entry: dict[str, Any] = {"path": str(candidate)}
         entry |= {d: sum(p[d] for p in per_image) / len(per_image) for d in DISTANCES}

@@ -203,6 +203,12 @@ def search_note(report: dict[str, Any]) -> str:
             f"{search['min_psnr_db']:g} dB; the distill stage trained it on. ★ = frontier of latency vs PSNR.")
 
 
+def shift_in_bands(calibration: dict[str, Any], distance: str) -> float | None:
+    """The teacher's own 2-px-shift change in its band units (the close limit); None for a zero band."""
+    band = calibration["band"][distance]
+    return calibration["shift"][distance] / band if band > 0 else None
+
+
 def _judge_lines(report: dict[str, Any]) -> list[str]:
     """Which network judged, the teacher's calibration per style, and a warning when the teacher is degenerate."""
     judge = report.get("judge") or {}
@@ -213,8 +219,8 @@ def _judge_lines(report: dict[str, Any]) -> list[str]:
         cal = "; ".join(
             (f"style {c['style']}: " if c.get("style") is not None else "")
             + f"band {c['band']['perceptual']:.3g} perceptual / {c['band']['style']:.3g} style, 2-px shift "
-              f"{c['shift']['perceptual'] / c['band']['perceptual']:.1f} / {c['shift']['style'] / c['band']['style']:.1f} "
-              "bands" for c in judge.get("calibration", []) if c["band"]["perceptual"] > 0 and c["band"]["style"] > 0)
+              f"{shift_in_bands(c, 'perceptual'):.1f} / {shift_in_bands(c, 'style'):.1f} bands"
+            for c in judge.get("calibration", []) if c["band"]["perceptual"] > 0 and c["band"]["style"] > 0)
         lines.append(f"Judged by {judge['description']}. Distances in units of the teacher's own same-picture band "
                      f"(its output for the photo re-saved as JPEG q95 or ±1 grey level: 1 band)"
                      + (f"; {cal}" if cal else "") + ".")
@@ -517,7 +523,7 @@ def grade_limits(report: dict[str, Any]) -> dict[str, float]:
     """The grade limits on the perceptual axis (band units): 1 band, and the teacher's 2-px shift (mean over
     judged styles)."""
     calibration = (report.get("judge") or {}).get("calibration") or []
-    shifts = [c["shift"]["perceptual"] / c["band"]["perceptual"] for c in calibration if c["band"]["perceptual"] > 0]
+    shifts = [shift_in_bands(c, "perceptual") for c in calibration if c["band"]["perceptual"] > 0]
     limits = {"indistinguishable: within the teacher's band": 1.0}
     if shifts:
         limits["close: within the teacher's 2-px shift"] = sum(shifts) / len(shifts)
