@@ -28,7 +28,7 @@ from compressor.images import center_square
 from compressor.judge import JUDGE_NAME, embed, judge_pair
 from compressor.losses import psnr
 from compressor.models.checkpoint import resolve_model_path
-from evaluation.fidelity import SAME_PICTURE, distances, jpeg_roundtrip, shift
+from compressor.fidelity import SAME_PICTURE, distances, jpeg_roundtrip, shift
 
 Teacher = Callable[[torch.Tensor, float], torch.Tensor]  # (photo, share of the other style) -> picture
 

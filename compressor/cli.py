@@ -639,7 +639,7 @@ def judge(
 
     from compressor.data import load_image
     from compressor.stylize import load_stylizer
-    from evaluation.fidelity import image_pairs, judge_files
+    from compressor.fidelity import image_pairs, judge_files
     from exports.runtime import is_artifact
     from exports.tile_export import load_artifact_runner
 
@@ -745,6 +745,7 @@ def quantize(
     calibration: str = field_option(_Q, "calibration"),
     method: str = field_option(_Q, "calibration_method", "--method"),
     keep_float: list[str] = field_option(_Q, "keep_float", "--keep-float"),
+    grade: str | None = field_option(_Q, "grade"),
     min_psnr_db: float | None = field_option(_Q, "min_psnr_db"),
     max_style_increase_pct: float | None = field_option(_Q, "max_style_increase_pct"),
     equalize_norm_inputs: bool = field_option(_Q, "equalize_norm_inputs",
@@ -760,7 +761,7 @@ def quantize(
 
     settings = build(QuantizeStage, {"runtimes": "--runtime", "modes": "--mode", "calibration_method": "--method"},
                      runtimes=runtime, modes=mode, calibration=calibration, calibration_method=method, keep_float=keep_float,
-                     min_psnr_db=min_psnr_db, max_style_increase_pct=max_style_increase_pct,
+                     grade=grade, min_psnr_db=min_psnr_db, max_style_increase_pct=max_style_increase_pct,
                      equalize_norm_inputs=equalize_norm_inputs, size=size)
     check_output_dir(output)
     _style_path(style, None)

@@ -132,8 +132,8 @@ class DistillStage(TrainConfig):
 
 class SearchStage(_Strict):
     """Student search: each candidate is distilled briefly (the distill stage's settings, ``steps`` each), put on
-    ``runtime`` in ``mode``, timed and judged against the teacher; the fastest within ``min_psnr_db`` wins and the
-    distill stage trains it on (``distill.steps`` more). With none within the budget, the most faithful wins."""
+    ``runtime`` in ``mode``, timed and judged against the teacher; the fastest graded ``grade`` or better wins and
+    the distill stage trains it on (``distill.steps`` more). With none within the budget, the nearest wins."""
 
     candidates: list[StudentChoice] = Field(..., min_length=1)
     steps: int = Field(200, ge=1, description="Brief distillation steps per candidate.")
@@ -142,7 +142,10 @@ class SearchStage(_Strict):
     size: int = Field(512, ge=16, description="Square side the candidates are timed and judged at.")
     images: str = Field("samples", description="Folder of photos judging the candidates, or 'samples' (the bundled "
                         "validation split: neither training nor evaluation photos).")
-    min_psnr_db: float = Field(30.0, gt=0, description="Fidelity budget (mean PSNR dB vs the teacher).")
+    grade: Literal["indistinguishable", "close"] = Field(
+        "close", description="Fidelity budget, graded by the perceptual judge against the teacher's own variation on "
+        "the search photos (as evaluate.grade).")
+    min_psnr_db: float | None = Field(None, gt=0, description="Optional extra budget: mean PSNR (dB) vs the teacher.")
     latency_runs: int = Field(9, ge=3)
     threads: int = Field(2, ge=1)
 
@@ -158,9 +161,14 @@ class QuantizeStage(_Strict):
     calibration: str = Field("samples", description="Folder of calibration images, or 'samples' (never eval images).")
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     keep_float: list[str] = Field(default_factory=list, description="Conv module-name globs kept in float.")
+    grade: Literal["indistinguishable", "close"] | None = Field(
+        None, description="Mixed precision: keep the convs that hurt most float until the perceptual judge grades the "
+        "int8 model's pictures at least this against the float model's (in that model's own same-picture band and "
+        "2-px shift, on the validation photos)."
+    )
     min_psnr_db: float | None = Field(
-        None, gt=0, description="Mixed precision: keep the most sensitive convs float until the int8 model's output "
-        "is at least this close (PSNR dB, worst eval image) to the float model's."
+        None, gt=0, description="Mixed precision in pixel terms: keep convs float until the int8 model's output is "
+        "at least this close (PSNR dB, worst validation photo) to the float model's."
     )
     max_style_increase_pct: float | None = Field(
         None, ge=0, description="Mixed precision (older budget): keep convs float until style loss rises at most this %."

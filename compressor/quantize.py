@@ -3,8 +3,9 @@
 The runtime side (export, each runtime's quantizer, parity, manifests, the
 mixed-precision search) is ``exports.quantize`` and ``exports.backends``.
 Here: calibration images that never overlap the evaluation images, the
-``Judge`` (style / content loss by the reference VGG19 and PSNR vs the fp32
-outputs, of a torch module or of any runner), and QAT.
+``QualityProbe`` (the perceptual judge in bands of the fp32 model's own
+variation, PSNR, style / content loss by the reference VGG19; of a torch
+module or of any runner), and QAT.
 
 QAT fine-tunes with fake quantization (torchao PT2E, x86 int8 scheme), the
 fp32 model as teacher (output L1 + perceptual terms). PT2E QAT graphs do not
@@ -27,8 +28,10 @@ from torch.overrides import TorchFunctionMode
 
 from compressor.config import TrainConfig
 from compressor.data import load_image, resolve_images, sample_content_paths
+from compressor.fidelity import calibrate, distances, judgement
 from compressor.images import resize
 from compressor.io import file_sha256
+from compressor.judge import embed
 from compressor.losses import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, content_loss, psnr, style_loss
 from compressor.models import get_family, save_model
 
@@ -137,14 +140,19 @@ def equalize_norm_inputs(model: nn.Module, calibration: list[np.ndarray]) -> tup
 # ---------------------------------------------------------------- quality
 
 
-class Judge:
-    """Style / content loss by the reference VGG19 and PSNR vs the fp32 outputs, on the eval images."""
+class QualityProbe:
+    """How far a run strays from the fp32 model on the validation photos (never the evaluation's): the perceptual
+    judge's distances in units of the fp32 model's own same-picture band and their grade, PSNR, and the rise of
+    style / content loss by the reference VGG19."""
 
     def __init__(self, model: nn.Module, vgg: nn.Module, grams: dict[str, torch.Tensor], size: int):
         self.vgg, self.grams = vgg, grams
-        self.images = image_batch(sample_content_paths("eval"), size)
+        self.images = image_batch(sample_content_paths("val"), size)
         with torch.no_grad():
             self.reference = [model(x) for x in self.images]
+            pictures = [r.clamp(0, 1) for r in self.reference]
+            self.embeddings = [embed(p) for p in pictures]
+            self.calibration = calibrate(model, self.images, pictures, self.embeddings)
         self.baseline = self._losses(self.reference)
 
     def _losses(self, outputs: list[torch.Tensor]) -> dict[str, float]:
@@ -156,7 +164,7 @@ class Judge:
                 content += float(content_loss(feats, target, DEFAULT_CONTENT_LAYERS))
         return {"style": style / len(outputs), "content": content / len(outputs)}
 
-    def __call__(self, run) -> dict[str, float]:
+    def __call__(self, run) -> dict[str, float | str]:
         """Quality of ``run`` (NCHW numpy -> NCHW numpy, or a torch module) relative to the fp32 model."""
         if isinstance(run, nn.Module):
             with torch.no_grad():
@@ -164,7 +172,11 @@ class Judge:
         else:
             outputs = [torch.from_numpy(np.asarray(run(x.numpy()), dtype=np.float32)) for x in self.images]
         losses = self._losses(outputs)
+        with torch.no_grad():
+            judged = judgement([distances(embed(o.clamp(0, 1)), e) for o, e in zip(outputs, self.embeddings)],
+                               self.calibration)
         return {
+            **{k: judged[k] for k in ("perceptual_bands", "style_bands", "grade")},
             "style_increase_pct": 100 * (losses["style"] - self.baseline["style"]) / max(self.baseline["style"], 1e-12),
             "content_increase_pct": 100 * (losses["content"] - self.baseline["content"])
             / max(self.baseline["content"], 1e-12),

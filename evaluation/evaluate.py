@@ -2,7 +2,7 @@
 
 The first variant is the reference (the teacher). Fidelity is how closely a
 variant reproduces the teacher's picture on the held-out photos, by the
-perceptual judge (``evaluation.fidelity``) in units of the teacher's own
+perceptual judge (``compressor.fidelity``) in units of the teacher's own
 same-picture variation; it alone ranks variants (Pareto frontier, verdict),
 because a student that merely draws a *different* picture can score a lower
 style/content loss without being any closer to the teacher. PSNR / SSIM are
@@ -29,6 +29,7 @@ from tqdm import tqdm
 from compressor.config import EvaluateStage
 from compressor.data import load_image, save_image
 from compressor.errors import UserError
+from compressor.fidelity import GRADES, calibrate, degenerate, distances, judge_info, judgement, worst_grade
 from compressor.images import center_square, resize
 from compressor.io import file_sha256
 from compressor.judge import embed
@@ -36,7 +37,6 @@ from compressor.losses import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, styl
 from compressor.models import create_model, get_family
 from compressor.models.checkpoint import WEIGHTS_FILE
 from evaluation import lossnet
-from evaluation.fidelity import GRADES, calibrate, degenerate, distances, grade, in_bands, judge_info, worst_grade
 from evaluation.latency import machine_info, measure_latency
 from evaluation.memory import peak_rss
 from evaluation.metrics import degradation_pct, fidelity, layer_widths, params_and_macs, perceptual_losses
@@ -301,10 +301,7 @@ def _judge(variants, rows, per_variant, images, judged, threads: int, progress: 
             entry["judge"] = raw
         per_style = []
         for s, cal in enumerate(info["calibration"]):
-            items = per_item[s * n:(s + 1) * n]
-            raw = {d: sum(i[d] for i in items) / n for d in ("perceptual", "style")}
-            bands = in_bands(raw, cal)
-            per_style.append(raw | {f"{d}_bands": v for d, v in bands.items()} | {"grade": grade(bands, cal)})
+            per_style.append(judgement(per_item[s * n:(s + 1) * n], cal))
         if "per_style" in q:
             for entry, judged_style in zip(q["per_style"], per_style):
                 entry["judge"] = judged_style

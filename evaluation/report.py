@@ -180,27 +180,30 @@ def search_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     if not search:
         return [], []
     header = ["", "candidate", "spec", "MMACs", "size", f"p50 ms ({search['runtime']} {search['mode']})",
-              "PSNR dB", "SSIM", "PSNR dB fp32"]
+              "grade", "perceptual (bands)", "style (bands)", "PSNR dB", "SSIM", "perceptual fp32 (bands)"]
     rows = []
     for c in search["candidates"]:
         mark = " ".join(m for m, on in (("winner", c["candidate"] == search["winner"]), ("★", c["pareto"])) if on)
         spec = ", ".join(f"{k}={v}" for k, v in c["spec"].items())
         spec += " (teacher's trunk)" if c.get("init") == "teacher_trunk" else ""
         rows.append([mark, f"{c['candidate']}: {c['family']}", spec, _num(c["macs"] / 1e6, "{:,.0f}"),
-                     _human_bytes(c["size_bytes"]), _num(c["latency_ms"]["p50"], "{:.1f}"),
+                     _human_bytes(c["size_bytes"]), _num(c["latency_ms"]["p50"], "{:.1f}"), c["judge"]["grade"],
+                     _num(c["judge"]["perceptual_bands"], "{:.2f}"), _num(c["judge"]["style_bands"], "{:.2f}"),
                      _psnr_text(c["psnr_vs_teacher"]), _num(c["ssim_vs_teacher"], "{:.3f}"),
-                     _psnr_text(c.get("fp32_psnr_vs_teacher"))])
+                     _num(c["fp32_judge"]["perceptual_bands"], "{:.2f}")])
     return header, rows
 
 
 def search_note(report: dict[str, Any]) -> str:
     search = report["search"]
-    how = ("the fastest within" if search["winner_within_budget"] else
-           "none reached the budget, so the most faithful one won; budget")
+    need = search["grade"] + (f" and PSNR ≥ {search['min_psnr_db']:g} dB" if search.get("min_psnr_db") else "")
+    how = (f"the fastest graded {need}" if search["winner_within_budget"] else
+           f"none was graded {need}, so the nearest to the teacher in perceptual bands won")
     return (f"Each candidate was distilled for {search['steps']} steps, deployed on {search['runtime']} "
             f"({search['mode']}) at {search['size']} px and judged against the teacher on validation photos "
-            f"(not the held-out ones above). Winner: candidate {search['winner']}, {how} PSNR ≥ "
-            f"{search['min_psnr_db']:g} dB; the distill stage trained it on. ★ = frontier of latency vs PSNR.")
+            f"(not the held-out ones above), in bands of the teacher's own variation on them. Winner: candidate "
+            f"{search['winner']}, {how}; the distill stage trained it on. ★ = frontier of latency vs perceptual "
+            "distance.")
 
 
 def shift_in_bands(calibration: dict[str, Any], distance: str) -> float | None:

@@ -2,10 +2,11 @@
 
 Each candidate (a family + spec, e.g. ``edge_net`` variants) is distilled briefly with the distill stage's
 settings and data, put on ``search.runtime`` (fp32, or that runtime's own static / dynamic int8, calibrated
-on training photos), timed round-robin in one process, and judged by the PSNR / SSIM of that artifact's
-output against the teacher's on validation photos (neither trained on nor reported by the evaluate stage).
-The fastest candidate within ``search.min_psnr_db`` wins; with none within it, the most faithful one does,
-and ``search.json`` says so. The winner's model folder is copied to ``search/winner/``, where the distill
+on training photos), timed round-robin in one process, and judged against the teacher's pictures of validation
+photos (neither trained on nor reported by the evaluate stage) by the perceptual judge, in units of the teacher's
+own same-picture band on them (``compressor.fidelity``); PSNR / SSIM are recorded beside. The fastest candidate
+graded ``search.grade`` or better (and within the optional ``search.min_psnr_db``) wins; with none qualifying,
+the one nearest the teacher in perceptual bands does, and ``search.json`` says so. The winner's model folder is copied to ``search/winner/``, where the distill
 stage picks it up and trains it on. ``search.json`` holds every candidate (the frontier the report shows).
 """
 
@@ -22,7 +23,9 @@ import torch
 
 from compressor.data import resolve_images
 from compressor.distill import SEARCH_WINNER, distill_meta, distill_setup, make_objective, named_student, train
+from compressor.fidelity import GRADES, calibrate, distances, judgement
 from compressor.io import write_json
+from compressor.judge import embed
 from compressor.models import get_family
 from compressor.quantize import calibration_set, equalize_norm_inputs
 from evaluation.evaluate import display_path, pareto_front, square_image
@@ -47,6 +50,8 @@ def search_stage(ctx) -> dict[str, Any]:
     photos = [square_image(p, search.size) for p in photo_paths]
     with torch.no_grad():
         targets = [run.teacher(x.to(run.device)).cpu().clamp(0, 1) for x in photos]
+        references = [embed(t) for t in targets]
+    teacher_band = calibrate(lambda x: run.teacher(x.to(run.device)).cpu(), photos, targets, references)
     calibration = calibration_set(ctx.recipe.quantize.calibration if ctx.recipe.quantize else "samples",
                                   search.size)[0] if search.mode == "static" else None
     brief = config.model_copy(update={"steps": search.steps, "checkpoint_every": search.steps})
@@ -61,9 +66,11 @@ def search_stage(ctx) -> dict[str, Any]:
         artifact = deploy(student, search, folder, calibration)
         runner = load_runner(artifact, search.threads)
         with torch.no_grad():
-            float_scores = [fidelity(student(x).clamp(0, 1), t) for x, t in zip(photos, targets)]
-        scores = [fidelity(torch.from_numpy(np.asarray(runner(x.numpy()))).clamp(0, 1), t)
-                  for x, t in zip(photos, targets)]
+            float_outputs = [student(x).clamp(0, 1) for x in photos]
+            outputs = [torch.from_numpy(np.asarray(runner(x.numpy()))).clamp(0, 1) for x in photos]
+            judged = judgement([distances(embed(o), r) for o, r in zip(outputs, references)], teacher_band)
+            float_judged = judgement([distances(embed(o), r) for o, r in zip(float_outputs, references)], teacher_band)
+        scores = [fidelity(o, t) for o, t in zip(outputs, targets)]
         calls[i] = functools.partial(runner, photos[0].numpy())
         example = get_family(student).example_inputs(student, search.size)
         params, macs = params_and_macs(student, example if isinstance(example, tuple) else (example,))
@@ -71,27 +78,29 @@ def search_stage(ctx) -> dict[str, Any]:
                         mode="json", exclude={"family", "style"}),
                      "model": display_path(folder / "model", ctx.run_dir),
                      "artifact": display_path(artifact, ctx.run_dir), "size_bytes": artifact.stat().st_size,
-                     "params": params, "macs": macs, "psnr_vs_teacher": _mean(scores, "psnr_vs_teacher"),
-                     "ssim_vs_teacher": _mean(scores, "ssim_vs_teacher"),
-                     "fp32_psnr_vs_teacher": _mean(float_scores, "psnr_vs_teacher")})
+                     "params": params, "macs": macs, "judge": judged, "fp32_judge": float_judged,
+                     "psnr_vs_teacher": _mean(scores, "psnr_vs_teacher"),
+                     "ssim_vs_teacher": _mean(scores, "ssim_vs_teacher")})
     stats = measure_latency(calls, runs=search.latency_runs, warmup=2, block=3)
     for row in rows:
         row["latency_ms"] = stats[row["candidate"]]
-    winner, within = pick(rows, search.min_psnr_db)
+    winner, within = pick(rows, search.grade, search.min_psnr_db)
     mark_frontier(rows)
     winner_dir = out / SEARCH_WINNER
     shutil.rmtree(winner_dir, ignore_errors=True)
     shutil.copytree(out / "candidates" / str(winner["candidate"]) / "model", winner_dir,
                     ignore=shutil.ignore_patterns("checkpoint.pt"))
     result = {"runtime": search.runtime, "mode": search.mode, "size": search.size, "steps": search.steps,
-              "threads": search.threads, "min_psnr_db": search.min_psnr_db,
+              "threads": search.threads, "grade": search.grade, "min_psnr_db": search.min_psnr_db,
+              "calibration": teacher_band,
               "photos": [display_path(p, ctx.run_dir) for p in photo_paths],
               "winner": winner["candidate"], "winner_within_budget": within,
               "candidates": rows, "machine": machine_info()}
     write_json(out / RESULT_FILE, result)
-    log.info("search: candidate %d wins (%s, %.1f dB, %.1f ms on %s %s)", winner["candidate"],
-             "within the budget" if within else "none within the budget: the most faithful",
-             winner["psnr_vs_teacher"], winner["latency_ms"]["p50"], search.runtime, search.mode)
+    log.info("search: candidate %d wins (%s, %.2f perceptual bands, %s; %.1f ms on %s %s)", winner["candidate"],
+             "within the budget" if within else "none within the budget: the nearest",
+             winner["judge"]["perceptual_bands"], winner["judge"]["grade"], winner["latency_ms"]["p50"], search.runtime,
+             search.mode)
     return result
 
 
@@ -107,18 +116,20 @@ def deploy(student: torch.nn.Module, search, folder: Path, calibration: list[np.
     return _QUANTIZERS[fmt](path, folder / f"model-int8-{search.mode}{path.suffix}", search.mode, calibration)
 
 
-def pick(rows: list[dict[str, Any]], min_psnr_db: float) -> tuple[dict[str, Any], bool]:
-    """The fastest candidate within the budget, else the most faithful; and whether it is within the budget."""
-    within = [r for r in rows if r["psnr_vs_teacher"] is not None and r["psnr_vs_teacher"] >= min_psnr_db]
+def pick(rows: list[dict[str, Any]], worst: str, min_psnr_db: float | None = None) -> tuple[dict[str, Any], bool]:
+    """The fastest candidate graded ``worst`` or better (and within ``min_psnr_db`` when given), else the nearest
+    to the teacher in perceptual bands; and whether it is within the budget."""
+    within = [r for r in rows if GRADES.index(r["judge"]["grade"]) <= GRADES.index(worst)
+              and (min_psnr_db is None or (r["psnr_vs_teacher"] is not None and r["psnr_vs_teacher"] >= min_psnr_db))]
     if within:
         return min(within, key=lambda r: r["latency_ms"]["p50"]), True
-    return max(rows, key=lambda r: -np.inf if r["psnr_vs_teacher"] is None else r["psnr_vs_teacher"]), False
+    return min(rows, key=lambda r: r["judge"]["perceptual_bands"]), False
 
 
 def mark_frontier(rows: list[dict[str, Any]]) -> None:
-    """``pareto``: no other candidate is both at least as fast and at least as faithful (and better in one)."""
-    front = pareto_front({i: (r["latency_ms"]["p50"], r["psnr_vs_teacher"]) for i, r in enumerate(rows)
-                          if r["psnr_vs_teacher"] is not None})
+    """``pareto``: no other candidate is both at least as fast and at least as near the teacher in perceptual
+    bands (and better in one)."""
+    front = pareto_front({i: (r["latency_ms"]["p50"], -r["judge"]["perceptual_bands"]) for i, r in enumerate(rows)})
     for i, row in enumerate(rows):
         row["pareto"] = i in front
 

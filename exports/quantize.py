@@ -4,11 +4,11 @@
 2. calibrate on content images that never overlap the evaluation images (``compressor.quantize``),
 3. for static int8, rescale the convs that feed instance norms to unit spread per channel
    (``compressor.quantize.equalize_norm_inputs``; the norm undoes it, the int8 scale fits every channel),
-   optionally rank layers by how much quantizing each one alone hurts (PSNR vs
-   fp32, style / content loss by the reference VGG19; ONNX Runtime static int8)
-   and keep the worst in float until the int8 model is within the fidelity budget
-   ``min_psnr_db`` (PSNR vs the fp32 model, worst eval image); the older budget
-   ``max_style_increase_pct`` (style-loss rise) can be given too, and then both must hold,
+   optionally rank layers by how much quantizing each one alone hurts (ONNX Runtime
+   static int8, judged against the fp32 model on the validation photos) and keep the
+   worst in float until the int8 model is within every budget given: ``grade`` (the
+   perceptual judge, in the fp32 model's own same-picture band and 2-px shift; ranks
+   the layers), ``min_psnr_db`` (PSNR, worst photo), ``max_style_increase_pct``,
 4. quantize with each runtime's own quantizer (its backend's ``quantize``), check
    parity (PSNR vs the fp32 PyTorch model on the held-out images) against the
    thresholds below, and write a manifest that says what runs in int8 and what
@@ -32,10 +32,11 @@ from torch import nn
 
 from compressor.config import QuantizeStage
 from compressor.data import sample_content_paths
+from compressor.fidelity import GRADES
 from compressor.io import write_json
 from compressor.models import get_family, load_model, save_model
 from compressor.quantize import (
-    Judge,
+    QualityProbe,
     QuantizeError,
     calibration_set,
     default_qat_config,
@@ -82,36 +83,41 @@ def resolve_keep_float(globs: list[str], layers: dict[str, str]) -> list[str]:
     return sorted({layers[n] for n in _module_globs_to_nodes(layers, globs)})
 
 
-def layer_sensitivity(float_onnx: Path, calibration: list[np.ndarray], judge: Judge, method: str = "minmax",
-                      work_dir: Path | None = None, by: str = "psnr",
-                      reduce_range: bool | None = None) -> list[dict[str, Any]]:
-    """Quantize one conv at a time (ORT static) and measure the damage; most harmful first.
+SENSITIVITY_ORDER = {  # most harmful first
+    "perceptual": lambda r: (-r["perceptual_bands"], -r["style_bands"]),
+    "psnr": lambda r: (r["psnr_db"], -r["style_increase_pct"]),
+    "style": lambda r: (-r["style_increase_pct"], r["psnr_db"]),
+}
 
-    ``by="psnr"``: lowest PSNR vs fp32 first (fidelity); ``by="style"``: largest style-loss rise first.
-    """
+
+def layer_sensitivity(float_onnx: Path, calibration: list[np.ndarray], judge: QualityProbe, method: str = "minmax",
+                      work_dir: Path | None = None, by: str = "perceptual",
+                      reduce_range: bool | None = None) -> list[dict[str, Any]]:
+    """Quantize one conv at a time (ORT static) and measure the damage; most harmful first, ``by`` the perceptual
+    judge (farthest in bands), PSNR (lowest) or style loss (largest rise)."""
     results = []
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         for node, module in conv_layers(float_onnx).items():
             path = Path(tmp) / "one.onnx"
             quantize_onnx(float_onnx, path, "static", calibration, method, only=[node], reduce_range=reduce_range)
             results.append({"layer": module, "node": node, **judge(load_runner(path))})
-    if by == "psnr":
-        return sorted(results, key=lambda r: (r["psnr_db"], -r["style_increase_pct"]))
-    return sorted(results, key=lambda r: (-r["style_increase_pct"], r["psnr_db"]))
+    return sorted(results, key=SENSITIVITY_ORDER[by])
 
 
-def within_budget(quality: dict[str, float], settings: QuantizeStage) -> bool:
-    """Every budget the settings give holds: PSNR vs fp32 at least ``min_psnr_db``, style rise at most the %."""
-    return ((settings.min_psnr_db is None or quality["psnr_db"] >= settings.min_psnr_db)
+def within_budget(quality: dict[str, Any], settings: QuantizeStage) -> bool:
+    """Every budget the settings give holds: graded ``grade`` or better, PSNR vs fp32 at least ``min_psnr_db``,
+    style rise at most ``max_style_increase_pct``."""
+    return ((settings.grade is None or GRADES.index(quality["grade"]) <= GRADES.index(settings.grade))
+            and (settings.min_psnr_db is None or quality["psnr_db"] >= settings.min_psnr_db)
             and (settings.max_style_increase_pct is None
                  or quality["style_increase_pct"] <= settings.max_style_increase_pct))
 
 
-def _mixed_precision(settings: QuantizeStage, float_onnx: Path, calibration: list[np.ndarray], judge: Judge,
+def _mixed_precision(settings: QuantizeStage, float_onnx: Path, calibration: list[np.ndarray], judge: QualityProbe,
                      work_dir: Path) -> tuple[list[str], dict]:
     """Greedy: add the most sensitive layer to the float set until the int8 model fits the budget(s)."""
     layers = conv_layers(float_onnx)
-    by = "psnr" if settings.min_psnr_db is not None else "style"
+    by = "perceptual" if settings.grade else "psnr" if settings.min_psnr_db is not None else "style"
     ranking = layer_sensitivity(float_onnx, calibration, judge, settings.calibration_method, work_dir, by=by,
                                 reduce_range=settings.onnx_reduce_range)
     keep = resolve_keep_float(settings.keep_float, layers)
@@ -130,13 +136,13 @@ def _mixed_precision(settings: QuantizeStage, float_onnx: Path, calibration: lis
             trail.append({"keep_float": list(keep), **quality})
             if within_budget(quality, settings):
                 break
-    return keep, {"budget_min_psnr_db": settings.min_psnr_db,
+    return keep, {"budget_grade": settings.grade, "budget_min_psnr_db": settings.min_psnr_db,
                   "budget_style_increase_pct": settings.max_style_increase_pct, "ranked_by": by,
                   "ranking": ranking, "trail": trail}
 
 
 def _job(reference: nn.Module, source_dir: Path, fmt: str, mode: str, keep_float: list[str], out_dir: Path,
-         float_dir: Path, settings: QuantizeStage, calibration: list[np.ndarray], judge: Judge | None,
+         float_dir: Path, settings: QuantizeStage, calibration: list[np.ndarray], judge: QualityProbe | None,
          extra: dict[str, Any], exported: dict[tuple, tuple[Path, dict[str, Any]]]) -> QuantizeJob:
     """The callbacks a backend's ``quantize`` uses for one mode: export the float model (into ``float_dir``), write
     a verified manifest."""
@@ -187,18 +193,18 @@ def quantize(
     calibration, calib_paths = calibration_set(settings.calibration, settings.size)
     extra: dict[str, Any] = {
         "calibration_method": settings.calibration_method,
-        "calibration_images": [str(p) for p in calib_paths], "evaluation_images": [
-            str(p) for p in sample_content_paths("eval")], "loss_network": vgg.weights_source,
+        "calibration_images": [str(p) for p in calib_paths], "quality_images": [
+            str(p) for p in sample_content_paths("val")], "loss_network": vgg.weights_source,
     }
     family = get_family(model)
     if len(family.io_names(model)[0]) != 1:
         raise QuantizeError(f"{model_dir}: quantizing {type(model).__name__} (two inputs) is not supported; "
                             "quantize a one-input model (a style transformer or a loss network)")
-    # Style/content/PSNR quality needs an image-to-image model; a loss network gets parity on its taps only.
-    judge = Judge(model, vgg, grams, settings.size) if family.role == "style_transformer" else None
-    budget = settings.min_psnr_db is not None or settings.max_style_increase_pct is not None
+    # Quality needs an image-to-image model; a loss network gets parity on its taps only.
+    judge = QualityProbe(model, vgg, grams, settings.size) if family.role == "style_transformer" else None
+    budget = any(v is not None for v in (settings.grade, settings.min_psnr_db, settings.max_style_increase_pct))
     if judge is None and (budget or "qat" in settings.modes):
-        raise QuantizeError("min_psnr_db, max_style_increase_pct and mode qat need an image-to-image model "
+        raise QuantizeError("grade, min_psnr_db, max_style_increase_pct and mode qat need an image-to-image model "
                             "(a style transformer)")
     keep = sorted(set(settings.keep_float) | set(rgb_output_convs(model)))
     sources = {mode: model_dir for mode in settings.modes}

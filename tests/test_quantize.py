@@ -15,7 +15,7 @@ from compressor.data import ContentCrops, load_image, sample_content_paths, samp
 from compressor.distill import train
 from compressor.losses import style_grams
 from compressor.models import TransformerNet, TransformerNetSpec, load_model, load_vgg19, save_model
-from compressor.quantize import Judge, QuantizeError, calibration_set, equalize_norm_inputs, image_batch
+from compressor.quantize import QualityProbe, QuantizeError, calibration_set, equalize_norm_inputs, image_batch
 from exports.quantize import QUANT_THRESHOLDS_DB, layer_sensitivity, quantize
 
 SIZE = 64
@@ -122,12 +122,12 @@ def test_tflite_static_int8(model_dir, judge_parts, tmp_path):
 
 
 @pytest.mark.slow  # ~20-30 s each on a shared 2-core machine
-@pytest.mark.parametrize("budget_kind", ["min_psnr_db", "max_style_increase_pct"])
+@pytest.mark.parametrize("budget_kind", ["grade", "min_psnr_db", "max_style_increase_pct"])
 def test_sensitivity_keeps_the_harmful_layer_float(model_dir, judge_parts, tmp_path, budget_kind):
     """A huge bias on one channel of res2.conv1 changes nothing in float (InstanceNorm removes it) but
     stretches that conv's int8 output range so every other channel loses its resolution: the per-layer
-    sensitivity ranks it first and a fidelity budget above its PSNR (or a style budget below its damage)
-    keeps it in float."""
+    sensitivity ranks it first (by the perceptual judge, PSNR or style loss) and a budget it breaks keeps it
+    in float."""
     from exports.stage import export_artifact
 
     vgg, grams = judge_parts
@@ -137,23 +137,26 @@ def test_sensitivity_keeps_the_harmful_layer_float(model_dir, judge_parts, tmp_p
     harmed = save_model(model, tmp_path / "harmed")
     float_onnx, _ = export_artifact(harmed, "onnx", tmp_path / "float", size=(SIZE, SIZE))
     calibration, _ = calibration_set("samples", SIZE)
-    by = "psnr" if budget_kind == "min_psnr_db" else "style"
-    ranking = layer_sensitivity(float_onnx, calibration, Judge(model, vgg, grams, SIZE), by=by)
+    by = {"grade": "perceptual", "min_psnr_db": "psnr", "max_style_increase_pct": "style"}[budget_kind]
+    ranking = layer_sensitivity(float_onnx, calibration, QualityProbe(model, vgg, grams, SIZE), by=by)
     assert ranking[0]["layer"] == "res2.conv1.conv2d", ranking[:3]
     assert ranking[0]["psnr_db"] < ranking[1]["psnr_db"]
-    if budget_kind == "min_psnr_db":
-        budget = (ranking[0]["psnr_db"] + ranking[1]["psnr_db"]) / 2
-    else:
-        budget = ranking[0]["style_increase_pct"] / 2
-        assert budget > 0, ranking[:3]
+    assert ranking[0]["perceptual_bands"] > max(1.0, ranking[1]["perceptual_bands"])
+    assert ranking[0]["grade"] == "different"
+    budget = {"grade": "close", "min_psnr_db": (ranking[0]["psnr_db"] + ranking[1]["psnr_db"]) / 2,
+              "max_style_increase_pct": ranking[0]["style_increase_pct"] / 2}[budget_kind]
     settings = QuantizeStage(size=SIZE, **{budget_kind: budget})
     [manifest] = quantize(harmed, tmp_path / "q", settings, vgg, grams, progress=False)
     quantization = manifest["quantization"]
     assert "res2.conv1.conv2d" in quantization["contents"]["float_compute_convs"], quantization["mixed_precision"]
-    if budget_kind == "min_psnr_db":
-        assert quantization["quality"]["psnr_db"] >= budget
+    assert quantization["mixed_precision"]["ranked_by"] == by
+    quality = quantization["quality"]
+    if budget_kind == "grade":
+        assert quality["grade"] in ("indistinguishable", "close")
+    elif budget_kind == "min_psnr_db":
+        assert quality["psnr_db"] >= budget
     else:
-        assert quantization["quality"]["style_increase_pct"] <= budget
+        assert quality["style_increase_pct"] <= budget
 
 
 def test_several_modes_make_one_variant_each(model_dir, judge_parts, tmp_path):
@@ -264,16 +267,21 @@ def raw_model_dir(tmp_path_factory) -> Path:
     return save_model(model, tmp_path_factory.mktemp("raw"))
 
 
-def test_qat_end_to_end_beats_ptq_in_the_same_int8_scheme(raw_model_dir, judge_parts, tmp_path):
-    """QAT (torchao PT2E fake quant, teacher = fp32) vs PTQ, both in PT2E's x86 int8 scheme; the QAT-trained weights
-    then go through ORT's static quantizer into a real int8 artifact that must keep parity."""
+def test_qat_end_to_end_is_graded_beside_ptq_and_deploys_as_int8(raw_model_dir, judge_parts, tmp_path):
+    """QAT (torchao PT2E fake quant, teacher = fp32) and PTQ in the same PT2E x86 int8 scheme, both graded by the
+    perceptual judge against the fp32 model on the validation photos; the QAT-trained weights then go through ORT's
+    static quantizer into a real int8 artifact that must keep parity. (Whether QAT pays is the report's to say: on
+    this random net it does not beat PTQ on held-out photos.)"""
     vgg, grams = judge_parts
     config = TrainConfig(steps=60, batch_size=2, crop=SIZE, lr=1e-4, output_weight=1.0, checkpoint_every=1000)
     settings = QuantizeStage(runtimes=["onnx"], modes=["qat"], size=SIZE, qat=config)
     [manifest] = quantize(raw_model_dir, tmp_path, settings, vgg, grams, progress=False)
     qat = manifest["quantization"]["qat"]
-    assert qat["pt2e_qat_int8_quality"]["psnr_db"] > qat["pt2e_ptq_int8_quality"]["psnr_db"] + 1.0, qat
+    for quality in (qat["pt2e_qat_int8_quality"], qat["pt2e_ptq_int8_quality"]):
+        assert quality["grade"] in ("indistinguishable", "close"), qat
+        assert 0 < quality["perceptual_bands"] < 5 and 20 < quality["psnr_db"] < 60, qat
     assert manifest["precision"] == "int8-qat" and manifest["parity"]["passed"], manifest["parity"]
+    assert manifest["quantization"]["quality"]["grade"] in ("indistinguishable", "close")
     assert (tmp_path / "qat" / "spec.json").is_file()
 
 

@@ -102,6 +102,13 @@ def grade(bands: dict[str, float], calibration: dict[str, Any]) -> str:
     return "different"
 
 
+def judgement(items: list[dict[str, float]], calibration: dict[str, Any]) -> dict[str, Any]:
+    """Mean raw distances of ``items`` (per photo), the same in bands, and their grade."""
+    raw = {d: float(np.mean([i[d] for i in items])) for d in DISTANCES}
+    bands = in_bands(raw, calibration)
+    return raw | {f"{d}_bands": v for d, v in bands.items()} | {"grade": grade(bands, calibration)}
+
+
 def worst_grade(grades: list[str]) -> str:
     return max(grades, key=GRADES.index)
 
