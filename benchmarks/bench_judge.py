@@ -24,11 +24,11 @@ import torch
 from torchvision.transforms.functional import gaussian_blur
 
 from compressor.data import load_image, sample_content_paths, sample_style_path
+from compressor.fidelity import SAME_PICTURE, distances, jpeg_roundtrip, shift
 from compressor.images import center_square
 from compressor.judge import JUDGE_NAME, embed, judge_pair
 from compressor.losses import psnr
 from compressor.models.checkpoint import resolve_model_path
-from compressor.fidelity import SAME_PICTURE, distances, jpeg_roundtrip, shift
 
 Teacher = Callable[[torch.Tensor, float], torch.Tensor]  # (photo, share of the other style) -> picture
 

@@ -240,6 +240,10 @@ def _quality(variants, rows, images, image_paths, vgg, grams, judged, settings, 
         with torch.no_grad():
             item_grams = [style_grams(vgg, out) for out in teacher] if teacher else None
     ref_losses = _mean_losses(vgg, teacher, contents, item_grams) if teacher else None
+    style_scale = None  # against the style image: in % of the teacher's own style loss
+    if ref_losses and grams is None:  # against the teacher's picture its loss is 0: in % of that picture's Grams
+        zero = [{k: torch.zeros_like(v) for k, v in g.items()} for g in item_grams]
+        style_scale = _mean_losses(vgg, teacher, contents, zero)["style_loss"]
     for outs, row in zip(per_variant, rows):
         if outs is None or item_grams is None:
             continue
@@ -248,7 +252,7 @@ def _quality(variants, rows, images, image_paths, vgg, grams, judged, settings, 
         q.update(losses)
         if ref_losses:
             q.update(_fidelity(outs, teacher, items))
-            q["style_degradation_pct"] = degradation_pct(losses["style_loss"], ref_losses["style_loss"])
+            q["style_degradation_pct"] = degradation_pct(losses["style_loss"], ref_losses["style_loss"], style_scale)
             q["content_degradation_pct"] = degradation_pct(losses["content_loss"], ref_losses["content_loss"])
             q["degradation_pct"] = (q["style_degradation_pct"] + q["content_degradation_pct"]) / 2
     judge = _judge(variants, rows, per_variant, images, judged, settings.threads, progress)

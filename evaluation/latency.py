@@ -4,10 +4,12 @@ Variants are interleaved (A, B, C, A, B, C, ...) within one process, so a
 background load or thermal change hits all of them alike and their ratios stay
 fair. Median and p90 are reported with the number of runs and threads.
 
-With ``block`` > 1 each visit is one untimed run and then ``block`` timed runs
-back to back (A A A, B B B, ...): a model that runs alone keeps its weights and
-buffers in cache, and one-at-a-time interleaving penalises the small, fast ones
-(50%-pruned VGG19 int8 at 512 px here: 94 ms interleaved vs 61-78 ms in blocks).
+Each visit is one untimed run and then ``block`` timed runs back to back
+(A A A, B B B, ...). The untimed run re-warms the caches other variants evicted
+and absorbs the previous runtime's worker threads, which spin-wait after a run
+(ONNX Runtime, OpenMP, XNNPACK) and steal the cores of whatever runs next: one
+timed run per visit read the quickstart's variants up to 1.65x slower than each
+alone in a fresh process, blocks of 5 within 1.07x (benchmarks/bench_latency_harness.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from tqdm import tqdm
 
 
 def measure_latency(
-    calls: dict[str, Callable[[], Any]], runs: int = 10, warmup: int = 2, progress: bool = False, block: int = 1
+    calls: dict[str, Callable[[], Any]], runs: int = 10, warmup: int = 2, progress: bool = False, block: int = 5
 ) -> dict[str, dict[str, float]]:
     """Time each zero-argument call ``runs`` times, round-robin in blocks of ``block``; returns ms stats per name."""
     for call in calls.values():
@@ -32,8 +34,7 @@ def measure_latency(
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in tqdm(range(-(-runs // block)), desc="latency", disable=not progress, leave=False):
         for name, call in calls.items():
-            if block > 1:
-                call()  # re-warm the caches other variants evicted
+            call()  # untimed: re-warms caches, absorbs the previous runtime's spinning threads
             for _ in range(min(block, runs - len(times[name]))):
                 start = time.perf_counter()
                 call()

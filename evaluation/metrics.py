@@ -41,11 +41,13 @@ def fidelity(output: torch.Tensor, reference: torch.Tensor) -> dict[str, float |
     return {"psnr_vs_teacher": value if math.isfinite(value) else None, "ssim_vs_teacher": ssim}
 
 
-def degradation_pct(value: float, reference: float) -> float:
-    """How much worse (in %) a loss is than the teacher's; 0 for the teacher itself."""
-    if reference == 0:
-        return 0.0 if value == 0 else math.inf
-    return 100.0 * (value - reference) / reference
+def degradation_pct(value: float, reference: float, scale: float | None = None) -> float:
+    """How much worse a loss is than the teacher's, in % of ``scale`` (default: the teacher's loss); 0 for the
+    teacher itself."""
+    scale = reference if scale is None else scale
+    if scale == 0:
+        return 0.0 if value == reference else math.inf
+    return 100.0 * (value - reference) / scale
 
 
 def params_and_macs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[int, int]:

@@ -23,8 +23,9 @@ SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 MARKERS = {"torch": "o", "onnxruntime": "s", "litert": "^", "coreml": "D"}
 COLORS = {"torch": "C0", "onnxruntime": "C1", "litert": "C2", "coreml": "C4"}
 CROP = 96  # side (px) of the full-resolution crop in the image grid
-DELTA_LEGEND = ("style Δ% / content Δ% = signed change of the judge's loss vs the teacher: + = higher loss than the "
-                "teacher, − = lower. Neither sign means closer to the teacher; only the judge's distances say that.")
+DELTA_LEGEND = ("style Δ% / content Δ% = signed change of the loss network's style / content loss vs the teacher's "
+                "(+ = higher, − = lower; against the teacher's own picture, style Δ% is in % of that picture's Gram "
+                "energy). Neither sign means closer to the teacher; only the judge's distances say that.")
 
 
 def validate(report: dict[str, Any]) -> None:

@@ -81,7 +81,7 @@ def search_stage(ctx) -> dict[str, Any]:
                      "params": params, "macs": macs, "judge": judged, "fp32_judge": float_judged,
                      "psnr_vs_teacher": _mean(scores, "psnr_vs_teacher"),
                      "ssim_vs_teacher": _mean(scores, "ssim_vs_teacher")})
-    stats = measure_latency(calls, runs=search.latency_runs, warmup=2, block=3)
+    stats = measure_latency(calls, runs=search.latency_runs, warmup=2)
     for row in rows:
         row["latency_ms"] = stats[row["candidate"]]
     winner, within = pick(rows, search.grade, search.min_psnr_db)

@@ -278,6 +278,9 @@ def test_a_multistyle_teacher_is_judged_per_style(tmp_path):
     assert report["style_reference"] == "teacher_output" and report["style"] is None
     assert next(v for v in report["variants"] if v["name"] == "teacher")["quality"]["style_loss"] == 0
     assert student["quality"]["style_loss"] > 0
+    # ... and the style delta is in % of the teacher picture's Gram energy: finite, 0 for the teacher
+    assert next(v for v in report["variants"] if v["name"] == "teacher")["quality"]["style_degradation_pct"] == 0
+    assert 0 < student["quality"]["style_degradation_pct"] < 1e4
     jsonschema.validate(report, json.loads(SCHEMA_PATH.read_text()))
     md = (tmp_path / "out" / "report.md").read_text()
     assert "## Fidelity per style" in md and "style 0:0.5,2:0.5: PSNR dB / SSIM" in md
