@@ -129,7 +129,7 @@ def test_ranking_uses_the_judge_and_names_it(report, run_dir):
     assert ort["teacher"] == "exports/model-fp32.onnx"
     md = (run_dir / "report.md").read_text()
     assert f"Verdict: **{ranking['verdict']}**" in md and "Judged by Magenta's style predictor" in md
-    assert "+ = higher loss than the teacher" in md and "Ship on onnxruntime" in md
+    assert "+ = higher, − = lower" in md and "Ship on onnxruntime" in md
 
 
 def test_latency_harness_orders_a_4x_heavier_model():
