@@ -1,3 +1,1 @@
-"""styleslim: compress neural style transfer models and ship them to phones and edge devices."""
-
-__version__ = "0.1.0"
+"""The algorithms: model families, pruning, distillation, torch-level quantization, the perceptual judge."""

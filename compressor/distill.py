@@ -30,7 +30,7 @@ from torch.utils.checkpoint import checkpoint, checkpoint_sequential
 from tqdm import tqdm
 
 from compressor.config import TrainConfig
-from compressor.data import ContentCrops, resolve_images
+from compressor.data import ContentCrops
 from compressor.errors import UserError
 from compressor.io import atomic_write
 from compressor.models import create_model, get_family, load_model, save_model
@@ -348,45 +348,3 @@ def named_student(choice, seed: int, key: str, teacher: nn.Module) -> nn.Module:
             raise UserError(f"{key}.init", str(exc), "or init: random") from None
         log.info("%s: %d residual blocks start as the teacher's", key, grafted)
     return student
-
-
-def distill_setup(ctx) -> tuple[TrainingRun, torch.utils.data.Dataset]:
-    """The recipe's teacher on this rank's device, and the training data (teacher pairs when ``paired_size``).
-
-    The distill stage and the student search share it: every student learns from the same data."""
-    config = ctx.recipe.distill
-    run = prepare_run(ctx.loss_network, distill_teacher(config, ctx.stage_dir("model")), ctx.style_grams)
-    photos = resolve_images(ctx.recipe.content, "train")
-    if config.paired_size:
-        from compressor.blackbox import TeacherPairs
-
-        return run, TeacherPairs(photos, run.teacher, config.paired_size, config.crop)
-    return run, ContentCrops(photos, config.crop, color_jitter=config.color_jitter)
-
-
-def distill_meta(ctx, student_from: str) -> dict:
-    config = ctx.recipe.distill
-    return {"student_from": student_from, "teacher": config.teacher_onnx or str(ctx.stage_dir("model")),
-            "teacher_inputs": config.teacher_inputs, "style": ctx.recipe.style,
-            "loss_network": ctx.loss_network.weights_source}
-
-
-def distill_stage(ctx) -> None:
-    """Recipe stage ``distill``: the pruned model (or a copy of the teacher, a named ``student``, or the student
-    search's winner, trained on from its brief run) learns from the teacher."""
-    config = ctx.recipe.distill
-    run, data = distill_setup(ctx)
-    if ctx.recipe.search is not None:
-        source = ctx.stage_dir("search") / SEARCH_WINNER
-        student, student_from = load_model(source), f"search winner {source}"
-    elif config.student is not None:
-        student = named_student(config.student, config.seed, "distill.student", run.teacher)
-        student_from = f"fresh {config.student.family} ({config.student.init} init)"
-    else:
-        source = ctx.stage_dir("prune") if ctx.recipe.prune is not None else ctx.stage_dir("model")
-        student, student_from = load_model(source), str(source)
-    named = ctx.recipe.search is not None or config.student is not None
-    objective = make_objective(student, run.teacher, config, run.vgg, run.grams,
-                               any_teacher=named or config.teacher_onnx is not None)
-    train(student, objective, data, config, ctx.stage_dir("distill"), resume=ctx.resume,
-          meta=distill_meta(ctx, student_from), progress=ctx.progress, device=run.device)

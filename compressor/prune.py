@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,8 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.pruner import function as tpf
 
-from compressor.config import DistillStage, PruneStage
+from compressor.config import PruneStage
 from compressor.data import ContentCrops, resolve_images
-from compressor.distill import make_objective, prepare_run, train
 from compressor.models import get_family, load_model, save_model
 
 log = logging.getLogger(__name__)
@@ -288,37 +286,7 @@ def prune_dir(model_dir: str | Path, out_dir: str | Path, config: PruneStage, fi
     return meta
 
 
-def prune_stage(ctx) -> None:
-    """Recipe stage ``prune``: teacher/ -> pruned/, fine-tuning against the teacher between iterative steps."""
-    config: PruneStage = ctx.recipe.prune
-    if config.finetune_steps_between and config.iterative_steps > 1:
-        meta = {"loss_network": ctx.loss_network.weights_source}
-        prune_dir(ctx.stage_dir("model"), ctx.stage_dir("prune"), config, _pipeline_finetune(ctx, config), meta,
-                  content=ctx.recipe.content)
-    else:
-        prune_dir(ctx.stage_dir("model"), ctx.stage_dir("prune"), config, content=ctx.recipe.content)
-
-
 def calibration_crops(content: str, n: int, size: int = 128) -> list[torch.Tensor]:
     """``n`` (1, 3, size, size) crops of the training content images (never the held-out evaluation photos)."""
     data = ContentCrops(resolve_images(content, "train"), size)
     return [data[i][None] for i in range(n)]
-
-
-def _pipeline_finetune(ctx, config: PruneStage) -> Finetune:
-    """Distil the partly pruned model from the teacher for ``finetune_steps_between`` steps.
-
-    Uses the recipe's distill settings (or their defaults) for everything but the step count.
-    """
-    n = config.finetune_steps_between
-    train_config = (ctx.recipe.distill or DistillStage()).model_copy(update={"steps": n, "checkpoint_every": n})
-    data = ContentCrops(resolve_images(ctx.recipe.content, "train"), train_config.crop)
-    run = prepare_run(ctx.loss_network, load_model(ctx.stage_dir("model")), ctx.style_grams)
-
-    def finetune(model: nn.Module, step: int) -> None:
-        objective = make_objective(model, run.teacher, train_config, run.vgg, run.grams)
-        with tempfile.TemporaryDirectory(dir=ctx.run_dir) as tmp:
-            train(model, objective, data, train_config, tmp, progress=ctx.progress, device=run.device)
-        log.info("prune: fine-tuned %d steps after pruning step %d", n, step + 1)
-
-    return finetune

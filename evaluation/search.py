@@ -20,9 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
+from compressor.config import DistillStage, SearchStage
 from compressor.data import resolve_images
-from compressor.distill import SEARCH_WINNER, distill_meta, distill_setup, make_objective, named_student, train
+from compressor.distill import SEARCH_WINNER, TrainingRun, make_objective, named_student, train
 from compressor.fidelity import GRADES, calibrate, distances, judgement
 from compressor.io import write_json
 from compressor.judge import embed
@@ -41,27 +43,26 @@ RESULT_FILE = "search.json"
 _QUANTIZERS = {"onnx": quantize_onnx, "tflite": quantize_tflite}  # the runtime's own int8 quantizer
 
 
-def search_stage(ctx) -> dict[str, Any]:
-    """Distil, deploy, time and judge every candidate; copy the winner to ``search/winner``; write search.json."""
-    search, config = ctx.recipe.search, ctx.recipe.distill
-    out = ctx.stage_dir("search")
-    run, data = distill_setup(ctx)
+def search_students(search: SearchStage, config: DistillStage, run: TrainingRun, data: Dataset, out: Path,
+                    calibration_images: str, meta: dict[str, Any], root: Path, resume: bool = False,
+                    progress: bool = True) -> dict[str, Any]:
+    """Distil each candidate briefly on ``data`` from ``run.teacher``, deploy, time and judge it; copy the winner to
+    ``out/winner``; write ``out/search.json`` (paths in it relative to ``root``) and return its content."""
     photo_paths = resolve_images(search.images, "val")
     photos = [square_image(p, search.size) for p in photo_paths]
     with torch.no_grad():
         targets = [run.teacher(x.to(run.device)).cpu().clamp(0, 1) for x in photos]
         references = [embed(t) for t in targets]
     teacher_band = calibrate(lambda x: run.teacher(x.to(run.device)).cpu(), photos, targets, references)
-    calibration = calibration_set(ctx.recipe.quantize.calibration if ctx.recipe.quantize else "samples",
-                                  search.size)[0] if search.mode == "static" else None
+    calibration = calibration_set(calibration_images, search.size)[0] if search.mode == "static" else None
     brief = config.model_copy(update={"steps": search.steps, "checkpoint_every": search.steps})
     rows, calls = [], {}
     for i, choice in enumerate(search.candidates):
         folder = out / "candidates" / str(i)
         student = named_student(choice, config.seed, f"search.candidates.{i}", run.teacher)
         objective = make_objective(student, run.teacher, brief, run.vgg, run.grams, any_teacher=True)
-        train(student, objective, data, brief, folder / "model", resume=ctx.resume, progress=ctx.progress,
-              meta=distill_meta(ctx, f"search candidate {i}: fresh {choice.family} ({choice.init} init)"), device=run.device)
+        train(student, objective, data, brief, folder / "model", resume=resume, progress=progress, device=run.device,
+              meta=meta | {"student_from": f"search candidate {i}: fresh {choice.family} ({choice.init} init)"})
         student = student.cpu().eval()
         artifact = deploy(student, search, folder, calibration)
         runner = load_runner(artifact, search.threads)
@@ -76,8 +77,8 @@ def search_stage(ctx) -> dict[str, Any]:
         params, macs = params_and_macs(student, example if isinstance(example, tuple) else (example,))
         rows.append({"candidate": i, "family": choice.family, "init": choice.init, "spec": student.current_spec().model_dump(
                         mode="json", exclude={"family", "style"}),
-                     "model": display_path(folder / "model", ctx.run_dir),
-                     "artifact": display_path(artifact, ctx.run_dir), "size_bytes": artifact.stat().st_size,
+                     "model": display_path(folder / "model", root),
+                     "artifact": display_path(artifact, root), "size_bytes": artifact.stat().st_size,
                      "params": params, "macs": macs, "judge": judged, "fp32_judge": float_judged,
                      "psnr_vs_teacher": _mean(scores, "psnr_vs_teacher"),
                      "ssim_vs_teacher": _mean(scores, "ssim_vs_teacher")})
@@ -93,7 +94,7 @@ def search_stage(ctx) -> dict[str, Any]:
     result = {"runtime": search.runtime, "mode": search.mode, "size": search.size, "steps": search.steps,
               "threads": search.threads, "grade": search.grade, "min_psnr_db": search.min_psnr_db,
               "calibration": teacher_band,
-              "photos": [display_path(p, ctx.run_dir) for p in photo_paths],
+              "photos": [display_path(p, root) for p in photo_paths],
               "winner": winner["candidate"], "winner_within_budget": within,
               "candidates": rows, "machine": machine_info()}
     write_json(out / RESULT_FILE, result)

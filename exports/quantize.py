@@ -258,10 +258,3 @@ def _summary(manifests: list[dict]) -> list[dict]:
              "psnr_db": m["parity"].get("psnr_db"), "passed": m["parity"].get("passed"),
              "quality": m["quantization"].get("quality"), "keep_float": m["quantization"].get("keep_float")}
             for m in manifests]
-
-
-def quantize_stage(ctx) -> None:
-    """Pipeline stage: quantize the run's newest float model into ``quantized/``."""
-    settings = ctx.recipe.quantize
-    quantize(ctx.latest_model_dir(), ctx.stage_dir("quantize"), settings, ctx.loss_network, ctx.style_grams,
-             resume=ctx.resume, progress=ctx.progress)

@@ -18,7 +18,7 @@ from torch import nn
 
 from compressor.io import atomic_output, file_sha256
 from compressor.models import load_model
-from compressor.models.checkpoint import SPEC_FILE, WEIGHTS_FILE
+from compressor.models.checkpoint import WEIGHTS_FILE
 from exports.backends import Backend, backend_for_format
 from exports.common import ExportError, ParityError, example_inputs, io_names
 from exports.manifest import manifest_problem, read_manifest, versions, write_manifest
@@ -142,32 +142,3 @@ def reuse_artifact(candidate: Path, model_dir: Path, out_dir: Path, size: tuple[
     manifest["copied_from"] = copied_from
     write_manifest(path, manifest)
     return path, manifest
-
-
-def export_stage(ctx) -> None:
-    """Pipeline stage: export the run's newest float model to every format the recipe asks for, and the teacher
-    to every format this machine can run (``exports/teacher/``): each runtime's speed-up baseline in the report.
-
-    A float artifact the quantize stage already built for the same model is copied, not rebuilt.
-    """
-    cfg = ctx.recipe.export
-    model_dir = ctx.latest_model_dir()
-    out_dir = ctx.stage_dir("export")
-    size = (cfg.size, cfg.size)
-    for fmt in cfg.formats:
-        name = artifact_name(fmt, cfg.precision or backend_for_format(fmt).default_precision, cfg.layout)
-        shared = ctx.stage_dir("quantize") / fmt / "float" / name
-        reused = None
-        if ctx.recipe.quantize and cfg.layout == "nchw":
-            reused = reuse_artifact(shared, model_dir, out_dir, size, shared.relative_to(ctx.run_dir).as_posix())
-        path, manifest = reused or export_artifact(model_dir, fmt, out_dir, precision=cfg.precision, size=size,
-                                                   layout=cfg.layout)
-        p = manifest["parity"]
-        log.info("export %s: %s; parity %s", fmt, path, "PSNR %.1f dB" % p["psnr_db"] if "psnr_db" in p
-                 else p.get("predictions"))
-    teacher_dir = ctx.stage_dir("model")
-    if model_dir != teacher_dir and (teacher_dir / SPEC_FILE).is_file():
-        for fmt in cfg.formats:
-            if backend_for_format(fmt).can_run():
-                path, _ = export_artifact(teacher_dir, fmt, out_dir / "teacher", size=size, layout=cfg.layout)
-                log.info("export %s: the teacher as %s (its speed-up baseline)", fmt, path)

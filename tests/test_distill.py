@@ -307,9 +307,9 @@ def test_ddp_two_processes_stay_in_sync(tmp_path):
 
 
 def test_distill_stage_in_a_recipe_without_prune(tmp_path, monkeypatch):
-    import compressor.distill
+    import styleslim.stages
     from compressor.config import Recipe
-    from compressor.pipeline import run_recipe
+    from styleslim.pipeline import run_recipe
 
     jitters = []
 
@@ -318,7 +318,7 @@ def test_distill_stage_in_a_recipe_without_prune(tmp_path, monkeypatch):
             super().__init__(*args, **kwargs)
             jitters.append(self.color_jitter)
 
-    monkeypatch.setattr(compressor.distill, "ContentCrops", Recorded)
+    monkeypatch.setattr(styleslim.stages, "ContentCrops", Recorded)
     recipe = Recipe.model_validate({
         "name": "tiny", "loss_network": "random",
         "model": {"family": "transformer_net", "spec": STUDENT_SPEC.model_dump(exclude={"family", "style", "stn"})},
@@ -335,8 +335,8 @@ def test_distill_stage_in_a_recipe_without_prune(tmp_path, monkeypatch):
 def test_cli_distill_and_fine_tune(tmp_path):
     from typer.testing import CliRunner
 
-    from compressor.cli import app
     from compressor.models import save_model
+    from styleslim.cli import app
 
     save_model(_tiny(TransformerNet, TEACHER_SPEC.model_copy(update={"style": "starry_night"})), tmp_path / "t")
     save_model(_tiny(TransformerNet, STUDENT_SPEC.model_copy(update={"style": "starry_night"})), tmp_path / "s")

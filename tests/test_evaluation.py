@@ -14,14 +14,14 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from compressor.cli import app
 from compressor.config import EvaluateStage, Recipe
 from compressor.models import TransformerNet, TransformerNetSpec, save_model
-from compressor.pipeline import RunContext
 from evaluation.latency import measure_latency
 from evaluation.report import SCHEMA_PATH, compare, load_report, write_reports
-from evaluation.stage import evaluate_stage
 from exports.manifest import manifest_path
+from styleslim.cli import app
+from styleslim.context import RunContext
+from styleslim.stages import evaluate_stage
 
 SIZE = 48
 SMALL = TransformerNetSpec(conv1=8, conv2=16, trunk=32, res_inner=[32] * 5, deconv1=16, deconv2=8)
@@ -253,7 +253,7 @@ def test_a_multistyle_teacher_is_judged_per_style(tmp_path):
     """A single-style student of style 1 is faithful on style 1 only; the report shows it style by style."""
     from compressor.models import get_family
     from compressor.models.multistyle import MultiStyleNet, MultiStyleSpec
-    from evaluation.stage import evaluate_paths
+    from styleslim.stages import evaluate_paths
 
     torch.manual_seed(0)
     teacher = MultiStyleNet(MultiStyleSpec(n_styles=3, contract=[8, 8, 8], res_inner=[8], expand=[8, 8]))

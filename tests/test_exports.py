@@ -306,7 +306,7 @@ def test_broken_conversion_names_the_op_and_leaves_nothing(fmt, name, tmp_path):
 def test_failed_parity_fails_the_cli_with_numbers(tnet_dir, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from compressor.cli import app
+    from styleslim.cli import app
 
     ok = CliRunner().invoke(app, ["export", str(tnet_dir), "--format", "onnx", "--size", "64", "64", "-o",
                                   str(tmp_path / "ok")])
@@ -321,12 +321,11 @@ def test_failed_parity_fails_the_cli_with_numbers(tnet_dir, tmp_path, monkeypatc
 
 
 def test_export_stage_writes_into_the_run(tnet_dir, tmp_path):
+    import shutil
     from types import SimpleNamespace
 
     from compressor.config import ExportStage
-    from exports.stage import export_stage
-
-    import shutil
+    from styleslim.stages import export_stage
 
     teacher = shutil.copytree(tnet_dir, tmp_path / "teacher")
     folders = {"export": tmp_path / "exports", "model": teacher, "quantize": tmp_path / "quantized"}

@@ -22,11 +22,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from compressor.cli import app
 from compressor.data import ImageError, load_image, resolve_images, sample_content_paths
 from compressor.io import file_sha256
 from compressor.models import TransformerNet, TransformerNetSpec, save_model
 from compressor.quantize import check_disjoint
+from styleslim.cli import app
 
 TINY = TransformerNetSpec(style="starry_night", conv1=4, conv2=4, trunk=4, res_inner=[4] * 5, deconv1=4, deconv2=4)
 
@@ -477,7 +477,7 @@ def _recipe(tmp_path: Path, text: str) -> Path:
 
 
 def test_yaml_alias_bomb_is_refused_fast(tmp_path):
-    import compressor.pipeline  # noqa: F401  (import time is not the parser's)
+    import styleslim.pipeline  # noqa: F401  (import time is not the parser's)
 
     lines = ["name: bomb", 'a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
     lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
@@ -546,7 +546,7 @@ def test_malicious_model_path_in_a_recipe(tmp_path):
 
 
 def test_failed_stage_leaves_nothing_that_looks_finished(tmp_path, monkeypatch):
-    import compressor.pipeline as pipeline
+    import styleslim.pipeline as pipeline
     from compressor.data import ImageError
 
     def half_done(ctx):

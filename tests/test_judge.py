@@ -10,10 +10,10 @@ import torch
 from typer.testing import CliRunner
 
 from benchmarks.bench_judge import TEACHERS, heldout_photos, ladder
-from compressor.cli import app
 from compressor.data import save_image
-from compressor.judge import embed, perceptual_distance, style_distance, style_predictor, verify_predictor
 from compressor.fidelity import degenerate, grade
+from compressor.judge import embed, perceptual_distance, style_distance, style_predictor, verify_predictor
+from styleslim.cli import app
 
 
 def test_the_rebuilt_predictor_matches_onnx_runtime_on_every_tap_and_the_style_vector():

@@ -225,7 +225,7 @@ def test_vgg_project_taps_builds_reembedding_projections():
 
 
 def test_prune_command_and_stage_meta(tmp_path):
-    from compressor.cli import app
+    from styleslim.cli import app
 
     save_model(_model("transformer_net"), tmp_path / "teacher")
     result = CliRunner().invoke(app, ["prune", str(tmp_path / "teacher"), "-o", str(tmp_path / "pruned"),
@@ -242,8 +242,8 @@ def test_prune_command_and_stage_meta(tmp_path):
 
 def test_prune_stage_fine_tunes_between_steps(tmp_path):
     from compressor.config import Recipe
-    from compressor.pipeline import RunContext
-    from compressor.prune import prune_stage
+    from styleslim.context import RunContext
+    from styleslim.stages import prune_stage
 
     recipe = Recipe.model_validate({
         "name": "t", "loss_network": "random", "style_size": 32,

@@ -64,7 +64,7 @@ def test_onnx_static_int8_via_cli(model_dir, tmp_path):
     from onnx import numpy_helper
     from typer.testing import CliRunner
 
-    from compressor.cli import app
+    from styleslim.cli import app
 
     out = tmp_path / "q"
     result = CliRunner().invoke(app, ["quantize", str(model_dir), "--runtime", "onnx", "--size", str(SIZE),

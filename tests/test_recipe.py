@@ -7,10 +7,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from compressor.cli import app
 from compressor.models import load_model
-from compressor.pipeline import run_recipe
 from compressor.recipe import RecipeError, load_recipe
+from styleslim.cli import app
+from styleslim.pipeline import run_recipe
 
 TINY = {
     "name": "tiny",

@@ -10,8 +10,8 @@ from torch import nn
 
 from compressor.config import Recipe
 from compressor.models import load_model
-from compressor.pipeline import run_recipe
 from evaluation.search import mark_frontier, pick
+from styleslim.pipeline import run_recipe
 
 CHEAP = {"unshuffle": 4, "stem": 8, "trunk": 8, "blocks": 0}
 COSTLY = {"unshuffle": 1, "stem": 48, "trunk": 48, "blocks": 3}
@@ -122,7 +122,7 @@ def test_a_peer_that_cannot_run_is_one_clear_error(tmp_path):
 
 
 def test_the_search_reruns_when_the_distill_settings_it_trains_with_change(tmp_path):
-    from compressor.pipeline import _stage_hash
+    from styleslim.pipeline import _stage_hash
 
     recipe = _recipe(tmp_path)
     same = _stage_hash(recipe, "search", "up")

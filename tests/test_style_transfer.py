@@ -6,7 +6,6 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from compressor.cli import app
 from compressor.config import TrainConfig
 from compressor.data import ContentCrops, load_image, sample_content_paths, sample_style_path
 from compressor.distill import batch_for_step, train
@@ -14,6 +13,7 @@ from compressor.gatys import GatysConfig, stylize_gatys
 from compressor.losses import style_grams
 from compressor.models import TransformerNet, TransformerNetSpec, load_model, save_model
 from compressor.models.transformer_net import transformer_objective
+from styleslim.cli import app
 
 runner = CliRunner()
 SMALL = TransformerNetSpec(conv1=8, conv2=16, trunk=32, res_inner=[16] * 5, deconv1=16, deconv2=8)

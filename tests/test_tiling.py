@@ -12,7 +12,6 @@ from PIL import Image
 from torchmetrics.functional.image import peak_signal_noise_ratio
 from typer.testing import CliRunner
 
-from compressor.cli import app
 from compressor.data import sample_content_paths
 from compressor.models import AdaINNet, AdaINSpec, STNSpec, TransformerNet, TransformerNetSpec, save_model
 from compressor.tiling import (
@@ -31,6 +30,7 @@ from compressor.tiling import (
     to_tensor,
     to_uint8,
 )
+from styleslim.cli import app
 
 runner = CliRunner()
 SMALL = TransformerNetSpec(conv1=8, conv2=16, trunk=16, res_inner=[16] * 5, deconv1=16, deconv2=8)
@@ -228,7 +228,7 @@ HEAVY = {"torchvision", "torchmetrics", "transformers", "scipy", "onnx", "onnxru
 def test_tiled_stylize_imports_no_heavy_library(tmp_path, net, photo):
     save_model(net, tmp_path / "model")
     Image.fromarray(photo[:100, :120]).save(tmp_path / "photo.png")  # 2 x 2 tiles of 176 px
-    code = ("import sys\nfrom compressor.cli import app\ntry:\n    app(sys.argv[1:])\nexcept SystemExit as exc:\n"
+    code = ("import sys\nfrom styleslim.cli import app\ntry:\n    app(sys.argv[1:])\nexcept SystemExit as exc:\n"
             "    assert not exc.code, exc.code\nprint(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
     done = subprocess.run([sys.executable, "-c", code, "stylize", str(tmp_path / "photo.png"), "--model",
                            str(tmp_path / "model"), "--tile", "176", "-o", str(tmp_path / "out.png")],

@@ -2,8 +2,7 @@
 
 A stage is skipped when its own settings and everything upstream are
 unchanged since it last completed (``--force`` re-runs everything). This is
-the app layer: it may import ``exports`` and ``evaluation`` (the library in
-``compressor`` may not).
+the app layer (``styleslim``): the library below it never sees a run folder.
 """
 
 from __future__ import annotations
@@ -12,87 +11,19 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-import torch
 
 from compressor.config import Recipe
-from compressor.data import load_image, resolve_images, resolve_style
-from compressor.distill import distill_stage
+from compressor.data import resolve_images, resolve_style
 from compressor.errors import UserError, user_error
 from compressor.io import atomic_write
-from compressor.losses import style_grams
-from compressor.models import VGG19LossNet, load_vgg19
 from compressor.models.checkpoint import resolve_model_path
-from compressor.prune import prune_stage
-from compressor.teacher import model_stage
-from evaluation.search import search_stage
-from evaluation.stage import evaluate_stage
-from exports.quantize import quantize_stage
-from exports.stage import export_stage
+from styleslim.context import RunContext
+from styleslim.stages import STAGES
 
 log = logging.getLogger(__name__)
 
-# Stage name -> function; each takes a RunContext and writes into ctx.stage_dir(name).
-STAGES: dict[str, Callable[[RunContext], Any]] = {
-    "model": model_stage,
-    "prune": prune_stage,
-    "search": search_stage,
-    "distill": distill_stage,
-    "quantize": quantize_stage,
-    "export": export_stage,
-    "evaluate": evaluate_stage,
-}
-STAGE_DIRS = {
-    "model": "teacher",
-    "prune": "pruned",
-    "search": "search",
-    "distill": "distilled",
-    "quantize": "quantized",
-    "export": "exports",
-    "evaluate": "evaluation",
-}
 STAGE_STAMP = ".stage.json"
-
-
-@dataclass
-class RunContext:
-    """What every stage needs: the recipe, the run folder, the reference loss network and the style."""
-
-    recipe: Recipe
-    run_dir: Path
-    force: bool = False
-    progress: bool = True
-    resume: bool = False
-    stamps: dict[str, str] = field(default_factory=dict)
-
-    def stage_dir(self, stage: str) -> Path:
-        return self.run_dir / STAGE_DIRS[stage]
-
-    @cached_property
-    def loss_network(self) -> VGG19LossNet:
-        """The reference, uncompressed VGG19: the judge of every quality number in this run."""
-        return load_vgg19(self.recipe.loss_network, allow_fallback=self.recipe.allow_random_loss_network)
-
-    @cached_property
-    def style_image(self) -> torch.Tensor:
-        return load_image(resolve_style(self.recipe.style), size=self.recipe.style_size).unsqueeze(0)
-
-    @cached_property
-    def style_grams(self) -> dict[str, torch.Tensor]:
-        return style_grams(self.loss_network, self.style_image)
-
-    def latest_model_dir(self) -> Path:
-        """The newest float model this run has produced (distilled > pruned > teacher)."""
-        for stage in ("distill", "prune", "model"):
-            d = self.stage_dir(stage)
-            if (d / "spec.json").is_file() and stage in self.stamps:
-                return d
-        raise FileNotFoundError(f"{self.run_dir}: no model produced yet (the model stage writes teacher/)")
 
 
 # Sections a stage reads besides its own: the search trains with distill's settings, calibrates as quantize does.

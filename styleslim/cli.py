@@ -22,10 +22,10 @@ import typer
 from pydantic import BaseModel, ValidationError
 from typer.core import TyperGroup
 
-from compressor import __version__
 from compressor.config import DistillStage, EvaluateStage, ExportStage, PruneStage, QuantizeStage, Recipe, TrainConfig
 from compressor.errors import UserError, pydantic_line, user_error
 from compressor.outputs import check_output_dir, check_output_file
+from styleslim import __version__
 
 _STATE = {"debug": False}
 LOG_DIR = Path(tempfile.gettempdir()) / "styleslim-logs"
@@ -454,8 +454,8 @@ def run(
     force: Annotated[bool, typer.Option(help="Re-run stages even when their inputs are unchanged.")] = False,
 ) -> None:
     """Run a compression recipe: model -> prune -> distill -> quantize -> export -> evaluate."""
-    from compressor.pipeline import run_recipe
     from compressor.recipe import load_recipe
+    from styleslim.pipeline import run_recipe
 
     parsed = load_recipe(recipe, overrides)
     check_output_dir(out, "--out")
@@ -601,7 +601,7 @@ def evaluate(
     """Evaluate models/artifacts against a teacher: perceptual fidelity (the judge, graded against the teacher's own
     variation), PSNR/SSIM, size, MACs, latency, memory, loss deltas."""
     from compressor.data import resolve_images
-    from evaluation.stage import evaluate_paths
+    from styleslim.stages import evaluate_paths
 
     settings = build(EvaluateStage, {"latency_sizes": "--size"}, images=images, size=size, latency_sizes=[size],
                      latency_runs=latency_runs, threads=threads, memory=memory, grade=grade,
@@ -638,8 +638,8 @@ def judge(
     import json
 
     from compressor.data import load_image
-    from compressor.stylize import load_stylizer
     from compressor.fidelity import image_pairs, judge_files
+    from compressor.stylize import load_stylizer
     from exports.runtime import is_artifact
     from exports.tile_export import load_artifact_runner
 
