@@ -145,15 +145,15 @@ class QualityProbe:
     judge's distances in units of the fp32 model's own same-picture band and their grade, PSNR, and the rise of
     style / content loss by the reference VGG19."""
 
-    def __init__(self, model: nn.Module, vgg: nn.Module, grams: dict[str, torch.Tensor], size: int):
-        self.vgg, self.grams = vgg, grams
+    def __init__(self, model: nn.Module, vgg: nn.Module | None, grams: dict[str, torch.Tensor] | None, size: int):
+        self.vgg, self.grams = vgg, grams  # no loss network: no style / content columns
         self.images = image_batch(sample_content_paths("val"), size)
         with torch.no_grad():
             self.reference = [model(x) for x in self.images]
             pictures = [r.clamp(0, 1) for r in self.reference]
             self.embeddings = [embed(p) for p in pictures]
             self.calibration = calibrate(model, self.images, pictures, self.embeddings)
-        self.baseline = self._losses(self.reference)
+        self.baseline = self._losses(self.reference) if vgg is not None else None
 
     def _losses(self, outputs: list[torch.Tensor]) -> dict[str, float]:
         style = content = 0.0
@@ -171,17 +171,17 @@ class QualityProbe:
                 outputs = [run(x) for x in self.images]
         else:
             outputs = [torch.from_numpy(np.asarray(run(x.numpy()), dtype=np.float32)) for x in self.images]
-        losses = self._losses(outputs)
         with torch.no_grad():
             judged = judgement([distances(embed(o.clamp(0, 1)), e) for o, e in zip(outputs, self.embeddings)],
                                self.calibration)
-        return {
-            **{k: judged[k] for k in ("perceptual_bands", "style_bands", "grade")},
-            "style_increase_pct": 100 * (losses["style"] - self.baseline["style"]) / max(self.baseline["style"], 1e-12),
-            "content_increase_pct": 100 * (losses["content"] - self.baseline["content"])
-            / max(self.baseline["content"], 1e-12),
-            "psnr_db": min(200.0, *(psnr(o.clamp(0, 1), r.clamp(0, 1)) for o, r in zip(outputs, self.reference))),
-        }
+        quality = {k: judged[k] for k in ("perceptual_bands", "style_bands", "grade")}
+        quality["psnr_db"] = min(200.0, *(psnr(o.clamp(0, 1), r.clamp(0, 1)) for o, r in zip(outputs, self.reference)))
+        if self.baseline is not None:
+            losses = self._losses(outputs)
+            for key in ("style", "content"):
+                rise = (losses[key] - self.baseline[key]) / max(self.baseline[key], 1e-12)
+                quality[f"{key}_increase_pct"] = 100 * rise
+        return quality
 
 
 # ---------------------------------------------------------------- QAT

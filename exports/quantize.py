@@ -85,7 +85,7 @@ def resolve_keep_float(globs: list[str], layers: dict[str, str]) -> list[str]:
 
 SENSITIVITY_ORDER = {  # most harmful first
     "perceptual": lambda r: (-r["perceptual_bands"], -r["style_bands"]),
-    "psnr": lambda r: (r["psnr_db"], -r["style_increase_pct"]),
+    "psnr": lambda r: (r["psnr_db"], -r.get("style_increase_pct", 0.0)),
     "style": lambda r: (-r["style_increase_pct"], r["psnr_db"]),
 }
 
@@ -178,23 +178,29 @@ def quantize(
     model_dir: str | Path,
     out_dir: str | Path,
     settings: QuantizeStage,
-    vgg: nn.Module,
-    grams: dict[str, torch.Tensor],
+    vgg: nn.Module | None = None,
+    grams: dict[str, torch.Tensor] | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> list[dict]:
     """Quantize the float model in ``model_dir`` for every runtime in ``settings``; returns the manifests.
 
+    ``vgg`` (the reference loss network) and the style's ``grams`` add style / content-loss columns; QAT and a
+    style-loss budget need them, plain PTQ does not.
+
     Parity failures are recorded in the manifests (``parity.passed``) and logged, not raised, so one
     weak variant does not hide the others; check the returned verdicts.
     """
+    if vgg is None and ("qat" in settings.modes or settings.max_style_increase_pct is not None):
+        raise QuantizeError("mode qat and max_style_increase_pct need the reference loss network (VGG19)")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     model = load_model(model_dir)
     calibration, calib_paths = calibration_set(settings.calibration, settings.size)
     extra: dict[str, Any] = {
         "calibration_method": settings.calibration_method,
         "calibration_images": [str(p) for p in calib_paths], "quality_images": [
-            str(p) for p in sample_content_paths("val")], "loss_network": vgg.weights_source,
+            str(p) for p in sample_content_paths("val")],
+        "loss_network": vgg.weights_source if vgg is not None else None,
     }
     family = get_family(model)
     if len(family.io_names(model)[0]) != 1:

