@@ -29,8 +29,8 @@ from compressor.config import DistillStage, EvaluateStage, PruneStage, QuantizeS
 from compressor.data import ContentCrops, load_image, resolve_images, resolve_style
 from compressor.distill import make_objective, prepare_run, train
 from compressor.judge import JUDGE_NAME, judge_pair
-from compressor.models import get_family, load_any, load_vgg19
 from compressor.models import create_model as _create_model
+from compressor.models import get_family, load_any, load_vgg19
 from compressor.models import save_model as _save_model
 from compressor.models.registry import family_names
 from compressor.prune import prune_model
