@@ -463,9 +463,22 @@ def run(
     typer.echo(f"run finished: {run_dir}")
 
 
+MODEL_HELP = ("Model folder (spec.json + weights.safetensors), a checkpoint a family loads (pytorch/examples "
+              ".pth, ...), PACKAGE:FILE or an .onnx that `styleslim import` knows.")
+
+
+def model_folder(model: Path, scratch: Path) -> Path:
+    """``model`` as a model folder: itself, or the foreign checkpoint loaded and saved into ``scratch``."""
+    from compressor.models import load_any, save_model
+    from compressor.models.checkpoint import resolve_model_path
+
+    path = resolve_model_path(model)
+    return path if path.is_dir() else save_model(load_any(path), scratch / "model")
+
+
 @app.command()
 def prune(
-    model_dir: Annotated[Path, typer.Argument(help="Model folder (spec.json + weights.safetensors).")],
+    model_dir: Annotated[Path, typer.Argument(help=MODEL_HELP)],
     output: Annotated[Path, typer.Option("-o", "--output", help="Model folder to write.")],
     ratio: float = field_option(PruneStage, "ratio"),
     scope: str = field_option(PruneStage, "scope"),
@@ -493,7 +506,8 @@ def prune(
                    round_to=round_to, ignore=ignore or [], overrides=overrides, iterative_steps=steps,
                    vgg_mode=vgg_mode)
     check_output_dir(output)
-    meta = prune_dir(model_dir, output, config)
+    with tempfile.TemporaryDirectory() as scratch:
+        meta = prune_dir(model_folder(model_dir, Path(scratch)), output, config)
     before, after = meta["before"], meta["after"]
     typer.echo(f"params {before['params']:,} -> {after['params']:,} ({meta['params_ratio']:.1%})")
     typer.echo(f"MACs   {before['macs']:,} -> {after['macs']:,} ({meta['macs_ratio']:.1%}) at {after['macs_at']}")
@@ -704,7 +718,7 @@ def compare(
 
 @app.command()
 def export(
-    model: Annotated[Path, typer.Argument(help="Model folder (spec.json + weights.safetensors).")],
+    model: Annotated[Path, typer.Argument(help=MODEL_HELP)],
     fmt: str = field_option(ExportStage, "formats", "--format", "-f", help="Artifact format.", default_index=0),
     precision: str | None = field_option(ExportStage, "precision"),
     size: Annotated[tuple[int, int], typer.Option(help="Input height and width.")] = (
@@ -726,8 +740,10 @@ def export(
     if tile and size[0] != size[1]:
         fail(f"--size {size[0]} {size[1]}", "a tile artifact is square", "e.g. --size 512 512")
     check_output_dir(output)
-    path, manifest = export_tile_artifact(model, fmt, output, size=size[0]) if tile else export_artifact(
-        model, fmt, output, precision=precision, size=size, layout=layout, dynamic=dynamic)
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = model_folder(model, Path(scratch))
+        path, manifest = export_tile_artifact(folder, fmt, output, size=size[0]) if tile else export_artifact(
+            folder, fmt, output, precision=precision, size=size, layout=layout, dynamic=dynamic)
     verdict = manifest["parity"]
     numbers = (f"PSNR {verdict['psnr_db']} dB (>= {verdict['threshold_db']}), max abs {verdict['max_abs_error']:.3g}"
                if "psnr_db" in verdict else f"structure verified; predictions {verdict['predictions']}")
@@ -739,7 +755,7 @@ _Q = QuantizeStage
 
 @app.command()
 def quantize(
-    model: Annotated[Path, typer.Argument(help="Model folder (spec.json + weights.safetensors).")],
+    model: Annotated[Path, typer.Argument(help=MODEL_HELP)],
     runtime: list[str] = field_option(_Q, "runtimes", "--runtime", "-r", help="onnx | tflite | coreml (repeatable)"),
     mode: list[str] = field_option(_Q, "modes", "--mode", help="Repeatable: one variant per mode."),
     calibration: str = field_option(_Q, "calibration"),
@@ -765,9 +781,12 @@ def quantize(
                      equalize_norm_inputs=equalize_norm_inputs, size=size)
     check_output_dir(output)
     _style_path(style, None)
-    vgg = _loss_network(loss_network, strict_loss_network)
-    grams = _style_grams(vgg, style, Recipe.model_fields["style_size"].default, None)
-    manifests = run_quantize(model, output, settings, vgg, grams)
+    vgg = grams = None  # plain PTQ is judged by the perceptual judge alone; QAT and a style budget need the VGG19
+    if "qat" in settings.modes or settings.max_style_increase_pct is not None:
+        vgg = _loss_network(loss_network, strict_loss_network)
+        grams = _style_grams(vgg, style, Recipe.model_fields["style_size"].default, None)
+    with tempfile.TemporaryDirectory() as scratch:
+        manifests = run_quantize(model_folder(model, Path(scratch)), output, settings, vgg, grams)
     for m in manifests:
         p = m["parity"]
         verdict = (f"PSNR {p['psnr_db']} dB (>= {p['threshold_db']}) {'ok' if p['passed'] else 'FAILED'}"

@@ -78,3 +78,21 @@ def test_the_readme_python_example_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "out" / "model-int8.tflite").is_file()
     assert "'perceptual':" in result.stdout and "magenta-style-predictor-mobilenetv2" in result.stdout
+
+
+@pytest.mark.parametrize("command", [["prune", "--ratio", "0.5"], ["export", "--size", "64", "64"],
+                                     ["quantize", "--size", "64"]])
+def test_commands_that_take_a_model_take_a_pytorch_examples_checkpoint(tmp_path, command):
+    """A pytorch/examples fast_neural_style .pth goes wherever a model folder goes."""
+    from typer.testing import CliRunner
+
+    from compressor.models import TransformerNet
+    from styleslim.cli import app
+
+    torch.manual_seed(0)
+    state = {k: torch.randn_like(v) * 0.05 for k, v in TransformerNet().state_dict().items()}
+    torch.save(state, tmp_path / "udnie.pth")
+    result = CliRunner().invoke(app, [command[0], str(tmp_path / "udnie.pth"), *command[1:], "-o", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    written = {p.suffix for p in (tmp_path / "o").rglob("*")}
+    assert {"prune": ".safetensors", "export": ".onnx", "quantize": ".onnx"}[command[0]] in written
