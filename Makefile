@@ -21,10 +21,12 @@ quickstart: $(BIN)/.installed
 browser:
 	@command -v chromium >/dev/null || { export DEBIAN_FRONTEND=noninteractive; dpkg --configure -a && apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
-# The import contracts (pyproject.toml [tool.importlinter]) first, then the tests.
+# The versions tested, the import contracts (pyproject.toml [tool.importlinter]), the tests, then the docs site.
 test: $(BIN)/.installed browser
+	@$(BIN)/python -c "import importlib.metadata as m; print('tested with', ', '.join(f'{p} {m.version(p)}' for p in ('torch', 'torchvision', 'onnxruntime', 'ai-edge-litert', 'coremltools', 'torch-pruning')))"
 	$(BIN)/lint-imports
 	$(BIN)/pytest
+	$(BIN)/mkdocs build --strict --quiet --site-dir build/site
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks

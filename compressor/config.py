@@ -210,7 +210,7 @@ class Peer(_Strict):
 
 
 class EvaluateStage(_Strict):
-    """Every variant of the run x every runtime -> report.json/md/html (see the README, "Evaluation and reports")."""
+    """Every variant of the run x every runtime -> report.json/md/html (see docs/guide/judge-and-reports.md)."""
 
     images: str = Field("samples", description="Folder of evaluation images, or 'samples' (held-out set).")
     size: int = Field(256, ge=16, description="Evaluation resolution (side of the centre square crop).")

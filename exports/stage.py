@@ -20,7 +20,7 @@ from compressor.io import atomic_output, file_sha256
 from compressor.models import load_model
 from compressor.models.checkpoint import WEIGHTS_FILE
 from exports.backends import Backend, backend_for_format
-from exports.common import ExportError, ParityError, example_inputs, io_names
+from exports.common import ExportError, ParityError, example_inputs, graph_inputs, io_names
 from exports.manifest import manifest_problem, read_manifest, versions, write_manifest
 from exports.parity import parity
 from exports.rewrites import apply_rewrites, format_rewrites
@@ -100,7 +100,8 @@ def describe(model: nn.Module, model_dir: Path | None, backend: Backend, precisi
         "style": model.spec.style,
         "layout": layout,
         "inputs": [{"name": n, "shape": shape, "dtype": "float32", "layout": layout, "range": INPUT_RANGE,
-                    "color": "RGB"} for n in in_names],
+                    "color": "RGB"} if x.dim() == 4 else {"name": n, "shape": list(x.shape), "dtype": "float32"}
+                   for n, x in zip(in_names, graph_inputs(model))],
         "outputs": [{"name": n, "dtype": "float32", "layout": layout,
                      "range": out_range}
                     for n in out_names],

@@ -70,16 +70,6 @@ def test_distill_moves_the_student_toward_its_teacher():
         assert float((student(x) - teacher(x)).abs().mean()) < before
 
 
-def test_the_readme_python_example_runs(tmp_path):
-    """examples/compress_a_style_network.py, as the README shows it, with few distillation steps."""
-    result = subprocess.run([sys.executable, str(ROOT / "examples" / "compress_a_style_network.py"), "--steps", "3",
-                             "--out", str(tmp_path / "out"), "--photo", str(PHOTO)],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert (tmp_path / "out" / "model-int8.tflite").is_file()
-    assert "'perceptual':" in result.stdout and "magenta-style-predictor-mobilenetv2" in result.stdout
-
-
 @pytest.mark.parametrize("command", [["prune", "--ratio", "0.5"], ["export", "--size", "64", "64"],
                                      ["quantize", "--size", "64"]])
 def test_commands_that_take_a_model_take_a_pytorch_examples_checkpoint(tmp_path, command):
