@@ -25,7 +25,6 @@ from compressor.tiling import (
     measure_memory,
     parse_bytes,
     plan_tiles,
-    resident_bytes,
     stylize_tiled,
     to_tensor,
     to_uint8,
@@ -33,6 +32,14 @@ from compressor.tiling import (
 from styleslim.cli import app
 
 runner = CliRunner()
+FRESH_CLI_BYTES = 800 * 2**20  # about what a fresh `styleslim stylize` process holds (above tiling.BASELINE_BYTES)
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_memory(monkeypatch):
+    """Plan memory as a fresh CLI process would: the test process holds whatever earlier tests loaded."""
+    monkeypatch.setattr("compressor.tiling.resident_bytes", lambda: FRESH_CLI_BYTES)
+    monkeypatch.setattr("compressor.stylize.resident_bytes", lambda: FRESH_CLI_BYTES)
 SMALL = TransformerNetSpec(conv1=8, conv2=16, trunk=16, res_inner=[16] * 5, deconv1=16, deconv2=8)
 TILE_BAR = r"tiles: +\d+%"
 SMALL_ADAIN = AdaINSpec(encoder=[8, 8, 16, 16, 16, 16, 16, 16, 32], decoder=[16] * 8)
@@ -190,9 +197,7 @@ def test_cli_small_budget_tiles_like_an_explicit_tile(tmp_path, net, photo, monk
     result = runner.invoke(app, [*common, "-o", str(tmp_path / "whole.png")])
     assert result.exit_code == 0 and not re.search(TILE_BAR, result.output)  # 2 GB by default: fits at once
     # what this process holds plus 90 % of what the whole image needs: tiles (of about 200 px) fit, it does not
-    held = resident_bytes()  # frozen: what the in-process CLI allocates meanwhile must not move the budget's edge
-    monkeypatch.setattr("compressor.tiling.resident_bytes", lambda: held)
-    monkeypatch.setattr("compressor.stylize.resident_bytes", lambda: held)
+    held = FRESH_CLI_BYTES
     budget = f"{(held + 0.9 * measure_memory(net).bytes_for(photo.shape[0] * photo.shape[1])) / 2**20}MB"
     result = runner.invoke(app, [*common, "--max-memory", budget, "-o", str(tmp_path / "auto.png")])
     assert result.exit_code == 0, result.output
