@@ -32,8 +32,8 @@ _SKIMAGE_SPLITS = {
     "eval": ["astronaut.png", "rocket.jpg"],
     "val": ["camera.png", "ihc.png"],  # model selection (the student search): neither trained on nor reported
 }
-# ``samples-wide``: the train split plus the wheel's other images, mostly grey textures. A student copying its
-# teacher generalises from more, even unlike, inputs (+1.8 dB on the held-out photos, issue 15's probe).
+# ``samples-wide``: the train split plus the wheel's other images, mostly grey textures: a student copying its
+# teacher generalises from more, even unlike, inputs.
 _SKIMAGE_SPLITS["train_wide"] = _SKIMAGE_SPLITS["train"] + [
     "retina.jpg", "motorcycle_right.png", "brick.png", "grass.png", "gravel.png", "coins.png", "moon.png",
     "page.png", "chessboard_RGB.png"]

@@ -150,7 +150,7 @@ def check_fresh_output(out_dir: str | Path, resume: bool, force: bool) -> None:
     """Refuse to silently restart over an earlier (perhaps killed) run's checkpoint."""
     ckpt = Path(out_dir) / CHECKPOINT_FILE
     if ckpt.is_file() and not resume and not force:
-        raise UserError(ckpt, "an earlier run's checkpoint is here", "--resume continues it, --force starts over")
+        raise UserError(ckpt, "an earlier run's checkpoint is here", "`resume` continues it, `force` starts over")
 
 
 def train(
@@ -190,7 +190,7 @@ def train(
         start = _load_checkpoint(ckpt_path, student, optimizer, scheduler, config, device)
         log.info("resuming %s at step %d", out_dir, start)
     elif resume:
-        log.warning("--resume given but %s has no checkpoint; starting from step 0", out_dir)
+        log.warning("`resume` given but %s has no checkpoint; starting from step 0", out_dir)
     model = student
     if dist.is_initialized():
         device_ids = [device.index] if device.type == "cuda" else None
@@ -243,12 +243,12 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int, config:
 def _load_checkpoint(path: Path, model, optimizer, scheduler, config: TrainConfig, device: torch.device) -> int:
     state = load_weights_only(path, map_location=device)
     if not isinstance(state, dict) or not {"step", "model", "optimizer", "scheduler", "config"} <= set(state):
-        raise UserError(path, "not a training checkpoint of this tool", "--force starts over")
+        raise UserError(path, "not a training checkpoint of this tool", "`force` starts over")
     saved = type(config).model_validate_json(state["config"])  # a recipe's DistillStage, or a TrainConfig
     if saved.model_dump(exclude=_RESUME_FREE) != config.model_dump(exclude=_RESUME_FREE):
         changed = sorted(k for k, v in saved.model_dump(exclude=_RESUME_FREE).items() if getattr(config, k) != v)
         raise UserError(path, f"checkpoint was made with different settings ({', '.join(changed)})",
-                        "resume with the same settings, or --force to start over")
+                        "resume with the same settings, or `force` to start over")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -2,7 +2,8 @@
 
 Every expected failure reaches the user as one line,
 ``error: <file | key | --option>: <what is wrong> (<what to do>)``. Library code raises
-:class:`UserError`, or an exception whose message already names the file or key;
+:class:`UserError`, or an exception whose message already names the file or key; a setting is named as
+`max_memory` (the keyword a Python caller passes; the CLI prints it as ``--max-memory``);
 :func:`user_error` turns either into one line. Anything else is a bug: the CLI prints a short
 message, exits 1 and keeps the traceback in a log file. Leaf module: no torch import.
 """
@@ -75,7 +76,7 @@ def user_error(exc: BaseException) -> UserError | None:
             return UserError(where, (exc.strerror or str(exc)).lower(), _OS_HINTS.get(type(exc)))
         return UserError("", str(exc)) if _ours(exc) else None
     if isinstance(exc, MemoryError):
-        return UserError("memory", "ran out of memory", "use a smaller --size or --batch-size")
+        return UserError("memory", "ran out of memory", "use a smaller `size` or `batch_size`")
     if type(exc).__name__ == "ValidationError" and hasattr(exc, "errors"):  # pydantic, raised outside the CLI
         return UserError("", pydantic_line(exc, where=getattr(exc, "title", "")))
     if isinstance(exc, ValueError | TypeError | RuntimeError) and _ours(exc):

@@ -31,8 +31,17 @@ from PIL import Image
 
 from compressor.errors import UserError
 from compressor.images import resize
-from compressor.judge import JUDGE_DESCRIPTION, JUDGE_NAME, PERCEPTUAL_TAPS, STYLE_TAPS, TAPS, Embedding, embed
-from compressor.judge import perceptual_distance, style_distance
+from compressor.judge import (
+    JUDGE_DESCRIPTION,
+    JUDGE_NAME,
+    PERCEPTUAL_TAPS,
+    STYLE_TAPS,
+    TAPS,
+    Embedding,
+    embed,
+    perceptual_distance,
+    style_distance,
+)
 
 DISTANCES = ("perceptual", "style")
 GRADES = ("indistinguishable", "close", "different")

@@ -18,6 +18,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+# Where converters' own output goes (stage timers, progress bars, C++ logs); "-" leaves it on the terminal.
+CONVERTER_LOG_ENV = "STYLESLIM_CONVERTER_LOG"
+
 FILE_MODE = 0o644  # mkstemp makes 0600; artifacts are meant to be shared
 
 

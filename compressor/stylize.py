@@ -37,6 +37,8 @@ from compressor.errors import UserError
 from compressor.images import fit_longest, resize
 from compressor.io import atomic_write
 from compressor.models import get_family, load_any
+from compressor.models.arbitrary import style_vector
+from compressor.models.multistyle import parse_style_weights
 from compressor.outputs import check_output_dir, check_output_file
 from compressor.tiling import (
     TilePlan,
@@ -47,8 +49,6 @@ from compressor.tiling import (
     stylize_file,
     stylize_tiled,
 )
-from compressor.models.arbitrary import style_vector
-from compressor.models.multistyle import parse_style_weights
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif"}
 # Peak memory of a forward pass over the sum of its layer outputs: 0.37 measured for TransformerNet (CPU, no_grad).
@@ -86,8 +86,8 @@ class Stylizer:
         if self.tiler is not None:
             return self.tiler.plan(height, width, max_memory, tile)
         if tile:
-            raise TilingError(f"--tile {tile}: this artifact takes no normalisation statistics, so it cannot be "
-                              "tiled (export a tile artifact: styleslim export --tile)")
+            raise TilingError(f"`tile` {tile}: this artifact takes no normalisation statistics, so it cannot be "
+                              "tiled (export a tile artifact: styleslim export `tile`)")
         return TilePlan(0, 0, 1, 0)
 
     @torch.no_grad()
@@ -158,7 +158,7 @@ def model_stylizer(model: nn.Module, style_image: torch.Tensor | None = None, al
     family = get_family(model)
     try:
         if style_weights is not None and family.n_styles(model) == 1:
-            raise ValueError("--style-index / --style-weights apply to multi-style models only")
+            raise ValueError("`style_index` / `style_weights` apply to multi-style models only")
         extra = {"style_weights": style_weights} if family.n_styles(model) > 1 else {}
         run = family.stylizer(model, style_image, alpha, **extra)
     except ValueError as exc:
@@ -183,7 +183,7 @@ def load_stylizer(model_path: str | Path, style: str | Path | None = None, alpha
                                   _artifact_style_input(runner, Path(model_path), style, style_weights))
     model = load_any(Path(model_path))
     if get_family(model).n_styles(model) > 1 and style_weights is None:
-        raise UserError(str(model_path), "a multi-style model", "pass --style-index K or --style-weights '3:0.5,12:0.5'")
+        raise UserError(str(model_path), "a multi-style model", "pass `style_index` K or `style_weights` '3:0.5,12:0.5'")
     style_image = None
     if get_family(model).role == "arbitrary_style" and style is not None:
         style_image = load_image(resolve_style(style), size=style_size).unsqueeze(0)
@@ -213,14 +213,14 @@ def _artifact_style_input(runner, path: Path, style: str | Path | None, style_we
     names = runner.input_names
     if len(names) < 2 or names[1] not in ("style_weights", "style_vector"):
         if style_weights is not None:
-            raise UserError(str(path), "--style-index / --style-weights apply to multi-style models only")
+            raise UserError(str(path), "`style_index` / `style_weights` apply to multi-style models only")
         return None
     if names[1] == "style_weights":
         if style_weights is None:
-            raise UserError(str(path), "a multi-style model", "pass --style-index K or --style-weights '3:0.5,12:0.5'")
+            raise UserError(str(path), "a multi-style model", "pass `style_index` K or `style_weights` '3:0.5,12:0.5'")
         return parse_style_weights(style_weights, int(runner.input_shapes[1][-1])).numpy()
     if style is None:
-        raise UserError(str(path), "an arbitrary-style model", "pass --style IMAGE")
+        raise UserError(str(path), "an arbitrary-style model", "pass `style` IMAGE")
     return style_vector(load_image(resolve_style(style))).numpy()
 
 
@@ -243,7 +243,7 @@ def available_memory() -> int | None:
 
 
 def check_fits(stylizer: Stylizer, batch_shape: tuple[int, ...], source: Path) -> None:
-    """Refuse, before running, a batch whose forward pass will not fit in memory (with a --size that would).
+    """Refuse, before running, a batch whose forward pass will not fit in memory (with a `size` that would).
 
     The one place that decides what to do with an image too big to run at once: tiled stylization can
     replace this refusal by routing such images to tiles.
@@ -257,9 +257,9 @@ def check_fits(stylizer: Stylizer, batch_shape: tuple[int, ...], source: Path) -
     if need <= 0.9 * available:
         return
     side = int(max(h, w) * math.sqrt(0.9 * available / need)) // 16 * 16
-    hint = f"give --size {side} or smaller" if side >= 16 else "free some memory"
+    hint = f"give `size` {side} or smaller" if side >= 16 else "free some memory"
     if n > 1:
-        hint += ", or --batch-size 1"
+        hint += ", or `batch_size` 1"
     raise UserError(source, f"{w}x{h} (x{n}) needs about {need / 2**30:.1f} GiB to stylise at once, "
                             f"{available / 2**30:.1f} GiB is available", hint)
 

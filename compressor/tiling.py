@@ -117,7 +117,7 @@ class NormStatistics(TorchFunctionMode):
             return self._statistic(func, args, kwargs)
         if func in GLOBAL_OPS:
             raise TilingError(f"the network calls {func.__name__} (a spatial transformer warps the whole image), so "
-                              "it cannot be tiled; use --tile 0 or a smaller --size")
+                              "it cannot be tiled; use `tile` 0 or a smaller `size`")
         return func(*args, **kwargs)
 
     def _instance_norm(self, x, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
@@ -330,20 +330,20 @@ def plan_tiles(height: int, width: int, geometry: Geometry, memory: MemoryModel,
     room = (max_memory - resident) * HEAP_HEADROOM - memory.fixed - band
     decode = resident + DECODED_BYTES_PER_PIXEL * pixels
     if decode > max_memory:
-        raise TilingError(f"--max-memory: decoding a {width}x{height} image takes {decode / 2**30:.1f} GB (raise "
-                          "--max-memory, or give a smaller --size)")
+        raise TilingError(f"`max_memory`: decoding a {width}x{height} image takes {decode / 2**30:.1f} GB (raise "
+                          "`max_memory`, or give a smaller `size`)")
     min_window = 2 * geometry.halo + 4 * geometry.stride
     if tile is None:
         fit = math.sqrt(max(room, 0) / memory.per_pixel) if memory.per_pixel else MAX_WINDOW
         window = min(MAX_WINDOW, int(fit) // geometry.stride * geometry.stride)
         if window < min_window:
             need = resident + memory.bytes_for(min_window**2)
-            raise TilingError(f"--max-memory: a {width}x{height} image needs at least {need / 2**30:.1f} GB even in "
-                              f"{min_window}-px tiles (raise --max-memory, or give a smaller --size)")
+            raise TilingError(f"`max_memory`: a {width}x{height} image needs at least {need / 2**30:.1f} GB even in "
+                              f"{min_window}-px tiles (raise `max_memory`, or give a smaller `size`)")
     else:
         window = tile
         if window % geometry.stride or window < min_window:
-            raise TilingError(f"--tile {tile}: use a multiple of {geometry.stride} of at least {min_window} "
+            raise TilingError(f"`tile` {tile}: use a multiple of {geometry.stride} of at least {min_window} "
                               f"(twice the {geometry.halo}-px halo plus a core)")
     side = min(thumbnail, max(height, width))
     while side > 64 and memory.bytes_for(side * side * min(height, width) / max(height, width)) > max(room, 0):
@@ -352,15 +352,15 @@ def plan_tiles(height: int, width: int, geometry: Geometry, memory: MemoryModel,
 
 
 def parse_plan_options(tile: int | None, max_memory: str | int) -> tuple[int | None, int]:
-    """--tile and --max-memory checked: (tile or None for automatic, budget in bytes)."""
+    """`tile` and `max_memory` checked: (tile or None for automatic, budget in bytes)."""
     if tile is not None and tile < 0:
-        raise TilingError(f"--tile {tile}: use 0 (whole image), a tile size in pixels, or leave it out (automatic)")
+        raise TilingError(f"`tile` {tile}: use 0 (whole image), a tile size in pixels, or leave it out (automatic)")
     try:
         budget = parse_bytes(max_memory) if isinstance(max_memory, str) else int(max_memory)
     except ValueError as exc:
-        raise TilingError(f"--max-memory {exc}") from None
+        raise TilingError(f"`max_memory` {exc}") from None
     if budget < BASELINE_BYTES:
-        raise TilingError(f"--max-memory {max_memory}: below the {BASELINE_BYTES // 2**20} MB the process needs")
+        raise TilingError(f"`max_memory` {max_memory}: below the {BASELINE_BYTES // 2**20} MB the process needs")
     return tile, budget
 
 

@@ -7,9 +7,8 @@ fair. Median and p90 are reported with the number of runs and threads.
 Each visit is one untimed run and then ``block`` timed runs back to back
 (A A A, B B B, ...). The untimed run re-warms the caches other variants evicted
 and absorbs the previous runtime's worker threads, which spin-wait after a run
-(ONNX Runtime, OpenMP, XNNPACK) and steal the cores of whatever runs next: one
-timed run per visit read the quickstart's variants up to 1.65x slower than each
-alone in a fresh process, blocks of 5 within 1.07x (benchmarks/bench_latency_harness.py).
+(ONNX Runtime, OpenMP, XNNPACK) and steal the cores of whatever runs next
+(benchmarks/bench_latency_harness.py compares both ways with each variant alone).
 """
 
 from __future__ import annotations

@@ -2,14 +2,54 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from compressor.io import CONVERTER_LOG_ENV
 from compressor.models import get_family
 
 LAYOUTS = ("nchw", "nhwc")
+
+
+def converter_log() -> Path | None:
+    """The file converters write into (``$STYLESLIM_CONVERTER_LOG``, default in the temp folder); None: terminal."""
+    setting = os.environ.get(CONVERTER_LOG_ENV, str(Path(tempfile.gettempdir()) / "styleslim-logs" / "converters.log"))
+    return None if setting == "-" else Path(setting)
+
+
+@contextmanager
+def converter_output() -> Iterator[None]:
+    """Send what a converter prints, from Python or C++, to ``converter_log()`` instead of the terminal."""
+    log = converter_log()
+    if log is None:
+        yield
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with open(log, "ab") as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        os.close(saved[0])
+        os.close(saved[1])
 
 
 class ExportError(RuntimeError):

@@ -54,10 +54,8 @@ from exports.stage import describe, export_artifact
 
 log = logging.getLogger(__name__)
 
-# Minimum PSNR (dB) vs the fp32 PyTorch model on the eval images. Measured at 64 px: a briefly trained tiny
-# TransformerNet keeps 58.6 dB (ORT int8) / 35.2 dB (LiteRT int8); random-init nets, whose output is
-# high-frequency noise, 24.6-25.3 dB (ORT) / 19.0 dB (LiteRT). The quickstart's distilled student at 256 px:
-# 41.2 dB (ORT) / 33.1 dB (LiteRT; 25.7 dB while its norms ran in int8). 20 dB catches broken scales/ranges.
+# Parity floor (PSNR dB vs the fp32 model, eval images): catches broken scales and ranges; fidelity is the judge's
+# to grade (what int8 keeps per runtime: benchmarks/bench_quant.py, bench_tflite_int8.py).
 QUANT_THRESHOLDS_DB: dict[str, float] = {
     "int8": 20.0,
     "int8-qat": 20.0,

@@ -39,7 +39,7 @@ from compressor.tiling import (
     run_frozen,
 )
 from exports.backends import backend_for_format
-from exports.common import ExportError, ParityError, conversion_error, io_names
+from exports.common import ExportError, ParityError, conversion_error, converter_output, io_names
 from exports.manifest import read_manifest, versions, write_manifest
 from exports.parity import PARITY_THRESHOLDS_DB, PSNR_CAP_DB
 from exports.rewrites import apply_rewrites, format_rewrites
@@ -142,7 +142,8 @@ def _export_graph(graph: TileGraph, fmt: str, path: Path, size: int) -> None:
                 import triton  # noqa: F401, I001  (before TensorFlow: TF then triton segfaults)
                 import litert_torch
 
-                litert_torch.convert(graph, inputs).export(str(tmp))
+                with converter_output():
+                    litert_torch.convert(graph, inputs).export(str(tmp))
         except TilingError:
             raise
         except Exception as exc:
@@ -154,7 +155,7 @@ def export_tile_artifact(model: nn.Module | str | Path, fmt: str, out_dir: str |
     """Export ``model`` (a module or model folder) as an ``size`` x ``size`` tile artifact, verify it, write its
     manifest; returns (artifact, manifest). ONNX or TFLite, fp32."""
     if fmt not in ("onnx", "tflite"):
-        raise ExportError(f"--format {fmt}: tile artifacts are onnx or tflite")
+        raise ExportError(f"`format` {fmt}: tile artifacts are onnx or tflite")
     model_dir = None
     if not isinstance(model, nn.Module):
         model_dir = Path(model)
@@ -165,7 +166,7 @@ def export_tile_artifact(model: nn.Module | str | Path, fmt: str, out_dir: str |
                           "(styleslim stylize --model MODEL_DIR)")
     geometry = measure_geometry(model)
     if size % geometry.stride or size <= 2 * geometry.halo + 4 * geometry.stride:
-        raise ExportError(f"--size {size}: a tile artifact needs a multiple of {geometry.stride} above "
+        raise ExportError(f"`size` {size}: a tile artifact needs a multiple of {geometry.stride} above "
                           f"{2 * geometry.halo + 4 * geometry.stride} (twice the {geometry.halo}-px halo plus a core)")
     channels = _channels(model, size)
     names = tuple(r for r in format_rewrites(model, fmt) if r not in HIDDEN_FROM_THE_HOOK)
@@ -279,7 +280,7 @@ class ArtifactTileRunner(TileRunner):
         return F.interpolate(x, size=(self.fixed, self.fixed), mode="bilinear", antialias=True).clamp(0, 1)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        """Whole images squeezed to the artifact's size and back (what --tile 0 means for a fixed shape)."""
+        """Whole images squeezed to the artifact's size and back (what `tile` 0 means for a fixed shape)."""
         outs = [self._run_graph(self._square(x[None]), None)[0] for x in batch]
         return F.interpolate(torch.cat(outs), size=tuple(batch.shape[-2:]), mode="bilinear", antialias=True)
 
@@ -288,7 +289,7 @@ class ArtifactTileRunner(TileRunner):
         if tile == 0:
             return TilePlan(0, 0, 1, 0)
         if tile not in (None, self.fixed):
-            raise TilingError(f"--tile {tile}: this artifact takes {self.fixed}x{self.fixed} tiles (leave --tile out)")
+            raise TilingError(f"`tile` {tile}: this artifact takes {self.fixed}x{self.fixed} tiles (leave `tile` out)")
         return TilePlan(self.fixed, self._geometry.halo, self._geometry.stride, self.fixed)
 
     def record(self, thumb: torch.Tensor) -> NormStats:

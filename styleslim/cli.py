@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 import sys
 import tempfile
 import traceback
@@ -24,6 +25,7 @@ from typer.core import TyperGroup
 
 from compressor.config import DistillStage, EvaluateStage, ExportStage, PruneStage, QuantizeStage, Recipe, TrainConfig
 from compressor.errors import UserError, pydantic_line, user_error
+from compressor.io import CONVERTER_LOG_ENV
 from compressor.outputs import check_output_dir, check_output_file
 from styleslim import __version__
 
@@ -70,10 +72,15 @@ def _handle(exc: Exception) -> int:
     return _report(known) if known is not None else _crash(exc)
 
 
+def as_options(text: str) -> str:
+    """The library names a setting as `max_memory`; on the command line it is --max-memory."""
+    return re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: "--" + m.group(1).replace("_", "-"), text)
+
+
 def _report(error: UserError, code: int = 2) -> int:
     if _STATE["debug"] and error.__traceback__ is not None:
         traceback.print_exception(error, file=sys.stderr)
-    typer.secho(f"error: {error.line()}", fg=typer.colors.RED, err=True)
+    typer.secho(f"error: {as_options(error.line())}", fg=typer.colors.RED, err=True)
     return code
 
 
@@ -133,10 +140,13 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(
     version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True)] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging, and the converters' own output "
+                                          "(kept in $STYLESLIM_CONVERTER_LOG otherwise).")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
 ) -> None:
     _STATE["debug"] = debug
+    if verbose:
+        os.environ[CONVERTER_LOG_ENV] = "-"
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
 
 

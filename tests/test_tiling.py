@@ -142,7 +142,7 @@ def test_thumbnail_statistics_agree_better_than_per_tile_statistics(net, photo):
 
 def test_spatial_transformer_is_refused(photo):
     stn_net = TransformerNet(SMALL.model_copy(update={"stn": STNSpec()})).eval()
-    with pytest.raises(TilingError, match="--tile 0"):
+    with pytest.raises(TilingError, match="`tile` 0"):
         stylize_tiled(TileRunner(stn_net), photo, TilePlan(128, 56, 4, 64), progress=False)
 
 
@@ -166,11 +166,11 @@ def test_memory_budget_triggers_tiling(net):
     assert memory.bytes_for(tiled.thumbnail * tiled.thumbnail * 3 / 4) <= room
     assert plan(800, 600, big, tile=200).window == 200
     assert not plan(4000, 3000, small, tile=0).tiled
-    with pytest.raises(TilingError, match="--tile 100"):
+    with pytest.raises(TilingError, match="`tile` 100"):
         plan(800, 600, big, tile=100)  # not above twice the halo
-    with pytest.raises(TilingError, match="--max-memory: decoding a 30000x40000"):
+    with pytest.raises(TilingError, match="`max_memory`: decoding a 30000x40000"):
         plan(40000, 30000, small)  # Pillow's decoded image alone (4 bytes a pixel) is over budget
-    with pytest.raises(TilingError, match="--max-memory: .* even in 128-px tiles"):
+    with pytest.raises(TilingError, match="`max_memory`: .* even in 128-px tiles"):
         plan(4000, 3000, small, model=MemoryModel(0, 1e5))
 
 

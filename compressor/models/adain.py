@@ -250,7 +250,7 @@ class AdaINFamily(Family):
 
     def stylizer(self, model: AdaINNet, style: torch.Tensor | None = None, alpha: float = 1.0):
         if style is None:
-            raise ValueError("AdaIN is arbitrary-style; pass --style")
+            raise ValueError("AdaIN is arbitrary-style; pass `style`")
 
         @torch.no_grad()
         def run(batch: torch.Tensor) -> torch.Tensor:

@@ -147,7 +147,7 @@ def arbitrary_objective(config: Any, vgg: nn.Module, teacher: nn.Module | None,
     Style images default to the bundled paintings; each training image gets its own random blend of two.
     """
     if not uses_teacher(config, teacher):
-        raise ValueError("an arbitrary-style student learns from its teacher: give --teacher and a nonzero output "
+        raise ValueError("an arbitrary-style student learns from its teacher: give `teacher` and a nonzero output "
                          "or perceptual weight")
     if style_images is None:
         from compressor.data import BUNDLED_STYLES, load_image, sample_style_path
@@ -200,7 +200,7 @@ class ArbitraryFamily(ConditionalNormFamily):
 
     def stylizer(self, model: ArbitraryStyleNet, style: torch.Tensor | None = None, alpha: float = 1.0):
         if style is None:
-            raise ValueError("an arbitrary-style model; pass --style IMAGE")
+            raise ValueError("an arbitrary-style model; pass `style` IMAGE")
         vector = self.inputs(style, style)[1]
 
         @torch.no_grad()

@@ -1,12 +1,12 @@
 """A student built for int8 runtimes: image -> image with nothing between the convs that scales with activations.
 
-Why (issue 15): once the convs are int8, a Johnson/Dumoulin network spends its time on reflection padding,
+Why: once the convs are int8, a Johnson/Dumoulin network spends its time on reflection padding,
 float instance norms with their quantize/dequantize pairs, upsampling copies and thin full-resolution 9x9
 convs. This family has none of those by default:
 
 - space-to-depth by ``unshuffle`` in place of thin full-resolution convs: the stem is one conv with a
   3*unshuffle kernel and stride ``unshuffle`` (= pixel-unshuffle + 3x3 conv, without the Reshape/Transpose
-  pair ONNX Runtime spent 29 % of its time on), and pixel-shuffle (DepthToSpace) at the output; every
+  pair that costs ONNX Runtime dearly: benchmarks/bench_edge.py profiles it), and pixel-shuffle (DepthToSpace) at the output; every
   other conv runs at 1/unshuffle resolution;
 - zero padding, which folds into the conv;
 - no norm (``norm="none"``: the conv bias is the learned affine; nothing is left to fold at inference), or

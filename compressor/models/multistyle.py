@@ -144,7 +144,7 @@ def sample_style_weights(batch: torch.Tensor, n_styles: int) -> torch.Tensor:
 def multistyle_objective(config: Any, vgg: nn.Module, teacher: nn.Module | None) -> Objective:
     """Output (and VGG perceptual) distance to the teacher under the same style mixes, all styles at once."""
     if not uses_teacher(config, teacher):
-        raise ValueError("a multistyle student learns from its teacher: give --teacher and a nonzero output or "
+        raise ValueError("a multistyle student learns from its teacher: give `teacher` and a nonzero output or "
                          "perceptual weight (its styles have no style images to take Gram losses from)")
     n_styles = teacher.spec.n_styles
     return paired_style_objective(config, vgg, teacher, lambda batch: sample_style_weights(batch, n_styles))

@@ -154,7 +154,7 @@ class Family:
         if self.role == "loss_network":
             raise ValueError(f"a {self.name} loss network does not stylise images")
         if self.role == "arbitrary_style" and style is None:
-            raise ValueError(f"{self.name} is arbitrary-style; pass --style")
+            raise ValueError(f"{self.name} is arbitrary-style; pass `style`")
 
         @torch.no_grad()
         def run(batch: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from torch import nn
 
 from compressor.io import atomic_output, path_size
 from exports.backends.base import Backend, QuantizeJob, Runner, register_backend
-from exports.common import ExportError, ExportWrapper, conversion_error, example_inputs
+from exports.common import ExportError, ExportWrapper, conversion_error, converter_output, example_inputs
 
 PREDICTIONS_ON_LINUX = "not run on Linux (coremltools runs them only on macOS)"
 
@@ -56,7 +56,7 @@ def export_coreml(
     inputs = example_inputs(model, size, layout)
     compute = ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), converter_output():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit.trace deprecation
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shapes are fixed on purpose
             traced = torch.jit.trace(wrapper, inputs)
@@ -133,10 +133,12 @@ def compress_coreml(mlpackage: str | Path, out_path: str | Path, scheme: str | i
     mlmodel = ct.models.MLModel(str(mlpackage), skip_model_load=True)
     if scheme == "int8":
         op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel")
-        compressed = cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
+        with converter_output():
+            compressed = cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
     elif scheme in (4, 6):
         op = cto.OpPalettizerConfig(mode="kmeans", nbits=scheme, granularity="per_tensor")
-        compressed = cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
+        with converter_output():
+            compressed = cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
     else:
         raise ExportError(f"Core ML compression {scheme!r}: choose 'int8', 4 or 6")
     out_path = Path(out_path)

@@ -6,8 +6,7 @@ Quantization of the float .tflite (exported with the slice-padding rewrite):
 - static: ``static_wi8_ai8`` with calibration; graph inputs/outputs become int8
   (``exports.runtime.load_runner`` converts at the boundary). InstanceNorm stays float, as in
   ONNX Runtime: one per-tensor int8 scale for the squared deviations of all channels rounds the
-  variance of quiet channels to zero. Float norms gave 36.4 dB PSNR vs fp32 instead of 32.8 dB
-  (trained TransformerNet, 512 px) at the same speed; XNNPACK runs the float ops delegated.
+  variance of quiet channels to zero (benchmarks/bench_tflite_int8.py).
 - dynamic: ``dynamic_wi8_afp32`` (int8 weights, activations quantized per run inside the kernels).
 - weight-only: ``weight_only_wi8_afp32`` (int8 weights dequantized to float, float compute).
 - fp16: float16 weights, float compute (the exporter's ``fp16_weights``).
@@ -30,7 +29,7 @@ from torch import nn
 
 from compressor.io import atomic_output
 from exports.backends.base import Backend, QuantizeJob, Runner, register_backend
-from exports.common import ExportError, ExportWrapper, conversion_error, example_inputs
+from exports.common import ExportError, ExportWrapper, conversion_error, converter_output, example_inputs
 from exports.tflite_graph import deployable
 
 # Ops whose constant weights the fp16 variant stores as float16 (computed in float32 after DEQUANTIZE).
@@ -50,7 +49,8 @@ def export_tflite(
     Deployment rewrites (``exports.rewrites``) are the caller's: the export stage applies the format's.
     """
     import triton  # noqa: F401, I001  (before anything that may pull TensorFlow in: TF, then triton, segfaults)
-    import litert_torch
+    with converter_output():  # TensorFlow's and absl's start-up messages
+        import litert_torch
 
     if dynamic:
         raise ExportError("dynamic input size is an ONNX option; tflite artifacts have a fixed shape")
@@ -61,10 +61,11 @@ def export_tflite(
     inputs = example_inputs(model, size, layout)
     with atomic_output(path) as tmp:
         try:
-            edge = litert_torch.convert(wrapper, inputs)
+            with converter_output():
+                edge = litert_torch.convert(wrapper, inputs)
+                edge.export(str(tmp))
         except Exception as exc:
             raise conversion_error("TFLite", wrapper, inputs, exc) from exc
-        edge.export(str(tmp))
         if precision == "fp16":
             tmp.write_bytes(fp16_weights(tmp.read_bytes()))
     return path
@@ -85,7 +86,8 @@ def fp16_weights(flatbuffer: bytes) -> bytes:
             regex=".*", operation_name=getattr(qtyping.TFLOperationName, op),
             algorithm_key=quantizer.AlgorithmName.FLOAT_CASTING, op_config=config,
         )
-    return bytes(q.quantize().quantized_model)
+    with converter_output():
+        return bytes(q.quantize().quantized_model)
 
 
 MODES = ("static", "dynamic", "weight-only", "fp16")
@@ -162,12 +164,14 @@ def quantize_tflite(
                 q.update_quantization_recipe(regex=NORM_TENSORS, operation_name=getattr(qtyping.TFLOperationName, op),
                                              algorithm_key=quantizer.AlgorithmName.NO_QUANTIZE)
         result = None
-        if q.need_calibration:
-            if not calibration:
-                raise ValueError("static quantization needs calibration images")
-            signature, name = _signature_input(float_tflite)
-            result = q.calibrate({signature: [{name: x} for x in calibration]})
-        tmp.write_bytes(deployable(bytes(q.quantize(result).quantized_model), fuse_shuffles))
+        if q.need_calibration and not calibration:
+            raise ValueError("static quantization needs calibration images")
+        with converter_output():
+            if q.need_calibration:
+                signature, name = _signature_input(float_tflite)
+                result = q.calibrate({signature: [{name: x} for x in calibration]})
+            quantized = bytes(q.quantize(result).quantized_model)
+        tmp.write_bytes(deployable(quantized, fuse_shuffles))
     return out_path
 
 
@@ -227,7 +231,8 @@ def _dequantize_output(y: np.ndarray, detail: dict) -> np.ndarray:
 def load(path: Path, threads: int | None, layout: str, manifest: dict[str, Any]) -> Runner:
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    with converter_output():  # "Created TensorFlow Lite XNNPACK delegate" on each load
+        interpreter = Interpreter(model_path=str(path), num_threads=threads)
     signature = interpreter.get_signature_runner()
     details, out_details = signature.get_input_details(), signature.get_output_details()
     in_keys = sorted(details, key=_index)

@@ -29,7 +29,7 @@ from torch import nn
 
 from compressor.io import atomic_output
 from exports.backends.base import Backend, QuantizeJob, Runner, register_backend
-from exports.common import ExportError, ExportWrapper, conversion_error, example_inputs
+from exports.common import ExportError, ExportWrapper, conversion_error, converter_output, example_inputs
 
 OPSET = 20  # AffineGrid (the STN) needs opset 20
 
@@ -57,7 +57,7 @@ def export_onnx(
     axes = {name: {h: "height", w: "width"} for name in images}  # a 1-D style input keeps its shape
     with atomic_output(path) as tmp:
         try:
-            with torch.no_grad(), warnings.catch_warnings():
+            with torch.no_grad(), warnings.catch_warnings(), converter_output():
                 # Expected noise: fixed shapes in the trace, instance norm's input statistics, slice folding.
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 warnings.simplefilter("ignore", UserWarning)
@@ -145,7 +145,7 @@ def quantize_onnx(
     float_onnx, out_path = Path(float_onnx), Path(out_path)
     if mode not in ("static", "dynamic", "weight-only", "fp16"):
         raise ValueError(f"ONNX quantization mode {mode!r}: choose static, dynamic, weight-only or fp16")
-    with tempfile.TemporaryDirectory() as tmpdir, atomic_output(out_path) as tmp:
+    with tempfile.TemporaryDirectory() as tmpdir, atomic_output(out_path) as tmp, converter_output():
         pre = Path(tmpdir) / "pre.onnx"
         quant_pre_process(str(float_onnx), str(pre), skip_symbolic_shape=True)
         if mode == "static":
