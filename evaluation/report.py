@@ -64,9 +64,26 @@ def write_reports(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     return paths
 
 
+def check_paths(report: dict[str, Any], out_dir: Path) -> None:
+    """Refuse a report whose file paths leave ``out_dir``: a report folder is sent around, so its report.json is
+    data that may have been edited, and rendering reads and writes only inside the folder it came in."""
+    images = report.get("images") or {}
+    named = [("images.work_dir", images.get("work_dir", "."))]
+    for i, entry in enumerate(images.get("grid", [])):
+        named.append((f"images.grid.{i}.content", entry.get("content", ".")))
+        for kind in ("outputs", "diffs"):
+            named += [(f"images.grid.{i}.{kind}.{name}", rel) for name, rel in entry.get(kind, {}).items()]
+    root = Path(out_dir).resolve()
+    for key, rel in named:
+        if Path(rel).is_absolute() or not (root / rel).resolve().is_relative_to(root):
+            raise ValueError(f"report.json: {key}: {rel!r} leaves the report's folder (re-run the evaluation to "
+                             "rewrite it)")
+
+
 def render(report: dict[str, Any], out_dir: Path) -> None:
     """(Re-)write report.md and report.html (and the plots the Markdown links) from a report dict."""
     out_dir = Path(out_dir)
+    check_paths(report, out_dir)
     plots = {"frontier": frontier_plot(report), "size": size_plot(report), "widths": widths_plot(report)}
     links = {}
     for name, png in plots.items():

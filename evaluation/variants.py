@@ -198,8 +198,9 @@ def peer_variant(peer) -> Variant:
 
 
 def load_variant(target: str | Path) -> Variant:
-    """A model folder, a foreign ``.pth`` checkpoint, or an artifact file (for ad-hoc ``styleslim evaluate``)."""
-    path = Path(target)
+    """A model folder, a foreign ``.pth`` checkpoint, or an artifact file, also as ``PACKAGE:FILE`` (for ad-hoc
+    ``styleslim evaluate``)."""
+    path = resolve_model_path(target)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such model folder or artifact")
     if backend_for_artifact(path, read_manifest(path)) is not None:

@@ -397,6 +397,7 @@ def stylize(
     """Stylise images, folders (batched) and videos (frame by frame, same fps) with a model or artifact."""
     from compressor.data import list_images
     from compressor.stylize import VIDEO_SUFFIXES, SomeInputsFailed, load_stylizer, output_targets, stylize_files
+    from compressor.models.checkpoint import resolve_model_path
     from compressor.tiling import parse_plan_options
     from exports.runtime import is_artifact
     from exports.tile_export import load_artifact_runner
@@ -406,6 +407,7 @@ def stylize(
     files = [f for p in inputs for f in ([p] if p.suffix.lower() in VIDEO_SUFFIXES else list_images(p))]
     output_targets(files, output)  # refuses a bad output path before the model is loaded
     tile, budget = parse_plan_options(tile, max_memory)
+    model = resolve_model_path(model)
     runner = load_artifact_runner(model) if is_artifact(model) else None
     stylizer = load_stylizer(model, style=style, alpha=alpha, runner=runner,
                              style_weights=str(style_index) if style_index is not None else style_weights)
@@ -625,6 +627,7 @@ def evaluate(
     """Evaluate models/artifacts against a teacher: perceptual fidelity (the judge, graded against the teacher's own
     variation), PSNR/SSIM, size, MACs, latency, memory, loss deltas."""
     from compressor.data import resolve_images
+    from compressor.models.checkpoint import resolve_model_path
     from styleslim.stages import evaluate_paths
 
     settings = build(EvaluateStage, {"latency_sizes": "--size"}, images=images, size=size, latency_sizes=[size],
@@ -632,7 +635,7 @@ def evaluate(
                      min_psnr_db=min_psnr_db, styles=styles)
     check_output_dir(output)
     for target in [teacher, *targets]:
-        if not Path(target).exists():
+        if not resolve_model_path(target).exists():
             fail(target, "no such model folder or artifact", "check the path")
     _style_path(style, None)
     try:
@@ -663,6 +666,7 @@ def judge(
 
     from compressor.data import load_image
     from compressor.fidelity import image_pairs, judge_files
+    from compressor.models.checkpoint import resolve_model_path
     from compressor.stylize import load_stylizer
     from exports.runtime import is_artifact
     from exports.tile_export import load_artifact_runner
@@ -676,6 +680,7 @@ def judge(
         image_pairs(reference, candidate)
     stylizer, photos = None, None
     if teacher is not None:
+        teacher = resolve_model_path(teacher)
         if not teacher.exists():
             fail(teacher, "no such model folder or artifact", "check the path")
         photos = [load_image(p)[None] for p in photo]

