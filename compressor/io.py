@@ -22,6 +22,7 @@ from typing import Any
 CONVERTER_LOG_ENV = "STYLESLIM_CONVERTER_LOG"
 
 FILE_MODE = 0o644  # mkstemp makes 0600; artifacts are meant to be shared
+DIR_MODE = 0o755
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -112,3 +113,25 @@ def path_size(path: str | Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+@contextlib.contextmanager
+def folder_swap(path: str | Path) -> Iterator[Path]:
+    """A hidden folder beside ``path`` to write into; when the block succeeds it replaces ``path`` whole, so
+    nothing of what was there survives and a killed writer leaves ``path`` as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp.chmod(DIR_MODE)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    for stale in path.parent.glob(f".{path.name}.*"):  # this one's old copy, and what killed writers left
+        shutil.rmtree(stale, ignore_errors=True)
+

@@ -22,6 +22,17 @@ def check_output_dir(path: str | Path, option: str = "-o") -> Path:
     return path
 
 
+def check_model_dir(path: str | Path, force: bool, option: str = "-o") -> Path:
+    """``path`` can take a model folder: it is new or empty, or ``force`` says to replace what it holds (a model
+    folder holds one model: another's checkpoint or log left beside it would be resumed or read as this one's)."""
+    path = check_output_dir(path, option)
+    held = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    if held and not force:
+        raise UserError(f"{option} {path}", f"is not empty (it holds {', '.join(held[:4])}{', ...' if held[4:] else ''})",
+                        "give a new folder, or `force` to replace it whole")
+    return path
+
+
 def check_output_file(path: str | Path, option: str = "-o", suffixes: set[str] | None = None) -> Path:
     """``path`` can be written as a file: not a folder, every parent a folder, a known suffix."""
     path = Path(path)

@@ -156,6 +156,9 @@ def model_stylizer(model: nn.Module, style_image: torch.Tensor | None = None, al
     with ``style_weights``, style 0 when none is given)."""
     model.eval()
     family = get_family(model)
+    if alpha != 1.0 and not family.takes_alpha:
+        raise UserError(source, f"a {family.name} model has no content-to-style blend; `alpha` is for AdaIN",
+                        "leave `alpha` out")
     try:
         if style_weights is not None and family.n_styles(model) == 1:
             raise ValueError("`style_index` / `style_weights` apply to multi-style models only")
@@ -176,16 +179,23 @@ def load_stylizer(model_path: str | Path, style: str | Path | None = None, alpha
     this library module does not import exports). ``style_weights`` picks or blends the styles of a
     multi-style network (``"7"``, ``"3:0.5,12:0.5"``).
     """
+    if runner is not None and alpha != 1.0:
+        raise UserError(str(model_path), "an exported artifact has no content-to-style blend; `alpha` is for AdaIN "
+                        "models in torch", "leave `alpha` out")
     if isinstance(runner, TileRunner):  # a tile artifact (exports.tile_export): tiles with its statistics inputs
         return Stylizer(runner, str(model_path), tiler=runner)
     if runner is not None:
         return _artifact_stylizer(runner, str(model_path),
                                   _artifact_style_input(runner, Path(model_path), style, style_weights))
     model = load_any(Path(model_path))
-    if get_family(model).n_styles(model) > 1 and style_weights is None:
+    family = get_family(model)
+    if family.n_styles(model) > 1 and style_weights is None:
         raise UserError(str(model_path), "a multi-style model", "pass `style_index` K or `style_weights` '3:0.5,12:0.5'")
+    if style is not None and family.role != "arbitrary_style":
+        raise UserError(str(model_path), f"a {family.name} model paints the style it learnt; `style` is for "
+                        "arbitrary-style models (adain, arbitrary)", "leave `style` out")
     style_image = None
-    if get_family(model).role == "arbitrary_style" and style is not None:
+    if family.role == "arbitrary_style" and style is not None:
         style_image = load_image(resolve_style(style), size=style_size).unsqueeze(0)
     return model_stylizer(model, style_image, alpha, str(model_path), style_weights)
 
@@ -214,7 +224,13 @@ def _artifact_style_input(runner, path: Path, style: str | Path | None, style_we
     if len(names) < 2 or names[1] not in ("style_weights", "style_vector"):
         if style_weights is not None:
             raise UserError(str(path), "`style_index` / `style_weights` apply to multi-style models only")
+        if style is not None:
+            raise UserError(str(path), "a one-input artifact paints the style it learnt; `style` is for "
+                            "arbitrary-style ones", "leave `style` out")
         return None
+    if names[1] == "style_weights" and style is not None:
+        raise UserError(str(path), "a multi-style artifact takes `style_index` / `style_weights`, not `style`",
+                        "leave `style` out")
     if names[1] == "style_weights":
         if style_weights is None:
             raise UserError(str(path), "a multi-style model", "pass `style_index` K or `style_weights` '3:0.5,12:0.5'")

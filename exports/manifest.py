@@ -6,14 +6,48 @@ import json
 import platform
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from compressor.errors import pydantic_line
 from compressor.io import write_json
 
 REQUIRED_KEYS = (
     "format", "runtime", "precision", "artifact", "source", "style", "inputs", "outputs", "layout",
     "versions", "rewrites", "parity",
 )
+
+
+class _Tensor(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    shape: list[int | str | None] | None = None
+
+
+class ManifestSchema(BaseModel):
+    """What loading an artifact relies on; the rest of a manifest is description (checked when written)."""
+
+    model_config = ConfigDict(extra="allow")
+    artifact: str
+    format: str
+    runtime: str = ""
+    precision: str = ""
+    layout: Literal["nchw", "nhwc"] = "nchw"
+    inputs: list[_Tensor] = []
+    outputs: list[_Tensor] = []
+
+
+def _check(path: Path, manifest: dict[str, Any]) -> None:
+    try:
+        schema = ManifestSchema.model_validate(manifest)
+    except ValidationError as exc:
+        raise ValueError(f"{path}: {pydantic_line(exc)} (re-export the artifact)") from None
+    image = next((i for i in schema.inputs if i.shape and len(i.shape) == 4), None)
+    channels = None if image is None else image.shape[1 if schema.layout == "nchw" else 3]
+    if channels not in (None, 3, "3"):
+        raise ValueError(f"{path}: layout {schema.layout} contradicts input {image.name} of shape {image.shape} "
+                         "(re-export the artifact)")
 
 
 def manifest_path(artifact: str | Path) -> Path:
@@ -73,4 +107,5 @@ def read_manifest(artifact: str | Path) -> dict[str, Any] | None:
         raise ValueError(f"{path}: not valid JSON ({exc}); re-export the artifact") from None
     if not isinstance(manifest, dict):
         raise ValueError(f"{path}: a manifest is a JSON object; re-export the artifact")
+    _check(path, manifest)
     return manifest

@@ -166,7 +166,10 @@ def stylize(model: nn.Module | Artifact | str | Path, photo: Photo, style: str |
                                            style_weights=style_weights)
     elif isinstance(model, nn.Module):
         image = None
-        if get_family(model).role == "arbitrary_style" and style is not None:
+        if style is not None:
+            if get_family(model).role != "arbitrary_style":
+                raise ValueError(f"a {get_family(model).name} model paints the style it learnt; `style` is for "
+                                 "arbitrary-style models")
             image = load_image(resolve_style(style), size=512)[None]
         multi = get_family(model).n_styles(model) > 1
         stylizer = model_stylizer(model, image, style_weights=style_weights or ("0" if multi else None))

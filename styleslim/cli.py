@@ -25,8 +25,8 @@ from typer.core import TyperGroup
 
 from compressor.config import DistillStage, EvaluateStage, ExportStage, PruneStage, QuantizeStage, Recipe, TrainConfig
 from compressor.errors import UserError, pydantic_line, user_error
-from compressor.io import CONVERTER_LOG_ENV
-from compressor.outputs import check_output_dir, check_output_file
+from compressor.io import CONVERTER_LOG_ENV, folder_swap
+from compressor.outputs import check_model_dir, check_output_dir, check_output_file
 from styleslim import __version__
 
 _STATE = {"debug": False}
@@ -217,6 +217,7 @@ def _style_option(help_text: str = "Style image path or bundled style name.") ->
 StrictOpt = Annotated[
     bool, typer.Option("--strict-loss-network", help="Fail instead of falling back to a random VGG19.")
 ]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace what OUTPUT holds, whole (nothing of it survives).")]
 _T = TrainConfig
 
 
@@ -396,8 +397,8 @@ def stylize(
 ) -> None:
     """Stylise images, folders (batched) and videos (frame by frame, same fps) with a model or artifact."""
     from compressor.data import list_images
-    from compressor.stylize import VIDEO_SUFFIXES, SomeInputsFailed, load_stylizer, output_targets, stylize_files
     from compressor.models.checkpoint import resolve_model_path
+    from compressor.stylize import VIDEO_SUFFIXES, SomeInputsFailed, load_stylizer, output_targets, stylize_files
     from compressor.tiling import parse_plan_options
     from exports.runtime import is_artifact
     from exports.tile_export import load_artifact_runner
@@ -429,6 +430,7 @@ def import_model(
     size: Annotated[int, typer.Option(help="Longest side of the check photos.")] = 256,
     min_psnr: Annotated[float, typer.Option(help="Fail when the rebuild is further than this from ONNX Runtime (dB).")
                         ] = 40.0,
+    force: ForceOpt = False,
 ) -> None:
     """Rebuild an ONNX style network as a native model folder, checked against ONNX Runtime on held-out photos."""
     from compressor.data import ImageError, resolve_images
@@ -436,6 +438,7 @@ def import_model(
     from compressor.models.checkpoint import resolve_model_path
     from compressor.models.onnx_import import OnnxImportError, import_onnx, verify_import
 
+    check_model_dir(output, force)
     source = resolve_model_path(source)
     try:
         model = import_onnx(source)
@@ -448,7 +451,8 @@ def import_model(
     if check["min_psnr_db"] < min_psnr:
         fail(source, f"the rebuild reaches only {check['min_psnr_db']:.1f} dB{reference} against ONNX Runtime",
              f"needs >= {min_psnr} dB; nothing written")
-    save_model(model, output, meta={"imported_from": str(source), "import_check": check})
+    with folder_swap(output) as folder:
+        save_model(model, folder, meta={"imported_from": str(source), "import_check": check})
     typer.echo(f"{check['family']}: {model.current_spec().model_dump_json()}")
     typer.echo(f"import parity: min {check['min_psnr_db']:.1f} dB{reference}; model written to {output}")
     if "int8_graph_min_psnr_db" in check:
@@ -501,6 +505,7 @@ def prune(
     steps: int = field_option(PruneStage, "iterative_steps", "--steps", help="Reach the ratio in this many "
                               "pruning steps."),
     vgg_mode: str = field_option(PruneStage, "vgg_mode"),
+    force: ForceOpt = False,
 ) -> None:
     """L1 structured channel pruning (torch-pruning); prints params and MACs before/after."""
     from compressor.prune import prune_dir
@@ -517,9 +522,9 @@ def prune(
     config = build(PruneStage, {"iterative_steps": "--steps", "overrides": "--override"}, ratio=ratio, scope=scope,
                    round_to=round_to, ignore=ignore or [], overrides=overrides, iterative_steps=steps,
                    vgg_mode=vgg_mode)
-    check_output_dir(output)
-    with tempfile.TemporaryDirectory() as scratch:
-        meta = prune_dir(model_folder(model_dir, Path(scratch)), output, config)
+    check_model_dir(output, force)
+    with tempfile.TemporaryDirectory() as scratch, folder_swap(output) as folder:
+        meta = prune_dir(model_folder(model_dir, Path(scratch)), folder, config)
     before, after = meta["before"], meta["after"]
     typer.echo(f"params {before['params']:,} -> {after['params']:,} ({meta['params_ratio']:.1%})")
     typer.echo(f"MACs   {before['macs']:,} -> {after['macs']:,} ({meta['macs_ratio']:.1%}) at {after['macs_at']}")

