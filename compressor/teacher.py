@@ -42,4 +42,5 @@ def write_previews(model: nn.Module, out: Path, style: torch.Tensor, size: int =
     """Stylise the held-out sample photos so a person can look at what a model does (loss networks: nothing)."""
     if get_family(model).role == "loss_network":
         return []
-    return stylize_files(model_stylizer(model, style), sample_content_paths("eval"), out, size=size, progress=False)
+    return stylize_files(model_stylizer(model, style), sample_content_paths("eval"), out, size=size, progress=False,
+                         tile=0)  # small pictures, whole: the memory budget is for a user's big photos

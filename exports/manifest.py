@@ -31,11 +31,11 @@ class ManifestSchema(BaseModel):
     model_config = ConfigDict(extra="allow")
     artifact: str
     format: str
-    runtime: str = ""
-    precision: str = ""
+    runtime: str | None = None  # older manifests: the format's default runtime
+    precision: str | None = None
     layout: Literal["nchw", "nhwc"] = "nchw"
-    inputs: list[_Tensor] = []
-    outputs: list[_Tensor] = []
+    inputs: list[_Tensor] | None = None
+    outputs: list[_Tensor] | None = None
 
 
 def _check(path: Path, manifest: dict[str, Any]) -> None:
@@ -43,7 +43,7 @@ def _check(path: Path, manifest: dict[str, Any]) -> None:
         schema = ManifestSchema.model_validate(manifest)
     except ValidationError as exc:
         raise ValueError(f"{path}: {pydantic_line(exc)} (re-export the artifact)") from None
-    image = next((i for i in schema.inputs if i.shape and len(i.shape) == 4), None)
+    image = next((i for i in schema.inputs or [] if i.shape and len(i.shape) == 4), None)
     channels = None if image is None else image.shape[1 if schema.layout == "nchw" else 3]
     if channels not in (None, 3, "3"):
         raise ValueError(f"{path}: layout {schema.layout} contradicts input {image.name} of shape {image.shape} "

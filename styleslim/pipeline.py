@@ -17,6 +17,7 @@ from compressor.config import Recipe
 from compressor.data import resolve_images, resolve_style
 from compressor.errors import UserError, user_error
 from compressor.io import atomic_write
+from compressor.models import parse_spec
 from compressor.models.checkpoint import resolve_model_path
 from styleslim.context import RunContext
 from styleslim.stages import STAGES
@@ -54,6 +55,11 @@ def preflight(recipe: Recipe) -> None:
             checks.append((f"model.{key}", lambda value=value: _exists(resolve_model_path(value))))
     if recipe.distill is not None and recipe.distill.teacher_onnx:
         checks.append(("distill.teacher_onnx", lambda: _exists(resolve_model_path(recipe.distill.teacher_onnx))))
+    for i, peer in enumerate(recipe.evaluate.peers if recipe.evaluate else []):
+        checks.append((f"evaluate.peers.{i}.path", lambda peer=peer: _exists(resolve_model_path(peer.path))))
+    for i, choice in enumerate(recipe.search.candidates if recipe.search else []):  # before any candidate trains
+        checks.append((f"search.candidates.{i}", lambda choice=choice: parse_spec({"family": choice.family,
+                                                                                   **choice.spec})))
     for key, check in checks:
         try:
             check()

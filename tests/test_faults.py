@@ -779,3 +779,15 @@ def test_a_hand_edited_manifest_is_one_line_naming_it(small_artifact, tmp_path, 
             "judge": ["judge", photo, photo, "--teacher", artifact, "--photo", photo]}[command]
     line = expect_error(cli(*args), "manifest.json", says)
     assert "re-export" in line
+
+
+@pytest.mark.parametrize(("section", "key"), [
+    ("evaluate:\n  peers:\n    - {path: /no/such/peer.onnx, inputs: {style_weights: 1}}\n", "evaluate.peers.0.path"),
+    ("search:\n  candidates:\n    - {family: edge_net}\n    - {family: edge_net, spec: {blocks: 99}}\n"
+     "distill:\n  steps: 1\n", "search.candidates.1"),
+])
+def test_a_recipe_is_checked_whole_before_any_stage_runs(tmp_path, section, key):
+    """A bad peer or second search candidate is found when the recipe loads, not after minutes of training."""
+    recipe = _recipe(tmp_path, f"name: r\nmodel:\n  family: transformer_net\n{section}")
+    expect_error(cli("run", recipe, "--out", tmp_path / "runs"), key)
+    assert not (tmp_path / "runs" / "r" / "teacher").exists()  # the model stage never started
