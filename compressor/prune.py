@@ -91,8 +91,13 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     return layers
 
 
+def _is_type(layers: dict[str, nn.Module], pattern: str) -> bool:
+    return pattern in {type(m).__name__ for m in layers.values()}
+
+
 def _matching(layers: dict[str, nn.Module], pattern: str, option: str) -> list[nn.Module]:
-    hits = [m for name, m in layers.items() if fnmatch.fnmatchcase(name, pattern)]
+    """The layers a name glob (``res*.conv1.conv2d``) or a module type (``Conv2d``) names."""
+    hits = [m for name, m in layers.items() if fnmatch.fnmatchcase(name, pattern) or type(m).__name__ == pattern]
     if not hits:
         raise ValueError(f"{option} {pattern!r} matches no prunable layer; layers are: {', '.join(layers)}")
     return list(dict.fromkeys(hits))
@@ -110,8 +115,9 @@ def prune_model(
 ) -> nn.Module:
     """Prune ``model`` in place by L1 importance; returns it with ``model.spec`` set to its narrower spec.
 
-    ``config.overrides`` maps layer-name globs to their own ratio,
-    ``config.ignore`` lists globs never pruned. With ``iterative_steps`` > 1 the
+    ``config.overrides`` maps layer-name globs or module types (``Conv2d``) to their own ratio: a name beats a
+    type, which beats the global ``ratio`` (coremltools.optimize's precedence); ``config.ignore`` lists globs or
+    types never pruned. With ``iterative_steps`` > 1 the
     ratio is reached in equal steps, ``finetune(model, step)`` running between them. The model's
     family says which layers keep their width and may adjust the result (``before_prune`` / ``after_prune``).
     """
@@ -121,7 +127,8 @@ def prune_model(
     ignored = family.protected_layers(model, config)
     for pattern in config.ignore:
         ignored += _matching(layers, pattern, "ignore")
-    ratios = {m: ratio for pattern, ratio in config.overrides.items() for m in _matching(layers, pattern, "override")}
+    by_type_then_name = sorted(config.overrides.items(), key=lambda item: not _is_type(layers, item[0]))
+    ratios = {m: ratio for pattern, ratio in by_type_then_name for m in _matching(layers, pattern, "override")}
     was_training = model.training
     # torch-pruning traces the autograd graph: frozen networks (the loss VGG) need grads while it traces.
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from compressor.config import Recipe
+from compressor.config import Recipe, safe_yaml
 from compressor.errors import UserError
 
 
@@ -25,46 +25,6 @@ class RecipeError(UserError):
 
 
 MAX_RECIPE_BYTES = 1 << 20
-MAX_NODES = 10_000  # a recipe has a few hundred values; a billion-laughs alias bomb expands to billions
-
-
-class _LimitedLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a document whose aliases would expand it past MAX_NODES values."""
-
-    def get_single_node(self):
-        node = super().get_single_node()
-        if node is not None and _expanded_size(node, {}) > MAX_NODES:
-            raise yaml.YAMLError(f"expands to more than {MAX_NODES:,} values through aliases (*name); "
-                                 "refused as a YAML bomb")
-        return node
-
-
-def _expanded_size(node: yaml.Node, seen: dict[int, int]) -> int:
-    """Values in ``node`` with every alias expanded, counted without expanding (shared nodes memoised)."""
-    if id(node) in seen:
-        return seen[id(node)]
-    seen[id(node)] = MAX_NODES + 1  # a node inside itself (recursive alias) counts as too big
-    if isinstance(node, yaml.SequenceNode):
-        size = 1 + sum(_expanded_size(child, seen) for child in node.value)
-    elif isinstance(node, yaml.MappingNode):
-        size = 1 + sum(_expanded_size(k, seen) + _expanded_size(v, seen) for k, v in node.value)
-    else:
-        size = 1
-    seen[id(node)] = size
-    return size
-
-
-def safe_yaml(text: str) -> Any:
-    """Parse YAML safely: no Python tags, no alias bombs."""
-    loader = _LimitedLoader(text)
-    try:
-        return loader.get_single_data()
-    except RecursionError:
-        raise yaml.YAMLError("nested too deeply") from None
-    finally:
-        loader.dispose()
-
-
 def _yaml_problem(exc: yaml.YAMLError) -> str:
     """The first line of a YAML error plus where it is, e.g. 'found unknown tag !!python/object (line 2)'."""
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]

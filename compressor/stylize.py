@@ -150,10 +150,33 @@ def layer_output_bytes(run: Callable[[torch.Tensor], object], model: nn.Module, 
     return total[0] / (side * side)
 
 
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Pillow's YCbCr
+
+
+def finish(run: Callable[[torch.Tensor], torch.Tensor], strength: float = 1.0, keep_colors: bool = False
+           ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``run`` followed by what the peer's CLI offers: ``keep_colors`` keeps the photo's colours (its YCbCr
+    chroma with the stylised luminance), ``strength`` blends the photo (0) to the stylised picture (1). Both act
+    pixel by pixel, so batches and tiles give the same picture."""
+    if strength == 1.0 and not keep_colors:
+        return run
+    weights = torch.tensor(LUMA).view(1, 3, 1, 1)
+
+    def finished(batch: torch.Tensor) -> torch.Tensor:
+        out, photo = run(batch), batch[:, :3]
+        if keep_colors:  # replacing Y keeps Cb and Cr: every RGB channel moves by the change in Y
+            luma = lambda x: (x * weights.to(x)).sum(1, keepdim=True)  # noqa: E731
+            out = (photo + luma(out) - luma(photo)).clamp(0, 1)
+        return strength * out + (1 - strength) * photo
+
+    return finished
+
+
 def model_stylizer(model: nn.Module, style_image: torch.Tensor | None = None, alpha: float = 1.0,
-                   source: str = "model", style_weights: str | None = None) -> Stylizer:
+                   source: str = "model", style_weights: str | None = None, strength: float = 1.0,
+                   keep_colors: bool = False) -> Stylizer:
     """A Stylizer for a torch model (arbitrary-style families: with their style image; multi-style ones:
-    with ``style_weights``, style 0 when none is given)."""
+    with ``style_weights``, style 0 when none is given); ``strength`` and ``keep_colors``: see :func:`finish`."""
     model.eval()
     family = get_family(model)
     if alpha != 1.0 and not family.takes_alpha:
@@ -163,7 +186,7 @@ def model_stylizer(model: nn.Module, style_image: torch.Tensor | None = None, al
         if style_weights is not None and family.n_styles(model) == 1:
             raise ValueError("`style_index` / `style_weights` apply to multi-style models only")
         extra = {"style_weights": style_weights} if family.n_styles(model) > 1 else {}
-        run = family.stylizer(model, style_image, alpha, **extra)
+        run = finish(family.stylizer(model, style_image, alpha, **extra), strength, keep_colors)
     except ValueError as exc:
         raise UserError(source, str(exc)) from None
     bpp = PEAK_OVER_LAYER_OUTPUTS * layer_output_bytes(run, model)
@@ -171,8 +194,8 @@ def model_stylizer(model: nn.Module, style_image: torch.Tensor | None = None, al
 
 
 def load_stylizer(model_path: str | Path, style: str | Path | None = None, alpha: float = 1.0,
-                  style_size: int = 512, runner: Callable | None = None, style_weights: str | None = None
-                  ) -> Stylizer:
+                  style_size: int = 512, runner: Callable | None = None, style_weights: str | None = None,
+                  strength: float = 1.0, keep_colors: bool = False) -> Stylizer:
     """A Stylizer for a model folder or foreign checkpoint.
 
     An exported artifact comes in as ``runner`` (``exports.runtime.load_runner``: the app layer loads it,
@@ -183,10 +206,14 @@ def load_stylizer(model_path: str | Path, style: str | Path | None = None, alpha
         raise UserError(str(model_path), "an exported artifact has no content-to-style blend; `alpha` is for AdaIN "
                         "models in torch", "leave `alpha` out")
     if isinstance(runner, TileRunner):  # a tile artifact (exports.tile_export): tiles with its statistics inputs
+        if strength != 1.0 or keep_colors:
+            raise UserError(str(model_path), "a tile artifact runs as exported; `strength` and `keep_colors` are "
+                            "for models and whole-image artifacts", "leave them out, or stylize with the model")
         return Stylizer(runner, str(model_path), tiler=runner)
     if runner is not None:
         return _artifact_stylizer(runner, str(model_path),
-                                  _artifact_style_input(runner, Path(model_path), style, style_weights))
+                                  _artifact_style_input(runner, Path(model_path), style, style_weights),
+                                  strength, keep_colors)
     model = load_any(Path(model_path))
     family = get_family(model)
     if family.n_styles(model) > 1 and style_weights is None:
@@ -197,10 +224,11 @@ def load_stylizer(model_path: str | Path, style: str | Path | None = None, alpha
     style_image = None
     if family.role == "arbitrary_style" and style is not None:
         style_image = load_image(resolve_style(style), size=style_size).unsqueeze(0)
-    return model_stylizer(model, style_image, alpha, str(model_path), style_weights)
+    return model_stylizer(model, style_image, alpha, str(model_path), style_weights, strength, keep_colors)
 
 
-def _artifact_stylizer(runner, source: str, style_input: np.ndarray | None = None) -> Stylizer:
+def _artifact_stylizer(runner, source: str, style_input: np.ndarray | None = None, strength: float = 1.0,
+                       keep_colors: bool = False) -> Stylizer:
     """Run an exported artifact; a fixed-shape one gets its input size and the result is resized back."""
     shape = runner.input_shape or []
     hw = shape[2:4] if runner.layout == "nchw" else shape[1:3]
@@ -214,7 +242,7 @@ def _artifact_stylizer(runner, source: str, style_input: np.ndarray | None = Non
         return resize(torch.from_numpy(np.asarray(runner(batch.numpy(), *extra))), size)
 
     bpp = None if fixed else ARTIFACT_BYTES_PER_PIXEL
-    return Stylizer(stylize, source, 1 if fixed else 8, bpp)
+    return Stylizer(finish(stylize, strength, keep_colors), source, 1 if fixed else 8, bpp)
 
 
 def _artifact_style_input(runner, path: Path, style: str | Path | None, style_weights: str | None

@@ -360,7 +360,8 @@ def parse_plan_options(tile: int | None, max_memory: str | int) -> tuple[int | N
     except ValueError as exc:
         raise TilingError(f"`max_memory` {exc}") from None
     if budget < BASELINE_BYTES:
-        raise TilingError(f"`max_memory` {max_memory}: below the {BASELINE_BYTES // 2**20} MB the process needs")
+        raise TilingError(f"`max_memory` {max_memory}: below the {BASELINE_BYTES // 2**20} MB the process needs "
+                          "(give more, e.g. 2GB)")
     return tile, budget
 
 

@@ -327,12 +327,12 @@ def _judged_styles(teacher: Variant, styles: list[str], style_image: torch.Tenso
     if not styles:
         return [(None, family.style_mix(teacher.model, "0") if multi else style_image)]
     if not multi:
-        raise UserError("evaluate.styles", f"the teacher {teacher.name} holds one style",
+        raise UserError("`styles`", f"the teacher {teacher.name} holds one style",
                         "judge several styles against a multi-style model folder, or leave styles empty")
     try:
         return [(spec, family.style_mix(teacher.model, spec)) for spec in styles]
     except ValueError as exc:
-        raise UserError("evaluate.styles", str(exc)) from None
+        raise UserError("`styles`", str(exc)) from None
 
 
 def _fidelity(outs: list[torch.Tensor], teacher: list[torch.Tensor], items: list[tuple[Path, str | None]]

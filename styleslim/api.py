@@ -157,13 +157,14 @@ def _photo(photo: Photo) -> torch.Tensor:
 
 
 def stylize(model: nn.Module | Artifact | str | Path, photo: Photo, style: str | Path | None = None,
-            style_weights: str | None = None) -> torch.Tensor:
+            style_weights: str | None = None, strength: float = 1.0, keep_colors: bool = False) -> torch.Tensor:
     """``photo`` painted by ``model`` (a module, an ``Artifact``, or anything ``load_model`` takes): a
     (1, 3, H, W) tensor in [0, 1]. ``style``: an arbitrary-style network's style image (a path or a bundled
-    name); ``style_weights``: a multi-style network's style or blend (``"19"``, ``"3:0.5,12:0.5"``)."""
+    name); ``style_weights``: a multi-style network's style or blend (``"19"``, ``"3:0.5,12:0.5"``);
+    ``strength``: the photo (0) to the stylised picture (1); ``keep_colors``: the photo's colours."""
     if isinstance(model, Artifact):
         stylizer: Stylizer = load_stylizer(model.path, style, runner=load_runner(model.path),
-                                           style_weights=style_weights)
+                                           style_weights=style_weights, strength=strength, keep_colors=keep_colors)
     elif isinstance(model, nn.Module):
         image = None
         if style is not None:
@@ -172,9 +173,11 @@ def stylize(model: nn.Module | Artifact | str | Path, photo: Photo, style: str |
                                  "arbitrary-style models")
             image = load_image(resolve_style(style), size=512)[None]
         multi = get_family(model).n_styles(model) > 1
-        stylizer = model_stylizer(model, image, style_weights=style_weights or ("0" if multi else None))
+        stylizer = model_stylizer(model, image, style_weights=style_weights or ("0" if multi else None),
+                                  strength=strength, keep_colors=keep_colors)
     else:
-        stylizer = load_stylizer(model, style, style_weights=style_weights)
+        stylizer = load_stylizer(model, style, style_weights=style_weights, strength=strength,
+                                 keep_colors=keep_colors)
     with torch.no_grad():
         return stylizer(_photo(photo)).clamp(0, 1)
 

@@ -389,6 +389,10 @@ def stylize(
     style_weights: Annotated[str | None, typer.Option(help="Multi-style models: a blend, e.g. '3:0.5,12:0.5'.")
                              ] = None,
     alpha: Annotated[float, typer.Option(min=0, max=1, help="AdaIN content (0) to style (1) blend.")] = 1.0,
+    strength: Annotated[float, typer.Option(min=0, max=1, help="How much style: the photo (0) to the stylised "
+                                            "picture (1), any model.")] = 1.0,
+    keep_colors: Annotated[bool, typer.Option("--keep-colors", help="Keep the photo's colours (the style's "
+                                              "strokes and light, the photo's hues).")] = False,
     size: Annotated[int | None, typer.Option(min=16, help="Resize the longest side first.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 4,
     tile: Annotated[int | None, typer.Option(min=0, help="Tile side in px (0: whole image at once; default: "
@@ -411,7 +415,8 @@ def stylize(
     model = resolve_model_path(model)
     runner = load_artifact_runner(model) if is_artifact(model) else None
     stylizer = load_stylizer(model, style=style, alpha=alpha, runner=runner,
-                             style_weights=str(style_index) if style_index is not None else style_weights)
+                             style_weights=str(style_index) if style_index is not None else style_weights,
+                             strength=strength, keep_colors=keep_colors)
     try:
         written = stylize_files(stylizer, files, output, size=size, batch_size=batch_size, tile=tile,
                                 max_memory=budget)
@@ -651,6 +656,55 @@ def evaluate(
     evaluate_paths(targets, teacher, vgg, output, style=style, images=images, settings=settings)
     typer.echo((output / "report.md").read_text())
     typer.echo(f"reports written to {output}/report.{{json,md,html}}")
+
+
+@app.command()
+def styles(
+    model: Annotated[Path, typer.Argument(help=MODEL_HELP)],
+    sheet: Annotated[Path | None, typer.Option(help="Paint this photo in every style, side by side, to choose "
+                                               "one.")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="The sheet's file.")] = Path("styles.png"),
+    tile: Annotated[int, typer.Option(min=32, help="Side of each style's picture in the sheet.")] = 256,
+) -> None:
+    """List the styles of a model (a multi-style network: each index for --style-index); with --sheet, a
+    labelled contact sheet of a photo in each of them."""
+    from compressor.data import load_image
+    from compressor.models import get_family, load_any
+    from compressor.models.checkpoint import resolve_model_path
+    from compressor.stylize import model_stylizer
+
+    if sheet is not None:
+        check_output_file(output, suffixes={".png", ".jpg", ".jpeg"})
+        load_image(sheet)  # a bad photo is refused before the model loads
+    network = load_any(resolve_model_path(model))
+    family = get_family(network)
+    count = family.n_styles(network)
+    if family.role != "style_transformer":
+        typer.echo(f"{model}: a {family.name} model ({family.role.replace('_', '-')}): its style is an input "
+                   "(--style IMAGE)" if family.role == "arbitrary_style" else f"{model}: a {family.name} model")
+        return
+    typer.echo(f"{model}: {count} style(s)" + (f": --style-index 0..{count - 1}, or blends such as "
+                                                f"--style-weights 0:0.5,{count - 1}:0.5" if count > 1 else ""))
+    if sheet is None:
+        return
+    from PIL import Image, ImageDraw
+
+    from compressor.data import tensor_to_pil
+    from compressor.io import atomic_write
+
+    photo = load_image(sheet, size=tile)[None]
+    columns = min(count, 7)
+    height, width = photo.shape[-2:]
+    grid = Image.new("RGB", (columns * width, -(-count // columns) * height), "white")
+    draw = ImageDraw.Draw(grid)
+    for index in range(count):
+        picture = model_stylizer(network, style_weights=str(index) if count > 1 else None)(photo)
+        left, top = index % columns * width, index // columns * height
+        grid.paste(tensor_to_pil(picture.clamp(0, 1)), (left, top))
+        draw.rectangle([left, top, left + 22, top + 14], fill="black")
+        draw.text((left + 3, top + 2), str(index), fill="white")
+    atomic_write(output, lambda p: grid.save(p, format="JPEG" if output.suffix.lower() != ".png" else "PNG"))
+    typer.echo(f"wrote {output}: {count} style(s), index left to right, top to bottom")
 
 
 @app.command()

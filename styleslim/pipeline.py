@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -123,7 +124,8 @@ def run_recipe(recipe: Recipe, out_root: Path = Path("runs"), force: bool = Fals
                 known = user_error(exc) if isinstance(exc, Exception) else None
                 if known is None:
                     raise
-                raise UserError(f"stage {stage}", known.line(), "its partial output was removed; fix and run again"
+                as_key = re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: f"{stage}.{m.group(1)}", known.line())
+                raise UserError(f"stage {stage}", as_key, "its partial output was removed; fix and run again"
                                 ) from exc
             write_stamp(stamp_path, digest, "done")
         ctx.stamps[stage] = digest

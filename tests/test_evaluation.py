@@ -285,7 +285,7 @@ def test_a_multistyle_teacher_is_judged_per_style(tmp_path):
     md = (tmp_path / "out" / "report.md").read_text()
     assert "## Fidelity per style" in md and "style 0:0.5,2:0.5: PSNR dB / SSIM" in md
 
-    with pytest.raises(ValueError, match="evaluate.styles: the teacher teacher holds one style"):
+    with pytest.raises(ValueError, match="`styles`: the teacher teacher holds one style"):
         evaluate_paths([tmp_path / "teacher"], tmp_path / "style1", _random_vgg(), tmp_path / "out2",
                        settings=settings, progress=False)
 

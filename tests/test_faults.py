@@ -791,3 +791,29 @@ def test_a_recipe_is_checked_whole_before_any_stage_runs(tmp_path, section, key)
     recipe = _recipe(tmp_path, f"name: r\nmodel:\n  family: transformer_net\n{section}")
     expect_error(cli("run", recipe, "--out", tmp_path / "runs"), key)
     assert not (tmp_path / "runs" / "r" / "teacher").exists()  # the model stage never started
+
+
+@pytest.fixture(scope="module")
+def three_styles(tmp_path_factory) -> Path:
+    from compressor.models import MultiStyleNet, MultiStyleSpec
+
+    return save_model(MultiStyleNet(MultiStyleSpec(n_styles=3, contract=[8, 8, 8], res_inner=[8], expand=[8, 8])),
+                      tmp_path_factory.mktemp("multi") / "model")
+
+
+@pytest.mark.parametrize(("args", "names"), [
+    (["--style-index", "3"], ["style index 3", "0..2"]),
+    (["--style-weights", "1:abc"], ["'1:abc'"]),
+    (["--max-memory", "1KB"], ["--max-memory 1KB"]),
+])
+def test_every_error_ends_with_what_to_do(three_styles, tmp_path, args, names):
+    line = expect_error(cli("stylize", sample_content_paths("eval")[0], "--model", three_styles, *args,
+                            "-o", tmp_path / "o.png"), *names)
+    assert line.endswith(")") and "(" in line, line
+
+
+def test_an_error_names_the_option_typed_not_the_recipe_key(tmp_path):
+    teacher = save_model(TransformerNet(TINY), tmp_path / "teacher")
+    line = expect_error(cli("evaluate", teacher, "--teacher", teacher, "--styles", "abc", "--size", "32",
+                            "--no-memory", "--loss-network", "random", "-o", tmp_path / "o"), "--styles")
+    assert "evaluate.styles" not in line

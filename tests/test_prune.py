@@ -128,6 +128,14 @@ def test_round_to_overrides_and_ignore():
         prune_model(_model("transformer_net"), PruneStage(ignore=["nonexistent*"]))
 
 
+def test_a_layer_name_beats_its_module_type_which_beats_the_global_ratio():
+    """coremltools.optimize's precedence, whatever order the keys come in."""
+    for overrides in ({"Conv2d": 0.75, "res*.conv1.conv2d": 0.25}, {"res*.conv1.conv2d": 0.25, "Conv2d": 0.75}):
+        spec = prune_model(_model("transformer_net"), PruneStage(ratio=0.5, overrides=overrides)).current_spec()
+        assert spec.res_inner == [96] * 5  # named: 128 * (1 - 0.25)
+        assert spec.conv2 == 16  # by type: 64 * (1 - 0.75), not the global 0.5
+
+
 def test_global_scope_and_iterative_steps_with_finetune():
     model = _model("transformer_net")
     before = sum(p.numel() for p in model.parameters())

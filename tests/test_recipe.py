@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
+from compressor.config import PruneStage, Recipe
 from compressor.models import load_model
 from compressor.recipe import RecipeError, load_recipe
 from styleslim.cli import app
@@ -93,3 +95,15 @@ def test_pipeline_runs_stages_skips_unchanged_and_reruns_changed(tmp_path):
 def test_run_cli_reports_recipe_errors(tmp_path):
     result = CliRunner().invoke(app, ["run", write(tmp_path, {**TINY, "evaluate": {"sizes": [1]}})])
     assert result.exit_code == 2 and "evaluate.sizes: unknown key" in result.output
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_configs_are_frozen_versioned_and_round_trip_through_yaml(path):
+    recipe = load_recipe(path)
+    assert recipe.version == 1
+    assert Recipe.from_yaml(recipe.to_yaml()) == recipe
+    assert Recipe.model_validate(recipe.model_dump(mode="json")) == recipe
+    with pytest.raises(ValidationError, match="frozen"):
+        recipe.name = "other"
+    if recipe.prune is not None:
+        assert PruneStage.from_yaml(recipe.prune.to_yaml()) == recipe.prune

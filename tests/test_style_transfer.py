@@ -157,3 +157,56 @@ def test_stylize_runs_exported_artifacts_like_the_torch_model(tmp_path, fmt):
         via_torch = model(load_image(tmp_path / "square.png").unsqueeze(0))[0].clamp(0, 1)
     assert (via_runtime - via_torch).abs().max() <= 2 / 255  # 8-bit rounding of the saved image
     assert Image.open(tmp_path / f"{fmt}_wide.png").size == (64, 40)  # fixed-shape artifact, size restored
+
+
+def test_strength_and_keep_colors_act_pixel_by_pixel(tmp_path):
+    """--strength blends the photo to the picture; --keep-colors keeps the photo's chroma, the picture's luma;
+    tiles give what the whole image gives."""
+    from typer.testing import CliRunner
+
+    from compressor.data import load_image, sample_content_paths, save_image
+    from compressor.models import MultiStyleNet, MultiStyleSpec, save_model
+    from compressor.stylize import LUMA
+    from styleslim.cli import app
+
+    torch.manual_seed(0)
+    model = save_model(MultiStyleNet(MultiStyleSpec(n_styles=3, contract=[8, 8, 8], res_inner=[8], expand=[8, 8])),
+                       tmp_path / "m")
+    photo_path = save_image(load_image(sample_content_paths("eval")[0], size=96)[None], tmp_path / "p.png")
+    photo = load_image(photo_path)[None]
+
+    def run(*options: str, name: str) -> torch.Tensor:
+        result = CliRunner().invoke(app, ["stylize", str(photo_path), "--model", str(model), "--style-index", "1",
+                                          *options, "-o", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        return load_image(tmp_path / name)[None]
+
+    full, none = run(name="full.png"), run("--strength", "0", name="none.png")
+    assert (none - photo).abs().max() <= 1 / 255
+    half = run("--strength", "0.5", name="half.png")
+    assert (half - (full + photo) / 2).abs().max() <= 2 / 255
+    kept = run("--keep-colors", name="kept.png")
+    luma = lambda x: (x * torch.tensor(LUMA).view(1, 3, 1, 1)).sum(1)  # noqa: E731
+    chroma = lambda x: x - luma(x)[:, None]  # noqa: E731
+    assert (luma(kept) - luma(full)).abs().mean() < 3 / 255
+    assert (chroma(kept) - chroma(photo)).abs().mean() < (chroma(full) - chroma(photo)).abs().mean() / 3
+    tiled = run("--keep-colors", "--tile", "64", name="tiled.png")
+    assert (tiled - kept).abs().max() <= 3 / 255
+
+
+def test_styles_lists_and_sheets_a_multi_style_model(tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from compressor.data import sample_content_paths
+    from compressor.models import MultiStyleNet, MultiStyleSpec, save_model
+    from styleslim.cli import app
+
+    model = save_model(MultiStyleNet(MultiStyleSpec(n_styles=3, contract=[8, 8, 8], res_inner=[8], expand=[8, 8])),
+                       tmp_path / "m")
+    result = CliRunner().invoke(app, ["styles", str(model)])
+    assert result.exit_code == 0 and "3 style(s): --style-index 0..2" in result.output, result.output
+    result = CliRunner().invoke(app, ["styles", str(model), "--sheet", str(sample_content_paths("eval")[0]),
+                                      "--tile", "64", "-o", str(tmp_path / "sheet.png")])
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "sheet.png").size == (3 * 64, 64)

@@ -186,14 +186,15 @@ def parse_style_weights(style: int | str | dict[int, float], n_styles: int) -> t
             try:
                 parsed[int(index)] = parsed.get(int(index), 0.0) + (float(weight) if weight else 1.0)
             except ValueError:
-                raise ValueError(f"style weights {style!r}: expected INDEX[:WEIGHT],... e.g. '3:0.5,12:0.5'") from None
+                raise ValueError(f"style weights {style!r}: not INDEX[:WEIGHT],... (write e.g. '7' or '3:0.5,12:0.5')"
+                                 ) from None
         style = parsed
     weights = torch.zeros(n_styles)
     for index, weight in style.items():
         if not 0 <= index < n_styles:
-            raise ValueError(f"style index {index}: this model has styles 0..{n_styles - 1}")
+            raise ValueError(f"style index {index}: this model has styles 0..{n_styles - 1} (pick one of them)")
         if weight < 0:
-            raise ValueError(f"style {index}: weight {weight} is negative (weights are a non-negative mix)")
+            raise ValueError(f"style {index}: weight {weight} is negative (give a non-negative mix)")
         weights[index] += weight
     if weights.sum() <= 0:
         raise ValueError("style weights are all zero (give at least one style, e.g. '7')")
