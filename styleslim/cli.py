@@ -141,7 +141,8 @@ def _version(value: bool) -> None:
 def main(
     version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True)] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging, and the converters' own output "
-                                          "(kept in $STYLESLIM_CONVERTER_LOG otherwise).")] = False,
+                                          "(otherwise in the run's converters.log, or $STYLESLIM_CONVERTER_LOG).")
+                       ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
 ) -> None:
     _STATE["debug"] = debug
@@ -480,6 +481,7 @@ def run(
 
     parsed = load_recipe(recipe, overrides)
     check_output_dir(out, "--out")
+    os.environ.setdefault(CONVERTER_LOG_ENV, str(out / parsed.name / "converters.log"))  # -v set it to "-"
     run_dir = run_recipe(parsed, out, force=force)
     typer.echo(f"run finished: {run_dir}")
 

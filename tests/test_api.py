@@ -86,3 +86,18 @@ def test_commands_that_take_a_model_take_a_pytorch_examples_checkpoint(tmp_path,
     assert result.exit_code == 0, result.output
     written = {p.suffix for p in (tmp_path / "o").rglob("*")}
     assert {"prune": ".safetensors", "export": ".onnx", "quantize": ".onnx"}[command[0]] in written
+
+
+def test_a_pytorch_examples_checkpoint_to_litert_int8_with_a_report_in_five_lines(tmp_path):
+    from compressor.models import TransformerNet
+
+    torch.manual_seed(0)
+    torch.save({k: torch.randn_like(v) * 0.05 for k, v in TransformerNet().state_dict().items()}, tmp_path / "my.pth")
+
+    model = styleslim.load_model(tmp_path / "my.pth")
+    artifact = styleslim.quantize(model, "tflite", size=64)
+    report = styleslim.evaluate([artifact], model, tmp_path / "report", size=64, latency_sizes=[64], memory=False)
+
+    assert artifact.path.suffix == ".tflite" and artifact.manifest["precision"] == "int8"
+    assert (tmp_path / "report" / "report.html").is_file()
+    assert [v["name"] for v in report["variants"]][0] == "teacher" and report["judge"]["network"]
