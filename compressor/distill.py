@@ -147,10 +147,16 @@ def _grad_checkpointing(model: nn.Module, enabled: bool):
 
 
 def check_fresh_output(out_dir: str | Path, resume: bool, force: bool) -> None:
-    """Refuse to silently restart over an earlier (perhaps killed) run's checkpoint."""
-    ckpt = Path(out_dir) / CHECKPOINT_FILE
+    """Refuse to silently restart over an earlier (perhaps killed) run's checkpoint, or to train into a folder
+    that holds another model (its files would be mixed with this one's); ``force`` lets the caller replace it."""
+    out_dir = Path(out_dir)
+    ckpt = out_dir / CHECKPOINT_FILE
     if ckpt.is_file() and not resume and not force:
         raise UserError(ckpt, "an earlier run's checkpoint is here", "`resume` continues it, `force` starts over")
+    held = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    if held and not resume and not force:
+        raise UserError(out_dir, f"is not empty (it holds {', '.join(held[:4])})",
+                        "give a new folder, or `force` to replace it whole")
 
 
 def train(

@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 import traceback
@@ -289,7 +290,8 @@ def train(
     seed: int = field_option(_T, "seed"),
     stn: Annotated[bool, typer.Option(help="Put a spatial transformer in front of the network.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue from OUTPUT/checkpoint.pt.")] = False,
-    force: Annotated[bool, typer.Option(help="Start over even if OUTPUT holds a checkpoint.")] = False,
+    force: Annotated[bool, typer.Option(help="Start over, replacing what OUTPUT holds (a checkpoint, another "
+                                        "model).")] = False,
     loss_network: str = _loss_network_option(),
     strict_loss_network: StrictOpt = False,
 ) -> None:
@@ -305,6 +307,8 @@ def train(
     _content(content_dir)
     vgg = _loss_network(loss_network, strict_loss_network)
     grams = _style_grams(vgg, style, style_size, style_library)
+    if force and not resume:  # replaced whole: no file of what was there survives into this model's folder
+        shutil.rmtree(output, ignore_errors=True)
     history = train_transformer(grams, Path(style).stem, content_dir, output, config, vgg, stn=stn, resume=resume)
     if history:
         typer.echo(f"loss {history[0]['total']:.4g} -> {history[-1]['total']:.4g}; model written to {output}")
@@ -570,7 +574,8 @@ def distill(
     grad_checkpointing: bool = field_option(_T, "grad_checkpointing"),
     tensorboard: bool = field_option(_T, "tensorboard"),
     resume: Annotated[bool, typer.Option(help="Continue from OUTPUT/checkpoint.pt.")] = False,
-    force: Annotated[bool, typer.Option(help="Start over even if OUTPUT holds a checkpoint.")] = False,
+    force: Annotated[bool, typer.Option(help="Start over, replacing what OUTPUT holds (a checkpoint, another "
+                                        "model).")] = False,
     loss_network: str = _loss_network_option(),
     strict_loss_network: StrictOpt = False,
 ) -> None:
@@ -613,6 +618,8 @@ def distill(
     data = ContentCrops(resolve_images(content_dir, "train"), crop)
     meta = {"student_from": str(student_dir), "teacher": str(teacher) if teacher else None, "style": style,
             "loss_network": vgg.weights_source}
+    if force and not resume:  # replaced whole: no file of what was there survives into this model's folder
+        shutil.rmtree(output, ignore_errors=True)
     history = train_loop(student, objective, data, config, output, resume=resume, meta=meta, device=run.device)
     if history and os.environ.get("RANK", "0") == "0":
         typer.echo(f"loss {history[0]['total']:.4g} -> {history[-1]['total']:.4g}; model written to {output}")
@@ -847,6 +854,7 @@ def quantize(
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for artifacts and manifests.")] = Path("quantized"),
     loss_network: str = _loss_network_option(),
     strict_loss_network: StrictOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Quantize a model for ONNX Runtime, LiteRT or Core ML (PTQ or QAT), verify parity, write manifests."""
     from exports.quantize import quantize as run_quantize
@@ -855,14 +863,16 @@ def quantize(
                      runtimes=runtime, modes=mode, calibration=calibration, calibration_method=method, keep_float=keep_float,
                      grade=grade, min_psnr_db=min_psnr_db, max_style_increase_pct=max_style_increase_pct,
                      equalize_norm_inputs=equalize_norm_inputs, size=size)
-    check_output_dir(output)
+    check_model_dir(output, force)
     _style_path(style, None)
     vgg = grams = None  # plain PTQ is judged by the perceptual judge alone; QAT and a style budget need the VGG19
     if "qat" in settings.modes or settings.max_style_increase_pct is not None:
         vgg = _loss_network(loss_network, strict_loss_network)
         grams = _style_grams(vgg, style, Recipe.model_fields["style_size"].default, None)
     with tempfile.TemporaryDirectory() as scratch:
-        manifests = run_quantize(model_folder(model, Path(scratch)), output, settings, vgg, grams)
+        source = model_folder(model, Path(scratch))
+        shutil.rmtree(output, ignore_errors=True)  # empty, or --force: replaced whole (manifests name no temp path)
+        manifests = run_quantize(source, output, settings, vgg, grams)
     for m in manifests:
         p = m["parity"]
         verdict = (f"PSNR {p['psnr_db']} dB (>= {p['threshold_db']}) {'ok' if p['passed'] else 'FAILED'}"
