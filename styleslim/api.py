@@ -14,6 +14,7 @@ build one. Nothing here downloads: a missing ImageNet VGG19 falls back to the se
 from __future__ import annotations
 
 import copy
+import functools
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from compressor.models import save_model as _save_model
 from compressor.models.registry import family_names
 from compressor.prune import prune_model
 from compressor.stylize import Stylizer, load_stylizer, model_stylizer
+from exports.backends import Runner
 from exports.manifest import read_manifest
 from exports.quantize import quantize as _quantize
 from exports.runtime import load_runner
@@ -55,9 +57,13 @@ class Artifact:
     path: Path
     manifest: dict[str, Any] = field(repr=False)
 
+    @functools.cached_property
+    def runner(self) -> Runner:
+        """The artifact loaded on its runtime (once)."""
+        return load_runner(self.path)
+
     def __call__(self, photo: torch.Tensor) -> torch.Tensor:
-        runner = load_runner(self.path)
-        return torch.from_numpy(np.asarray(runner(photo.numpy()), dtype=np.float32))
+        return torch.from_numpy(np.asarray(self.runner(photo.numpy()), dtype=np.float32))
 
     def save(self, folder: str | Path) -> Path:
         """Copy the artifact and its manifest (without it the artifact does not count) into ``folder``."""
@@ -120,10 +126,9 @@ def distill(student: nn.Module, teacher: nn.Module, photos: str | Path = "sample
     return student.cpu().eval()
 
 
-def _as_folder(model: nn.Module | str | Path) -> Path:
-    if isinstance(model, nn.Module):
-        return _save_model(model, Path(tempfile.mkdtemp(prefix="styleslim-model-")))
-    return Path(model)
+def _as_folder(model: nn.Module | str | Path, folder: str) -> Path:
+    """A model folder for ``model``: a module is saved as ``folder``."""
+    return _save_model(model, folder) if isinstance(model, nn.Module) else Path(model)
 
 
 def quantize(model: nn.Module | str | Path, runtime: str = "onnx", mode: str = "static",
@@ -134,7 +139,8 @@ def quantize(model: nn.Module | str | Path, runtime: str = "onnx", mode: str = "
     chosen = _config(QuantizeConfig, config, settings)
     config = QuantizeConfig.model_validate(chosen.model_dump() | {"runtimes": [runtime], "modes": [mode]})
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="styleslim-quantized-"))
-    [manifest, *_] = _quantize(_as_folder(model), out, config, progress=False)
+    with tempfile.TemporaryDirectory() as scratch:
+        [manifest, *_] = _quantize(_as_folder(model, f"{scratch}/model"), out, config, progress=False)
     path = out / manifest["format"] / manifest["artifact"]
     return Artifact(path, read_manifest(path))
 
@@ -163,7 +169,7 @@ def stylize(model: nn.Module | Artifact | str | Path, photo: Photo, style: str |
     name); ``style_weights``: a multi-style network's style or blend (``"19"``, ``"3:0.5,12:0.5"``);
     ``strength``: the photo (0) to the stylised picture (1); ``keep_colors``: the photo's colours."""
     if isinstance(model, Artifact):
-        stylizer: Stylizer = load_stylizer(model.path, style, runner=load_runner(model.path),
+        stylizer: Stylizer = load_stylizer(model.path, style, runner=model.runner,
                                            style_weights=style_weights, strength=strength, keep_colors=keep_colors)
     elif isinstance(model, nn.Module):
         image = None
@@ -194,6 +200,9 @@ def evaluate(variants: list[nn.Module | Artifact | str | Path], teacher: nn.Modu
     """Judge, time and size every variant against ``teacher`` on the held-out photos; writes
     ``out``/report.{json,md,html} and returns the report (its ``ranking`` says what to ship)."""
     config = _config(EvaluateConfig, config, settings)
-    paths = [v.path if isinstance(v, Artifact) else _as_folder(v) for v in variants]
     vgg = load_vgg19(Recipe.model_fields["loss_network"].default, allow_fallback=True)
-    return evaluate_paths(paths, _as_folder(teacher), vgg, Path(out), settings=config, progress=False)
+    with tempfile.TemporaryDirectory() as scratch:
+        paths = [v.path if isinstance(v, Artifact) else _as_folder(v, f"{scratch}/variant-{i}")
+                 for i, v in enumerate(variants)]
+        return evaluate_paths(paths, _as_folder(teacher, f"{scratch}/teacher"), vgg, Path(out), settings=config,
+                              progress=False)
