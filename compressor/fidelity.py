@@ -118,6 +118,12 @@ def judgement(items: list[dict[str, float]], calibration: dict[str, Any]) -> dic
     return raw | {f"{d}_bands": v for d, v in bands.items()} | {"grade": grade(bands, calibration)}
 
 
+def judge_outputs(outputs: list[torch.Tensor], references: list[Embedding], calibration: dict[str, Any]
+                  ) -> dict[str, Any]:
+    """``judgement`` of pictures (each clamped to [0, 1]) against the embedded references, photo by photo."""
+    return judgement([distances(embed(o.clamp(0, 1)), r) for o, r in zip(outputs, references)], calibration)
+
+
 def worst_grade(grades: list[str]) -> str:
     return max(grades, key=GRADES.index)
 

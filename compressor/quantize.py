@@ -28,7 +28,7 @@ from torch.overrides import TorchFunctionMode
 
 from compressor.config import TrainConfig
 from compressor.data import load_image, resolve_images, sample_content_paths
-from compressor.fidelity import calibrate, distances, judgement
+from compressor.fidelity import calibrate, judge_outputs
 from compressor.images import resize
 from compressor.io import file_sha256
 from compressor.judge import embed
@@ -172,8 +172,7 @@ class QualityProbe:
         else:
             outputs = [torch.from_numpy(np.asarray(run(x.numpy()), dtype=np.float32)) for x in self.images]
         with torch.no_grad():
-            judged = judgement([distances(embed(o.clamp(0, 1)), e) for o, e in zip(outputs, self.embeddings)],
-                               self.calibration)
+            judged = judge_outputs(outputs, self.embeddings, self.calibration)
         quality = {k: judged[k] for k in ("perceptual_bands", "style_bands", "grade")}
         quality["psnr_db"] = min(200.0, *(psnr(o.clamp(0, 1), r.clamp(0, 1)) for o, r in zip(outputs, self.reference)))
         if self.baseline is not None:

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from compressor.config import DistillStage, SearchStage
 from compressor.data import resolve_images
 from compressor.distill import SEARCH_WINNER, TrainingRun, make_objective, named_student, train
-from compressor.fidelity import GRADES, calibrate, distances, judgement
+from compressor.fidelity import GRADES, calibrate, judge_outputs
 from compressor.io import write_json
 from compressor.judge import embed
 from compressor.models import get_family
@@ -69,8 +69,8 @@ def search_students(search: SearchStage, config: DistillStage, run: TrainingRun,
         with torch.no_grad():
             float_outputs = [student(x).clamp(0, 1) for x in photos]
             outputs = [torch.from_numpy(np.asarray(runner(x.numpy()))).clamp(0, 1) for x in photos]
-            judged = judgement([distances(embed(o), r) for o, r in zip(outputs, references)], teacher_band)
-            float_judged = judgement([distances(embed(o), r) for o, r in zip(float_outputs, references)], teacher_band)
+            judged = judge_outputs(outputs, references, teacher_band)
+            float_judged = judge_outputs(float_outputs, references, teacher_band)
         scores = [fidelity(o, t) for o, t in zip(outputs, targets)]
         calls[i] = functools.partial(runner, photos[0].numpy())
         example = get_family(student).example_inputs(student, search.size)
