@@ -448,11 +448,24 @@ def qualifies(row: dict[str, Any], worst: str, min_psnr_db: float | None) -> boo
     return min_psnr_db is None or (psnr is not None and psnr >= min_psnr_db)
 
 
+# p50s within 5 % are one speed: the same variant read up to 7 % apart between harness settings
+# (benchmarks/bench_latency_harness.py), so a smaller gap must not outrank fidelity.
+LATENCY_TIE = 1.05
+
+
+def fastest(indices: list[int], points: dict[int, tuple[float, float]]) -> int | None:
+    """The fastest of ``indices``; of those within ``LATENCY_TIE`` of it, the nearest to the teacher."""
+    if not indices:
+        return None
+    best = min(points[i][0] for i in indices)
+    return max((i for i in indices if points[i][0] <= best * LATENCY_TIE), key=lambda i: (points[i][1], -points[i][0]))
+
+
 def rank(rows: list[dict[str, Any]], worst: str = "close", min_psnr_db: float | None = None) -> dict[str, Any]:
     """Star the Pareto frontier (latency p50 on own runtime vs perceptual distance) and pick the verdict.
 
-    The verdict is the fastest variant graded ``worst`` or better (and within ``min_psnr_db`` when given); signed
-    loss deltas play no part. Per runtime: the fastest indistinguishable and the fastest close variant, with
+    The verdict is the fastest variant graded ``worst`` or better (and within ``min_psnr_db`` when given; of
+    those as fast within ``LATENCY_TIE``, the nearest to the teacher); signed loss deltas play no part. Per runtime: the fastest indistinguishable and the fastest close variant, with
     the speed-up over the teacher on that same runtime. Peers are measured beside the variants, never ranked.
     """
     points = {}
@@ -467,7 +480,7 @@ def rank(rows: list[dict[str, Any]], worst: str = "close", min_psnr_db: float | 
     for i in points:
         rows[i]["pareto"] = i in front
     within = [i for i in points if qualifies(rows[i], worst, min_psnr_db)]
-    verdict = min(within, key=lambda i: (points[i][0], -points[i][1])) if within else None
+    verdict = fastest(within, points)
     if verdict is not None:
         rows[verdict]["verdict"] = True
     closest = max(points, key=lambda i: (points[i][1], -points[i][0])) if points else None
@@ -476,7 +489,8 @@ def rank(rows: list[dict[str, Any]], worst: str = "close", min_psnr_db: float | 
         "measure": FRONTIER_MEASURE,
         "measure_description": "the judge's perceptual distance of the variant's picture from the teacher's on the "
                                "held-out photos, in units of the teacher's same-picture band (0 = identical); "
-                               f"verdict: the fastest variant graded {worst} or better{budget}",
+                               f"verdict: the fastest variant graded {worst} or better{budget} (of those within "
+                               f"{round(100 * (LATENCY_TIE - 1))} % of its speed, the nearest to the teacher)",
         "grade": worst,
         "min_psnr_db": min_psnr_db,
         "frontier": [rows[i]["name"] for i in sorted(points, key=lambda i: points[i][0]) if rows[i]["pareto"]],
@@ -497,7 +511,7 @@ def _per_runtime(rows, points, min_psnr_db: float | None) -> list[dict[str, Any]
         entry: dict[str, Any] = {"runtime": runtime,
                                  "teacher": rows[baseline]["name"] if baseline is not None else None}
         for worst in ("indistinguishable", "close"):
-            pick = next((i for i in here if qualifies(rows[i], worst, min_psnr_db)), None)
+            pick = fastest([i for i in here if qualifies(rows[i], worst, min_psnr_db)], points)
             speedup = points[baseline][0] / points[pick][0] if pick is not None and baseline is not None else None
             entry[worst] = None if pick is None else {"name": rows[pick]["name"], "speedup_vs_teacher": speedup}
         out.append(entry)

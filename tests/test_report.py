@@ -54,6 +54,18 @@ def test_a_student_that_merely_differs_never_ranks_above_its_teacher():
     assert rank([dict(r) for r in rows], "close", min_psnr_db=30.0)["verdict"] == "teacher"
 
 
+def test_as_fast_within_the_timing_noise_the_nearest_to_the_teacher_wins():
+    """A p50 1 % lower is no speed-up: the int8 file that paints farther from the teacher does not beat the
+    indistinguishable fp32 one it ties with; a clearly faster one does."""
+    rows = [row("teacher", 100.0, None, 0.0, 0.0, "indistinguishable", identical=True, teacher=True),
+            row("fp32", 9.3, 27.0, 0.0, 0.35, "indistinguishable"),
+            row("int8", 9.2, 19.0, 0.0, 1.7, "close")]
+    assert rank([dict(r) for r in rows])["verdict"] == "fp32"
+    rows[2]["latency_ms"]["torch"]["p50"] = 7.0
+    ranking = rank(rows)
+    assert ranking["verdict"] == "int8" and "nearest to the teacher" in ranking["measure_description"]
+
+
 def test_no_variant_graded_close_gives_no_verdict_and_names_the_closest():
     rows = [row("a", 10.0, 20.0, -5.0, 9.0, "different"), row("b", 20.0, 25.0, -1.0, 6.0, "different")]
     ranking = rank(rows)
