@@ -35,6 +35,7 @@ from compressor.errors import UserError
 from compressor.io import atomic_write
 from compressor.models import create_model, get_family, load_model, save_model
 from compressor.models.registry import Objective
+from compressor.outputs import check_model_dir
 from compressor.safeload import load_weights_only
 
 log = logging.getLogger(__name__)
@@ -153,10 +154,8 @@ def check_fresh_output(out_dir: str | Path, resume: bool, force: bool) -> None:
     ckpt = out_dir / CHECKPOINT_FILE
     if ckpt.is_file() and not resume and not force:
         raise UserError(ckpt, "an earlier run's checkpoint is here", "`resume` continues it, `force` starts over")
-    held = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
-    if held and not resume and not force:
-        raise UserError(out_dir, f"is not empty (it holds {', '.join(held[:4])})",
-                        "give a new folder, or `force` to replace it whole")
+    if not resume:
+        check_model_dir(out_dir, force)
 
 
 def train(

@@ -9,6 +9,7 @@ and a crash leaves only a hidden ``.name.*`` temp that discovery skips.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -22,7 +23,6 @@ from typing import Any
 CONVERTER_LOG_ENV = "STYLESLIM_CONVERTER_LOG"
 
 FILE_MODE = 0o644  # mkstemp makes 0600; artifacts are meant to be shared
-DIR_MODE = 0o755
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -69,7 +69,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
 def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside ``path`` (a file or a folder) and move it into place only on success.
 
-    For converters that write the output themselves (ONNX, TFLite, Core ML bundles).
+    For converters that write the output themselves (ONNX, TFLite, Core ML bundles) and for model folders: a
+    folder is replaced whole, so nothing of what was there survives, and on success the hidden temp folders that
+    killed writers of ``path`` left beside it go too.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,6 +87,9 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(path)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*"):
+            if stale.is_dir() and stale != tmp.parent:
+                shutil.rmtree(stale, ignore_errors=True)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
@@ -113,25 +118,3 @@ def path_size(path: str | Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-
-
-@contextlib.contextmanager
-def folder_swap(path: str | Path) -> Iterator[Path]:
-    """A hidden folder beside ``path`` to write into; when the block succeeds it replaces ``path`` whole, so
-    nothing of what was there survives and a killed writer leaves ``path`` as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    tmp.chmod(DIR_MODE)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    for stale in path.parent.glob(f".{path.name}.*"):  # this one's old copy, and what killed writers left
-        shutil.rmtree(stale, ignore_errors=True)
-

@@ -193,10 +193,10 @@ def model_stylizer(model: nn.Module, style_image: torch.Tensor | None = None, al
     return Stylizer(run, source, family.size_multiple, bpp, model, tiler=TileRunner(run))
 
 
-def load_stylizer(model_path: str | Path, style: str | Path | None = None, alpha: float = 1.0,
+def load_stylizer(model_path: str | Path | nn.Module, style: str | Path | None = None, alpha: float = 1.0,
                   style_size: int = 512, runner: Callable | None = None, style_weights: str | None = None,
                   strength: float = 1.0, keep_colors: bool = False) -> Stylizer:
-    """A Stylizer for a model folder or foreign checkpoint.
+    """A Stylizer for a model folder, a foreign checkpoint or a loaded model.
 
     An exported artifact comes in as ``runner`` (``exports.runtime.load_runner``: the app layer loads it,
     this library module does not import exports). ``style_weights`` picks or blends the styles of a
@@ -214,7 +214,8 @@ def load_stylizer(model_path: str | Path, style: str | Path | None = None, alpha
         return _artifact_stylizer(runner, str(model_path),
                                   _artifact_style_input(runner, Path(model_path), style, style_weights),
                                   strength, keep_colors)
-    model = load_any(Path(model_path))
+    model = model_path if isinstance(model_path, nn.Module) else load_any(Path(model_path))
+    model_path = model_path if not isinstance(model_path, nn.Module) else "model"
     family = get_family(model)
     if family.n_styles(model) > 1 and style_weights is None:
         raise UserError(str(model_path), "a multi-style model", "pass `style_index` K or `style_weights` '3:0.5,12:0.5'")

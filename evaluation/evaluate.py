@@ -242,8 +242,8 @@ def _quality(variants, rows, images, image_paths, vgg, grams, judged, settings, 
     ref_losses = _mean_losses(vgg, teacher, contents, item_grams) if teacher else None
     style_scale = None  # against the style image: in % of the teacher's own style loss
     if ref_losses and grams is None:  # against the teacher's picture its loss is 0: in % of that picture's Grams
-        zero = [{k: torch.zeros_like(v) for k, v in g.items()} for g in item_grams]
-        style_scale = _mean_losses(vgg, teacher, contents, zero)["style_loss"]
+        style_scale = sum(sum(w * float((g[k] ** 2).mean()) for k, w in DEFAULT_STYLE_LAYERS.items())
+                          for g in item_grams) / len(item_grams)
     for outs, row in zip(per_variant, rows):
         if outs is None or item_grams is None:
             continue

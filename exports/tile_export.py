@@ -25,6 +25,8 @@ from torch import nn
 from compressor.data import load_image, sample_content_paths
 from compressor.io import atomic_output
 from compressor.models import load_model
+from compressor.models.checkpoint import resolve_model_path
+from compressor.stylize import Stylizer, load_stylizer
 from compressor.tiling import (
     GLOBAL_OPS,
     STATISTIC_FUNCTIONS,
@@ -43,7 +45,7 @@ from exports.common import ExportError, ParityError, conversion_error, converter
 from exports.manifest import read_manifest, versions, write_manifest
 from exports.parity import PARITY_THRESHOLDS_DB, PSNR_CAP_DB
 from exports.rewrites import apply_rewrites, format_rewrites
-from exports.runtime import load_runner
+from exports.runtime import is_artifact, load_runner
 from exports.stage import INPUT_RANGE, _source
 
 log = logging.getLogger(__name__)
@@ -249,6 +251,18 @@ def _open(path: Path):
 def _outputs(runner, *inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     result = runner(*inputs)
     return np.asarray(result["stylized"]), np.asarray(result["norm_stats_out"])
+
+
+def stylizer_for(model: nn.Module | str | Path, style: str | Path | None = None, alpha: float = 1.0,
+                 style_weights: str | None = None, strength: float = 1.0, keep_colors: bool = False) -> Stylizer:
+    """The Stylizer of a module, an artifact file (on its runtime; tile artifacts in tiles) or anything
+    ``load_any`` takes (``PACKAGE:FILE`` too); the options are refused where they do not apply."""
+    runner = None
+    if not isinstance(model, nn.Module):
+        model = resolve_model_path(model)
+        runner = load_artifact_runner(model) if is_artifact(model) else None
+    return load_stylizer(model, style, alpha=alpha, runner=runner, style_weights=style_weights, strength=strength,
+                         keep_colors=keep_colors)
 
 
 def load_artifact_runner(path: str | Path):

@@ -27,7 +27,7 @@ from PIL import Image
 from torch import nn
 
 from compressor.config import DistillStage, EvaluateStage, PruneStage, QuantizeStage, Recipe
-from compressor.data import ContentCrops, load_image, resolve_images, resolve_style
+from compressor.data import ContentCrops, load_image, resolve_images
 from compressor.distill import make_objective, prepare_run, train
 from compressor.judge import JUDGE_NAME, judge_pair
 from compressor.models import create_model as _create_model
@@ -35,12 +35,12 @@ from compressor.models import get_family, load_any, load_vgg19
 from compressor.models import save_model as _save_model
 from compressor.models.registry import family_names
 from compressor.prune import prune_model
-from compressor.stylize import Stylizer, load_stylizer, model_stylizer
 from exports.backends import Runner
 from exports.manifest import read_manifest
 from exports.quantize import quantize as _quantize
 from exports.runtime import load_runner
 from exports.stage import export_artifact
+from exports.tile_export import stylizer_for
 from styleslim.stages import evaluate_paths
 
 PruneConfig = PruneStage
@@ -168,24 +168,13 @@ def stylize(model: nn.Module | Artifact | str | Path, photo: Photo, style: str |
     (1, 3, H, W) tensor in [0, 1]. ``style``: an arbitrary-style network's style image (a path or a bundled
     name); ``style_weights``: a multi-style network's style or blend (``"19"``, ``"3:0.5,12:0.5"``);
     ``strength``: the photo (0) to the stylised picture (1); ``keep_colors``: the photo's colours."""
-    if isinstance(model, Artifact):
-        stylizer: Stylizer = load_stylizer(model.path, style, runner=model.runner,
-                                           style_weights=style_weights, strength=strength, keep_colors=keep_colors)
-    elif isinstance(model, nn.Module):
-        image = None
-        if style is not None:
-            if get_family(model).role != "arbitrary_style":
-                raise ValueError(f"a {get_family(model).name} model paints the style it learnt; `style` is for "
-                                 "arbitrary-style models")
-            image = load_image(resolve_style(style), size=512)[None]
-        multi = get_family(model).n_styles(model) > 1
-        stylizer = model_stylizer(model, image, style_weights=style_weights or ("0" if multi else None),
-                                  strength=strength, keep_colors=keep_colors)
-    else:
-        stylizer = load_stylizer(model, style, style_weights=style_weights, strength=strength,
-                                 keep_colors=keep_colors)
+    if isinstance(model, nn.Module) and style_weights is None and get_family(model).n_styles(model) > 1:
+        style_weights = "0"  # a loaded multi-style network paints its first style unless told otherwise
+    stylizer = stylizer_for(model.path if isinstance(model, Artifact) else model, style,
+                            style_weights=style_weights, strength=strength, keep_colors=keep_colors)
     with torch.no_grad():
         return stylizer(_photo(photo)).clamp(0, 1)
+
 
 
 def judge(reference: Photo, candidate: Photo) -> dict[str, float | str]:

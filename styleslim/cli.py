@@ -26,7 +26,7 @@ from typer.core import TyperGroup
 
 from compressor.config import DistillStage, EvaluateStage, ExportStage, PruneStage, QuantizeStage, Recipe, TrainConfig
 from compressor.errors import UserError, pydantic_line, user_error
-from compressor.io import CONVERTER_LOG_ENV, folder_swap
+from compressor.io import CONVERTER_LOG_ENV, atomic_output
 from compressor.outputs import check_model_dir, check_output_dir, check_output_file
 from styleslim import __version__
 
@@ -406,22 +406,17 @@ def stylize(
 ) -> None:
     """Stylise images, folders (batched) and videos (frame by frame, same fps) with a model or artifact."""
     from compressor.data import list_images
-    from compressor.models.checkpoint import resolve_model_path
-    from compressor.stylize import VIDEO_SUFFIXES, SomeInputsFailed, load_stylizer, output_targets, stylize_files
+    from compressor.stylize import VIDEO_SUFFIXES, SomeInputsFailed, output_targets, stylize_files
     from compressor.tiling import parse_plan_options
-    from exports.runtime import is_artifact
-    from exports.tile_export import load_artifact_runner
+    from exports.tile_export import stylizer_for
 
     if style_index is not None and style_weights is not None:
         fail("--style-index / --style-weights", "give one of them, not both")
     files = [f for p in inputs for f in ([p] if p.suffix.lower() in VIDEO_SUFFIXES else list_images(p))]
     output_targets(files, output)  # refuses a bad output path before the model is loaded
     tile, budget = parse_plan_options(tile, max_memory)
-    model = resolve_model_path(model)
-    runner = load_artifact_runner(model) if is_artifact(model) else None
-    stylizer = load_stylizer(model, style=style, alpha=alpha, runner=runner,
-                             style_weights=str(style_index) if style_index is not None else style_weights,
-                             strength=strength, keep_colors=keep_colors)
+    stylizer = stylizer_for(model, style, alpha, str(style_index) if style_index is not None else style_weights,
+                            strength, keep_colors)
     try:
         written = stylize_files(stylizer, files, output, size=size, batch_size=batch_size, tile=tile,
                                 max_memory=budget)
@@ -461,7 +456,7 @@ def import_model(
     if check["min_psnr_db"] < min_psnr:
         fail(source, f"the rebuild reaches only {check['min_psnr_db']:.1f} dB{reference} against ONNX Runtime",
              f"needs >= {min_psnr} dB; nothing written")
-    with folder_swap(output) as folder:
+    with atomic_output(output) as folder:
         save_model(model, folder, meta={"imported_from": str(source), "import_check": check})
     typer.echo(f"{check['family']}: {model.current_spec().model_dump_json()}")
     typer.echo(f"import parity: min {check['min_psnr_db']:.1f} dB{reference}; model written to {output}")
@@ -534,7 +529,7 @@ def prune(
                    round_to=round_to, ignore=ignore or [], overrides=overrides, iterative_steps=steps,
                    vgg_mode=vgg_mode)
     check_model_dir(output, force)
-    with tempfile.TemporaryDirectory() as scratch, folder_swap(output) as folder:
+    with tempfile.TemporaryDirectory() as scratch, atomic_output(output) as folder:
         meta = prune_dir(model_folder(model_dir, Path(scratch)), folder, config)
     before, after = meta["before"], meta["after"]
     typer.echo(f"params {before['params']:,} -> {after['params']:,} ({meta['params_ratio']:.1%})")
@@ -735,9 +730,7 @@ def judge(
     from compressor.data import load_image
     from compressor.fidelity import image_pairs, judge_files
     from compressor.models.checkpoint import resolve_model_path
-    from compressor.stylize import load_stylizer
-    from exports.runtime import is_artifact
-    from exports.tile_export import load_artifact_runner
+    from exports.tile_export import stylizer_for
 
     if (teacher is None) != (not photo):
         fail("--teacher / --photo", "give both (the teacher and the photos it stylised) or neither")
@@ -748,12 +741,10 @@ def judge(
         image_pairs(reference, candidate)
     stylizer, photos = None, None
     if teacher is not None:
-        teacher = resolve_model_path(teacher)
-        if not teacher.exists():
+        if not resolve_model_path(teacher).exists():
             fail(teacher, "no such model folder or artifact", "check the path")
         photos = [load_image(p)[None] for p in photo]
-        runner = load_artifact_runner(teacher) if is_artifact(teacher) else None
-        stylizer = load_stylizer(teacher, style=style, runner=runner, style_weights=style_weights)
+        stylizer = stylizer_for(teacher, style, style_weights=style_weights)
     result = judge_files(reference, candidates, stylizer, photos)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
