@@ -71,8 +71,9 @@ class Stylizer:
         self.bytes_per_pixel, self.model = bytes_per_pixel, model
         self.tiler = tiler  # torch models and tile artifacts: big images go through tiles (compressor.tiling)
 
-    def plan(self, height: int, width: int, tile: int | None, max_memory: int) -> TilePlan:
-        """Whole image, or tiles with thumbnail statistics (``tile`` 0: never; > 0: always, that side).
+    def plan(self, height: int, width: int, tile: int | None, max_memory: int, statistics: str = "exact") -> TilePlan:
+        """Whole image, or tiles with the whole image's (or with ``statistics`` "thumbnail", a thumbnail's)
+        normalisation statistics (``tile`` 0: never; > 0: always, that side).
 
         An image that needs under half the spare budget by the cheap per-pixel estimate runs whole without asking
         the tiler, whose geometry and memory probes cost a few forward passes.
@@ -84,7 +85,7 @@ class Stylizer:
         if tile is None and self.bytes_per_pixel and self.bytes_per_pixel * height * width < spare / 2:
             return TilePlan(0, 0, 1, 0)
         if self.tiler is not None:
-            return self.tiler.plan(height, width, max_memory, tile)
+            return self.tiler.plan(height, width, max_memory, tile, statistics=statistics)
         if tile:
             raise TilingError(f"`tile` {tile}: this artifact takes no normalisation statistics, so it cannot be "
                               "tiled (export a tile artifact: styleslim export `tile`)")
@@ -356,14 +357,15 @@ def output_targets(inputs: list[Path], out: Path) -> dict[Path, Path]:
 
 def stylize_files(stylizer: Stylizer, inputs: list[Path], out: Path, size: int | None = None,
                   batch_size: int = 4, progress: bool = True, tile: int | None = None,
-                  max_memory: int = DEFAULT_MAX_MEMORY) -> list[Path]:
+                  max_memory: int = DEFAULT_MAX_MEMORY, statistics: str = "exact") -> list[Path]:
     """Stylise images (batched by size) and videos; returns the written files.
 
     Images or frames that would not fit ``max_memory`` at once (or all, with ``tile`` > 0) go through tiles
-    with thumbnail statistics; ``tile`` 0 never tiles. Every readable input is stylised even when others
-    fail; then :class:`SomeInputsFailed` names each bad one.
+    with the whole image's normalisation statistics (``statistics`` "thumbnail": a thumbnail's, faster and
+    approximate); ``tile`` 0 never tiles. Every readable input is stylised even when others fail; then
+    :class:`SomeInputsFailed` names each bad one.
     """
-    options = (tile, max_memory)
+    options = (tile, max_memory, statistics)
     targets = output_targets(inputs, out)
     videos = [p for p in inputs if p.suffix.lower() in VIDEO_SUFFIXES]
     images = [p for p in inputs if p not in videos]
@@ -428,10 +430,11 @@ def ffmpeg_reason(exc: BaseException) -> str:
 
 
 def stylize_video(stylizer: Stylizer, source: Path, target: Path, size: int | None = None,
-                  progress: bool = True, options: tuple[int | None, int] = (None, DEFAULT_MAX_MEMORY)) -> Path:
+                  progress: bool = True, options: tuple[int | None, int, str] = (None, DEFAULT_MAX_MEMORY, "exact")
+                  ) -> Path:
     """Frame by frame, keeping the frame rate; written to a temp file and renamed when complete.
 
-    Frames take the image path: tiled with thumbnail statistics when one would not fit the budget.
+    Frames take the image path: tiled (``options``: tile, max_memory, statistics) when one would not fit.
     """
     import imageio.v3 as iio
 

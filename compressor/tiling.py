@@ -1,11 +1,16 @@
-"""Tiled stylization with thumbnail instance-norm statistics (URST: Chen et al., AAAI 2022).
+"""Tiled stylization with the whole image's instance-norm statistics, in bounded memory.
 
 Instance norm makes a style network global: every output pixel depends on the mean and variance of
 whole feature maps. Stylizing a big photo tile by tile would therefore change colour and contrast
-from tile to tile. Here the statistics of every normalisation are recorded once, on a thumbnail of
-the whole image, and frozen while each overlapping tile runs. With the statistics frozen the network
-is local (it sees only its receptive field), so tiles overlapping by a halo that wide give the
-whole-image result, and their seams are simply cropped off.
+from tile to tile. Here every normalisation's statistics are frozen while each overlapping tile runs.
+With the statistics frozen the network is local (it sees only its receptive field), so tiles
+overlapping by a halo that wide give the whole-image result, and their seams are simply cropped off.
+
+Which statistics: by default the whole image's, exactly. A thumbnail's (URST: Chen et al., AAAI 2022)
+start them; then one pass over the tiles per normalisation, in call order, merges that normalisation's
+mean and variance over the tiles' cores, with every earlier one already exact and the forward pass
+stopped right after it. A thumbnail's statistics alone (``statistics="thumbnail"``) cost one pass, but
+Magenta's networks paint visibly different strokes from them (``benchmarks/bench_tiling.py``).
 
 The hook is a ``TorchFunctionMode``: it intercepts ``F.instance_norm`` (TransformerNet, conditional
 instance norm, whose own affine or per-style parameters still apply afterwards) and the functions in
@@ -46,6 +51,7 @@ STATISTIC_FUNCTIONS = (mean_std,)
 # Ops that see the whole image at once: a tile cannot reproduce them.
 GLOBAL_OPS = (F.affine_grid, F.grid_sample)
 DEFAULT_THUMBNAIL = 1024  # longest side of the statistics thumbnail (URST uses 1000-1024)
+STATISTICS = ("exact", "thumbnail")  # the whole image's normalisation statistics, or a thumbnail's (faster)
 MAX_WINDOW = 2048
 # Of the budget left after the resident set, the share tiles may plan on: freed heap pages fragment as tiles run
 # (peak over plan, measured here: 6 tiles -30 %, 35 tiles +1 %, 126 tiles +13 %, in bench_tiling's results).
@@ -99,14 +105,72 @@ def frozen_instance_norm(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
     return torch.addcmul(shift[..., None, None], x, scale[..., None, None])
 
 
+class Moments:
+    """Count, mean and sum of squared deviations of one normalisation's input, merged tile core by tile core
+    (Chan et al.'s parallel variance) in float64; ``statistics()`` gives what the normalisation uses."""
+
+    def __init__(self):
+        self.count, self.mean, self.m2 = 0.0, torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+        self.finish: Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]] = _mean_var
+
+    def add(self, count: float, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """Merge ``count`` values per channel with per-channel ``mean`` and biased ``var``."""
+        mean, m2 = mean.double().flatten(), var.double().flatten() * count
+        if not self.count:
+            self.count, self.mean, self.m2 = float(count), mean, m2
+            return
+        delta, merged = mean - self.mean, self.count + count
+        self.mean = self.mean + delta * (count / merged)
+        self.m2 = self.m2 + m2 + delta**2 * (self.count * count / merged)
+        self.count = merged
+
+    def statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b = self.finish(self.mean, self.m2 / self.count, self.count)
+        return a.float()[None], b.float()[None]
+
+
+def _mean_var(mean: torch.Tensor, var: torch.Tensor, count: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """An instance norm's statistics: mean and biased variance."""
+    return mean, var
+
+
+class _Measured(Exception):
+    """Raised once the normalisation being measured has been: the rest of the forward pass is not needed."""
+
+
+@dataclass(frozen=True)
+class Core:
+    """The pixels of a ``height`` x ``width`` window whose outputs are kept: rows ``top:bottom``, columns
+    ``left:right`` (the halo excluded; bounds on the stride grid, so they fall on every feature map's grid)."""
+
+    top: int
+    bottom: int
+    left: int
+    right: int
+    height: int
+    width: int
+
+    def region(self, x: torch.Tensor) -> torch.Tensor:
+        """The part of a feature map of the window (any resolution) under the core."""
+        fh, fw = x.shape[-2:]
+        rows = slice(self.top * fh // self.height, fh if self.bottom == self.height else self.bottom * fh // self.height)
+        cols = slice(self.left * fw // self.width, fw if self.right == self.width else self.right * fw // self.width)
+        return x[..., rows, cols]
+
+
 class NormStatistics(TorchFunctionMode):
     """Inside ``with NormStatistics():`` records every normalisation's statistics into ``.stats``;
-    inside ``with NormStatistics(stats):`` every normalisation uses those instead of its input's."""
+    inside ``with NormStatistics(stats):`` every normalisation uses those instead of its input's. With a
+    ``core``, normalisation ``measure`` instead adds its input's moments under the core to ``moments``, and the
+    forward pass stops there (``_Measured``)."""
 
-    def __init__(self, stats: NormStats | None = None):
+    def __init__(self, stats: NormStats | None = None, core: Core | None = None, measure: int | None = None,
+                 moments: Moments | None = None):
         super().__init__()
         self.recording = stats is None
         self.stats = NormStats([]) if stats is None else stats
+        self.core, self.measure, self.moments = core, measure, moments
+        self.sizes: list[tuple[int, ...]] = []  # each normalisation input's spatial size, in call order
         self.calls = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -124,21 +188,35 @@ class NormStatistics(TorchFunctionMode):
                        momentum=0.1, eps=1e-5):
         if not use_input_stats:  # running statistics (track_running_stats in eval): already global
             return F.instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
+        self.sizes.append(tuple(x.shape[2:]))
         if self.recording:
             self.stats.entries.append((x.mean((2, 3)), x.var((2, 3), unbiased=False)))
             return F.instance_norm(x, None, None, weight, bias, True, momentum, eps)
+        self._measure(x, _mean_var)
         mean, var = self._next(x.shape[1])
         return frozen_instance_norm(x, mean, var, weight, bias, eps)
 
     def _statistic(self, func, args, kwargs):
+        x = args[0]
+        self.sizes.append(tuple(x.shape[2:]))
         if self.recording:
             a, b = func(*args, **kwargs)
             self.stats.entries.append((a.flatten(1), b.flatten(1)))
             return a, b
-        x = args[0]
+        eps = kwargs.get("eps", 1e-5)
+        self._measure(x, lambda mean, var, n: (mean, (var * n / max(n - 1, 1) + eps).sqrt()))  # mean_std's std
         a, b = self._next(x.shape[1])
         shape = (a.shape[0], a.shape[1], *([1] * (x.dim() - 2)))
         return a.view(shape), b.view(shape)
+
+    def _measure(self, x: torch.Tensor, finish: Callable) -> None:
+        if self.core is None or self.calls != self.measure:
+            return
+        region = self.core.region(x).flatten(2)
+        var, mean = torch.var_mean(region, dim=2, unbiased=False)
+        self.moments.finish = finish
+        self.moments.add(region.shape[-1], mean, var)
+        raise _Measured
 
     def _next(self, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.calls >= len(self.stats.entries) or self.stats.entries[self.calls][0].shape[1] != channels:
@@ -174,10 +252,12 @@ def run_frozen(run: Run, image: torch.Tensor, stats: NormStats) -> torch.Tensor:
 @dataclass(frozen=True)
 class Geometry:
     """``stride``: tile origins and interior sizes are multiples of it (the network's total downsampling);
-    ``halo``: the receptive-field radius in pixels, rounded up to the stride."""
+    ``halo``: the receptive-field radius in pixels, rounded up to the stride; ``bound``: per normalisation,
+    whether it sees the image (False for one whose input size does not follow the image's: AdaIN's style)."""
 
     stride: int
     halo: int
+    bound: tuple[bool, ...]
 
 
 def measure_stride(run: Run, size: int = 256) -> int:
@@ -217,9 +297,19 @@ def measure_geometry(run: Run, stride: int | None = None, seed: int = 0) -> Geom
         lo, hi = int(min(rows.min(), cols.min())), int(max(rows.max(), cols.max()))
         if lo > 0 and hi < size - 1:
             radius = max(c - lo, hi - (c + stride - 1))
-            return Geometry(stride, stride * math.ceil(radius / stride))
+            return Geometry(stride, stride * math.ceil(radius / stride), _bound(run, stride))
         size *= 2
     raise TilingError("the receptive field is wider than 1024 px: the network is effectively global")
+
+
+def _bound(run: Run, stride: int) -> tuple[bool, ...]:
+    """Which normalisations see the image: their input's size changes with the image's."""
+    sizes = []
+    for side in (16 * stride, 32 * stride):
+        with torch.no_grad(), NormStatistics() as mode:
+            run(torch.rand(1, 3, side, side))
+        sizes.append(mode.sizes)
+    return tuple(a != b for a, b in zip(*sizes))
 
 
 class _PeakTensorBytes(TorchFunctionMode):
@@ -289,12 +379,14 @@ def parse_bytes(text: str) -> int:
 @dataclass(frozen=True)
 class TilePlan:
     """Windows of ``window`` px (core ``window - 2 * halo`` kept from each), statistics from a ``thumbnail``-px
-    thumbnail. ``window`` 0: the whole image at once."""
+    thumbnail, then (``statistics`` "exact") made the whole image's by a pass over the tiles per normalisation.
+    ``window`` 0: the whole image at once."""
 
     window: int
     halo: int
     stride: int
     thumbnail: int
+    statistics: str = "exact"
 
     @property
     def tiled(self) -> bool:
@@ -316,7 +408,8 @@ def resident_bytes() -> int:
 
 
 def plan_tiles(height: int, width: int, geometry: Geometry, memory: MemoryModel, max_memory: int,
-               tile: int | None = None, thumbnail: int = DEFAULT_THUMBNAIL, resident: int = BASELINE_BYTES) -> TilePlan:
+               tile: int | None = None, thumbnail: int = DEFAULT_THUMBNAIL, resident: int = BASELINE_BYTES,
+               statistics: str = "exact") -> TilePlan:
     """Whole image when it fits ``max_memory`` (and ``tile`` is None, auto) or when ``tile`` is 0; otherwise
     the largest window the budget allows (or ``tile``), and a thumbnail that fits it too. ``resident``: the
     bytes the process holds already."""
@@ -348,11 +441,15 @@ def plan_tiles(height: int, width: int, geometry: Geometry, memory: MemoryModel,
     side = min(thumbnail, max(height, width))
     while side > 64 and memory.bytes_for(side * side * min(height, width) / max(height, width)) > max(room, 0):
         side = side * 3 // 4
-    return TilePlan(window, geometry.halo, geometry.stride, side)
+    return TilePlan(window, geometry.halo, geometry.stride, side, statistics)
 
 
-def parse_plan_options(tile: int | None, max_memory: str | int) -> tuple[int | None, int]:
-    """`tile` and `max_memory` checked: (tile or None for automatic, budget in bytes)."""
+def parse_plan_options(tile: int | None, max_memory: str | int, statistics: str = "exact"
+                       ) -> tuple[int | None, int, str]:
+    """`tile`, `max_memory` and `statistics` checked: (tile or None for automatic, budget in bytes, statistics)."""
+    if statistics not in STATISTICS:
+        raise TilingError(f"`statistics` {statistics!r}: use exact (the whole image's) or thumbnail (faster, "
+                          "approximate)")
     if tile is not None and tile < 0:
         raise TilingError(f"`tile` {tile}: use 0 (whole image), a tile size in pixels, or leave it out (automatic)")
     try:
@@ -362,7 +459,7 @@ def parse_plan_options(tile: int | None, max_memory: str | int) -> tuple[int | N
     if budget < BASELINE_BYTES:
         raise TilingError(f"`max_memory` {max_memory}: below the {BASELINE_BYTES // 2**20} MB the process needs "
                           "(give more, e.g. 2GB)")
-    return tile, budget
+    return tile, budget, statistics
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -433,11 +530,11 @@ class TileRunner:
         return self._memory
 
     def plan(self, height: int, width: int, max_memory: int, tile: int | None = None,
-             thumbnail: int = DEFAULT_THUMBNAIL) -> TilePlan:
+             thumbnail: int = DEFAULT_THUMBNAIL, statistics: str = "exact") -> TilePlan:
         if tile == 0:
             return TilePlan(0, 0, 1, 0)
         geometry, memory = self.geometry, self.memory  # measured first: their probes count as resident
-        return plan_tiles(height, width, geometry, memory, max_memory, tile, thumbnail, resident_bytes())
+        return plan_tiles(height, width, geometry, memory, max_memory, tile, thumbnail, resident_bytes(), statistics)
 
     def record(self, thumb: torch.Tensor) -> NormStats:
         return record_stats(self.run, thumb)[0]
@@ -448,6 +545,16 @@ class TileRunner:
             with torch.no_grad():
                 return self.run(tile)
         return run_frozen(self.run, tile, stats)
+
+    def measure(self, tile: torch.Tensor, stats: NormStats, core: Core, index: int, moments: Moments) -> None:
+        """Add to ``moments`` those of normalisation ``index``'s input under ``core``, ``stats`` frozen (the
+        forward pass stops there)."""
+        try:
+            with torch.no_grad(), NormStatistics(stats, core, index, moments):
+                self.run(tile)
+        except _Measured:
+            return
+        raise TilingError(f"the network made no normalisation call {index} on a tile")
 
 
 def _release_freed_memory() -> Callable[[], None]:
@@ -479,36 +586,78 @@ def stylize_tiled(runner: TileRunner, pixels: np.ndarray, plan: TilePlan, thumbn
                   per_tile_stats: bool = False, progress: bool = True, out: np.ndarray | None = None) -> np.ndarray:
     """Stylise ``pixels`` ((h, w, 3) uint8) tile by tile into ``out`` (a new (h, w, 3) uint8 array by default).
 
-    Statistics come from ``thumbnail`` (by default made from ``pixels``), or from each tile with
-    ``per_tile_stats`` (for comparison). File-backed maps (``stylize_file``) have each finished band of rows
-    written back and dropped from memory, so the resident set holds about one band, not the photo.
+    Statistics come from ``thumbnail`` (by default made from ``pixels``), made exact by :func:`exact_stats` when
+    ``plan.statistics`` says so, or from each tile with ``per_tile_stats`` (for comparison). File-backed maps
+    (``stylize_file``) have each finished band of rows written back and dropped from memory, so the resident set
+    holds about one band, not the photo.
     """
     release = _release_freed_memory()
+    height, width = pixels.shape[:2]
+    cells = list(windows(height, width, plan))
+    stats = None
     if not per_tile_stats:
         thumbnail = thumbnail_of(pixels, plan.thumbnail) if thumbnail is None else thumbnail
         stats = runner.record(thumbnail)
         release()
-    else:
-        stats = None
-    height, width = pixels.shape[:2]
+        if plan.statistics == "exact":
+            stats = exact_stats(runner, pixels, plan, stats, progress)
     out = np.empty((height, width, 3), dtype=np.uint8) if out is None else out
-    cells = list(windows(height, width, plan))
     for rows, cols, core_rows, core_cols in tqdm(cells, disable=not progress or len(cells) < 2, desc="tiles",
                                                  unit="tile"):
-        tile = pixels[rows, cols]
-        if runner.fixed:
-            pad = ((0, runner.fixed - tile.shape[0]), (0, runner.fixed - tile.shape[1]), (0, 0))
-            tile = np.pad(tile, pad, mode="symmetric")
-        result = runner.apply(to_tensor(tile), stats)
-        top, left = core_rows.start - rows.start, core_cols.start - cols.start
-        core = result[..., top : top + core_rows.stop - core_rows.start, left : left + core_cols.stop - core_cols.start]
-        out[core_rows, core_cols] = to_uint8(core)
-        del result, core
-        if core_cols.stop == width:  # a band of rows is done
+        tile, core = _window(runner, pixels, rows, cols, core_rows, core_cols)
+        result = runner.apply(tile, stats)[..., core.top : core.bottom, core.left : core.right]
+        out[core_rows, core_cols] = to_uint8(result)
+        del result
+        if _done_with(pixels, rows, cols, width, plan):
             _evict(out, core_rows.stop)
-            _evict(pixels, core_rows.stop - plan.halo)
         release()
     return out
+
+
+def exact_stats(runner: TileRunner, pixels: np.ndarray, plan: TilePlan, stats: NormStats,
+                progress: bool = True) -> NormStats:
+    """The whole image's statistics of every normalisation, one pass over the tiles each, in call order: a
+    normalisation's input is exact once those before it are, so its moments merged over the tiles' cores are
+    the whole image's. (Updating them all at once from one pass diverges: a network normalised with a mix of
+    exact and thumbnail statistics drifts further from both, measured in benchmarks/bench_tiling.py.)"""
+    release = _release_freed_memory()
+    height, width = pixels.shape[:2]
+    cells = list(windows(height, width, plan))
+    indices = [i for i, bound in enumerate(runner.geometry.bound) if bound]
+    entries = list(stats.entries)
+    with tqdm(total=len(indices) * len(cells), disable=not progress or len(cells) < 2, desc="statistics",
+              unit="tile") as bar:
+        for index in indices:
+            moments = Moments()
+            for rows, cols, core_rows, core_cols in cells:
+                tile, core = _window(runner, pixels, rows, cols, core_rows, core_cols)
+                runner.measure(tile, NormStats(entries), core, index, moments)
+                _done_with(pixels, rows, cols, width, plan)
+                release()
+                bar.update()
+            entries[index] = moments.statistics()
+    return NormStats(entries)
+
+
+def _window(runner: TileRunner, pixels: np.ndarray, rows: slice, cols: slice, core_rows: slice,
+            core_cols: slice) -> tuple[torch.Tensor, Core]:
+    """A window as the runner's input (padded by reflection to a fixed-shape artifact's size) and its core."""
+    tile = pixels[rows, cols]
+    if runner.fixed:
+        pad = ((0, runner.fixed - tile.shape[0]), (0, runner.fixed - tile.shape[1]), (0, 0))
+        tile = np.pad(tile, pad, mode="symmetric")
+    top, left = core_rows.start - rows.start, core_cols.start - cols.start
+    core = Core(top, top + core_rows.stop - core_rows.start, left, left + core_cols.stop - core_cols.start,
+                tile.shape[0], tile.shape[1])
+    return to_tensor(tile), core
+
+
+def _done_with(pixels: np.ndarray, rows: slice, cols: slice, width: int, plan: TilePlan) -> bool:
+    """After a band of windows: drop the input rows no later window of this pass reads; True at a band's end."""
+    if cols.stop != width:
+        return False
+    _evict(pixels, rows.stop - 2 * plan.halo)
+    return True
 
 
 BAND_ROWS = 256  # rows copied at a time between the decoder's image and the file-backed maps

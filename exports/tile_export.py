@@ -1,11 +1,13 @@
 """Tile artifacts: a fixed-shape graph that takes instance-norm statistics as an input.
 
-One graph serves both passes of tiled inference (compressor/tiling.py). Inputs: ``image`` (1, 3, S, S),
-``norm_stats`` (2, K: every normalisation's mean and variance, concatenated in call order) and
-``own_stats`` (1,). Outputs: ``stylized`` and ``norm_stats_out``, the statistics of this input.
-With ``own_stats`` = 1 the graph is the plain model and reports its statistics (the thumbnail pass);
-with 0 every normalisation uses ``norm_stats`` (the tile pass). So an S x S mobile model stylises a
-photo of any size at full resolution, tile by tile, with one look.
+One graph serves every pass of tiled inference (compressor/tiling.py). Inputs: ``image`` (1, 3, S, S),
+``norm_stats`` (2, K: every normalisation's mean and variance, concatenated in call order), ``own_stats``
+(1,) and ``core_mask`` (1, 1, S, S). Outputs: ``stylized`` and ``norm_stats_out`` (3, K): every
+normalisation input's mean, variance and count of values under the mask (sampled at its resolution).
+With ``own_stats`` = 1 the graph is the plain model (the thumbnail pass: mask all ones); with 0 every
+normalisation uses ``norm_stats`` (the statistics passes, the mask marking the tile's core, and the
+tile pass). So an S x S mobile model stylises a photo of any size at full resolution with the whole
+image's statistics, tile by tile, with one look.
 
 Verified like every artifact: both modes against torch on the held-out images, recorded in the manifest.
 """
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compressor.data import load_image, sample_content_paths
+from compressor.errors import UserError
 from compressor.io import atomic_output
 from compressor.models import load_model
 from compressor.models.checkpoint import resolve_model_path
@@ -30,7 +33,9 @@ from compressor.stylize import Stylizer, load_stylizer
 from compressor.tiling import (
     GLOBAL_OPS,
     STATISTIC_FUNCTIONS,
+    Core,
     Geometry,
+    Moments,
     NormStats,
     TilePlan,
     TileRunner,
@@ -49,30 +54,41 @@ from exports.runtime import is_artifact, load_runner
 from exports.stage import INPUT_RANGE, _source
 
 log = logging.getLogger(__name__)
-INPUT_NAMES = ["image", "norm_stats", "own_stats"]
+INPUT_NAMES = ["image", "norm_stats", "own_stats", "core_mask"]
 OUTPUT_NAMES = ["stylized", "norm_stats_out"]
 # explicit_instance_norm would hide the norms from the statistics hook; the hook writes them explicitly anyway.
 HIDDEN_FROM_THE_HOOK = ("explicit_instance_norm",)
 
 
 class _GraphStatistics(torch.overrides.TorchFunctionMode):
-    """Every normalisation blends its own statistics (weight ``own``) with the given ones, and reports its own."""
+    """Every normalisation blends its own statistics (weight ``own``) with the given ones, and reports those of
+    its input under ``mask``."""
 
-    def __init__(self, given: torch.Tensor, own: torch.Tensor, channels: list[int]):
+    def __init__(self, given: torch.Tensor, own: torch.Tensor, mask: torch.Tensor, channels: list[int]):
         super().__init__()
-        self.given, self.own, self.channels = given, own, channels
-        self.reported: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.given, self.own, self.mask, self.channels = given, own, mask, channels
+        self.reported: list[torch.Tensor] = []
         self.offset = 0
 
-    def _take(self, channels: int, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        index = len(self.reported)
+    def _take(self, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        index, channels = len(self.reported), x.shape[1]
         if index >= len(self.channels) or self.channels[index] != channels:
             raise TilingError(f"normalisation call {index} ({channels} channels) differs from {self.channels}")
         given = self.given[:, self.offset : self.offset + channels]
         self.offset += channels
-        self.reported.append((a, b))
+        self.reported.append(self._masked_moments(x))
         keep = 1.0 - self.own
         return a * self.own + given[0:1] * keep, b * self.own + given[1:2] * keep
+
+    def _masked_moments(self, x: torch.Tensor) -> torch.Tensor:
+        """(3, C): mean, biased variance and count of ``x``'s values under the mask at ``x``'s resolution."""
+        step_h, step_w = self.mask.shape[2] // x.shape[2], self.mask.shape[3] // x.shape[3]
+        mask = self.mask[:, :, ::step_h, ::step_w][:, :, : x.shape[2], : x.shape[3]]
+        count = mask.sum((2, 3))
+        mean = (x * mask).sum((2, 3)) / count
+        centred = x - mean[..., None, None]
+        var = (centred * centred * mask).sum((2, 3)) / count
+        return torch.cat([mean, var, count.expand_as(mean)])
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -80,7 +96,7 @@ class _GraphStatistics(torch.overrides.TorchFunctionMode):
             return self._instance_norm(*args, **kwargs)
         if func in STATISTIC_FUNCTIONS:
             own_a, own_b = func(*args, **kwargs)
-            a, b = self._take(own_a.shape[1], own_a.flatten(1), own_b.flatten(1))
+            a, b = self._take(args[0], own_a.flatten(1), own_b.flatten(1))
             return a.view_as(own_a), b.view_as(own_b)
         if func in GLOBAL_OPS:
             raise TilingError(f"the network calls {func.__name__}: it cannot be tiled")
@@ -93,11 +109,11 @@ class _GraphStatistics(torch.overrides.TorchFunctionMode):
         mean = x.mean((2, 3))
         centred = x - mean[..., None, None]
         var = (centred * centred).mean((2, 3))  # the explicit form: mean/var/rsqrt over H, W (LiteRT-friendly)
-        mean, var = self._take(x.shape[1], mean, var)
+        mean, var = self._take(x, mean, var)
         return frozen_instance_norm(x, mean, var, weight, bias, eps)
 
     def packed(self) -> torch.Tensor:
-        return torch.cat([torch.cat([a, b]) for a, b in self.reported], dim=1)
+        return torch.cat(self.reported, dim=1)
 
 
 class TileGraph(nn.Module):
@@ -108,8 +124,8 @@ class TileGraph(nn.Module):
         self.model, self.channels = model.eval(), channels
         self.input_names, self.output_names = INPUT_NAMES, OUTPUT_NAMES
 
-    def forward(self, image: torch.Tensor, norm_stats: torch.Tensor, own_stats: torch.Tensor):
-        with _GraphStatistics(norm_stats, own_stats, self.channels) as mode:
+    def forward(self, image: torch.Tensor, norm_stats: torch.Tensor, own_stats: torch.Tensor, core_mask: torch.Tensor):
+        with _GraphStatistics(norm_stats, own_stats, core_mask, self.channels) as mode:
             out = self.model(image)
         return out, mode.packed()
 
@@ -121,7 +137,7 @@ def _channels(model: nn.Module, size: int) -> list[int]:
 
 def _example(channels: list[int], size: int) -> tuple[torch.Tensor, ...]:
     gen = torch.Generator().manual_seed(0)
-    return torch.rand(1, 3, size, size, generator=gen), torch.zeros(2, sum(channels)), torch.ones(1)
+    return torch.rand(1, 3, size, size, generator=gen), torch.zeros(2, sum(channels)), torch.ones(1), torch.ones(1, 1, size, size)
 
 
 def _export_graph(graph: TileGraph, fmt: str, path: Path, size: int) -> None:
@@ -192,17 +208,21 @@ def export_tile_artifact(model: nn.Module | str | Path, fmt: str, out_dir: str |
              "meaning": "per-channel mean (row 0) and biased variance (row 1) of every instance norm, in call order"},
             {"name": "own_stats", "shape": [1], "dtype": "float32",
              "meaning": "1: normalise with this image's statistics (thumbnail pass); 0: with norm_stats (tiles)"},
+            {"name": "core_mask", "shape": [1, 1, size, size], "dtype": "float32",
+             "meaning": "1 on the tile's core (halo excluded), 0 elsewhere: where norm_stats_out is measured"},
         ],
         "outputs": [
             {"name": "stylized", "dtype": "float32", "layout": "nchw", "range": "nominally [0, 1]; clamp before saving"},
-            {"name": "norm_stats_out", "shape": [2, sum(channels)], "dtype": "float32",
-             "meaning": "this image's statistics, to feed back as norm_stats for the tiles"},
+            {"name": "norm_stats_out", "shape": [3, sum(channels)], "dtype": "float32",
+             "meaning": "mean, biased variance and count of every normalisation input's values under core_mask; "
+                        "call k's, with norm_stats exact for calls before k, merged over all tiles' cores give "
+                        "the whole image's statistics of call k"},
         ],
         "tile": {"window": size, "halo": geometry.halo, "stride": geometry.stride, "channels": channels},
         "versions": versions(backend.packages),
         "rewrites": rewrites,
     }
-    manifest["parity"] = tile_parity(model, _open(path), size)
+    manifest["parity"] = tile_parity(model, _open(path), size, geometry.stride)
     write_manifest(path, manifest)
     verdict = manifest["parity"]
     if not verdict["passed"]:
@@ -216,22 +236,31 @@ def _psnr(ref: torch.Tensor, got: np.ndarray) -> float:
     return min(PSNR_CAP_DB, 10 * math.log10(1.0 / mse)) if mse > 0 else PSNR_CAP_DB
 
 
-def tile_parity(model: nn.Module, runner, size: int) -> dict:
-    """Both modes against torch on the held-out images: own statistics vs the model (and its statistics), and
-    the other image's statistics vs torch with them frozen. The worst PSNR decides."""
+def tile_parity(model: nn.Module, runner, size: int, stride: int) -> dict:
+    """Both modes against torch on the held-out images: own statistics vs the model, and the other image's
+    statistics vs torch with them frozen; the reported moments (all of the image, then a core) vs the graph's in
+    torch. The worst PSNR decides."""
     images = [F.interpolate(load_image(p).unsqueeze(0), size=(size, size), mode="bilinear", antialias=True).clamp(0, 1)
               for p in sample_content_paths("eval")]
     recorded = [record_stats(model, x) for x in images]
+    graph = TileGraph(model, recorded[0][0].channels)
+    whole = torch.ones(1, 1, size, size)
+    core = torch.zeros(1, 1, size, size)
+    edge = size // 4 // stride * stride
+    core[..., edge : size - edge, edge:] = 1  # a tile at the right edge of a photo: halo above, below and left
     rows, worst, max_abs = [], math.inf, 0.0
     for i, (path, x) in enumerate(zip(sample_content_paths("eval"), images)):
         stats, ref = recorded[i]
-        out, reported = _outputs(runner, x.numpy(), np.zeros((2, sum(stats.channels)), np.float32),
-                                 np.ones(1, np.float32))
-        packed = stats.packed().numpy()
-        stats_error = float(np.abs(reported - packed).max() / (np.abs(packed).max() or 1.0))
         other = recorded[(i + 1) % len(images)][0]
+        own_inputs = (x, torch.zeros(2, sum(stats.channels)), torch.ones(1), whole)
+        frozen_inputs = (x, other.packed(), torch.zeros(1), core)
+        out, reported = _outputs(runner, *(t.numpy() for t in own_inputs))
+        frozen_out, frozen_reported = _outputs(runner, *(t.numpy() for t in frozen_inputs))
+        with torch.no_grad():
+            expected = [graph(*own_inputs)[1].numpy(), graph(*frozen_inputs)[1].numpy()]
+        stats_error = max(float(np.abs(got - want).max() / (np.abs(want).max() or 1.0))
+                          for got, want in zip((reported, frozen_reported), expected))
         frozen_ref = run_frozen(model, x, other)
-        frozen_out, _ = _outputs(runner, x.numpy(), other.packed().numpy(), np.zeros(1, np.float32))
         own_db, frozen_db = _psnr(ref, out), _psnr(frozen_ref, frozen_out)
         max_abs = max(max_abs, float(np.abs(ref.numpy() - out).max()), float(np.abs(frozen_ref.numpy() - frozen_out).max()))
         rows.append({"image": path.name, "own_stats_psnr_db": round(own_db, 2),
@@ -278,16 +307,24 @@ class ArtifactTileRunner(TileRunner):
 
     def __init__(self, path: Path):
         manifest = read_manifest(path) or {}
+        if [spec["name"] for spec in manifest.get("inputs", [])] != INPUT_NAMES:
+            raise UserError(path, "a tile artifact from an earlier styleslim (no core_mask input: it cannot measure "
+                            "the whole image's statistics)", "export it again: styleslim export MODEL --tile N")
         tile = manifest["tile"]
         super().__init__(run=None)
         self.fixed, self.channels = int(tile["window"]), list(tile["channels"])
-        self._geometry = Geometry(int(tile["stride"]), int(tile["halo"]))
+        self._geometry = Geometry(int(tile["stride"]), int(tile["halo"]), (True,) * len(self.channels))
         self._runner = _open(path)
 
-    def _run_graph(self, x: torch.Tensor, stats: np.ndarray | None) -> tuple[torch.Tensor, np.ndarray]:
+    def _run_graph(self, x: torch.Tensor, stats: np.ndarray | None, core: Core | None = None
+                   ) -> tuple[torch.Tensor, np.ndarray]:
         own = np.ones(1, np.float32) if stats is None else np.zeros(1, np.float32)
         stats = np.zeros((2, sum(self.channels)), np.float32) if stats is None else stats
-        out, reported = _outputs(self._runner, x.numpy(), stats, own)
+        mask = np.ones((1, 1, *x.shape[-2:]), np.float32)
+        if core is not None:
+            mask[:] = 0
+            mask[..., core.top : core.bottom, core.left : core.right] = 1
+        out, reported = _outputs(self._runner, x.numpy(), stats, own, mask)
         return torch.from_numpy(out), reported
 
     def _square(self, x: torch.Tensor) -> torch.Tensor:
@@ -299,16 +336,23 @@ class ArtifactTileRunner(TileRunner):
         return F.interpolate(torch.cat(outs), size=tuple(batch.shape[-2:]), mode="bilinear", antialias=True)
 
     def plan(self, height: int, width: int, max_memory: int, tile: int | None = None,
-             thumbnail: int | None = None) -> TilePlan:
+             thumbnail: int | None = None, statistics: str = "exact") -> TilePlan:
         if tile == 0:
             return TilePlan(0, 0, 1, 0)
         if tile not in (None, self.fixed):
             raise TilingError(f"`tile` {tile}: this artifact takes {self.fixed}x{self.fixed} tiles (leave `tile` out)")
-        return TilePlan(self.fixed, self._geometry.halo, self._geometry.stride, self.fixed)
+        return TilePlan(self.fixed, self._geometry.halo, self._geometry.stride, self.fixed, statistics)
 
     def record(self, thumb: torch.Tensor) -> NormStats:
         """Statistics of the thumbnail squeezed to the artifact's square input."""
-        return NormStats.unpack(torch.from_numpy(self._run_graph(self._square(thumb), None)[1]), self.channels)
+        return NormStats.unpack(torch.from_numpy(self._run_graph(self._square(thumb), None)[1][:2]), self.channels)
 
     def apply(self, tile: torch.Tensor, stats: NormStats | None) -> torch.Tensor:
         return self._run_graph(tile, None if stats is None else stats.packed().numpy())[0]
+
+    def measure(self, tile: torch.Tensor, stats: NormStats, core: Core, index: int, moments: Moments) -> None:
+        """The artifact runs whole (it reports every normalisation); normalisation ``index``'s moments are kept."""
+        reported = self._run_graph(tile, stats.packed().numpy(), core)[1]
+        start = sum(self.channels[:index])
+        mean, var, count = torch.from_numpy(reported[:, start : start + self.channels[index]])
+        moments.add(float(count[0]), mean, var)

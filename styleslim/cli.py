@@ -403,6 +403,9 @@ def stylize(
     tile: Annotated[int | None, typer.Option(min=0, help="Tile side in px (0: whole image at once; default: "
                                              "tiles only when the image would not fit --max-memory).")] = None,
     max_memory: Annotated[str, typer.Option(help="Memory budget that picks tiling, e.g. 2GB, 800MB.")] = "2GB",
+    statistics: Annotated[str, typer.Option(help="Tiles' normalisation statistics: exact (the whole image's: "
+                                            "one pass over the tiles per normalisation) or thumbnail (a "
+                                            "thumbnail's: one pass, a visibly different painting).")] = "exact",
 ) -> None:
     """Stylise images, folders (batched) and videos (frame by frame, same fps) with a model or artifact."""
     from compressor.data import list_images
@@ -414,12 +417,12 @@ def stylize(
         fail("--style-index / --style-weights", "give one of them, not both")
     files = [f for p in inputs for f in ([p] if p.suffix.lower() in VIDEO_SUFFIXES else list_images(p))]
     output_targets(files, output)  # refuses a bad output path before the model is loaded
-    tile, budget = parse_plan_options(tile, max_memory)
+    tile, budget, statistics = parse_plan_options(tile, max_memory, statistics)
     stylizer = stylizer_for(model, style, alpha, str(style_index) if style_index is not None else style_weights,
                             strength, keep_colors)
     try:
         written = stylize_files(stylizer, files, output, size=size, batch_size=batch_size, tile=tile,
-                                max_memory=budget)
+                                max_memory=budget, statistics=statistics)
     except SomeInputsFailed as exc:
         typer.echo(f"wrote {len(exc.written)} file(s) to {output}")
         raise
