@@ -1,5 +1,6 @@
 """Tiled stylization with the whole image's instance-norm statistics (compressor/tiling.py, exports/tile_export.py)."""
 
+import json
 import re
 import subprocess
 import sys
@@ -250,7 +251,7 @@ def test_tiled_stylize_imports_no_heavy_library(tmp_path, net, photo):
 
 @pytest.mark.parametrize("fmt", ["onnx", pytest.param("tflite", marks=pytest.mark.slow)])  # LiteRT: ~2 min here
 def test_tile_artifact_matches_torch_and_stylizes_beyond_its_size(tmp_path, net, photo, fmt):
-    from exports.manifest import read_manifest
+    from exports.manifest import manifest_path, read_manifest
     from exports.tile_export import export_tile_artifact
 
     path, manifest = export_tile_artifact(net, fmt, tmp_path / "exports", size=160)
@@ -267,3 +268,12 @@ def test_tile_artifact_matches_torch_and_stylizes_beyond_its_size(tmp_path, net,
     result = runner.invoke(app, ["stylize", str(tmp_path / "photo.png"), "--model", str(path), "--tile", "256",
                                  "-o", str(tmp_path / "x.png")])
     assert result.exit_code == 2 and "160x160" in result.output
+    # an artifact exported before the core mask cannot measure the whole image's statistics: one line, re-export
+    manifest_file = manifest_path(path)
+    old = json.loads(manifest_file.read_text())
+    old["inputs"] = [spec for spec in old["inputs"] if spec["name"] != "core_mask"]
+    manifest_file.write_text(json.dumps(old))
+    result = runner.invoke(app, ["stylize", str(tmp_path / "photo.png"), "--model", str(path),
+                                 "-o", str(tmp_path / "y.png")])
+    assert result.exit_code == 2 and result.output.startswith(f"error: {path}:") and "export it again" in result.output
+    assert not (tmp_path / "y.png").exists()
