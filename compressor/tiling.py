@@ -153,9 +153,9 @@ class Core:
     def region(self, x: torch.Tensor) -> torch.Tensor:
         """The part of a feature map of the window (any resolution) under the core."""
         fh, fw = x.shape[-2:]
-        rows = slice(self.top * fh // self.height, fh if self.bottom == self.height else self.bottom * fh // self.height)
-        cols = slice(self.left * fw // self.width, fw if self.right == self.width else self.right * fw // self.width)
-        return x[..., rows, cols]
+        bottom = fh if self.bottom == self.height else self.bottom * fh // self.height
+        right = fw if self.right == self.width else self.right * fw // self.width
+        return x[..., self.top * fh // self.height : bottom, self.left * fw // self.width : right]
 
 
 class NormStatistics(TorchFunctionMode):

@@ -137,7 +137,8 @@ def _channels(model: nn.Module, size: int) -> list[int]:
 
 def _example(channels: list[int], size: int) -> tuple[torch.Tensor, ...]:
     gen = torch.Generator().manual_seed(0)
-    return torch.rand(1, 3, size, size, generator=gen), torch.zeros(2, sum(channels)), torch.ones(1), torch.ones(1, 1, size, size)
+    image = torch.rand(1, 3, size, size, generator=gen)
+    return image, torch.zeros(2, sum(channels)), torch.ones(1), torch.ones(1, 1, size, size)
 
 
 def _export_graph(graph: TileGraph, fmt: str, path: Path, size: int) -> None:
