@@ -191,7 +191,7 @@ def model_stylizer(model: nn.Module, style_image: torch.Tensor | None = None, al
     except ValueError as exc:
         raise UserError(source, str(exc)) from None
     bpp = PEAK_OVER_LAYER_OUTPUTS * layer_output_bytes(run, model)
-    return Stylizer(run, source, family.size_multiple, bpp, model, tiler=TileRunner(run))
+    return Stylizer(run, source, family.size_multiple, bpp, model, tiler=TileRunner(run, model))
 
 
 def load_stylizer(model_path: str | Path | nn.Module, style: str | Path | None = None, alpha: float = 1.0,

@@ -25,10 +25,12 @@ photo needs the decoder's image (400 MB) while decoding and saving, and about on
 
 from __future__ import annotations
 
+import functools
 import math
 import mmap
 import os
 import re
+import shutil
 import tempfile
 import weakref
 from collections.abc import Callable, Iterator
@@ -39,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
+from torch import nn
 from torch.overrides import TorchFunctionMode
 from tqdm import tqdm
 
@@ -165,13 +168,13 @@ class NormStatistics(TorchFunctionMode):
     forward pass stops there (``_Measured``)."""
 
     def __init__(self, stats: NormStats | None = None, core: Core | None = None, measure: int | None = None,
-                 moments: Moments | None = None):
+                 moments: Moments | None = None, start: int = 0):
         super().__init__()
         self.recording = stats is None
         self.stats = NormStats([]) if stats is None else stats
         self.core, self.measure, self.moments = core, measure, moments
         self.sizes: list[tuple[int, ...]] = []  # each normalisation input's spatial size, in call order
-        self.calls = 0
+        self.calls = start  # a run resumed after a cut (``Resumed``) makes its first call there
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -243,6 +246,120 @@ def run_frozen(run: Run, image: torch.Tensor, stats: NormStats) -> torch.Tensor:
     if mode.calls != len(stats.entries):
         raise TilingError(f"the network made {mode.calls} normalisation calls, the thumbnail {len(stats.entries)}")
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resuming a forward pass from a cached feature map (the statistics passes' shortcut)
+
+
+# Feature maps cached per window between statistics passes, at most this many bytes per input pixel: a 1/2-scale
+# 32-channel map (32) and a 1/4-scale trunk (8) qualify, a full-scale 32-channel stem (128) does not (its disk
+# and I/O would cost about what recomputing it does: benchmarks/bench_tiling.py).
+CUT_BYTES_PER_PIXEL = 32
+SKIPPED = torch.empty(0)  # what a skipped call returns: any use of it after the cut fails the cut's check
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A call the model's own forward makes to a child module (``module``: its index among those children,
+    ``call``: which call of it) after which the forward needs nothing computed before but that call's output.
+    ``norms``: normalisation calls made before it returns; ``order``: its place among the children's calls."""
+
+    module: int
+    call: int
+    norms: int
+    order: int
+
+
+class Resumed:
+    """Inside ``with Resumed(children, cut, cached, cuts):`` the model's calls to ``children`` before ``cut``
+    return ``SKIPPED`` (nothing is computed), the cut's returns ``cached``, and later ones run; the output of
+    the last call in ``cuts`` that ran is kept in ``captured`` (cut, tensor). ``cut`` None: nothing skipped."""
+
+    def __init__(self, children: list[nn.Module], cut: Cut | None, cached: torch.Tensor | None, cuts: list[Cut]):
+        self.children, self.cut, self.cached = children, cut, cached
+        self.capture = {(c.module, c.call): c for c in cuts}
+        self.captured: tuple[Cut, torch.Tensor] | None = None
+        self.counts = [0] * len(children)
+        self.resumed = cut is None
+
+    def __enter__(self) -> Resumed:
+        for i, child in enumerate(self.children):
+            child.forward = functools.partial(self._call, i, child.forward)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for child in self.children:
+            del child.forward
+
+    def _call(self, index: int, forward: Callable, *args, **kwargs):
+        call = self.counts[index]
+        self.counts[index] += 1
+        if not self.resumed:
+            if (index, call) != (self.cut.module, self.cut.call):
+                return SKIPPED
+            self.resumed = True
+            return self.cached
+        out = forward(*args, **kwargs)
+        if (index, call) in self.capture:
+            self.captured = (self.capture[(index, call)], out)
+        return out
+
+
+def measure_cuts(run: Run, model: nn.Module, stride: int) -> tuple[list[nn.Module], list[Cut]]:
+    """The model's children called by its own forward, and the calls a run can resume after: on a probe, every
+    call whose output is small enough to cache is tried (earlier calls skipped, its output given) and kept when
+    the result is bit-for-bit the full run's. None where a child is also called deeper down (its calls could
+    not be counted)."""
+    side = 32 * stride
+    x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(2))
+    stack: list[nn.Module] = []
+    children: list[nn.Module] = []
+    events: list[tuple[int, int, int, torch.Tensor]] = []
+    deeper: set[int] = set()
+    counts: dict[int, int] = {}
+
+    def before(module, args):
+        if stack and stack[-1] is model:
+            if id(module) not in counts:
+                counts[id(module)] = 0
+                children.append(module)
+        elif stack and id(module) in counts:
+            deeper.add(id(module))
+        stack.append(module)
+
+    def after(module, args, out):
+        stack.pop()
+        if stack and stack[-1] is model and isinstance(out, torch.Tensor):
+            index = next(i for i, c in enumerate(children) if c is module)
+            events.append((index, counts[id(module)], mode.calls, out))
+        if stack and stack[-1] is model:
+            counts[id(module)] += 1
+
+    stats = record_stats(run, x)[0]
+    handles = [m.register_forward_pre_hook(before) for m in model.modules()]
+    handles += [m.register_forward_hook(after) for m in model.modules()]
+    try:
+        with torch.no_grad(), NormStatistics(stats) as mode:  # frozen, as the tiles run
+            base = run(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not events or deeper & {id(c) for c in children}:
+        return [], []
+    cuts = []
+    for order, (module, call, norms, out) in enumerate(events):
+        if out.numel() * out.element_size() > CUT_BYTES_PER_PIXEL * side * side:
+            continue
+        cut = Cut(module, call, norms, order)
+        try:
+            with torch.no_grad(), Resumed(children, cut, out.clone(), []), NormStatistics(stats, start=norms):
+                again = run(x)
+        except (RuntimeError, ValueError, IndexError, TilingError):
+            continue
+        if again.shape == base.shape and torch.equal(again, base):
+            cuts.append(cut)
+    return children, cuts
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -508,10 +625,12 @@ class TileRunner:
 
     fixed: int | None = None
 
-    def __init__(self, run: Run):
+    def __init__(self, run: Run, model: nn.Module | None = None):
         self.run = run
+        self.model = model if model is not None else run if isinstance(run, nn.Module) else None
         self._geometry: Geometry | None = None
         self._memory: MemoryModel | None = None
+        self._cuts: tuple[list[nn.Module], list[Cut]] | None = None
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -529,6 +648,13 @@ class TileRunner:
             self._memory = measure_memory(self.run)
         return self._memory
 
+    @property
+    def cuts(self) -> tuple[list[nn.Module], list[Cut]]:
+        """The model's children and the calls a tile's forward pass can resume after (none without a model)."""
+        if self._cuts is None:
+            self._cuts = measure_cuts(self.run, self.model, self.geometry.stride) if self.model else ([], [])
+        return self._cuts
+
     def plan(self, height: int, width: int, max_memory: int, tile: int | None = None,
              thumbnail: int = DEFAULT_THUMBNAIL, statistics: str = "exact") -> TilePlan:
         if tile == 0:
@@ -539,22 +665,64 @@ class TileRunner:
     def record(self, thumb: torch.Tensor) -> NormStats:
         return record_stats(self.run, thumb)[0]
 
-    def apply(self, tile: torch.Tensor, stats: NormStats | None) -> torch.Tensor:
-        """The stylised tile; ``stats`` None: the tile's own statistics (per-tile normalisation)."""
+    def apply(self, tile: torch.Tensor, stats: NormStats | None, cache: FeatureCache | None = None,
+              window: int = 0) -> torch.Tensor:
+        """The stylised tile; ``stats`` None: the tile's own statistics (per-tile normalisation). With a
+        ``cache``, resumed from window ``window``'s cached feature map."""
         if stats is None:
             with torch.no_grad():
                 return self.run(tile)
-        return run_frozen(self.run, tile, stats)
+        out, mode = self._forward(tile, stats, cache, window, save=False)
+        if mode.calls != len(stats.entries):
+            raise TilingError(f"the network made {mode.calls} normalisation calls, the thumbnail {len(stats.entries)}")
+        return out
 
-    def measure(self, tile: torch.Tensor, stats: NormStats, core: Core, index: int, moments: Moments) -> None:
+    def measure(self, tile: torch.Tensor, stats: NormStats, core: Core, index: int, moments: Moments,
+                cache: FeatureCache | None = None, window: int = 0) -> None:
         """Add to ``moments`` those of normalisation ``index``'s input under ``core``, ``stats`` frozen (the
-        forward pass stops there)."""
+        forward pass stops there). With a ``cache``: resumed from window ``window``'s cached feature map, and the
+        deepest one this pass got through is cached for the next."""
         try:
-            with torch.no_grad(), NormStatistics(stats, core, index, moments):
-                self.run(tile)
+            self._forward(tile, stats, cache, window, save=True, core=core, measure=index, moments=moments)
         except _Measured:
             return
         raise TilingError(f"the network made no normalisation call {index} on a tile")
+
+    def _forward(self, tile: torch.Tensor, stats: NormStats, cache: FeatureCache | None, window: int, save: bool,
+                 **measuring) -> tuple[torch.Tensor, NormStatistics]:
+        children, cuts = self.cuts if cache is not None else ([], [])
+        cut, cached = cache.load(window) if cache is not None else (None, None)
+        resumed = Resumed(children, cut, cached, cuts if save else [])
+        mode = NormStatistics(stats, start=cut.norms if cut else 0, **measuring)
+        try:
+            with torch.no_grad(), resumed, mode:
+                out = self.run(tile)
+        finally:
+            if save and resumed.captured is not None:
+                cache.save(window, *resumed.captured)
+        return out, mode
+
+
+class FeatureCache:
+    """Per window, the feature map after the deepest cut (``measure_cuts``) a statistics pass got through, as
+    float32 .npy files in ``folder``: later passes and the tile pass resume there instead of recomputing the
+    network up to it (``benchmarks/bench_tiling.py`` times exact statistics with and without it)."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.cuts: dict[int, Cut] = {}
+
+    def load(self, window: int) -> tuple[Cut | None, torch.Tensor | None]:
+        cut = self.cuts.get(window)
+        if cut is None:
+            return None, None
+        return cut, torch.from_numpy(np.load(self.folder / f"{window}.npy"))
+
+    def save(self, window: int, cut: Cut, features: torch.Tensor) -> None:
+        if window in self.cuts and self.cuts[window].order >= cut.order:
+            return
+        np.save(self.folder / f"{window}.npy", features.contiguous().numpy())
+        self.cuts[window] = cut
 
 
 def _release_freed_memory() -> Callable[[], None]:
@@ -583,43 +751,56 @@ def _evict(pixels: np.ndarray, rows: int) -> None:
 
 
 def stylize_tiled(runner: TileRunner, pixels: np.ndarray, plan: TilePlan, thumbnail: torch.Tensor | None = None,
-                  per_tile_stats: bool = False, progress: bool = True, out: np.ndarray | None = None) -> np.ndarray:
+                  per_tile_stats: bool = False, progress: bool = True, out: np.ndarray | None = None,
+                  scratch: str | Path | None = None) -> np.ndarray:
     """Stylise ``pixels`` ((h, w, 3) uint8) tile by tile into ``out`` (a new (h, w, 3) uint8 array by default).
 
     Statistics come from ``thumbnail`` (by default made from ``pixels``), made exact by :func:`exact_stats` when
-    ``plan.statistics`` says so, or from each tile with ``per_tile_stats`` (for comparison). File-backed maps
-    (``stylize_file``) have each finished band of rows written back and dropped from memory, so the resident set
-    holds about one band, not the photo.
+    ``plan.statistics`` says so (its feature cache in a temporary folder in ``scratch``, the system's by
+    default), or from each tile with ``per_tile_stats`` (for comparison). File-backed maps (``stylize_file``)
+    have each finished band of rows written back and dropped from memory, so the resident set holds about one
+    band, not the photo.
     """
     release = _release_freed_memory()
     height, width = pixels.shape[:2]
     cells = list(windows(height, width, plan))
     stats = None
-    if not per_tile_stats:
-        thumbnail = thumbnail_of(pixels, plan.thumbnail) if thumbnail is None else thumbnail
-        stats = runner.record(thumbnail)
-        release()
-        if plan.statistics == "exact":
-            stats = exact_stats(runner, pixels, plan, stats, progress)
-    out = np.empty((height, width, 3), dtype=np.uint8) if out is None else out
-    for rows, cols, core_rows, core_cols in tqdm(cells, disable=not progress or len(cells) < 2, desc="tiles",
-                                                 unit="tile"):
-        tile, core = _window(runner, pixels, rows, cols, core_rows, core_cols)
-        result = runner.apply(tile, stats)[..., core.top : core.bottom, core.left : core.right]
-        out[core_rows, core_cols] = to_uint8(result)
-        del result
-        if _done_with(pixels, rows, cols, width, plan):
-            _evict(out, core_rows.stop)
-        release()
+    with tempfile.TemporaryDirectory(prefix="styleslim-features-", dir=scratch) as folder:
+        cache = None
+        if not per_tile_stats:
+            thumbnail = thumbnail_of(pixels, plan.thumbnail) if thumbnail is None else thumbnail
+            stats = runner.record(thumbnail)
+            release()
+            if plan.statistics == "exact":
+                cache = _feature_cache(runner, folder, height * width)
+                stats = exact_stats(runner, pixels, plan, stats, progress, cache)
+        out = np.empty((height, width, 3), dtype=np.uint8) if out is None else out
+        for window, (rows, cols, core_rows, core_cols) in enumerate(
+                tqdm(cells, disable=not progress or len(cells) < 2, desc="tiles", unit="tile")):
+            tile, core = _window(runner, pixels, rows, cols, core_rows, core_cols)
+            result = runner.apply(tile, stats, cache, window)[..., core.top : core.bottom, core.left : core.right]
+            out[core_rows, core_cols] = to_uint8(result)
+            del result
+            if _done_with(pixels, rows, cols, width, plan):
+                _evict(out, core_rows.stop)
+            release()
     return out
 
 
+def _feature_cache(runner: TileRunner, folder: str, pixels: int) -> FeatureCache | None:
+    """A feature cache when the network has cuts and the disk has room for them (halos overlap: 1.5x)."""
+    if not runner.cuts[1] or shutil.disk_usage(folder).free < 1.5 * CUT_BYTES_PER_PIXEL * pixels:
+        return None
+    return FeatureCache(folder)
+
+
 def exact_stats(runner: TileRunner, pixels: np.ndarray, plan: TilePlan, stats: NormStats,
-                progress: bool = True) -> NormStats:
+                progress: bool = True, cache: FeatureCache | None = None) -> NormStats:
     """The whole image's statistics of every normalisation, one pass over the tiles each, in call order: a
     normalisation's input is exact once those before it are, so its moments merged over the tiles' cores are
     the whole image's. (Updating them all at once from one pass diverges: a network normalised with a mix of
-    exact and thumbnail statistics drifts further from both, measured in benchmarks/bench_tiling.py.)"""
+    exact and thumbnail statistics drifts further from both.) With a ``cache`` each pass resumes each window
+    from the deepest feature map an earlier pass cached, instead of recomputing the network up to it."""
     release = _release_freed_memory()
     height, width = pixels.shape[:2]
     cells = list(windows(height, width, plan))
@@ -629,9 +810,9 @@ def exact_stats(runner: TileRunner, pixels: np.ndarray, plan: TilePlan, stats: N
               unit="tile") as bar:
         for index in indices:
             moments = Moments()
-            for rows, cols, core_rows, core_cols in cells:
+            for window, (rows, cols, core_rows, core_cols) in enumerate(cells):
                 tile, core = _window(runner, pixels, rows, cols, core_rows, core_cols)
-                runner.measure(tile, NormStats(entries), core, index, moments)
+                runner.measure(tile, NormStats(entries), core, index, moments, cache, window)
                 _done_with(pixels, rows, cols, width, plan)
                 release()
                 bar.update()
@@ -683,7 +864,7 @@ def stylize_file(runner: TileRunner, source: str | Path, target: str | Path, pla
             _evict(pixels, bottom)
         del image
         out = np.memmap(Path(tmp) / "output.u8", dtype=np.uint8, mode="w+", shape=shape)
-        stylize_tiled(runner, pixels, plan, thumbnail=thumbnail, progress=progress, out=out)
+        stylize_tiled(runner, pixels, plan, thumbnail=thumbnail, progress=progress, out=out, scratch=tmp)
         del pixels
         return save_pixels(out, target)
 

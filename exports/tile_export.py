@@ -348,11 +348,13 @@ class ArtifactTileRunner(TileRunner):
         """Statistics of the thumbnail squeezed to the artifact's square input."""
         return NormStats.unpack(torch.from_numpy(self._run_graph(self._square(thumb), None)[1][:2]), self.channels)
 
-    def apply(self, tile: torch.Tensor, stats: NormStats | None) -> torch.Tensor:
+    def apply(self, tile: torch.Tensor, stats: NormStats | None, cache: None = None, window: int = 0) -> torch.Tensor:
         return self._run_graph(tile, None if stats is None else stats.packed().numpy())[0]
 
-    def measure(self, tile: torch.Tensor, stats: NormStats, core: Core, index: int, moments: Moments) -> None:
-        """The artifact runs whole (it reports every normalisation); normalisation ``index``'s moments are kept."""
+    def measure(self, tile: torch.Tensor, stats: NormStats, core: Core, index: int, moments: Moments,
+                cache: None = None, window: int = 0) -> None:
+        """The artifact runs whole (it reports every normalisation; it has no cuts, so no feature cache);
+        normalisation ``index``'s moments are kept."""
         reported = self._run_graph(tile, stats.packed().numpy(), core)[1]
         start = sum(self.channels[:index])
         mean, var, count = torch.from_numpy(reported[:, start : start + self.channels[index]])

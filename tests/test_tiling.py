@@ -123,6 +123,33 @@ def test_conditional_norm_networks_tile_like_the_whole_image(photo, family):
     assert np.abs(tiled.astype(int) - whole(net, photo)).max() <= 1
 
 
+def test_statistics_passes_resume_from_cached_feature_maps(photo):
+    """With the model known, each pass resumes each window after the deepest call an earlier pass cached (after
+    the stride-4 stem, after each residual block, in the head): the same picture, bit for bit, with the stem run
+    only until its output is cached."""
+    from compressor.models.conditional_norm import pad_to_multiple
+    from compressor.models.multistyle import MultiStyleNet, MultiStyleSpec, SingleStyle, parse_style_weights
+
+    torch.manual_seed(0)
+    model = MultiStyleNet(MultiStyleSpec(n_styles=2, contract=[16, 8, 16], res_inner=[16, 16, 16], expand=[8, 8]))
+    run = pad_to_multiple(torch.no_grad()(SingleStyle(model.eval(), parse_style_weights("1", 2))))
+    cached, recomputed = TileRunner(run, model), TileRunner(run)
+    children, cuts = cached.cuts
+    assert recomputed.cuts == ([], [])
+    resumable = {children[c.module] for c in cuts}
+    assert set(model.res) <= resumable and model.contract[2] in resumable
+    assert model.contract[0] not in resumable  # 16 channels at full scale: 64 bytes a pixel, too big to cache
+    stem_calls = []
+    model.contract[0].conv.register_forward_hook(lambda *_: stem_calls.append(1))  # its parent is skipped, not it
+    plan = TilePlan(window=176, halo=cached.geometry.halo, stride=4, thumbnail=64)
+    fast = stylize_tiled(cached, photo, plan, progress=False)
+    with_cache = len(stem_calls)
+    slow = stylize_tiled(recomputed, photo, plan, progress=False)
+    assert np.array_equal(fast, slow)
+    assert with_cache < (len(stem_calls) - with_cache) / 2  # every pass and the tile pass ran the stem without it
+    assert np.abs(fast.astype(int) - whole(run, photo)).max() <= 1
+
+
 def test_adain_content_statistics_are_the_whole_images(photo):
     """AdaIN's mean_std (unbiased std plus eps) merged over the tiles; its style's statistics stay the style's."""
     run = adain_run()

@@ -26,6 +26,7 @@ from torch import nn
 from compressor.losses import uses_teacher
 from compressor.models.conditional_norm import (
     ConvNorm,
+    ResidualPair,
     StyleVectorNorm,
     batch_generator,
     pad_to_multiple,
@@ -83,7 +84,7 @@ class ArbitraryStyleNet(nn.Module):
         c1, c2, trunk = spec.contract
         self.contract = nn.ModuleList([ContractConv(3, c1, 9), ContractConv(c1, c2, 3, 2),
                                        ContractConv(c2, trunk, 3, 2)])
-        self.res = nn.ModuleList(nn.ModuleList([block(trunk, inner, 3), block(inner, trunk, 3)])
+        self.res = nn.ModuleList(ResidualPair([block(trunk, inner, 3), block(inner, trunk, 3)])
                                  for inner in spec.res_inner)
         e1, e2 = spec.expand
         self.expand = nn.ModuleList([block(trunk, e1, 3, upsample=True), block(e1, e2, 3, upsample=True),
@@ -95,8 +96,8 @@ class ArbitraryStyleNet(nn.Module):
         v = style_vector.reshape(-1, style_vector.shape[-1])
         for layer in self.contract:
             x = self.relu(layer(x))
-        for inner, outer in self.res:
-            x = x + outer(self.relu(inner(x, v)), v)
+        for block in self.res:
+            x = block(x, v)
         x = self.relu(self.expand[0](x, v))
         x = self.relu(self.expand[1](x, v))
         return torch.sigmoid(self.expand[2](x, v))

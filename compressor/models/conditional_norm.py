@@ -78,6 +78,16 @@ class ConvNorm(nn.Module):
         return self.norm(self.conv(self.pad(x)), style)
 
 
+class ResidualPair(nn.ModuleList):
+    """A residual block of two ConvNorms, ``x + outer(relu(inner(x, style)), style)``: still a ModuleList (its
+    state-dict keys stay ``res.K.0`` / ``res.K.1``), and one call, so tiled inference can resume a forward pass
+    after it (``compressor.tiling.measure_cuts``)."""
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        inner, outer = self
+        return x + outer(F.relu(inner(x, style)), style)
+
+
 def pad_to_multiple(run: Callable[[torch.Tensor], torch.Tensor], multiple: int = 4
                     ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Reflect-pad H and W up to ``multiple`` and crop back, so outputs keep the input's size.

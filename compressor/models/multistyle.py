@@ -28,6 +28,7 @@ from compressor.losses import finish, teacher_terms, uses_teacher
 from compressor.models.conditional_norm import (
     ConditionalInstanceNorm,
     ConvNorm,
+    ResidualPair,
     batch_generator,
     pad_to_multiple,
 )
@@ -73,7 +74,7 @@ class MultiStyleNet(nn.Module):
 
         c1, c2, trunk = spec.contract
         self.contract = nn.ModuleList([block(3, c1, 9), block(c1, c2, 3, 2), block(c2, trunk, 3, 2)])
-        self.res = nn.ModuleList(nn.ModuleList([block(trunk, inner, 3), block(inner, trunk, 3)])
+        self.res = nn.ModuleList(ResidualPair([block(trunk, inner, 3), block(inner, trunk, 3)])
                                  for inner in spec.res_inner)
         e1, e2 = spec.expand
         self.expand = nn.ModuleList([block(trunk, e1, 3, upsample=True), block(e1, e2, 3, upsample=True),
@@ -93,8 +94,8 @@ class MultiStyleNet(nn.Module):
         w = _batched(style_weights)
         for layer in self.contract:
             x = self.relu(layer(x, w))
-        for inner, outer in self.res:
-            x = x + outer(self.relu(inner(x, w)), w)
+        for block in self.res:
+            x = block(x, w)
         x = self.relu(self.expand[0](x, w))
         x = self.relu(self.expand[1](x, w))
         return torch.sigmoid(self.expand[2](x, w))
