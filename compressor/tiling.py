@@ -9,8 +9,11 @@ overlapping by a halo that wide give the whole-image result, and their seams are
 Which statistics: by default the whole image's, exactly. A thumbnail's (URST: Chen et al., AAAI 2022)
 start them; then one pass over the tiles per normalisation, in call order, merges that normalisation's
 mean and variance over the tiles' cores, with every earlier one already exact and the forward pass
-stopped right after it. A thumbnail's statistics alone (``statistics="thumbnail"``) cost one pass, but
-Magenta's networks paint visibly different strokes from them (``benchmarks/bench_tiling.py``).
+stopped right after it. Each pass resumes each window from the deepest feature map an earlier pass
+cached on disk (``measure_cuts``: a call of the model's forward to a child after which nothing earlier is
+needed, small enough to store), so the stem is not recomputed for every normalisation. A thumbnail's
+statistics alone (``statistics="thumbnail"``) cost one pass, but Magenta's networks paint visibly
+different strokes from them (``benchmarks/bench_tiling.py``).
 
 The hook is a ``TorchFunctionMode``: it intercepts ``F.instance_norm`` (TransformerNet, conditional
 instance norm, whose own affine or per-style parameters still apply afterwards) and the functions in
