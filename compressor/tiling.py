@@ -287,13 +287,16 @@ class Resumed:
         self.resumed = cut is None
 
     def __enter__(self) -> Resumed:
+        self.own = [child.__dict__.get("forward") for child in self.children]  # a forward set on the instance
         for i, child in enumerate(self.children):
             child.forward = functools.partial(self._call, i, child.forward)
         return self
 
     def __exit__(self, *exc) -> None:
-        for child in self.children:
+        for child, own in zip(self.children, self.own):
             del child.forward
+            if own is not None:
+                child.forward = own
 
     def _call(self, index: int, forward: Callable, *args, **kwargs):
         call = self.counts[index]
@@ -358,7 +361,7 @@ def measure_cuts(run: Run, model: nn.Module, stride: int) -> tuple[list[nn.Modul
         try:
             with torch.no_grad(), Resumed(children, cut, out.clone(), []), NormStatistics(stats, start=norms):
                 again = run(x)
-        except (RuntimeError, ValueError, IndexError, TilingError):
+        except (RuntimeError, ValueError, IndexError, TypeError, TilingError):  # it used a skipped call's output
             continue
         if again.shape == base.shape and torch.equal(again, base):
             cuts.append(cut)
