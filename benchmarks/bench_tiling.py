@@ -177,15 +177,14 @@ def quality_rows(networks: dict, sizes: list[tuple[int, int]], window: int) -> l
                 tiled = stylize_tiled(runner, pixels, plan, progress=False)
                 seconds = time.perf_counter() - start
                 got = torch.from_numpy(tiled).permute(2, 0, 1)[None].float() / 255
-                ref = reference
                 judged = judge_outputs([got], [ref_embedding], calibration)
                 row = {"network": name, "size": f"{size[0]}x{size[1]}", "statistics": statistics,
                        "window": window, "halo": geometry.halo,
                        "grade": f"ungraded: {unfit}" if unfit else judged["grade"],
                        "perceptual_bands": round(judged["perceptual_bands"], 3),
                        "style_bands": round(judged["style_bands"], 3),
-                       "psnr_db": round(min(float(peak_signal_noise_ratio(got, ref, data_range=1.0)), 200.0), 2),
-                       "ssim": round(float(structural_similarity_index_measure(got, ref, data_range=1.0)), 5),
+                       "psnr_db": round(min(float(peak_signal_noise_ratio(got, reference, data_range=1.0)), 200.0), 2),
+                       "ssim": round(float(structural_similarity_index_measure(got, reference, data_range=1.0)), 5),
                        "seconds": round(seconds, 1), "whole_seconds": round(whole_s, 1),
                        "band": calibration["band"], "judge": judge_info()["network"]}
                 rows.append(row)

@@ -28,6 +28,7 @@ photo needs the decoder's image (400 MB) while decoding and saving, and about on
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import mmap
@@ -116,7 +117,8 @@ class Moments:
     (Chan et al.'s parallel variance) in float64; ``statistics()`` gives what the normalisation uses."""
 
     def __init__(self):
-        self.count, self.mean, self.m2 = 0.0, torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+        self.count = 0.0
+        self.mean = self.m2 = torch.zeros(())  # set by the first ``add``
         self.finish: Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]] = _mean_var
 
     def add(self, count: float, mean: torch.Tensor, var: torch.Tensor) -> None:
@@ -321,26 +323,28 @@ def measure_cuts(run: Run, model: nn.Module, stride: int) -> tuple[list[nn.Modul
     x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(2))
     stack: list[nn.Module] = []
     children: list[nn.Module] = []
+    index: dict[int, int] = {}  # id(child) -> its place in children
+    counts: list[int] = []  # calls of each child so far
     events: list[tuple[int, int, int, torch.Tensor]] = []
     deeper: set[int] = set()
-    counts: dict[int, int] = {}
 
     def before(module, args):
         if stack and stack[-1] is model:
-            if id(module) not in counts:
-                counts[id(module)] = 0
+            if id(module) not in index:
+                index[id(module)] = len(children)
                 children.append(module)
-        elif stack and id(module) in counts:
+                counts.append(0)
+        elif stack and id(module) in index:
             deeper.add(id(module))
         stack.append(module)
 
     def after(module, args, out):
         stack.pop()
-        if stack and stack[-1] is model and isinstance(out, torch.Tensor):
-            index = next(i for i, c in enumerate(children) if c is module)
-            events.append((index, counts[id(module)], mode.calls, out))
         if stack and stack[-1] is model:
-            counts[id(module)] += 1
+            i = index[id(module)]
+            if isinstance(out, torch.Tensor):
+                events.append((i, counts[i], mode.calls, out))
+            counts[i] += 1
 
     stats = record_stats(run, x)[0]
     handles = [m.register_forward_pre_hook(before) for m in model.modules()]
@@ -351,7 +355,7 @@ def measure_cuts(run: Run, model: nn.Module, stride: int) -> tuple[list[nn.Modul
     finally:
         for handle in handles:
             handle.remove()
-    if not events or deeper & {id(c) for c in children}:
+    if not events or deeper:
         return [], []
     cuts = []
     for order, (module, call, norms, out) in enumerate(events):
@@ -770,14 +774,14 @@ def stylize_tiled(runner: TileRunner, pixels: np.ndarray, plan: TilePlan, thumbn
     release = _release_freed_memory()
     height, width = pixels.shape[:2]
     cells = list(windows(height, width, plan))
-    stats = None
-    with tempfile.TemporaryDirectory(prefix="styleslim-features-", dir=scratch) as folder:
-        cache = None
+    stats = cache = None
+    with contextlib.ExitStack() as stack:  # the feature cache's folder, made only for exact statistics
         if not per_tile_stats:
             thumbnail = thumbnail_of(pixels, plan.thumbnail) if thumbnail is None else thumbnail
             stats = runner.record(thumbnail)
             release()
             if plan.statistics == "exact":
+                folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="styleslim-features-", dir=scratch))
                 cache = _feature_cache(runner, folder, height * width)
                 stats = exact_stats(runner, pixels, plan, stats, progress, cache)
         out = np.empty((height, width, 3), dtype=np.uint8) if out is None else out
