@@ -283,6 +283,9 @@ class EvaluateStage(Config):
                                     "the way to int8 (quantized/<runtime>/float-*/).")
     peers: list[Peer] = Field(default_factory=list, description="Models outside the run to compare with (never "
                               "the verdict): latency and fidelity side by side, speed-ups against the first.")
+    web: list[Literal["onnxruntime-web", "litert-web"]] = Field(
+        default_factory=list, description="Also run every ONNX / TFLite artifact in a headless Chromium on these web "
+        "runtimes (WASM, `threads` threads): rows beside the native ones, judged and timed the same way.")
 
 
 RECIPE_VERSION = 1

@@ -41,7 +41,7 @@ from evaluation.latency import machine_info, measure_latency
 from evaluation.memory import peak_rss
 from evaluation.metrics import degradation_pct, fidelity, layer_widths, params_and_macs, perceptual_losses
 from evaluation.report import perceptual_bands
-from evaluation.variants import Variant, content_hash, peer_variant, size_on_disk
+from evaluation.variants import Variant, content_hash, peer_variant, size_on_disk, web_twins
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 3
@@ -113,7 +113,8 @@ def evaluate(
     ``root`` is the folder the report is written to; paths are stored relative to it.
     """
     torch.set_num_threads(settings.threads)
-    variants, identity = dedupe(variants + [peer_variant(p) for p in settings.peers], root)
+    variants = web_twins(variants, settings.web) + [peer_variant(p) for p in settings.peers]
+    variants, identity = dedupe(variants, root)
     images = [square_image(p, settings.size) for p in image_paths]
     reference = _style_reference(variants[0], settings.style_reference)
     grams = style_grams(vgg, style_image) if reference == "image" else None
@@ -143,7 +144,7 @@ def evaluate(
         "judge": judge,
         "ranking": rank(rows, settings.grade, settings.min_psnr_db),
         "variants": rows,
-        "exports": [_export_entry(v, root) for v in variants if v.is_artifact],
+        "exports": [_export_entry(v, root) for v in variants if v.is_artifact and v.runtime == v.own_runtime],
         "images": {"work_dir": display_path(work_dir, root), "diff_gain": DIFF_GAIN, "grid": outputs},
     }
 
@@ -225,6 +226,8 @@ def _quality(variants, rows, images, image_paths, vgg, grams, judged, settings, 
                 for _, style_input in judged:  # a single-style variant ignores the style it is asked for
                     run = variant.runner(style_input, settings.threads)
                     outs += [_stylize(variant, run, img) for img in images]
+                    if getattr(run, "runner", None) is not None and run.runner.info:
+                        row["runtime_info"] = run.runner.info
             except Exception as exc:  # one broken artifact must not hide the others
                 row["errors"].append(f"inference: {type(exc).__name__}: {exc}")
                 outs = None
@@ -383,7 +386,7 @@ def _latency(variants, rows, style, settings: EvaluateStage, progress: bool) -> 
     for size in settings.latency_sizes:
         x = torch.rand(1, 3, size, size)
         st = resize(style, (size, size)) if style.dim() == 4 else style  # a style image, or a style mix
-        calls = {}
+        calls, clocks = {}, {}
         for i, (variant, row) in enumerate(zip(variants, rows)):
             if not variant.measurable:
                 row["latency_ms"][variant.runtime] = {"p50": None, "p90": None, "note": variant.not_measurable_note}
@@ -399,7 +402,10 @@ def _latency(variants, rows, style, settings: EvaluateStage, progress: bool) -> 
                 row["errors"].append(f"latency at {size}px: {type(exc).__name__}: {exc}")
                 continue
             calls[i] = (lambda run=run: _no_grad(run, x))
-        stats = measure_latency(calls, runs=settings.latency_runs, warmup=settings.warmup, progress=progress)
+            if getattr(run, "runner", None) is not None and run.runner.time_last is not None:
+                clocks[i] = run.runner.time_last  # a browser page times itself: no transfer in the figure
+        stats = measure_latency(calls, runs=settings.latency_runs, warmup=settings.warmup, progress=progress,
+                                clocks=clocks)
         for i, stat in stats.items():
             variant, row = variants[i], rows[i]
             entry = stat | {"size": size, "threads": settings.threads}
@@ -415,7 +421,8 @@ def _no_grad(run, x):
 def _memory(variants, rows, settings: EvaluateStage, style_path: Path | None, progress: bool) -> None:
     size = settings.latency_sizes[0]
     for variant, row in tqdm(list(zip(variants, rows)), desc="memory", disable=not progress, leave=False):
-        if not variant.measurable or variant.is_peer:  # a peer's fixed extra inputs live in this process only
+        # a peer's fixed extra inputs live in this process only; a browser's memory is not this process's
+        if not variant.measurable or variant.is_peer or variant.runtime != variant.own_runtime:
             continue
         try:
             row["memory"] = peak_rss(variant.path, size, settings.threads, style_path) | {"size": size}

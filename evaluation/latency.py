@@ -24,9 +24,15 @@ from tqdm import tqdm
 
 
 def measure_latency(
-    calls: dict[str, Callable[[], Any]], runs: int = 10, warmup: int = 2, progress: bool = False, block: int = 5
-) -> dict[str, dict[str, float]]:
-    """Time each zero-argument call ``runs`` times, round-robin in blocks of ``block``; returns ms stats per name."""
+    calls: dict[Any, Callable[[], Any]], runs: int = 10, warmup: int = 2, progress: bool = False, block: int = 5,
+    clocks: dict[Any, Callable[[int], list[float]]] | None = None,
+) -> dict[Any, dict[str, float]]:
+    """Time each zero-argument call ``runs`` times, round-robin in blocks of ``block``; returns ms stats per name.
+
+    A call with a clock (``clocks[name](n)``: n more runs of what the call ran, timed where it runs, in ms, e.g.
+    inside a browser page) is timed by that clock, so moving tensors to and from it is not counted.
+    """
+    clocks = clocks or {}
     for call in calls.values():
         for _ in range(warmup):
             call()
@@ -34,7 +40,11 @@ def measure_latency(
     for _ in tqdm(range(-(-runs // block)), desc="latency", disable=not progress, leave=False):
         for name, call in calls.items():
             call()  # untimed: re-warms caches, absorbs the previous runtime's spinning threads
-            for _ in range(min(block, runs - len(times[name]))):
+            count = min(block, runs - len(times[name]))
+            if name in clocks:
+                times[name] += clocks[name](count)
+                continue
+            for _ in range(count):
                 start = time.perf_counter()
                 call()
                 times[name].append((time.perf_counter() - start) * 1000.0)

@@ -155,6 +155,19 @@ def machine_line(report: dict[str, Any]) -> str:
             f"{vnni.get(m.get('x86_vnni'), '')}{s['threads']} thread(s) · {m['platform']} · " + " · ".join(versions))
 
 
+def _browser_lines(report: dict[str, Any]) -> list[str]:
+    """What ran in the browser, as each web runtime reported it (threads only where the page was isolated)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for row in report["variants"]:
+        if row.get("runtime_info"):
+            seen.setdefault(row["runtime"], row["runtime_info"])
+    browser = next(iter(seen.values()), {}).get("browser", "Chromium")
+    return [f"Browser: headless {browser}, timed inside the page (performance.now()): " + "; ".join(
+        f"{name} {info.get('version', '')} on {info.get('provider')} with {info.get('threads')} thread(s)"
+        f"{', SIMD' if info.get('simd') else ''}{'' if info.get('cross_origin_isolated') else ', not isolated'}"
+        .replace("  ", " ") for name, info in seen.items())] if seen else []
+
+
 def peer(report: dict[str, Any]) -> dict[str, Any] | None:
     """The first peer (``evaluate.peers``) with a latency: the yardstick of the × peer column."""
     return next((r for r in report["variants"] if r["kind"] == "peer" and _latency(r).get("p50")), None)
@@ -290,6 +303,7 @@ def _preamble(report: dict[str, Any]) -> list[str]:
          + (f", each in styles {', '.join(s['styles'])} of the teacher" if s.get("styles") else "")),
         *_peer_line(report),
         f"Machine: {machine_line(report)}",
+        *_browser_lines(report),
         (f"Latency: {s['warmup']} warm-up + {s['latency_runs']} timed runs per variant and size, round-robin in one "
          f"process. Loss deltas judged by VGG19 {report['loss_network']['weights']}"
          + (" (the random fallback: read them as texture statistics, not ImageNet perception)"

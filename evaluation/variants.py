@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from compressor.errors import UserError
 from compressor.io import path_size
 from compressor.models import get_family, load_any
 from compressor.models.checkpoint import SPEC_FILE, WEIGHTS_FILE, resolve_model_path
-from exports.backends import backend_for_artifact, get_backend
+from exports.backends import Runner, backend_for_artifact, backends, get_backend
 from exports.manifest import manifest_path, manifest_problem, read_manifest
 from exports.runtime import load_runner
 
@@ -52,6 +52,13 @@ class Variant:
         return self.model is None
 
     @property
+    def own_runtime(self) -> str:
+        """The runtime the artifact was made for (its manifest's); a web twin runs it on another."""
+        if not self.is_artifact or self.is_peer:
+            return self.runtime
+        return backend_for_artifact(self.path, self.manifest or None).runtime
+
+    @property
     def role(self) -> str | None:
         """The family's role (``loss_network`` variants are judged by loss ranking, not by their images)."""
         return get_family(self.family).role if self.family else None
@@ -75,9 +82,21 @@ class Variant:
         if self.model is not None:
             model = self.model.eval()
             return lambda x: model(*inputs(x, style))
-        run = load_runner(self.path, threads=threads)
-        taken = len(run.input_names)  # an artifact declares its inputs (a single-style export takes the image alone)
-        return lambda x: _to_torch(run(*(t.numpy() for t in inputs(x, style)[:taken])))
+        return ArtifactRun(load_runner(self.path, threads=threads, runtime=self.runtime), inputs, style)
+
+
+@dataclass
+class ArtifactRun:
+    """An artifact's runner as a variant's callable; ``runner`` stays reachable for its ``info`` and clock."""
+
+    runner: Runner
+    inputs: Callable[..., tuple[torch.Tensor, ...]]
+    style: torch.Tensor | None
+
+    def __call__(self, x: torch.Tensor) -> Any:
+        taken = len(self.runner.input_names)  # an artifact declares its inputs (a single-style export: the image)
+        return _to_torch(self.runner(*(t.numpy() for t in self.inputs(x, self.style)[:taken])))
+
 
 def _to_torch(output: Any) -> Any:
     """Runner output (an array, or a dict of arrays for multi-output graphs such as VGG taps) as tensors."""
@@ -123,6 +142,20 @@ def artifact_variant(path: Path, name: str | None = None) -> Variant:
         raise ValueError(f"{path}: not an artifact of a known runtime")
     return Variant(name=name or path.name, path=path, runtime=backend.runtime, family=family,
                    manifest=manifest, manifest_path=manifest_path(path) if manifest else None)
+
+
+def web_twins(variants: list[Variant], runtimes: list[str]) -> list[Variant]:
+    """Each artifact again on every web runtime of its format (``evaluate.web``), right after it: the same file
+    and content hash on another runtime. Tile artifacts are left out (their page runs the tile path)."""
+    out: list[Variant] = []
+    for variant in variants:
+        out.append(variant)
+        fmt = variant.manifest.get("format") if variant.is_artifact and not variant.is_peer else None
+        if fmt is None or variant.manifest.get("tile"):
+            continue
+        out += [replace(variant, name=f"{variant.name} @ {b.runtime}", runtime=b.runtime) for b in backends()
+                if b.runtime in runtimes and b.format == fmt]
+    return out
 
 
 def torch_variant(name: str, folder: Path) -> Variant:

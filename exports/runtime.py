@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from exports.backends import Runner, backend_for_artifact
+from exports.backends import Runner, backend_for_artifact, get_backend
 from exports.common import ExportError
 from exports.manifest import read_manifest
 
@@ -20,8 +20,9 @@ def is_artifact(path: str | Path) -> bool:
     return backend_for_artifact(path, read_manifest(path)) is not None
 
 
-def load_runner(path: str | Path, threads: int | None = None) -> Runner:
-    """A Runner for an artifact, on the runtime its manifest names (a foreign file without one: by its suffix)."""
+def load_runner(path: str | Path, threads: int | None = None, runtime: str | None = None) -> Runner:
+    """A Runner for an artifact, on the runtime its manifest names (a foreign file without one: by its suffix),
+    or on ``runtime``, another runtime of the same format (``onnxruntime-web`` for an ONNX file)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such artifact")
@@ -29,6 +30,11 @@ def load_runner(path: str | Path, threads: int | None = None) -> Runner:
     backend = backend_for_artifact(path, manifest)
     if backend is None:
         raise ExportError(f"{path}: unknown artifact type (no manifest, and not a .onnx, .tflite or .mlpackage file)")
+    if runtime is not None and runtime != backend.runtime:
+        other = get_backend(runtime)
+        if other.format != backend.format:
+            raise ExportError(f"{path}: a {backend.format} artifact; {runtime} runs {other.format} artifacts")
+        backend = other
     if not backend.can_run():
         raise ExportError(f"{path}: {backend.runtime} predictions {backend.cannot_run_note}")
     try:

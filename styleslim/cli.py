@@ -638,6 +638,8 @@ def evaluate(
     min_psnr_db: float | None = field_option(EvaluateStage, "min_psnr_db"),
     styles: list[str] = field_option(EvaluateStage, "styles", "--styles", help="A multi-style teacher's style (or "
                                      "blend) to judge every variant on, e.g. 19 or 3:0.5,12:0.5 (repeatable)."),
+    web: list[str] = field_option(EvaluateStage, "web", "--web", help="Also run each ONNX/TFLite artifact in headless "
+                                  "Chromium on this web runtime (repeatable)."),
     loss_network: str = _loss_network_option(),
     strict_loss_network: StrictOpt = False,
 ) -> None:
@@ -649,7 +651,7 @@ def evaluate(
 
     settings = build(EvaluateStage, {"latency_sizes": "--size"}, images=images, size=size, latency_sizes=[size],
                      latency_runs=latency_runs, threads=threads, memory=memory, grade=grade,
-                     min_psnr_db=min_psnr_db, styles=styles)
+                     min_psnr_db=min_psnr_db, styles=styles, web=web)
     check_output_dir(output)
     for target in [teacher, *targets]:
         if not resolve_model_path(target).exists():

@@ -1,9 +1,13 @@
-"""Runtime backends (ONNX Runtime, LiteRT, Core ML), each registered once; see ``exports.backends.base``."""
+"""Runtime backends (ONNX Runtime, LiteRT, Core ML, and in a browser ONNX Runtime Web and LiteRT.js), each
+registered once; see ``exports.backends.base``."""
 
-# The backends: importing a backend's module registers it. One line per runtime.
+# The backends: importing a backend's module registers it. One line per runtime; a format's native runtime
+# comes first (it is the format's default).
 from exports.backends import onnxruntime  # noqa: F401, I001
 from exports.backends import litert  # noqa: F401
 from exports.backends import coreml  # noqa: F401
+from exports.backends import onnxruntime_web  # noqa: F401
+from exports.backends import litert_web  # noqa: F401
 from exports.backends.base import (
     Backend,
     QuantizeJob,

@@ -33,15 +33,21 @@ class Runner:
     layout. ``input_shape`` is the graph's (first) input shape in its own layout (strings or None for dynamic
     dims), ``input_shapes`` every input's. A batch larger than a fixed batch of 1 runs image by image; a wrong
     fixed H x W is refused by name. Inputs that are not 4-D (a style input) pass through as they are.
+
+    ``info`` says what actually ran (a web runtime's provider and threads); ``time_last(n)``, where a runtime
+    has it, times ``n`` more runs of the last inputs inside the runtime (a browser page's own clock), in ms.
     """
 
     def __init__(self, run: Callable[[list[np.ndarray]], list[np.ndarray]], runtime: str, input_names: list[str],
                  output_names: list[str], layout: str, input_shape: list | None = None,
-                 input_shapes: list[list] | None = None):
+                 input_shapes: list[list] | None = None, info: dict[str, Any] | None = None,
+                 time_last: Callable[[int], list[float]] | None = None):
         self._run, self.runtime, self.layout = run, runtime, layout
         self.input_names, self.output_names = input_names, output_names
         self.input_shape = input_shape
         self.input_shapes = input_shapes or [input_shape]
+        self.info = info or {}
+        self.time_last = time_last
 
     def __call__(self, *inputs: np.ndarray) -> Output:
         if len(inputs) != len(self.input_names):
@@ -101,7 +107,7 @@ class Backend:
     default_precision: str
     export: Callable[..., Path]
     runner: Callable[[Path, int | None, str, dict[str, Any]], Runner]
-    quantize: Callable[[QuantizeJob], list[dict[str, Any]]]
+    quantize: Callable[[QuantizeJob], list[dict[str, Any]]] | None = None  # None: runs others' artifacts only
     can_run: Callable[[], bool] = lambda: True
     cannot_run_note: str = ""
     check_structure: Callable[[Path, dict[str, Any], str], dict[str, Any]] | None = None
