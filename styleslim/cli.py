@@ -798,7 +798,8 @@ def compare(
 @app.command()
 def export(
     model: Annotated[Path, typer.Argument(help=MODEL_HELP)],
-    fmt: str = field_option(ExportStage, "formats", "--format", "-f", help="Artifact format.", default_index=0),
+    fmt: str = field_option(ExportStage, "formats", "--format", "-f", default_index=0,
+                            help="Artifact format, or web: a static page that runs it in the browser."),
     precision: str | None = field_option(ExportStage, "precision"),
     size: Annotated[tuple[int, int], typer.Option(help="Input height and width.")] = (
         ExportStage.model_fields["size"].default,) * 2,
@@ -806,13 +807,20 @@ def export(
     dynamic: Annotated[bool, typer.Option(help="ONNX only: dynamic height/width.")] = False,
     tile: Annotated[bool, typer.Option(help="Tile artifact (ONNX/TFLite, square --size): takes the norm statistics "
                                        "as inputs, so stylize runs photos of any size in tiles.")] = False,
+    web_runtime: Annotated[str | None, typer.Option(
+        "--web-runtime", help="--format web: onnxruntime-web (default) or litert-web; an artifact's format decides."
+    )] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the artifact and its manifest.")] = Path(
         "exports"),
 ) -> None:
-    """Export a model to ONNX, TFLite or Core ML, verify it on its runtime, and write its manifest."""
+    """Export a model to ONNX, TFLite or Core ML, verify it on its runtime, and write its manifest; or, with
+    --format web, a static web page that stylizes photos with it in the browser."""
     from exports.stage import export_artifact
     from exports.tile_export import export_tile_artifact
 
+    if fmt == "web":
+        _export_web(model, output, web_runtime, size)
+        return
     for side in size:
         build(ExportStage, {"size": "--size", "formats.0": "--format"}, size=side, formats=[fmt], layout=layout,
               precision=precision)
@@ -827,6 +835,29 @@ def export(
     numbers = (f"PSNR {verdict['psnr_db']} dB (>= {verdict['threshold_db']}), max abs {verdict['max_abs_error']:.3g}"
                if "psnr_db" in verdict else f"structure verified; predictions {verdict['predictions']}")
     typer.echo(f"{path}: {manifest['format']} {manifest['precision']} on {verdict['runtime']}: {numbers}")
+
+
+def _export_web(model: Path, output: Path, runtime: str | None, size: tuple[int, int]) -> None:
+    """``export --format web``: the page folder replaces ``output`` whole, so only a new, empty or page folder."""
+    from exports.runtime import is_artifact
+    from exports.web_page import WEB_RUNTIMES, export_web_page
+
+    if runtime is not None and runtime not in WEB_RUNTIMES.values():
+        fail(f"--web-runtime {runtime}", "unknown web runtime", f"choose from {', '.join(WEB_RUNTIMES.values())}")
+    if size[0] != size[1]:
+        fail(f"--size {size[0]} {size[1]}", "a web page's fixed-size artifact is square", "e.g. --size 512 512")
+    check_output_dir(output)
+    if output.is_dir() and any(output.iterdir()) and not (output / "page.json").is_file():
+        fail(f"-o {output}", "not empty and not a styleslim web page (it would be replaced whole)",
+             "give a new folder")
+    if not model.exists():
+        fail(model, "no such model folder or artifact", "check the path")
+    with tempfile.TemporaryDirectory() as scratch:
+        source = model if is_artifact(model) else model_folder(model, Path(scratch))
+        index, page = export_web_page(source, output, runtime, size=size[0])
+    fixed = f"{page['fixed'][0]}x{page['fixed'][1]} tiles" if page["fixed"] else "any size, whole"
+    typer.echo(f"{index}: {page['artifact']} on {page['runtime']} ({fixed}); serve the folder, e.g. "
+               f"python3 -m http.server -d {output} (one thread without the _headers)")
 
 
 _Q = QuantizeStage

@@ -18,6 +18,7 @@ import itertools
 import json
 import mimetypes
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -88,19 +90,26 @@ class _Server(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.artifacts: dict[str, Path] = {}
+        self.sites: dict[str, Path] = {}
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Serves only what it names: the page's assets, the runtimes' files and the registered artifacts."""
+    """Serves only what it names: the page's assets, the runtimes' files, the registered artifacts and what is
+    inside the registered folders (exported pages)."""
 
     server: _Server
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        path = self.path.split("?", 1)[0].lstrip("/")
+        path = unquote(self.path.split("?", 1)[0]).lstrip("/")
         if path.startswith("runtimes/"):
             file = runtime_file(path.removeprefix("runtimes/"))
         elif path.startswith("artifacts/"):
             file = self.server.artifacts.get(path.removeprefix("artifacts/"))
+        elif path.startswith("sites/"):
+            key, _, rest = path.removeprefix("sites/").partition("/")
+            root = self.server.sites.get(key)
+            file = (root / (rest or "index.html")).resolve() if root else None
+            file = file if file is not None and file.is_relative_to(root) else None
         else:
             file = ASSETS / path if path in {p.name for p in ASSETS.iterdir()} else None
         if file is None or not file.is_file():
@@ -168,8 +177,18 @@ class Browser:
         self.server.artifacts[key] = Path(path).resolve()
         return self.url + "artifacts/" + key
 
+    def serve_folder(self, folder: Path) -> str:
+        """The URL of a folder served as a static site (an exported web page), with the isolation headers."""
+        key = str(len(self.server.sites))
+        self.server.sites[key] = Path(folder).resolve()
+        return f"{self.url}sites/{key}/"
+
     def console_errors(self) -> list[str]:
-        return [e["message"] for e in self.driver.get_log("browser") if e["level"] == "SEVERE"]
+        """The page's console errors since the last call, less LiteRT's WASM log lines (it prints its INFO and
+        WARNING lines on stderr, which Chromium files as errors)."""
+        chatter = re.compile(r'runtimes/litert/wasm/\S+ \S+ "(INFO|WARNING): ')
+        return [e["message"] for e in self.driver.get_log("browser")
+                if e["level"] == "SEVERE" and not chatter.search(e["message"])]
 
     def close(self) -> None:
         try:
