@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from exports.backends.base import Backend, Runner, register_backend
-from exports.backends.litert import export_tflite
 from exports.backends.browser import missing, web_runner
+from exports.backends.litert import export_tflite
 from exports.common import ExportError
 
 RUNTIME = "litert-web"

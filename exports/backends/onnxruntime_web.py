@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from exports.backends.base import Backend, Runner, register_backend
-from exports.backends.onnxruntime import export_onnx
 from exports.backends.browser import missing, web_runner
+from exports.backends.onnxruntime import export_onnx
 
 RUNTIME = "onnxruntime-web"
 
