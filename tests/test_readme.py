@@ -89,3 +89,7 @@ def test_every_readme_command_runs(user_folder):
     assert list((user_folder / "coreml").glob("*.mlpackage"))
     assert {p.stem for p in (user_folder / "stylized").rglob("*.*")} >= {"photo", "holiday", "p0", "p1"}
     assert (user_folder / "blend.png").is_file() and (user_folder / "phone.png").is_file()
+    for page in ("webpage", "webpage-int8"):
+        assert (user_folder / page / "index.html").is_file() and (user_folder / page / "page.json").is_file()
+    report = (user_folder / "runs" / "compress_my_model" / "report.md").read_text()
+    assert "@ onnxruntime-web" in report and "@ litert-web" in report
