@@ -21,11 +21,12 @@ except ImportError:
     pass
 
 import numpy as np
+import torch
 
 from compressor.config import EvaluateStage, Peer, QuantizeStage
 from compressor.io import write_json
-from compressor.models.vgg import load_vgg19
 from compressor.models.checkpoint import resolve_model_path
+from compressor.models.vgg import load_vgg19
 from evaluation.latency import machine_info, measure_latency
 from exports.quantize import quantize
 from exports.runtime import load_runner
@@ -58,6 +59,22 @@ def peer_in_the_page(size: int, runs: int) -> dict[str, dict[str, float]]:
     return measure_latency(calls, runs=runs, clocks={"onnxruntime-web": runners["onnxruntime-web"].time_last})
 
 
+def conv_peak(runs: int) -> dict[str, dict[str, float]]:
+    """fp32 GMAC/s of one big 3x3 conv (128 -> 128 channels, 128 x 128) natively and on ONNX Runtime Web: the
+    per-MAC price of the browser (WASM SIMD is 128 bits wide, no FMA; the host's native kernels use its widest
+    vectors), the floor under any conv network's ratio."""
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1).eval()
+    x = torch.rand(1, 128, 128, 128)
+    macs = conv.weight.numel() * 128 * 128
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "conv.onnx"
+        torch.onnx.export(conv, (x,), str(path), input_names=["image"], output_names=["out"], dynamo=False)
+        runners = {rt: load_runner(path, THREADS, runtime=rt) for rt in ("onnxruntime", "onnxruntime-web")}
+        calls = {rt: (lambda r=r: r(x.numpy())) for rt, r in runners.items()}
+        stats = measure_latency(calls, runs=runs, clocks={"onnxruntime-web": runners["onnxruntime-web"].time_last})
+    return {rt: {"p50_ms": round(s["p50"], 2), "gmac_per_s": round(macs / s["p50"] / 1e6, 1)} for rt, s in stats.items()}
+
+
 def run(quick: bool, model_dir: Path = DEFAULT_MODEL) -> dict:
     from styleslim.stages import evaluate_paths
 
@@ -71,6 +88,7 @@ def run(quick: bool, model_dir: Path = DEFAULT_MODEL) -> dict:
         report = evaluate_paths(artifacts(model_dir, Path(tmp), size), model_dir, vgg, Path(tmp) / "report",
                                 settings=settings, progress=False)
     peer = peer_in_the_page(size, runs)
+    peak = conv_peak(runs)
     rows, native = [], {}
     for row in report["variants"]:
         p50 = (row["latency_ms"].get(row["runtime"]) or {}).get("p50")
@@ -89,6 +107,10 @@ def run(quick: bool, model_dir: Path = DEFAULT_MODEL) -> dict:
               "p50_ms": round(stat["p50"], 1),
               "x_native": round(stat["p50"] / peer["onnxruntime"]["p50"], 2) if runtime != "onnxruntime" else None}
              for runtime, stat in peer.items()]
+    rows += [{"variant": "one 3x3 conv, 128 ch, 128 x 128 (fp32 GMAC/s in threads)", "runtime": runtime,
+              "p50_ms": stat["p50_ms"], "gmac_per_s": stat["gmac_per_s"],
+              "x_native": round(stat["p50_ms"] / peak["onnxruntime"]["p50_ms"], 2) if runtime != "onnxruntime" else None}
+             for runtime, stat in peak.items()]
     return {"size": size, "runs": runs, "threads": THREADS, "machine": machine_info(),
             "browser": next((r.get("runtime_info") for r in report["variants"] if r.get("runtime_info")), None),
             "judge": report["judge"]["network"],

@@ -17,7 +17,7 @@ from compressor.io import atomic_output, write_json
 from compressor.models import get_family
 from compressor.models.arbitrary import PREDICTOR_SIZE, predictor_path
 from exports.backends import get_backend
-from exports.backends.browser import ASSETS, ISOLATION_HEADERS, NODE_MODULES, RUNTIME_FILES
+from exports.backends.browser import ASSETS, ISOLATION_HEADERS, NODE_MODULES, RUNTIME_FILES, runtime_files_missing
 from exports.common import ExportError
 from exports.manifest import manifest_path, read_manifest
 from exports.runtime import is_artifact
@@ -51,9 +51,9 @@ def export_web_page(source: str | Path, out_dir: str | Path, runtime: str | None
                               + ", ".join(f"{f} ({r})" for f, r in WEB_RUNTIMES.items()))
         runtime = WEB_RUNTIMES[fmt]
     runtime = runtime or WEB_RUNTIMES["onnx"]
-    absent = [src for src in RUNTIME_FILES[runtime].values() if not (NODE_MODULES / src).is_file()]
-    if absent:
-        raise ExportError(f"{NODE_MODULES / absent[0]}: missing (make web installs the pinned npm packages)")
+    problem = runtime_files_missing(runtime)
+    if problem:
+        raise ExportError(f"{runtime}: {problem}")
     with atomic_output(out_dir) as tmp:
         tmp.mkdir()
         if artifact:

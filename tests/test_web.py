@@ -105,6 +105,18 @@ def test_web_runtime_matches_pytorch_and_its_native_runtime(artifacts, model_dir
     assert browser().console_errors() == []
 
 
+@pytest.mark.parametrize("runtime", WEB)
+def test_each_thread_count_runs_in_a_page_of_its_own(artifacts, runtime):
+    """A WASM runtime fixes its threads when a page first starts it: asking for another count must not get the
+    first one while saying otherwise."""
+    path = artifacts[(NATIVE[runtime][0], "fp32")]
+    one, two = (load_runner(path, threads=n, runtime=runtime) for n in (1, 2))
+    assert (one.info["threads"], two.info["threads"]) == (1, 2)
+    x = np.random.default_rng(0).random((1, 3, SIZE, SIZE), dtype=np.float32)
+    np.testing.assert_allclose(one(x), two(x), atol=1e-4)
+    assert two.time_last(2) and one.time_last(2)
+
+
 def test_litert_web_names_what_it_cannot_run(artifacts):
     with pytest.raises(ExportError, match="no int8 tensors"):
         load_runner(artifacts[("tflite", "int8")], runtime="litert-web")
@@ -134,7 +146,7 @@ def _drive(page_dir, photo, style=None, style_image=None) -> tuple[np.ndarray, s
     """Open an exported page, choose ``photo`` (and a style), wait for the picture; the canvas as float RGB."""
     page = browser()
     driver = page.driver
-    driver.get(page.serve_folder(page_dir) + "index.html")
+    page.open(page.serve_folder(page_dir) + "index.html")
     wait = "return new Promise(r => {{ const w = () => {} ? r(true) : setTimeout(w, 20); w(); }})"
     page.call(wait.format("document.body.dataset.state !== 'loading'"))
     assert driver.execute_script("return document.body.dataset.state") == "ready"

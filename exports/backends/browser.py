@@ -1,10 +1,11 @@
 """Artifacts in a real browser: a headless Chromium, driven by Selenium, runs them on the web runtimes.
 
-A local server on 127.0.0.1 serves the measurement page (``exports/web_assets/harness.html``), the engine it
-shares with the exported web page (``exports/web_assets/engine.js``), the runtimes' files from ``web/node_modules`` (pinned in
-``web/package-lock.json``, installed by ``make web``; never a CDN) and the artifacts being measured. It sends
-the cross-origin isolation headers, without which the page has no SharedArrayBuffer and the WASM runtimes
-run one thread. Tensors cross as base64; timing happens inside the page with ``performance.now()``.
+A local server on 127.0.0.1 serves the measurement page (``exports/web_assets/harness.html``), the runtime
+wrapper it shares with exported web pages (``exports/web_assets/styleslim.js``), the runtimes' files from
+``web/node_modules`` (pinned in ``web/package-lock.json``, installed by ``make web``; never a CDN), the artifacts
+being measured and exported pages. It sends the cross-origin isolation headers, without which the page has no
+SharedArrayBuffer and the WASM runtimes run one thread. Tensors cross as base64; timing happens inside the page
+with ``performance.now()``.
 
 One browser per process, started on first use and closed at exit; each loaded artifact stays in its page.
 """
@@ -59,7 +60,7 @@ ISOLATION_HEADERS = {  # SharedArrayBuffer (WASM threads) needs a cross-origin i
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync")
 SCRIPT_TIMEOUT_S = 600
-DEFAULT_THREADS = min(4, os.cpu_count() or 1)  # as engine.js's default
+DEFAULT_THREADS = min(4, os.cpu_count() or 1)  # as styleslim.js's default
 DTYPES = {"float32": np.float32, "int8": np.int8, "uint8": np.uint8, "int32": np.int32}
 
 
@@ -70,10 +71,13 @@ def missing(runtime: str) -> str | None:
     for program, package in (("chromium", "chromium"), ("chromedriver", "chromium-driver")):
         if shutil.which(program) is None:
             return f"{program} is not installed (Debian package {package}: make browser)"
+    return runtime_files_missing(runtime)
+
+
+def runtime_files_missing(runtime: str) -> str | None:
+    """Which of the runtime's npm files is not installed, or None."""
     absent = [src for src in RUNTIME_FILES[runtime].values() if not (NODE_MODULES / src).is_file()]
-    if absent:
-        return f"{NODE_MODULES / absent[0]} is missing (make web installs the pinned npm packages)"
-    return None
+    return f"{NODE_MODULES / absent[0]} is missing (make web installs the pinned npm packages)" if absent else None
 
 
 def runtime_file(served: str) -> Path | None:
@@ -139,7 +143,8 @@ def content_type(name: str) -> str:
 
 
 class Browser:
-    """One headless Chromium on the harness page, and the server behind it."""
+    """One headless Chromium and the server behind it; a harness tab per thread count (a WASM runtime takes its
+    thread count once per page), exported pages in tabs of their own."""
 
     def __init__(self) -> None:
         from selenium import webdriver
@@ -157,12 +162,31 @@ class Browser:
         self.driver.set_script_timeout(SCRIPT_TIMEOUT_S)
         self.version = f"Chromium {self.driver.capabilities.get('browserVersion', '?')}"
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        self.driver.get(self.url + "harness.html")
-        self.call("return new Promise(r => { const w = () => window.harnessReady ? r(true) : setTimeout(w, 20); w(); })")
+        self.harness_tabs: dict[int, str] = {}
+        self._blank = True  # the first tab is still free
         self._ids = itertools.count()
 
-    def call(self, script: str, *args: Any) -> Any:
-        """Run an async ``script`` (its ``arguments`` are ``args``); a page exception becomes an ExportError."""
+    def open(self, url: str) -> str:
+        """Open ``url`` in a tab of its own (the first, while it is blank); returns the tab's handle."""
+        if not self._blank:
+            self.driver.switch_to.new_window("tab")
+        self._blank = False
+        self.driver.get(url)
+        return self.driver.current_window_handle
+
+    def harness(self, threads: int) -> str:
+        """The harness tab whose runtimes run ``threads`` threads."""
+        if threads not in self.harness_tabs:
+            self.harness_tabs[threads] = self.open(self.url + "harness.html")
+            self.call("return new Promise(r => { const w = () => window.harnessReady ? r(true) : setTimeout(w, 20); "
+                      "w(); })")
+        return self.harness_tabs[threads]
+
+    def call(self, script: str, *args: Any, tab: str | None = None) -> Any:
+        """Run an async ``script`` (its ``arguments`` are ``args``) in ``tab`` (default: the current one); a page
+        exception becomes an ExportError."""
+        if tab is not None and self.driver.current_window_handle != tab:
+            self.driver.switch_to.window(tab)
         wrapped = ("const done = arguments[arguments.length - 1];"
                    f"(async (...arguments) => {{ {script} }})(...Array.from(arguments).slice(0, -1))"
                    ".then(v => done({value: v}), e => done({error: String((e && e.stack) || e)}));")
@@ -215,6 +239,7 @@ class WebModel:
     """An artifact loaded in the page: ``run`` moves tensors in and out, ``time`` runs it again inside the page."""
 
     browser: Browser
+    tab: str
     id: str
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
@@ -223,12 +248,13 @@ class WebModel:
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         tensors = [{"b64": base64.b64encode(np.ascontiguousarray(a).tobytes()).decode(), "dtype": a.dtype.name,
                     "dims": list(a.shape)} for a in arrays]
-        outs = self.browser.call("return harness.run(...arguments)", self.id, tensors)
+        outs = self.browser.call("return harness.run(...arguments)", self.id, tensors, tab=self.tab)
         return [np.frombuffer(base64.b64decode(o["b64"]), DTYPES[o["dtype"]]).reshape(o["dims"]).copy() for o in outs]
 
     def time(self, runs: int) -> list[float]:
         """Milliseconds of ``runs`` runs of the last inputs, each timed inside the page."""
-        return [float(t) for t in self.browser.call("return harness.time(...arguments)", self.id, runs)]
+        times = self.browser.call("return harness.time(...arguments)", self.id, runs, tab=self.tab)
+        return [float(t) for t in times]
 
 
 def load_web_model(runtime: str, path: Path, threads: int) -> WebModel:
@@ -237,10 +263,10 @@ def load_web_model(runtime: str, path: Path, threads: int) -> WebModel:
     if problem:
         raise ExportError(f"{runtime}: {problem}")
     page = browser()
-    model_id = f"m{next(page._ids)}"
-    loaded = page.call("return harness.load(...arguments)", model_id, runtime, page.serve(path), threads)
+    tab, model_id = page.harness(threads), f"m{next(page._ids)}"
+    loaded = page.call("return harness.load(...arguments)", model_id, runtime, page.serve(path), threads, tab=tab)
     info = loaded["info"] | {"version": package_version(runtime), "browser": page.version}
-    return WebModel(page, model_id, loaded["inputs"], loaded["outputs"], info)
+    return WebModel(page, tab, model_id, loaded["inputs"], loaded["outputs"], info)
 
 
 def package_version(runtime: str) -> str:

@@ -3,12 +3,15 @@
 // page (index.html) calls startPage. Runtime files sit beside the page under runtimes/ (from npm, no CDN).
 
 const RUNTIMES = new URL('./runtimes/', import.meta.url);
-let litert = null;  // LiteRT.js loads its WASM module once per page
+let litert = null;  // LiteRT.js loads its WASM module, threaded or not, once per page
+let litertThreaded = null;
+let ortThreads = null;  // ONNX Runtime Web starts its WASM threads once per page: the first count stays
 
 async function loadOnnxruntime(url, threads) {
   const ort = await import(new URL('onnxruntime-web/ort.wasm.min.mjs', RUNTIMES).href);
   ort.env.wasm.wasmPaths = new URL('onnxruntime-web/', RUNTIMES).href;
-  ort.env.wasm.numThreads = threads;
+  ortThreads = ortThreads || threads;
+  ort.env.wasm.numThreads = ortThreads;
   ort.env.wasm.proxy = false;
   ort.env.logLevel = 'error';
   const session = await ort.InferenceSession.create(url, {executionProviders: ['wasm'], graphOptimizationLevel: 'all'});
@@ -19,7 +22,7 @@ async function loadOnnxruntime(url, threads) {
     outputs: meta(session.outputNames, session.outputMetadata),
     // ORT drops to one thread where the page is not cross-origin isolated (no SharedArrayBuffer).
     info: {runtime: 'onnxruntime-web', provider: 'wasm',
-           threads: crossOriginIsolated ? ort.env.wasm.numThreads : 1, simd: ort.env.wasm.simd !== false,
+           threads: crossOriginIsolated ? ortThreads : 1, simd: ort.env.wasm.simd !== false,
            cross_origin_isolated: crossOriginIsolated},
     async run(tensors) {
       const feeds = {};
@@ -34,15 +37,16 @@ async function loadOnnxruntime(url, threads) {
 }
 
 async function loadLitert(url, threads) {
-  const threaded = threads > 1 && crossOriginIsolated;
   if (!litert) {
+    litertThreaded = threads > 1 && crossOriginIsolated;
     litert = (async () => {
       const core = await import(new URL('litert/core.js', RUNTIMES).href);
-      await core.loadLiteRt(new URL('litert/wasm/', RUNTIMES).href, {threads: threaded});
+      await core.loadLiteRt(new URL('litert/wasm/', RUNTIMES).href, {threads: litertThreaded});
       return core;
     })();
   }
   const core = await litert;
+  const threaded = litertThreaded && threads > 1;
   const model = await core.loadAndCompile(url, {accelerator: 'wasm', cpuOptions: {numThreads: threaded ? threads : 1}});
   const details = list => list.map(d => ({name: d.name, dtype: d.dtype, shape: Array.from(d.shape)}));
   const inputs = details(model.getInputDetails());
