@@ -82,6 +82,10 @@ class TrainConfig(Config):
     tv_weight: float = Field(1e-3, ge=0)
     output_weight: float = Field(0.0, ge=0, description="L1 between student and teacher outputs.")
     perceptual_weight: float = Field(0.0, ge=0, description="VGG feature MSE between student and teacher outputs.")
+    judge_weight: float = Field(0.0, ge=0, description="The judge's perceptual distance between student and teacher "
+                                "pictures (its deep features, as the report grades them).")
+    judge_style_weight: float = Field(0.0, ge=0, description="The judge's style distance between student and "
+                                      "teacher pictures (its middle Gram matrices, as the report grades them).")
     feature_weight: float = Field(1.0, ge=0, description="Relative MSE of student taps to teacher taps (VGG19).")
     bf16: bool = Field(False, description="bf16 autocast (fast on CPUs with AMX and on GPUs).")
     grad_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, slower.")

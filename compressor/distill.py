@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint, checkpoint_sequential
 from tqdm import tqdm
 
+from compressor import judge  # noqa: F401  (registers the judge's distillation terms)
 from compressor.config import TrainConfig
 from compressor.data import ContentCrops
 from compressor.errors import UserError

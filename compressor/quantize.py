@@ -173,7 +173,7 @@ class QualityProbe:
             outputs = [torch.from_numpy(np.asarray(run(x.numpy()), dtype=np.float32)) for x in self.images]
         with torch.no_grad():
             judged = judge_outputs(outputs, self.embeddings, self.calibration)
-        quality = {k: judged[k] for k in ("perceptual_bands", "style_bands", "grade")}
+        quality = {k: judged[k] for k in ("perceptual_bands", "style_bands", "vector_bands", "grade")}
         quality["psnr_db"] = min(200.0, *(psnr(o.clamp(0, 1), r.clamp(0, 1)) for o, r in zip(outputs, self.reference)))
         if self.baseline is not None:
             losses = self._losses(outputs)

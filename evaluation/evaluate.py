@@ -313,7 +313,7 @@ def _judge(variants, rows, per_variant, images, judged, threads: int, progress: 
             for entry, judged_style in zip(q["per_style"], per_style):
                 entry["judge"] = judged_style
         q["judge"] = {k: sum(p[k] for p in per_style) / len(per_style)
-                      for k in ("perceptual", "style", "perceptual_bands", "style_bands")}
+                      for k in ("perceptual", "style", "vector", "perceptual_bands", "style_bands", "vector_bands")}
         q["judge"]["grade"] = worst_grade([p["grade"] for p in per_style])
         bar.update(1)
     bar.close()

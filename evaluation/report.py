@@ -239,7 +239,7 @@ def search_note(report: dict[str, Any]) -> str:
 
 def shift_in_bands(calibration: dict[str, Any], distance: str) -> float | None:
     """The teacher's own 2-px-shift change in its band units (the close limit); None for a zero band."""
-    band = calibration["band"][distance]
+    band = calibration["band"].get(distance, 0.0)  # reports before the vector distance lack it
     return calibration["shift"][distance] / band if band > 0 else None
 
 
@@ -252,8 +252,9 @@ def _judge_lines(report: dict[str, Any]) -> list[str]:
     if judge.get("network"):
         cal = "; ".join(
             (f"style {c['style']}: " if c.get("style") is not None else "")
-            + f"band {c['band']['perceptual']:.3g} perceptual / {c['band']['style']:.3g} style, 2-px shift "
-              f"{shift_in_bands(c, 'perceptual'):.1f} / {shift_in_bands(c, 'style'):.1f} bands"
+            + f"band {c['band']['perceptual']:.3g} perceptual / {c['band']['style']:.3g} style / "
+              f"{c['band'].get('vector', 0):.3g} vector, 2-px shift {shift_in_bands(c, 'perceptual'):.1f} / "
+              f"{shift_in_bands(c, 'style'):.1f} / {shift_in_bands(c, 'vector') or 0:.1f} bands"
             for c in judge.get("calibration", []) if c["band"]["perceptual"] > 0 and c["band"]["style"] > 0)
         lines.append(f"Judged by {judge['description']}. Distances in units of the teacher's own same-picture band "
                      f"(its output for the photo re-saved as JPEG q95 or ±1 grey level: 1 band)"
@@ -313,7 +314,8 @@ def _preamble(report: dict[str, Any]) -> list[str]:
 
 def table_header(report: dict[str, Any]) -> list[str]:
     sizes = report["settings"]["latency_sizes"]
-    return (["rank", "variant", "runtime", "grade", "perceptual", "style", "PSNR dB", "SSIM", "size", "MMACs"]
+    return (["rank", "variant", "runtime", "grade", "perceptual", "style", "vector", "PSNR dB", "SSIM", "size",
+             "MMACs"]
             + [f"p50 ms @{s}" for s in sizes] + (["× peer"] if peer(report) else [])
             + ["p90 ms", "peak RSS", "style Δ%", "content Δ%"])
 
@@ -346,6 +348,7 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
             judged.get("grade", "–"),
             _num(judged.get("perceptual_bands"), "{:.2f}"),
             _num(judged.get("style_bands"), "{:.2f}"),
+            _num(judged.get("vector_bands"), "{:.2f}"),
             psnr,
             _num(q.get("ssim_vs_teacher"), "{:.3f}"),
             _human_bytes(r.get("size_bytes")),
@@ -451,8 +454,9 @@ def markdown(report: dict[str, Any], plots: dict[str, str] | None = None) -> str
     plots = plots or {}
     parts = ["# styleslim evaluation report", "", *[f"- {line}" for line in _preamble(report)], ""]
     parts += [md_table(table_header(report), table_rows(report)), ""]
-    parts.append("perceptual / style: the judge's distances from the teacher's picture in the teacher's same-picture "
-                 "bands (0 = identical, 1 = as far as the teacher from itself). "
+    parts.append("perceptual / style / vector: the judge's distances from the teacher's picture in the teacher's "
+                 "same-picture bands (0 = identical, 1 = as far as the teacher from itself); vector, its style "
+                 "vector, is never a training loss (the independent check). "
                  f"PSNR / SSIM: the variant's output vs the teacher's (higher = closer). {DELTA_LEGEND} "
                  f"{FIXED_NOTE} peak RSS = whole fresh process incl. interpreter (see report.json memory).")
     twins = [(r["name"], _also(r)) for r in report["variants"] if _also(r)]

@@ -556,6 +556,8 @@ def distill(
     output_weight: float = field_option(DistillStage, "output_weight", help="L1 to the teacher's output."),
     perceptual_weight: float = field_option(DistillStage, "perceptual_weight",
                                             help="VGG feature MSE to the teacher's output."),
+    judge_weight: float = field_option(_T, "judge_weight"),
+    judge_style_weight: float = field_option(_T, "judge_style_weight"),
     feature_weight: float = field_option(_T, "feature_weight"),
     style_weight: Annotated[float | None, typer.Option(
         min=0, help=f"Gram style weight (TransformerNet, default {_T.model_fields['style_weight'].default:g}) or "
@@ -591,7 +593,8 @@ def distill(
     student = load_model(student_dir)
     teacher_model = load_model(teacher) if teacher is not None else None
     weights = {"output_weight": 0.0, "perceptual_weight": 0.0} if no_teacher else {
-        "output_weight": output_weight, "perceptual_weight": perceptual_weight}
+        "output_weight": output_weight, "perceptual_weight": perceptual_weight, "judge_weight": judge_weight,
+        "judge_style_weight": judge_style_weight}
     family = get_family(student)
     if style_weight is not None:
         weights[family.style_weight_key] = style_weight
@@ -729,7 +732,8 @@ def judge(
                                                       "'3:0.5,12:0.5'.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Perceptual and style distance of pictures from a reference, by the trained judge (0 = identical)."""
+    """Perceptual, style and style-vector distance of pictures from a reference, by the trained judge (0 =
+    identical)."""
     import json
 
     from compressor.data import load_image
@@ -758,12 +762,14 @@ def judge(
     if "calibration" in result:
         cal = result["calibration"]
         typer.echo(f"teacher's same-picture band: perceptual {cal['band']['perceptual']:.4g}, style "
-                   f"{cal['band']['style']:.4g}; its {cal['shift_px']}-px shift: perceptual "
-                   f"{cal['shift']['perceptual']:.4g}, style {cal['shift']['style']:.4g}")
+                   f"{cal['band']['style']:.4g}, vector {cal['band']['vector']:.4g}; its {cal['shift_px']}-px "
+                   f"shift: perceptual {cal['shift']['perceptual']:.4g}, style {cal['shift']['style']:.4g}, vector "
+                   f"{cal['shift']['vector']:.4g}")
     for c in result["candidates"]:
-        graded = (f"  = {c['perceptual_bands']:.2f} / {c['style_bands']:.2f} bands: {c['grade']}"
-                  if "grade" in c else "")
-        typer.echo(f"{c['path']}: perceptual {c['perceptual']:.4g}, style {c['style']:.4g}{graded}")
+        graded = (f"  = {c['perceptual_bands']:.2f} / {c['style_bands']:.2f} / {c['vector_bands']:.2f} bands: "
+                  f"{c['grade']}" if "grade" in c else "")
+        typer.echo(f"{c['path']}: perceptual {c['perceptual']:.4g}, style {c['style']:.4g}, vector "
+                   f"{c['vector']:.4g}{graded}")
 
 
 @app.command()

@@ -117,8 +117,9 @@ def test_ranking_uses_the_judge_and_names_it(report, run_dir):
     assert calibration["band"]["perceptual"] > 0 and calibration["shift"]["perceptual"] > 0
     # The damaged student paints another picture: graded different, never the verdict, whatever its loss deltas.
     assert rows["distilled"]["quality"]["judge"]["grade"] == "different"
-    assert rows["teacher"]["quality"]["judge"] == {"perceptual": 0.0, "style": 0.0, "perceptual_bands": 0.0,
-                                                    "style_bands": 0.0, "grade": "indistinguishable"}
+    assert rows["teacher"]["quality"]["judge"] == {"perceptual": 0.0, "style": 0.0, "vector": 0.0,
+                                                    "perceptual_bands": 0.0, "style_bands": 0.0, "vector_bands": 0.0,
+                                                    "grade": "indistinguishable"}
     assert rows["exports/model-fp32.onnx"]["quality"]["judge"]["grade"] == "indistinguishable"
     assert ranking["verdict"] in ("teacher", "exports/model-fp32.onnx")
     assert "distilled" not in ranking["within_budget"]

@@ -72,13 +72,39 @@ def test_pixel_psnr_fails_the_shift_rung(size):
     assert rungs["shift_2px"]["perceptual"] < rungs["blend_25"]["perceptual"]
 
 
-def test_grades_need_both_distances_within_the_limit():
-    calibration = {"band": {"perceptual": 0.01, "style": 0.02}, "shift": {"perceptual": 0.04, "style": 0.1}}
-    assert grade({"perceptual": 0.9, "style": 1.0}, calibration) == "indistinguishable"
-    assert grade({"perceptual": 0.9, "style": 1.2}, calibration) == "close"
-    assert grade({"perceptual": 3.9, "style": 4.9}, calibration) == "close"
-    assert grade({"perceptual": 4.1, "style": 1.0}, calibration) == "different"
-    assert grade({"perceptual": 1.0, "style": 5.1}, calibration) == "different"
+def test_grades_need_every_distance_within_the_limit():
+    calibration = {"band": {"perceptual": 0.01, "style": 0.02, "vector": 0.05},
+                   "shift": {"perceptual": 0.04, "style": 0.1, "vector": 0.1}}
+    assert grade({"perceptual": 0.9, "style": 1.0, "vector": 1.0}, calibration) == "indistinguishable"
+    assert grade({"perceptual": 0.9, "style": 1.2, "vector": 0.5}, calibration) == "close"
+    assert grade({"perceptual": 3.9, "style": 4.9, "vector": 2.0}, calibration) == "close"
+    assert grade({"perceptual": 4.1, "style": 1.0, "vector": 1.0}, calibration) == "different"
+    assert grade({"perceptual": 1.0, "style": 5.1, "vector": 1.0}, calibration) == "different"
+    # the independent check alone: features and Grams inside the band, the style vector outside it
+    assert grade({"perceptual": 0.5, "style": 0.5, "vector": 1.5}, calibration) == "close"
+    assert grade({"perceptual": 0.5, "style": 0.5, "vector": 2.1}, calibration) == "different"
+
+
+def test_distilling_through_the_judge_trains_its_taps_and_leaves_the_vector_as_a_check():
+    from compressor.config import TrainConfig
+    from compressor.judge import vector_distance
+    from compressor.losses import PICTURE_TERMS, teacher_terms
+
+    torch.manual_seed(0)
+    target = torch.rand(2, 3, 96, 96)
+    output = (target + 0.1 * torch.randn_like(target)).clamp(0, 1).requires_grad_(True)
+    config = TrainConfig(output_weight=0.0, judge_weight=2.0, judge_style_weight=3.0)
+    terms = teacher_terms(config, None, output, target)
+    assert set(terms) == {"judge", "judge_style"}
+    reference, picture = embed(target, tiled=False), embed(output, tiled=False)
+    assert float(terms["judge"]) == pytest.approx(2.0 * float(perceptual_distance(picture, reference)), rel=1e-4)
+    assert float(terms["judge_style"]) == pytest.approx(3.0 * float(style_distance(picture, reference)), rel=1e-4)
+    sum(terms.values()).backward()
+    assert float(output.grad.abs().sum()) > 0
+    assert float(vector_distance(picture, picture)) == 0 and float(vector_distance(picture, reference)) > 0
+    # the registered training terms are the taps' distances; the style vector has none (the independent check)
+    assert {field for field, _ in PICTURE_TERMS.values()} == {"judge_weight", "judge_style_weight"}
+    assert teacher_terms(TrainConfig(output_weight=1.0), None, output, target).keys() == {"output"}
 
 
 def test_a_degenerate_teacher_is_named():
