@@ -194,7 +194,9 @@ class _QATModule(nn.Module):
         self.graph = graph
         self.spec = float_model.current_spec()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        """The image alone: a single-style network ignores the style its family's objective passes (as its float
+        forward does); multi-input networks are refused before training."""
         return self.graph(x)
 
     def train(self, mode: bool = True) -> _QATModule:
@@ -254,6 +256,10 @@ def qat_finetune(model: nn.Module, vgg: nn.Module, config: TrainConfig, out_dir:
 
     if get_family(model).role != "style_transformer":
         raise QuantizeError(f"QAT supports image-to-image style transformers, got {type(model).__name__}")
+    example_inputs = get_family(model).example_inputs(model, 8)
+    if isinstance(example_inputs, tuple) and len(example_inputs) > 1:
+        raise QuantizeError(f"QAT traces the image input alone; this {type(model).__name__} also takes a style "
+                            "input (keep one style first: model.select_style)")
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
     example = torch.rand(config.batch_size, 3, config.crop, config.crop)
     student = _QATModule(_pt2e_graph(model, True, example), model)
