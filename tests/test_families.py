@@ -3,11 +3,14 @@ model, here over ``styleslim.list_models()``). Small specs keep it fast; a new f
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 import styleslim
 from compressor.models import families, get_family, load_model
+from exports.backends.onnxruntime import conv_layers
 from exports.runtime import load_runner
 
 SMALL = {  # the narrowest spec of each family that keeps its structure
@@ -57,6 +60,11 @@ def test_save_load_prune_export_stylize(built, tmp_path):
     artifact = styleslim.export(pruned, "onnx", size=SIZE, out=tmp_path / "onnx")
     assert artifact.manifest["parity"]["passed"], artifact.manifest["parity"]
     assert [i["name"] for i in artifact.manifest["inputs"]] == load_runner(artifact.path).input_names
+    # keep-float globs and mixed precision name convs by module: the graph's names must be the model's (a module
+    # called twice, AdaIN's encoder on content and style, gets the exporter's _1 on its second call)
+    convs = {n for n, m in pruned.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    named = {n if n in convs else re.sub(r"_\d+$", "", n) for n in conv_layers(artifact.path).values()}
+    assert named <= convs, sorted(named - convs)
 
     if family.role != "loss_network":
         style = "starry_night" if family.role == "arbitrary_style" else None

@@ -79,8 +79,19 @@ METHODS = ("minmax", "entropy", "percentile")
 
 
 def _module_name(node_name: str) -> str:
-    """``/model/res1/conv1/conv2d/Conv`` (the exporter's wrapper holds the net as ``model``) -> ``res1.conv1.conv2d``."""
-    return node_name.strip("/").rsplit("/", 1)[0].replace("/", ".").removeprefix("model.")
+    """``/model/res1/conv1/conv2d/Conv`` (the exporter's wrapper holds the net as ``model``) -> ``res1.conv1.conv2d``.
+
+    The exporter names a container's children by their path from the container's owner (``/model/blocks/
+    blocks.0/body/body.0/body.0.0/Conv`` is ``blocks.0.body.0.0``): a scope that extends the previous one
+    replaces it."""
+    scopes = node_name.strip("/").split("/")[:-1]
+    parts: list[str] = []
+    for scope in scopes[1:] if scopes[:1] == ["model"] else scopes:
+        if parts and scope.startswith(parts[-1] + "."):
+            parts[-1] = scope
+        else:
+            parts.append(scope)
+    return ".".join(parts)
 
 
 def conv_layers(path: str | Path) -> dict[str, str]:
