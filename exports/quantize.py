@@ -134,8 +134,13 @@ def _mixed_precision(settings: QuantizeStage, float_onnx: Path, calibration: lis
             trail.append({"keep_float": list(keep), **quality})
             if within_budget(quality, settings):
                 break
+    met = within_budget(trail[-1], settings)
+    if not met:  # what stays int8 beside the convs (activations, adds, padding, graph I/O) costs the budget
+        log.warning("mixed precision: the budget is not met even with every conv float (%s); the error is in what "
+                    "stays int8 beside them (their activations, adds, padding): use a dynamic mode or relax it",
+                    ", ".join(f"{k} {trail[-1][k]}" for k in ("grade", "psnr_db") if k in trail[-1]))
     return keep, {"budget_grade": settings.grade, "budget_min_psnr_db": settings.min_psnr_db,
-                  "budget_style_increase_pct": settings.max_style_increase_pct, "ranked_by": by,
+                  "budget_style_increase_pct": settings.max_style_increase_pct, "ranked_by": by, "met": met,
                   "ranking": ranking, "trail": trail}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -149,7 +150,7 @@ def test_sensitivity_keeps_the_harmful_layer_float(model_dir, judge_parts, tmp_p
     [manifest] = quantize(harmed, tmp_path / "q", settings, vgg, grams, progress=False)
     quantization = manifest["quantization"]
     assert "res2.conv1.conv2d" in quantization["contents"]["float_compute_convs"], quantization["mixed_precision"]
-    assert quantization["mixed_precision"]["ranked_by"] == by
+    assert quantization["mixed_precision"]["ranked_by"] == by and quantization["mixed_precision"]["met"] is True
     quality = quantization["quality"]
     if budget_kind == "grade":
         assert quality["grade"] in ("indistinguishable", "close")
@@ -157,6 +158,17 @@ def test_sensitivity_keeps_the_harmful_layer_float(model_dir, judge_parts, tmp_p
         assert quality["psnr_db"] >= budget
     else:
         assert quality["style_increase_pct"] <= budget
+
+
+def test_an_unreachable_budget_is_said_not_hidden(model_dir, judge_parts, tmp_path, caplog):
+    """Every conv float still leaves int8 activations, adds and padding: a budget they break is reported unmet."""
+    vgg, grams = judge_parts
+    with caplog.at_level(logging.WARNING, logger="exports.quantize"):
+        [manifest] = quantize(model_dir, tmp_path, QuantizeStage(size=SIZE, min_psnr_db=150.0), vgg, grams,
+                              progress=False)
+    mixed = manifest["quantization"]["mixed_precision"]
+    assert mixed["met"] is False and manifest["quantization"]["quality"]["psnr_db"] < 150.0
+    assert "budget is not met even with every conv float" in caplog.text
 
 
 def test_several_modes_make_one_variant_each(model_dir, judge_parts, tmp_path):
