@@ -146,7 +146,7 @@ def artifact_variant(path: Path, name: str | None = None) -> Variant:
 
 def web_twins(variants: list[Variant], runtimes: list[str]) -> list[Variant]:
     """Each artifact again on every web runtime of its format (``evaluate.web``), right after it: the same file
-    and content hash on another runtime. Tile artifacts are left out (their page runs the tile path)."""
+    and content hash on another runtime. Tile artifacts are left out (they take norm statistics as inputs)."""
     out: list[Variant] = []
     for variant in variants:
         out.append(variant)

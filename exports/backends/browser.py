@@ -7,7 +7,8 @@ being measured and exported pages. It sends the cross-origin isolation headers, 
 SharedArrayBuffer and the WASM runtimes run one thread. Tensors cross as base64; timing happens inside the page
 with ``performance.now()``.
 
-One browser per process, started on first use and closed at exit; each loaded artifact stays in its page.
+One browser per process, started on first use and closed at exit; each artifact is loaded once (per runtime and
+thread count) and stays in its page.
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ class Browser:
         self.version = f"Chromium {self.driver.capabilities.get('browserVersion', '?')}"
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
         self.harness_tabs: dict[int, str] = {}
+        self.models: dict[tuple, WebModel] = {}  # loaded once per (runtime, file, threads): pages keep them
         self._blank = True  # the first tab is still free
         self._ids = itertools.count()
 
@@ -263,10 +265,14 @@ def load_web_model(runtime: str, path: Path, threads: int) -> WebModel:
     if problem:
         raise ExportError(f"{runtime}: {problem}")
     page = browser()
-    tab, model_id = page.harness(threads), f"m{next(page._ids)}"
-    loaded = page.call("return harness.load(...arguments)", model_id, runtime, page.serve(path), threads, tab=tab)
-    info = loaded["info"] | {"version": package_version(runtime), "browser": page.version}
-    return WebModel(page, tab, model_id, loaded["inputs"], loaded["outputs"], info)
+    path = Path(path).resolve()
+    key = (runtime, str(path), path.stat().st_mtime_ns, threads)
+    if key not in page.models:
+        tab, model_id = page.harness(threads), f"m{next(page._ids)}"
+        loaded = page.call("return harness.load(...arguments)", model_id, runtime, page.serve(path), threads, tab=tab)
+        info = loaded["info"] | {"version": package_version(runtime), "browser": page.version}
+        page.models[key] = WebModel(page, tab, model_id, loaded["inputs"], loaded["outputs"], info)
+    return page.models[key]
 
 
 def package_version(runtime: str) -> str:
