@@ -156,16 +156,32 @@ def machine_line(report: dict[str, Any]) -> str:
 
 
 def _browser_lines(report: dict[str, Any]) -> list[str]:
-    """What ran in the browser, as each web runtime reported it (threads only where the page was isolated)."""
+    """What ran in the browser, as each web runtime reported it (threads only where the page was isolated), and
+    what the browser costs: each web row's p50 over its artifact's on the native runtime."""
     seen: dict[str, dict[str, Any]] = {}
+    cost: dict[str, list[float]] = {}
+    native = {r["sha256"]: _latency(r).get("p50") for r in report["variants"]
+              if r["kind"] == "artifact" and not r.get("runtime_info")}
     for row in report["variants"]:
         if row.get("runtime_info"):
             seen.setdefault(row["runtime"], row["runtime_info"])
-    browser = next(iter(seen.values()), {}).get("browser", "Chromium")
-    return [f"Browser: headless {browser}, timed inside the page (performance.now()): " + "; ".join(
-        f"{name} {info.get('version', '')} on {info.get('provider')} with {info.get('threads')} thread(s)"
-        f"{', SIMD' if info.get('simd') else ''}{'' if info.get('cross_origin_isolated') else ', not isolated'}"
-        .replace("  ", " ") for name, info in seen.items())] if seen else []
+            web, own = _latency(row).get("p50"), native.get(row["sha256"])
+            if web and own:
+                cost.setdefault(row["runtime"], []).append(web / own)
+
+    def described(name: str, info: dict[str, Any]) -> str:
+        ratios = sorted(cost.get(name, []))
+        span = (f"{ratios[0]:.1f}×" if ratios[0] == ratios[-1] else f"{ratios[0]:.1f}–{ratios[-1]:.1f}×") if ratios \
+            else None
+        return (f"{name} {info.get('version', '')} on {info.get('provider')} with {info.get('threads')} thread(s)"
+                f"{', SIMD' if info.get('simd') else ''}{'' if info.get('cross_origin_isolated') else ', not isolated'}"
+                + (f": {span} the same artifact's native p50" if span else "")).replace("  ", " ")
+
+    if not seen:
+        return []
+    browser = next(iter(seen.values())).get("browser", "Chromium")
+    return [f"Browser: headless {browser}, timed inside the page (performance.now()): "
+            + "; ".join(described(name, info) for name, info in seen.items())]
 
 
 def peer(report: dict[str, Any]) -> dict[str, Any] | None:

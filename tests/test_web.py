@@ -140,6 +140,7 @@ def test_report_puts_web_rows_beside_native_ones(artifacts, model_dir, tmp_path,
     assert len(report["exports"]) == len(targets)  # an artifact is listed once, whatever runs it
     text = (tmp_path / "report.md").read_text()
     assert "Browser: headless Chromium" in text and "onnxruntime-web" in text and "litert-web" in text
+    assert text.count("× the same artifact's native p50") == 2  # what the browser costs, per web runtime
 
 
 def _drive(page_dir, photo, style=None, style_image=None) -> tuple[np.ndarray, str]:
