@@ -171,6 +171,38 @@ def test_an_unreachable_budget_is_said_not_hidden(model_dir, judge_parts, tmp_pa
     assert "budget is not met even with every conv float" in caplog.text
 
 
+def test_static_int8_keeps_conditional_norms_float(judge_parts, tmp_path):
+    """The multi-style network's own instance norms (one style kept, as the quickstart's), their scale and shift
+    included, stay float like TransformerNet's on both runtimes: int8 there costs more than any conv."""
+    import onnx
+
+    from compressor.models import MultiStyleNet, MultiStyleSpec
+    from compressor.models.conditional_norm import ConditionalInstanceNorm
+    from exports.backends.onnxruntime import norm_affine_nodes
+
+    vgg, grams = judge_parts
+    torch.manual_seed(0)
+    model = MultiStyleNet(MultiStyleSpec(n_styles=1, contract=[8, 8, 16], res_inner=[16] * 2, expand=[8, 4])).eval()
+    with torch.no_grad():  # a trained network's scales and shifts (1 and 0 would be folded away at export)
+        for name, param in model.named_parameters():
+            if name.endswith(("gamma", "beta")):
+                param.uniform_(0.5, 1.5) if name.endswith("gamma") else param.uniform_(-0.3, 0.3)
+    folder = save_model(model, tmp_path / "multistyle")
+    settings = QuantizeStage(runtimes=["onnx", "tflite"], size=SIZE)
+    onnx_manifest, tflite_manifest = quantize(folder, tmp_path / "q", settings, vgg, grams, progress=False)
+    norms = sum(isinstance(m, ConditionalInstanceNorm) for m in model.modules())
+    contents = tflite_manifest["quantization"]["contents"]
+    assert contents["float_op_counts"].get("RSQRT") == contents["op_counts"]["RSQRT"] == norms, contents
+    assert contents["float_op_counts"].get("MEAN") == contents["op_counts"]["MEAN"], contents
+    tail = norm_affine_nodes(tmp_path / "q" / "onnx" / "float-equalized-static" / "model-fp32.onnx")
+    assert len(tail) == 2 * norms  # each norm's Mul (gamma) and Add (beta)
+    graph = onnx.load(str(tmp_path / "q" / "onnx" / onnx_manifest["artifact"])).graph
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    in_int8 = [n.name for n in graph.node if n.name in tail and any(producer.get(i) == "DequantizeLinear"
+                                                                    for i in n.input)]  # QDQ: int8 inputs
+    assert in_int8 == [], in_int8
+
+
 def test_several_modes_make_one_variant_each(model_dir, judge_parts, tmp_path):
     """static and dynamic side by side per runtime; Core ML's weight compression runs once, whatever the modes."""
     vgg, grams = judge_parts

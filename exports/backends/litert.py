@@ -91,9 +91,13 @@ def fp16_weights(flatbuffer: bytes) -> bytes:
 
 
 MODES = ("static", "dynamic", "weight-only", "fp16")
-# Ops of the exported InstanceNorm (exports.rewrites.ExplicitInstanceNorm2d) that static int8 leaves in float.
+# Ops of the exported instance norms that static int8 leaves in float: TransformerNet's (rewritten as
+# exports.rewrites.ExplicitInstanceNorm2d) and the conditional-norm families' own, named by their module class
+# (an int8 mean and variance turned the quickstart's LiteRT static int8 from close into different:
+# benchmarks/bench_distill_judge.py).
 FLOAT_NORM_OPS = ("MEAN", "SUB", "MUL", "ADD", "RSQRT", "RESHAPE")
-NORM_TENSORS = r".*InstanceNorm2d_.*"
+NORM_MODULES = ("ExplicitInstanceNorm2d", "ConditionalInstanceNorm", "StyleVectorNorm")
+NORM_TENSORS = rf".*\.({'|'.join(NORM_MODULES)})_.*"
 
 
 def _module_name(tensor_name: str) -> str:
