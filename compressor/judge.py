@@ -262,11 +262,23 @@ def verify_predictor(net: StylePredictor, images: Sequence[torch.Tensor], path: 
     return worst
 
 
+class _LastStep:
+    """The embeddings of the last (output, target) pair, so the judge's two terms of one training step share one
+    pass of the judge; the pair is held (not its ids), so a new step's tensors can never be mistaken for it."""
+
+    output: torch.Tensor | None = None
+    target: torch.Tensor | None = None
+    embedded: tuple[Embedding, Embedding] | None = None
+
+
 def _judge_terms(output: torch.Tensor, target: torch.Tensor, distance) -> torch.Tensor:
     """A distance on training crops, seen at their own scale (tiles would enlarge a crop smaller than 256 px)."""
-    with torch.no_grad():
-        reference = embed(target.clamp(0, 1), tiled=False)
-    return distance(embed(output.clamp(0, 1), tiled=False), reference)
+    if _LastStep.output is not output or _LastStep.target is not target:
+        with torch.no_grad():
+            reference = embed(target.clamp(0, 1), tiled=False)
+        _LastStep.output, _LastStep.target = output, target
+        _LastStep.embedded = (embed(output.clamp(0, 1), tiled=False), reference)
+    return distance(*_LastStep.embedded)
 
 
 # Distillation through the judge (``judge_weight``, ``judge_style_weight``): its deep features and middle Grams;

@@ -23,7 +23,7 @@ from exports.manifest import manifest_path, read_manifest
 from exports.runtime import is_artifact
 from exports.stage import export_artifact
 
-WEB_RUNTIMES = {"onnx": "onnxruntime-web", "tflite": "litert-web"}  # format -> the web runtime that runs it
+WEB_RUNTIMES = {get_backend(runtime).format: runtime for runtime in RUNTIME_FILES}  # format -> its web runtime
 PAGE_FILES = ("index.html", "styleslim.js")
 PREDICTOR = "style_predict.onnx"  # an arbitrary-style network's style predictor, run in the page (ONNX Runtime Web)
 STYLE_SIZE = 256  # a style image's side where the artifact takes any
