@@ -16,7 +16,7 @@ torch fp32 and as stock ORT int8. The targets are issue 27's: the fastest artifa
 at >= 8x the peer, the fastest graded *close* at >= 12x, the fastest student's int8 work >= 60 % of the int8
 peak; Johnson: >= 25x the teacher in torch fp32, graded indistinguishable.
 
-    styleslim run recipes/multistyle_edge.yaml                 # the searched, grafted student (~15-20 min)
+    styleslim run recipes/multistyle_edge.yaml                 # the searched, grafted student (~25 min)
     python benchmarks/bench_edge.py --student runs/multistyle_edge/distilled  # 512 px (--student repeatable)
     python benchmarks/bench_edge.py --student runs/multistyle_edge/distilled --johnson  # + Johnson teacher speed
     styleslim run recipes/johnson_edge.yaml                    # a trained Johnson teacher and its edge student
