@@ -116,7 +116,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     result = run(args.quick, args.edge)
-    out = args.out or RESULTS / f"bench_distill_judge{'_edge' if args.edge else ''}{'_quick' if args.quick else ''}.json"
+    name = f"bench_distill_judge{'_edge' if args.edge else ''}{'_quick' if args.quick else ''}.json"
+    out = args.out or RESULTS / name
     write_json(out, result)
     from benchmarks.__main__ import format_table
 
