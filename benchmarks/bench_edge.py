@@ -334,6 +334,8 @@ def fastest_graded(rows: list[dict], grade: str, speedup: str) -> dict | None:
 
 
 def target(best: dict | None, key: str, goal: float) -> dict:
+    """A target's entry: which artifact stands for it (None when none qualifies), its ``key`` and whether it meets
+    ``goal``."""
     return {"artifact": best and f"{best['model']} {best['variant']}", "grade": best and best["grade"],
             "target": goal, "measured": best and best[key], "met": best is not None and best[key] >= goal}
 
