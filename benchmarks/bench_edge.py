@@ -54,7 +54,8 @@ from compressor.fidelity import GRADES, calibrate, judge_info, judge_outputs
 from compressor.io import write_json
 from compressor.judge import embed
 from compressor.models import EdgeNet, EdgeNetSpec, create_model, load_model
-from compressor.models.multistyle import SingleStyle, load_onnx, parse_style_weights
+from compressor.models.conditional_norm import SingleStyle, parse_style_weights
+from compressor.models.multistyle import load_onnx
 from evaluation.latency import machine_info, measure_latency
 from evaluation.metrics import fidelity
 from exports.backends.litert import export_tflite, quantize_tflite

@@ -38,7 +38,7 @@ from compressor.images import fit_longest, resize
 from compressor.io import atomic_write
 from compressor.models import get_family, load_any
 from compressor.models.arbitrary import style_vector
-from compressor.models.multistyle import parse_style_weights
+from compressor.models.conditional_norm import parse_style_weights
 from compressor.outputs import check_output_dir, check_output_file
 from compressor.tiling import (
     TilePlan,

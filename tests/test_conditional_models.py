@@ -25,7 +25,7 @@ from compressor.models import (
     load_any,
     save_model,
 )
-from compressor.models.multistyle import parse_style_weights
+from compressor.models.conditional_norm import parse_style_weights
 from compressor.models.onnx_import import OnnxImportError, import_onnx, verify_import
 from compressor.prune import prune_model
 from styleslim.cli import app

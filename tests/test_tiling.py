@@ -104,8 +104,8 @@ def test_conditional_norm_networks_tile_like_the_whole_image(photo, family):
     """Dumoulin's and Ghiasi's networks (the imported real models' layouts): the per-style gamma/beta apply after
     the intercepted norm, so tiles with the whole image's statistics reproduce it."""
     from compressor.models.arbitrary import ArbitrarySpec, ArbitraryStyleNet
-    from compressor.models.conditional_norm import pad_to_multiple
-    from compressor.models.multistyle import MultiStyleNet, MultiStyleSpec, SingleStyle, parse_style_weights
+    from compressor.models.conditional_norm import SingleStyle, pad_to_multiple, parse_style_weights
+    from compressor.models.multistyle import MultiStyleNet, MultiStyleSpec
 
     torch.manual_seed(0)
     if family == "multistyle":
@@ -127,8 +127,8 @@ def test_statistics_passes_resume_from_cached_feature_maps(photo):
     """With the model known, each pass resumes each window after the deepest call an earlier pass cached (after
     the stride-4 stem, after each residual block, in the head): the same picture, bit for bit, with the stem run
     only until its output is cached."""
-    from compressor.models.conditional_norm import pad_to_multiple
-    from compressor.models.multistyle import MultiStyleNet, MultiStyleSpec, SingleStyle, parse_style_weights
+    from compressor.models.conditional_norm import SingleStyle, pad_to_multiple, parse_style_weights
+    from compressor.models.multistyle import MultiStyleNet, MultiStyleSpec
 
     torch.manual_seed(0)
     model = MultiStyleNet(MultiStyleSpec(n_styles=2, contract=[16, 8, 16], res_inner=[16, 16, 16], expand=[8, 8]))

