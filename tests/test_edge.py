@@ -177,7 +177,7 @@ def test_grafting_refuses_what_does_not_fit():
     many = create_model({"family": "multistyle", "n_styles": 3, "contract": [8, 8, 16], "res_inner": [16],
                          "expand": [8, 4]})
     with pytest.raises(UserError, match="select_style"):
-        named_student(StudentChoice(family="edge_net", spec={"block": "norm", "trunk": 16, "blocks": 1},
+        named_student(StudentChoice(family="edge_net", spec={"block": "norm", "stem": 16, "blocks": 1},
                                     init="teacher_trunk"), 0, "s", many)
 
 
@@ -215,3 +215,58 @@ def test_trunk_weight_matches_the_teachers_trunk_input_and_output():
         make_objective(narrow, teacher, config, None, None, any_teacher=True)(narrow, batch)
     with pytest.raises(ValueError, match="unset one of them"):
         DistillStage(trunk_weight=1.0, paired_size=64)
+
+
+MANY = {"family": "multistyle", "n_styles": 3, "contract": [8, 8, 16], "res_inner": [16] * 2, "expand": [8, 4]}
+MANY_STUDENT = {"unshuffle": 2, "down": 1, "stem": 16, "trunk": 16, "blocks": 2, "block": "norm", "norm": "instance",
+                "n_styles": 3}
+
+
+def test_a_multi_style_student_takes_style_weights_like_its_teacher(tmp_path):
+    from compressor.config import StudentChoice
+    from compressor.distill import named_student
+    from compressor.models import save_model
+    from compressor.models.conditional_norm import parse_style_weights
+
+    torch.manual_seed(5)
+    teacher = create_model(MANY).eval()
+    for p in teacher.parameters():
+        p.data.normal_(1.0, 0.5)
+    student = named_student(StudentChoice(family="edge_net", spec=MANY_STUDENT, init="teacher_trunk"), 0, "s", teacher)
+    trunk = get_family(teacher).residual_trunk(teacher)
+    assert torch.equal(student.blocks[1].body[2].gamma, trunk[1][1][1])  # the [3, 16] tables, every style
+    family = get_family(student)
+    assert family.io_names(student) == (["image", "style_weights"], ["stylized"]) and family.n_styles(student) == 3
+    x, blend = torch.rand(2, 3, 32, 32), parse_style_weights("0:0.25,2:0.75", 3)
+    with torch.no_grad():
+        one, other = student(x, parse_style_weights(0, 3)), student(x, parse_style_weights(2, 3))
+        assert (one - other).abs().mean() > 1e-3  # the style input matters
+        single = family.select_style(student, "0:0.25,2:0.75")
+        assert get_family(single).n_styles(single) == 1
+        torch.testing.assert_close(single(x), student(x, blend))
+    with pytest.raises(ValueError, match="needs style_weights"):
+        student(x)
+    folder = save_model(student, tmp_path / "student")
+    torch.testing.assert_close(load_model(folder)(x, blend), student(x, blend))
+    with pytest.raises(ValueError, match="needs instance norms"):
+        create_model({"family": "edge_net", "n_styles": 3})
+
+
+def test_a_multi_style_student_learns_every_style_of_its_teacher():
+    from compressor.config import DistillStage, StudentChoice
+    from compressor.distill import named_student
+
+    torch.manual_seed(6)
+    teacher = create_model(MANY).eval()
+    student = named_student(StudentChoice(family="edge_net", spec=MANY_STUDENT, init="teacher_trunk"), 0, "s", teacher)
+    seen = []
+    forward = teacher.forward
+    teacher.forward = lambda x, w=None: seen.append(w) or forward(x, w)
+    config = DistillStage(trunk_weight=1.0, perceptual_weight=0.0)
+    batch = torch.rand(4, 3, 32, 32)
+    terms = make_objective(student, teacher, config, None, None, any_teacher=True)(student, batch)
+    assert float(terms["trunk"]) > 0 and torch.isfinite(terms["total"])
+    assert seen[0].shape == (4, 3) and torch.allclose(seen[0].sum(1), torch.ones(4))  # a mix per photo
+    with pytest.raises(ValueError, match="holding the same 3 styles"):
+        one = create_model({**MANY, "n_styles": 1})
+        make_objective(student, one, config, None, None, any_teacher=True)

@@ -24,16 +24,20 @@ SMALL = {  # the narrowest spec of each family that keeps its structure
 SIZE = 64
 # The package's own families (a test may register a throwaway one meanwhile).
 PACKAGED = [f.name for f in families() if type(f).__module__.startswith("compressor.models.")]
+# A family's other shapes that change its graph inputs: an edge student holding several styles takes style weights.
+VARIANTS = {"edge_net, 3 styles": ("edge_net", {"stem": 16, "trunk": 16, "blocks": 2, "block": "norm",
+                                                "norm": "instance", "n_styles": 3})}
 
 
 def test_every_family_has_a_small_spec_here():
     assert set(SMALL) == set(PACKAGED) and set(PACKAGED) <= set(styleslim.list_models())
 
 
-@pytest.fixture(params=PACKAGED)
+@pytest.fixture(params=[*PACKAGED, *VARIANTS])
 def built(request) -> tuple[str, torch.nn.Module]:
     torch.manual_seed(0)
-    return request.param, styleslim.create_model(request.param, **SMALL[request.param]).eval()
+    family, spec = VARIANTS.get(request.param, (request.param, SMALL.get(request.param)))
+    return request.param, styleslim.create_model(family, **spec).eval()
 
 
 def _run(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:

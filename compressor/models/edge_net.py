@@ -15,10 +15,12 @@ convs. This family has none of those by default:
 - plain 3x3 residual blocks (``block="conv"``), depthwise-separable ones (``block="dw"``), or the
   Johnson/Dumoulin block (``block="norm"``: conv, instance norm, ReLU, conv, instance norm), whose weights
   can start as the teacher's own residual trunk (``graft``: a recipe's ``init: teacher_trunk``);
-- widths meant to be multiples of 8/16 (SIMD tiles).
+- widths meant to be multiples of 8/16 (SIMD tiles);
+- ``n_styles`` > 1: every instance norm a conditional one (per-style gamma/beta mixed by a style-weights input,
+  like ``multistyle26.onnx``), distilled from a multi-style teacher under styles and blends drawn per batch.
 
-I/O is styleslim's: RGB [0, 1] NCHW in, RGB in (0, 1) out (a sigmoid), sides a multiple of
-``unshuffle * 2**down``. It learns from any teacher's outputs (output MSE + L1, optional perceptual).
+I/O is styleslim's: RGB [0, 1] NCHW in (and ``style_weights`` [n_styles] for several styles), RGB in (0, 1)
+out (a sigmoid), sides a multiple of ``unshuffle * 2**down``. It learns from any teacher's outputs (output MSE + L1, optional perceptual).
 """
 
 from __future__ import annotations
@@ -28,11 +30,18 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from compressor.losses import finish, teacher_terms
-from compressor.models.registry import Family, Objective, ResidualWeights, Width, get_family, register_family
+from compressor.models.conditional_norm import (
+    ConditionalInstanceNorm,
+    StyleWeightsInput,
+    batched_style,
+    parse_style_weights,
+    sample_style_weights,
+)
+from compressor.models.registry import Objective, ResidualWeights, Width, get_family, register_family
 
 
 class EdgeNetSpec(BaseModel):
@@ -51,15 +60,37 @@ class EdgeNetSpec(BaseModel):
     norm: Literal["none", "instance"] = "none"
     head: int = Field(0, ge=0, le=1024, description="Width of a 3x3 conv + ReLU before the RGB conv (0: none); "
                       "the teacher's decoder is nonlinear, a one-conv head is not.")
+    n_styles: int = Field(1, ge=1, le=1024, description="Styles held: more than 1 makes every instance norm "
+                          "conditional, chosen by a style-weights input (needs instance norms).")
+
+    @model_validator(mode="after")
+    def _styles_need_norms(self) -> EdgeNetSpec:
+        if self.n_styles > 1 and self.norm == "none" and self.block != "norm":
+            raise ValueError("n_styles > 1 needs instance norms to carry the styles (norm: instance or block: norm)")
+        return self
 
 
-def _act(cin: int, cout: int, norm: str, stride: int = 1, kernel: int = 3, pad: int | None = None) -> nn.Sequential:
-    """conv (zero padding) [+ instance norm] + ReLU."""
+class Chain(nn.Sequential):
+    """``nn.Sequential`` that also hands the style weights to the layers that take them (conditional norms)."""
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in self:
+            x = layer(x, style) if isinstance(layer, (ConditionalInstanceNorm, Chain, ResBlock)) else layer(x)
+        return x
+
+
+def _instance_norm(width: int, n_styles: int) -> nn.Module:
+    return nn.InstanceNorm2d(width, affine=True) if n_styles == 1 else ConditionalInstanceNorm(width, n_styles)
+
+
+def _act(cin: int, cout: int, norm: str, stride: int = 1, kernel: int = 3, pad: int | None = None,
+         n_styles: int = 1) -> Chain:
+    """conv (zero padding) [+ instance norm, conditional for several styles] + ReLU."""
     pad = kernel // 2 if pad is None else pad
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride, pad, bias=norm == "none")]
     if norm == "instance":
-        layers.append(nn.InstanceNorm2d(cout, affine=True))
-    return nn.Sequential(*layers, nn.ReLU())
+        layers.append(_instance_norm(cout, n_styles))
+    return Chain(*layers, nn.ReLU())
 
 
 class ResBlock(nn.Module):
@@ -68,21 +99,22 @@ class ResBlock(nn.Module):
 
     def __init__(self, width: int, spec: EdgeNetSpec):
         super().__init__()
+        n = spec.n_styles
         if spec.block == "conv":
-            self.body = nn.Sequential(_act(width, width, spec.norm), nn.Conv2d(width, width, 3, 1, 1))
+            self.body = Chain(_act(width, width, spec.norm, n_styles=n), nn.Conv2d(width, width, 3, 1, 1))
         elif spec.block == "norm":
-            self.body = nn.Sequential(_act(width, width, "instance"), nn.Conv2d(width, width, 3, 1, 1, bias=False),
-                                      nn.InstanceNorm2d(width, affine=True))
+            self.body = Chain(_act(width, width, "instance", n_styles=n), nn.Conv2d(width, width, 3, 1, 1, bias=False),
+                              _instance_norm(width, n))
         else:
             inner = width * spec.expand
-            self.body = nn.Sequential(
-                _act(width, inner, spec.norm, kernel=1),
+            self.body = Chain(
+                _act(width, inner, spec.norm, kernel=1, n_styles=n),
                 nn.Conv2d(inner, inner, 3, 1, 1, groups=inner), nn.ReLU(),
                 nn.Conv2d(inner, width, 1),
             )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+    def forward(self, x: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        return x + self.body(x, style)
 
 
 class EdgeNet(nn.Module):
@@ -91,11 +123,12 @@ class EdgeNet(nn.Module):
         spec = spec or EdgeNetSpec()
         self.spec = spec
         f = spec.unshuffle
-        self.stem = _act(3, spec.stem, spec.norm, stride=f, kernel=3 * f, pad=f)
+        self.stem = _act(3, spec.stem, spec.norm, stride=f, kernel=3 * f, pad=f, n_styles=spec.n_styles)
         widths = [spec.stem] + [spec.trunk] * spec.down
-        self.down = nn.ModuleList(_act(widths[i], widths[i + 1], spec.norm, stride=2) for i in range(spec.down))
+        self.down = nn.ModuleList(_act(widths[i], widths[i + 1], spec.norm, stride=2, n_styles=spec.n_styles)
+                                  for i in range(spec.down))
         trunk = widths[-1]
-        self.blocks = nn.Sequential(*(ResBlock(trunk, spec) for _ in range(spec.blocks)))
+        self.blocks = Chain(*(ResBlock(trunk, spec) for _ in range(spec.blocks)))
         # Each up: a conv to 4x the width below, then pixel-shuffle x2 (no upsampling copies).
         self.up = nn.ModuleList(nn.Sequential(nn.Conv2d(widths[i + 1], 4 * widths[i], 3, 1, 1), nn.PixelShuffle(2),
                                               nn.ReLU()) for i in reversed(range(spec.down)))
@@ -103,11 +136,17 @@ class EdgeNet(nn.Module):
         self.head = nn.Sequential(_act(spec.stem, spec.head, "none"), rgb) if spec.head else rgb
         self.shuffle = nn.PixelShuffle(f) if f > 1 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
+    def forward(self, x: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """RGB [0, 1] (and, holding several styles, a mix [n_styles] or [B, n_styles]) -> RGB in (0, 1)."""
+        style = None
+        if self.spec.n_styles > 1:
+            if style_weights is None:
+                raise ValueError(f"a {self.spec.n_styles}-style edge_net needs style_weights")
+            style = batched_style(style_weights)
+        x = self.stem(x, style)
         for layer in self.down:
-            x = layer(x)
-        x = self.blocks(x)
+            x = layer(x, style)
+        x = self.blocks(x, style)
         for layer in self.up:
             x = layer(x)
         return torch.sigmoid(self.shuffle(self.head(x)))
@@ -138,20 +177,47 @@ def graft(model: EdgeNet, trunk: list[ResidualWeights]) -> int:
                 raise ValueError(f"the teacher's residual convs are {tuple(weight.shape)}, the student's "
                                  f"{tuple(conv.weight.shape)} (give the student a trunk {weight.shape[1]} wide: "
                                  "trunk, or stem when down is 0)")
+            scale, shift = (norm.gamma, norm.beta) if isinstance(norm, ConditionalInstanceNorm) else (norm.weight,
+                                                                                                      norm.bias)
+            if gamma.shape != scale.shape:
+                theirs, mine = (t.shape[0] if t.dim() == 2 else 1 for t in (gamma, scale))
+                raise ValueError(f"the teacher's norms hold {theirs} style(s), the student's {mine} (give the student "
+                                 f"n_styles: {theirs}, or keep one style of the teacher first: model.select_style)")
             with torch.no_grad():
                 conv.weight.copy_(weight)
-                norm.weight.copy_(gamma)
-                norm.bias.copy_(beta)
+                scale.copy_(gamma)
+                shift.copy_(beta)
     return len(model.blocks)
+
+
+def select_style(model: EdgeNet, style_weights: torch.Tensor, label: str) -> EdgeNet:
+    """The one-style student that computes exactly what ``model`` does for one style mix: each conditional norm's
+    gamma/beta tables become the mix's row, an instance norm's affine (one input, int8-quantizable)."""
+    single = EdgeNet(model.current_spec().model_copy(update={"n_styles": 1, "style": label}))
+    mix = batched_style(style_weights).to(next(model.parameters()).dtype)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        owner, _, leaf = name.rpartition(".")
+        if isinstance(model.get_submodule(owner), ConditionalInstanceNorm):
+            name = f"{owner}.{'weight' if leaf == 'gamma' else 'bias'}"
+            tensor = (mix @ tensor)[0]
+        state[name] = tensor
+    single.load_state_dict(state)
+    return single.eval()
 
 
 def edge_objective(config: Any, vgg: nn.Module, teacher: nn.Module | None, student: EdgeNet) -> Objective:
     """Output MSE (what PSNR measures) + L1 to any teacher's output, plus VGG perceptual when weighted, plus the
     residual trunk's input and output (``trunk_weight``) for a teacher whose trunk the student's matches.
 
-    Batches of 6-channel (input, target) pairs carry the teacher's outputs already (``TeacherPairs``)."""
+    Batches of 6-channel (input, target) pairs carry the teacher's outputs already (``TeacherPairs``). A student
+    of several styles learns a teacher holding the same styles, both run on the mixes drawn for each batch."""
     if teacher is None or not config.output_weight:
         raise ValueError("an edge_net student learns from a teacher: give a teacher and a nonzero output_weight")
+    n_styles = student.spec.n_styles
+    if n_styles > 1 and (not hasattr(teacher, "spec") or get_family(teacher).n_styles(teacher) != n_styles):
+        raise ValueError(f"a {n_styles}-style edge_net learns a teacher holding the same {n_styles} styles (the "
+                         "model stage's multi-style network, without select_style)")
     trunk_weight = getattr(config, "trunk_weight", 0.0)
     teacher_ends = student_ends = ()  # whose inputs are compared (none without trunk_weight)
     if trunk_weight:
@@ -162,13 +228,14 @@ def edge_objective(config: Any, vgg: nn.Module, teacher: nn.Module | None, stude
 
     def objective(model: nn.Module, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         wanted: list[torch.Tensor] = []
+        style = (sample_style_weights(batch, n_styles),) if n_styles > 1 else ()
         if batch.shape[1] == 6:  # (input, teacher output) pairs: compressor.blackbox.TeacherPairs
             batch, target = batch[:, :3], batch[:, 3:]
         else:
             with torch.no_grad(), module_inputs(teacher_ends) as wanted:
-                target = teacher(batch)
+                target = teacher(batch, *style)
         with module_inputs(student_ends) as got:
-            output = model(batch)
+            output = model(batch, *style)
         terms = teacher_terms(config, vgg, output, target)
         terms["mse"] = config.output_weight * 10.0 * (output - target).pow(2).mean()
         if trunk_weight:
@@ -194,14 +261,32 @@ def module_inputs(modules: tuple[nn.Module, ...]) -> Iterator[list[torch.Tensor]
             hook.remove()
 
 
-class EdgeNetFamily(Family):
-    """One input (RGB [0, 1]), one output; built to be distilled from any teacher and run in int8."""
+class EdgeNetFamily(StyleWeightsInput):
+    """One input (RGB [0, 1]), one output, built to be distilled from any teacher and run in int8; or, holding
+    several styles, a style-weights input too (the hooks of ``multistyle``'s networks)."""
 
     name = "edge_net"
     spec = EdgeNetSpec
     module = EdgeNet
     role = "style_transformer"
     size_multiple = 16  # unshuffle * 2**down is at most 4 * 4
+
+    def inputs(self, batch: torch.Tensor, style: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """The batch, and a 1-D style-weights ``style`` when one is given (a one-style student ignores it)."""
+        return (batch,) if style is None or style.dim() != 1 else (batch, style.to(batch.device))
+
+    def select_style(self, model: EdgeNet, style_weights: str) -> EdgeNet:
+        if model.spec.n_styles == 1:
+            return super().select_style(model, style_weights)
+        weights = parse_style_weights(style_weights, model.spec.n_styles)
+        return select_style(model, weights, f"{model.spec.style or 'edge_net'}[{style_weights}]")
+
+    def customized_pruners(self, model: EdgeNet) -> dict[type, Any]:
+        if model.spec.n_styles == 1:
+            return {}
+        from compressor.models.conditional_norm_pruning import CUSTOMIZED_PRUNERS
+
+        return CUSTOMIZED_PRUNERS
 
     def protected_layers(self, model: EdgeNet, config: Any) -> list[nn.Module]:
         return [model.head[-1] if model.spec.head else model.head]  # its 3*f^2 outputs: RGB pixels after the shuffle

@@ -209,9 +209,11 @@ class MultiStyleFamily(StyleWeightsInput, ConditionalNormFamily):
         return model.res[0][0], model.expand[0]
 
     def residual_trunk(self, model: MultiStyleNet) -> list[ResidualWeights]:
-        if model.spec.n_styles != 1:
-            raise ValueError("a multi-style teacher's norms depend on the style: pick one first (model.select_style)")
-        return [tuple((b.conv.weight.detach(), b.norm.gamma.detach()[0], b.norm.beta.detach()[0]) for b in block)
+        """Gamma/beta as [C] for one style, else the [n_styles, C] tables (a student of as many styles takes them)."""
+        def table(t: torch.Tensor) -> torch.Tensor:
+            return t.detach()[0] if model.spec.n_styles == 1 else t.detach()
+
+        return [tuple((b.conv.weight.detach(), table(b.norm.gamma), table(b.norm.beta)) for b in block)
                 for block in model.res]
 
 
