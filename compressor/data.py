@@ -204,3 +204,13 @@ class ContentCrops(torch.utils.data.Dataset):
         if self.color_jitter:
             patch = jitter_colors(patch, self.color_jitter, rng)
         return patch[0].clamp(0, 1)
+
+
+# One calibration sample for a quantizer: an NCHW float32 image, or a tuple of one array per graph input (the
+# image, then a multi-style network's style weights).
+CalibrationSample = np.ndarray | tuple[np.ndarray, ...]
+
+
+def sample_inputs(sample: CalibrationSample) -> tuple[np.ndarray, ...]:
+    """The graph inputs of one calibration sample, in order."""
+    return sample if isinstance(sample, tuple) else (sample,)

@@ -27,8 +27,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from compressor.config import TrainConfig
-from compressor.data import load_image, resolve_images, sample_content_paths
-from compressor.fidelity import calibrate, judge_outputs
+from compressor.data import CalibrationSample, load_image, resolve_images, sample_content_paths, sample_inputs
+from compressor.fidelity import calibrate, judge_outputs, worst_grade
 from compressor.images import resize
 from compressor.io import file_sha256
 from compressor.judge import embed
@@ -65,6 +65,26 @@ def calibration_set(source: str | Path | None, size: int) -> tuple[list[np.ndarr
     paths = resolve_images(source, "train")
     check_disjoint(paths, sample_content_paths("eval"))
     return [x.numpy() for x in image_batch(paths, size)], paths
+
+
+def calibration_samples(model: nn.Module, images: list[np.ndarray]) -> list[CalibrationSample]:
+    """What a quantizer calibrates ``model``'s graph on: the images, or for a network of several styles an
+    (image, one-hot style) per style, images in turn, so that every style's activation ranges are seen."""
+    family = get_family(model)
+    n_styles = family.n_styles(model)
+    if n_styles == 1:
+        return images
+    return [(images[i % len(images)], family.style_mix(model, str(i % n_styles)).numpy())
+            for i in range(max(n_styles, len(images)))]
+
+
+def probe_styles(model: nn.Module) -> list[tuple[torch.Tensor, ...]]:
+    """The style inputs quality is probed under: none for one style, else the first, middle and last styles."""
+    family = get_family(model)
+    n_styles = family.n_styles(model)
+    if n_styles == 1:
+        return [()]
+    return [(family.style_mix(model, str(s)),) for s in sorted({0, n_styles // 2, n_styles - 1})]
 
 
 # ---------------------------------------------------------------- norm-input equalization
@@ -105,7 +125,7 @@ class _NormInputStatistics(TorchFunctionMode):
         self.forget_outputs()
 
 
-def equalize_norm_inputs(model: nn.Module, calibration: list[np.ndarray]) -> tuple[nn.Module, list[str]]:
+def equalize_norm_inputs(model: nn.Module, calibration: list[CalibrationSample]) -> tuple[nn.Module, list[str]]:
     """A copy of ``model`` whose convs feeding an instance norm give every output channel unit spread.
 
     Static int8 quantizes a conv's output with one scale per tensor. Before an instance norm, channels differ in
@@ -119,8 +139,8 @@ def equalize_norm_inputs(model: nn.Module, calibration: list[np.ndarray]) -> tup
     stats = _NormInputStatistics(model)
     try:
         with torch.no_grad(), stats:
-            for x in calibration:
-                model(torch.from_numpy(x))
+            for sample in calibration:
+                model(*map(torch.from_numpy, sample_inputs(sample)))
                 stats.forget_outputs()  # the convs not feeding a norm (RGB output): no use past this image
     finally:
         stats.close()
@@ -143,22 +163,28 @@ def equalize_norm_inputs(model: nn.Module, calibration: list[np.ndarray]) -> tup
 class QualityProbe:
     """How far a run strays from the fp32 model on the validation photos (never the evaluation's): the perceptual
     judge's distances in units of the fp32 model's own same-picture band and their grade, PSNR, and the rise of
-    style / content loss by the reference VGG19."""
+    style / content loss by the reference VGG19. A network of several styles is probed under ``probe_styles``,
+    graded by its worst style."""
 
     def __init__(self, model: nn.Module, vgg: nn.Module | None, grams: dict[str, torch.Tensor] | None, size: int):
         self.vgg, self.grams = vgg, grams  # no loss network: no style / content columns
         self.images = image_batch(sample_content_paths("val"), size)
+        self.styles = probe_styles(model)
+        self.items = [(x, *style) for style in self.styles for x in self.images]  # the graph inputs, style by style
         with torch.no_grad():
-            self.reference = [model(x) for x in self.images]
+            self.reference = [model(*item) for item in self.items]
             pictures = [r.clamp(0, 1) for r in self.reference]
             self.embeddings = [embed(p) for p in pictures]
-            self.calibration = calibrate(model, self.images, pictures, self.embeddings)
+            n = len(self.images)
+            self.calibrations = [calibrate(lambda x, style=style: model(x, *style), self.images,
+                                           pictures[k * n:(k + 1) * n], self.embeddings[k * n:(k + 1) * n])
+                                 for k, style in enumerate(self.styles)]
         self.baseline = self._losses(self.reference) if vgg is not None else None
 
     def _losses(self, outputs: list[torch.Tensor]) -> dict[str, float]:
         style = content = 0.0
         with torch.no_grad():
-            for out, x in zip(outputs, self.images):
+            for out, (x, *_) in zip(outputs, self.items):
                 feats, target = self.vgg(out), self.vgg(x)
                 style += float(style_loss(feats, self.grams, DEFAULT_STYLE_LAYERS))
                 content += float(content_loss(feats, target, DEFAULT_CONTENT_LAYERS))
@@ -168,12 +194,17 @@ class QualityProbe:
         """Quality of ``run`` (NCHW numpy -> NCHW numpy, or a torch module) relative to the fp32 model."""
         if isinstance(run, nn.Module):
             with torch.no_grad():
-                outputs = [run(x) for x in self.images]
+                outputs = [run(*item) for item in self.items]
         else:
-            outputs = [torch.from_numpy(np.asarray(run(x.numpy()), dtype=np.float32)) for x in self.images]
+            outputs = [torch.from_numpy(np.asarray(run(*(t.numpy() for t in item)), dtype=np.float32))
+                       for item in self.items]
+        n = len(self.images)
         with torch.no_grad():
-            judged = judge_outputs(outputs, self.embeddings, self.calibration)
-        quality = {k: judged[k] for k in ("perceptual_bands", "style_bands", "vector_bands", "grade")}
+            per_style = [judge_outputs(outputs[k * n:(k + 1) * n], self.embeddings[k * n:(k + 1) * n], calibration)
+                         for k, calibration in enumerate(self.calibrations)]
+        quality = {k: float(np.mean([j[k] for j in per_style]))
+                   for k in ("perceptual_bands", "style_bands", "vector_bands")}
+        quality["grade"] = worst_grade([j["grade"] for j in per_style])
         quality["psnr_db"] = min(200.0, *(psnr(o.clamp(0, 1), r.clamp(0, 1)) for o, r in zip(outputs, self.reference)))
         if self.baseline is not None:
             losses = self._losses(outputs)

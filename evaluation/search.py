@@ -23,8 +23,9 @@ import torch
 from torch.utils.data import Dataset
 
 from compressor.config import DistillStage, SearchStage
-from compressor.data import resolve_images
+from compressor.data import CalibrationSample, resolve_images
 from compressor.distill import SEARCH_WINNER, TrainingRun, make_objective, named_student, train
+from compressor.errors import UserError
 from compressor.fidelity import GRADES, calibrate, judge_outputs
 from compressor.io import write_json
 from compressor.judge import embed
@@ -48,6 +49,10 @@ def search_students(search: SearchStage, config: DistillStage, run: TrainingRun,
                     progress: bool = True) -> dict[str, Any]:
     """Distil each candidate briefly on ``data`` from ``run.teacher``, deploy, time and judge it; copy the winner to
     ``out/winner``; write ``out/search.json`` (paths in it relative to ``root``) and return its content."""
+    if hasattr(run.teacher, "spec") and get_family(run.teacher).n_styles(run.teacher) > 1:
+        raise UserError("search", "the search judges and times students of one style; this teacher holds "
+                        f"{get_family(run.teacher).n_styles(run.teacher)}",
+                        "keep one style (model.select_style), or name a many-style student as distill.student")
     photo_paths = resolve_images(search.images, "val")
     photos = [square_image(p, search.size) for p in photo_paths]
     with torch.no_grad():
@@ -105,7 +110,7 @@ def search_students(search: SearchStage, config: DistillStage, run: TrainingRun,
     return result
 
 
-def deploy(student: torch.nn.Module, search, folder: Path, calibration: list[np.ndarray] | None) -> Path:
+def deploy(student: torch.nn.Module, search, folder: Path, calibration: list[CalibrationSample] | None) -> Path:
     """The candidate as it would ship: exported to the runtime (parity-checked) and, unless fp32, quantized
     (static int8 after norm-input equalization, as the quantize stage does it)."""
     fmt = search.runtime

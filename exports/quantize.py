@@ -26,18 +26,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from compressor.config import QuantizeStage
-from compressor.data import sample_content_paths
+from compressor.data import CalibrationSample, sample_content_paths
 from compressor.fidelity import GRADES
 from compressor.io import write_json
 from compressor.models import get_family, load_model, save_model
 from compressor.quantize import (
     QualityProbe,
     QuantizeError,
+    calibration_samples,
     calibration_set,
     default_qat_config,
     equalize_norm_inputs,
@@ -88,7 +88,7 @@ SENSITIVITY_ORDER = {  # most harmful first
 }
 
 
-def layer_sensitivity(float_onnx: Path, calibration: list[np.ndarray], judge: QualityProbe, method: str = "minmax",
+def layer_sensitivity(float_onnx: Path, calibration: list[CalibrationSample], judge: QualityProbe, method: str = "minmax",
                       work_dir: Path | None = None, by: str = "perceptual",
                       reduce_range: bool | None = None) -> list[dict[str, Any]]:
     """Quantize one conv at a time (ORT static) and measure the damage; most harmful first, ``by`` the perceptual
@@ -111,7 +111,7 @@ def within_budget(quality: dict[str, Any], settings: QuantizeStage) -> bool:
                  or quality["style_increase_pct"] <= settings.max_style_increase_pct))
 
 
-def _mixed_precision(settings: QuantizeStage, float_onnx: Path, calibration: list[np.ndarray], judge: QualityProbe,
+def _mixed_precision(settings: QuantizeStage, float_onnx: Path, calibration: list[CalibrationSample], judge: QualityProbe,
                      work_dir: Path) -> tuple[list[str], dict]:
     """Greedy: add the most sensitive layer to the float set until the int8 model fits the budget(s)."""
     layers = conv_layers(float_onnx)
@@ -145,7 +145,7 @@ def _mixed_precision(settings: QuantizeStage, float_onnx: Path, calibration: lis
 
 
 def _job(reference: nn.Module, source_dir: Path, fmt: str, mode: str, keep_float: list[str], out_dir: Path,
-         float_dir: Path, settings: QuantizeStage, calibration: list[np.ndarray], judge: QualityProbe | None,
+         float_dir: Path, settings: QuantizeStage, calibration: list[CalibrationSample], judge: QualityProbe | None,
          extra: dict[str, Any], exported: dict[tuple, tuple[Path, dict[str, Any]]]) -> QuantizeJob:
     """The callbacks a backend's ``quantize`` uses for one mode: export the float model (into ``float_dir``), write
     a verified manifest."""
@@ -199,6 +199,7 @@ def quantize(
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     model = load_model(model_dir)
     calibration, calib_paths = calibration_set(settings.calibration, settings.size)
+    calibration = calibration_samples(model, calibration)
     extra: dict[str, Any] = {
         "calibration_method": settings.calibration_method,
         "calibration_images": [str(p) for p in calib_paths], "quality_images": [
@@ -206,9 +207,9 @@ def quantize(
         "loss_network": vgg.weights_source if vgg is not None else None,
     }
     family = get_family(model)
-    if len(family.io_names(model)[0]) != 1:
-        raise QuantizeError(f"{model_dir}: quantizing {type(model).__name__} (two inputs) is not supported; "
-                            "quantize a one-input model (a style transformer or a loss network)")
+    if len(family.io_names(model)[0]) != 1 and family.n_styles(model) == 1:
+        raise QuantizeError(f"{model_dir}: quantizing {type(model).__name__} (a style image or vector input) is not "
+                            "supported; quantize a one-input model or one with style weights in (multi-style)")
     # Quality needs an image-to-image model; a loss network gets parity on its taps only.
     judge = QualityProbe(model, vgg, grams, settings.size) if family.role == "style_transformer" else None
     budget = any(v is not None for v in (settings.grade, settings.min_psnr_db, settings.max_style_increase_pct))

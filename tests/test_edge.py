@@ -219,7 +219,7 @@ def test_trunk_weight_matches_the_teachers_trunk_input_and_output():
 
 MANY = {"family": "multistyle", "n_styles": 3, "contract": [8, 8, 16], "res_inner": [16] * 2, "expand": [8, 4]}
 MANY_STUDENT = {"unshuffle": 2, "down": 1, "stem": 16, "trunk": 16, "blocks": 2, "block": "norm", "norm": "instance",
-                "n_styles": 3}
+                "n_styles": 3, "out_norm": True}
 
 
 def test_a_multi_style_student_takes_style_weights_like_its_teacher(tmp_path):

@@ -369,3 +369,43 @@ def test_qat_of_an_edge_student_deploys_as_int8_on_both_runtimes(judge_parts, tm
         contents = manifest["quantization"]["contents"]
         assert not contents["float_compute_convs"] and len(contents["int8_compute_convs"]) == 8
         assert contents["op_counts"]["DEPTH_TO_SPACE"] == 2 and contents["op_counts"]["SPACE_TO_DEPTH"] == 1
+
+
+def test_a_multi_style_student_quantizes_with_its_style_input(judge_parts, tmp_path):
+    """Style weights in, like multistyle26.onnx: calibrated on every style, int8 convs on both runtimes, and the
+    artifact still paints each style as the float model does."""
+    from compressor.models import create_model
+    from compressor.models.conditional_norm import parse_style_weights
+    from compressor.quantize import calibration_samples
+    from exports.runtime import load_runner
+
+    vgg, grams = judge_parts
+    torch.manual_seed(0)
+    model = create_model({"family": "edge_net", "unshuffle": 2, "down": 1, "stem": 16, "trunk": 16, "blocks": 1,
+                          "block": "norm", "norm": "instance", "n_styles": 3, "out_norm": True}).eval()
+    with torch.no_grad():  # styles that differ, as a trained network's do
+        for name, param in model.named_parameters():
+            if name.endswith(("gamma", "beta")):
+                param.uniform_(0.5, 1.5) if name.endswith("gamma") else param.uniform_(-0.5, 0.5)
+    samples = calibration_samples(model, calibration_set(None, SIZE)[0])
+    assert len(samples) == 4 and {int(np.argmax(style)) for _, style in samples} == {0, 1, 2}  # 4 photos, 3 styles
+    folder = save_model(model, tmp_path / "student")
+    settings = QuantizeStage(runtimes=["onnx", "tflite"], size=SIZE)
+    manifests = quantize(folder, tmp_path / "q", settings, vgg, grams, progress=False)
+    x = torch.from_numpy(image_batch(sample_content_paths("eval"), SIZE)[0].numpy())
+    for manifest in manifests:
+        contents = manifest["quantization"]["contents"]
+        assert len(contents["int8_compute_convs"]) == 6 and not contents["float_compute_convs"], contents
+        assert manifest["parity"]["passed"], manifest["parity"]
+        assert manifest["quantization"]["quality"]["grade"] in ("indistinguishable", "close", "different")
+        runner = load_runner(tmp_path / "q" / manifest["format"] / manifest["artifact"])
+        assert runner.input_names == ["image", "style_weights"]
+        pictures = []
+        for style in ("0", "2"):
+            w = parse_style_weights(style, 3)
+            got = torch.from_numpy(np.asarray(runner(x.numpy(), w.numpy())))
+            with torch.no_grad():
+                want = model(x, w)
+            pictures.append(got)
+            assert (got - want).abs().mean() < 0.05
+        assert (pictures[0] - pictures[1]).abs().mean() > 0.02  # the int8 artifact still takes the style input

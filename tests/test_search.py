@@ -138,3 +138,19 @@ def test_a_bad_candidate_spec_names_its_key_and_field():
 
     with pytest.raises(UserError, match=r"search.candidates.2: spec.blocks: Input should be less than or equal to 16"):
         named_student(StudentChoice(family="edge_net", spec={"blocks": 99}), 0, "search.candidates.2", None)
+
+
+def test_a_search_refuses_a_teacher_of_several_styles_before_training(tmp_path):
+    from types import SimpleNamespace
+
+    from compressor.errors import UserError
+    from compressor.models import create_model
+    from evaluation.search import search_students
+
+    teacher = create_model({"family": "multistyle", "n_styles": 3, "contract": [8, 8, 8], "res_inner": [8],
+                            "expand": [8, 4]})
+    recipe = _recipe(tmp_path)
+    with pytest.raises(UserError, match="search: .*this teacher holds 3.*distill.student"):
+        search_students(recipe.search, recipe.distill, SimpleNamespace(teacher=teacher), None, tmp_path / "s", "samples",
+                        {}, tmp_path)
+    assert not (tmp_path / "s").exists()

@@ -17,7 +17,9 @@ convs. This family has none of those by default:
   can start as the teacher's own residual trunk (``graft``: a recipe's ``init: teacher_trunk``);
 - widths meant to be multiples of 8/16 (SIMD tiles);
 - ``n_styles`` > 1: every instance norm a conditional one (per-style gamma/beta mixed by a style-weights input,
-  like ``multistyle26.onnx``), distilled from a multi-style teacher under styles and blends drawn per batch.
+  like ``multistyle26.onnx``), distilled from a multi-style teacher under styles and blends drawn per batch;
+  ``out_norm`` ends it as the teacher ends, an instance norm on the RGB output, so each style sets its own
+  output colours (a per-style scale and shift the shared head cannot give).
 
 I/O is styleslim's: RGB [0, 1] NCHW in (and ``style_weights`` [n_styles] for several styles), RGB in (0, 1)
 out (a sigmoid), sides a multiple of ``unshuffle * 2**down``. It learns from any teacher's outputs (output MSE + L1, optional perceptual).
@@ -62,11 +64,14 @@ class EdgeNetSpec(BaseModel):
                       "the teacher's decoder is nonlinear, a one-conv head is not.")
     n_styles: int = Field(1, ge=1, le=1024, description="Styles held: more than 1 makes every instance norm "
                           "conditional, chosen by a style-weights input (needs instance norms).")
+    out_norm: bool = Field(False, description="An instance norm on the RGB output before the sigmoid, like the "
+                           "teacher's last layer: with several styles, each style's own output colours.")
 
     @model_validator(mode="after")
     def _styles_need_norms(self) -> EdgeNetSpec:
-        if self.n_styles > 1 and self.norm == "none" and self.block != "norm":
-            raise ValueError("n_styles > 1 needs instance norms to carry the styles (norm: instance or block: norm)")
+        if self.n_styles > 1 and self.norm == "none" and self.block != "norm" and not self.out_norm:
+            raise ValueError("n_styles > 1 needs instance norms to carry the styles (norm: instance, block: norm "
+                             "or out_norm: true)")
         return self
 
 
@@ -135,6 +140,7 @@ class EdgeNet(nn.Module):
         rgb = nn.Conv2d(spec.head or spec.stem, 3 * f * f, 3, 1, 1)
         self.head = nn.Sequential(_act(spec.stem, spec.head, "none"), rgb) if spec.head else rgb
         self.shuffle = nn.PixelShuffle(f) if f > 1 else nn.Identity()
+        self.out_norm = Chain(_instance_norm(3, spec.n_styles)) if spec.out_norm else None
 
     def forward(self, x: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
         """RGB [0, 1] (and, holding several styles, a mix [n_styles] or [B, n_styles]) -> RGB in (0, 1)."""
@@ -149,7 +155,8 @@ class EdgeNet(nn.Module):
         x = self.blocks(x, style)
         for layer in self.up:
             x = layer(x)
-        return torch.sigmoid(self.shuffle(self.head(x)))
+        x = self.shuffle(self.head(x))
+        return torch.sigmoid(self.out_norm(x, style) if self.out_norm is not None else x)
 
     def current_spec(self) -> EdgeNetSpec:
         """Widths read off the layers (a pruned student describes itself)."""

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from compressor.data import CalibrationSample
+
 Output = np.ndarray | dict[str, np.ndarray]
 
 
@@ -86,7 +88,7 @@ class QuantizeJob:
     reference: Any
     out_dir: Path
     settings: Any
-    calibration: list[np.ndarray]
+    calibration: list[CalibrationSample]
     judge: Callable[[Any], dict[str, float]] | None
     extra: dict[str, Any]
     export_float: Callable[..., tuple[Path, dict[str, Any]]]

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from compressor.data import CalibrationSample, sample_inputs
 from compressor.io import atomic_output
 from exports.backends.base import Backend, QuantizeJob, Runner, register_backend
 from exports.common import ExportError, ExportWrapper, conversion_error, converter_output, example_inputs
@@ -139,7 +140,7 @@ def quantize_tflite(
     float_tflite: str | Path,
     out_path: str | Path,
     mode: str = "static",
-    calibration: list[np.ndarray] | None = None,
+    calibration: list[CalibrationSample] | None = None,
     keep_float: list[str] | tuple[str, ...] = (),
     module_order: list[str] | None = None,
     fuse_shuffles: bool = True,
@@ -172,19 +173,20 @@ def quantize_tflite(
             raise ValueError("static quantization needs calibration images")
         with converter_output():
             if q.need_calibration:
-                signature, name = _signature_input(float_tflite)
-                result = q.calibrate({signature: [{name: x} for x in calibration]})
+                signature, names = _signature_inputs(float_tflite)
+                result = q.calibrate({signature: [dict(zip(names, sample_inputs(s))) for s in calibration]})
             quantized = bytes(q.quantize(result).quantized_model)
         tmp.write_bytes(deployable(quantized, fuse_shuffles))
     return out_path
 
 
-def _signature_input(path: Path) -> tuple[str, str]:
+def _signature_inputs(path: Path) -> tuple[str, list[str]]:
+    """The signature and its input names in graph order (``args_0``, ``args_1``: as ``load`` feeds them)."""
     from ai_edge_litert.interpreter import Interpreter
 
     signatures = Interpreter(model_path=str(path)).get_signature_list()
     key = next(iter(signatures))
-    return key, signatures[key]["inputs"][0]
+    return key, sorted(signatures[key]["inputs"], key=_index)
 
 
 def int8_contents(path: str | Path, conv_names: list[str] | None = None) -> dict:

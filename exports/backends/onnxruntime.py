@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from compressor.data import CalibrationSample, sample_inputs
 from compressor.io import atomic_output
 from exports.backends.base import Backend, QuantizeJob, Runner, register_backend
 from exports.common import ExportError, ExportWrapper, conversion_error, converter_output, example_inputs
@@ -122,19 +123,19 @@ def norm_affine_nodes(path: str | Path) -> list[str]:
 
 
 class _Reader:
-    """Feeds calibration arrays to ORT's calibrator (one dict per image)."""
+    """Feeds calibration samples to ORT's calibrator (one dict per sample: an array per graph input)."""
 
-    def __init__(self, input_name: str, images: list[np.ndarray]):
-        self._items = iter([{input_name: x} for x in images])
+    def __init__(self, input_names: list[str], samples: list[CalibrationSample]):
+        self._items = iter([dict(zip(input_names, sample_inputs(s))) for s in samples])
 
     def get_next(self) -> dict | None:
         return next(self._items, None)
 
 
-def _input_name(path: Path) -> str:
+def _input_names(path: Path) -> list[str]:
     import onnx
 
-    return onnx.load(str(path), load_external_data=False).graph.input[0].name
+    return [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
 
 
 def x86_vnni() -> bool | None:
@@ -158,7 +159,7 @@ def quantize_onnx(
     float_onnx: str | Path,
     out_path: str | Path,
     mode: str = "static",
-    calibration: list[np.ndarray] | None = None,
+    calibration: list[CalibrationSample] | None = None,
     method: str = "minmax",
     keep_float: list[str] | tuple[str, ...] = (),
     only: list[str] | None = None,
@@ -166,8 +167,9 @@ def quantize_onnx(
 ) -> Path:
     """Quantize ``float_onnx`` into ``out_path``. ``keep_float``/``only`` are Conv node names.
 
-    ``calibration`` is a list of NCHW float32 arrays (needed by ``static``). ``reduce_range``: static int8 with
-    7-bit weights; None = where this machine's kernels would saturate (``static_reduce_range``).
+    ``calibration``: NCHW float32 arrays, or per sample a tuple of one array per graph input (needed by
+    ``static``). ``reduce_range``: static int8 with 7-bit weights; None = where this machine's kernels would
+    saturate (``static_reduce_range``).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -185,7 +187,7 @@ def quantize_onnx(
                 raise ValueError(f"calibration method {method!r}: choose from {', '.join(METHODS)}")
             convs = list(conv_layers(pre))
             quantize_static(
-                str(pre), str(tmp), _Reader(_input_name(pre), calibration),
+                str(pre), str(tmp), _Reader(_input_names(pre), calibration),
                 quant_format=QuantFormat.QDQ, per_channel=True,
                 reduce_range=static_reduce_range(reduce_range),
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
