@@ -349,7 +349,8 @@ def named_student(choice, seed: int, key: str, teacher: nn.Module) -> nn.Module:
             raise UserError(f"{key}.init", "teacher_trunk needs the model stage's teacher, not a black-box ONNX one",
                             "drop distill.teacher_onnx, or init: random")
         try:
-            grafted = get_family(student).graft(student, get_family(teacher).residual_trunk(teacher))
+            theirs = get_family(teacher)
+            grafted = get_family(student).graft(student, theirs.residual_trunk(teacher), theirs.output_norm(teacher))
         except (TypeError, ValueError) as exc:
             raise UserError(f"{key}.init", str(exc), "or init: random") from None
         log.info("%s: %d residual blocks start as the teacher's", key, grafted)

@@ -235,6 +235,7 @@ def test_a_multi_style_student_takes_style_weights_like_its_teacher(tmp_path):
     student = named_student(StudentChoice(family="edge_net", spec=MANY_STUDENT, init="teacher_trunk"), 0, "s", teacher)
     trunk = get_family(teacher).residual_trunk(teacher)
     assert torch.equal(student.blocks[1].body[2].gamma, trunk[1][1][1])  # the [3, 16] tables, every style
+    assert torch.equal(student.out_norm[0].beta, teacher.expand[-1].norm.beta)  # each style's output colours
     family = get_family(student)
     assert family.io_names(student) == (["image", "style_weights"], ["stylized"]) and family.n_styles(student) == 3
     x, blend = torch.rand(2, 3, 32, 32), parse_style_weights("0:0.25,2:0.75", 3)

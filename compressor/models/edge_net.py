@@ -43,7 +43,7 @@ from compressor.models.conditional_norm import (
     parse_style_weights,
     sample_style_weights,
 )
-from compressor.models.registry import Objective, ResidualWeights, Width, get_family, register_family
+from compressor.models.registry import Objective, OutputNorm, ResidualWeights, Width, get_family, register_family
 
 
 class EdgeNetSpec(BaseModel):
@@ -167,8 +167,10 @@ class EdgeNet(nn.Module):
         return spec.model_copy(update={"stem": stem, "trunk": trunk, "head": head})
 
 
-def graft(model: EdgeNet, trunk: list[ResidualWeights]) -> int:
-    """Start ``model``'s ``norm`` residual blocks as the teacher's first ones; returns how many were grafted.
+def graft(model: EdgeNet, trunk: list[ResidualWeights], output_norm: OutputNorm | None = None) -> int:
+    """Start ``model``'s ``norm`` residual blocks as the teacher's first ones, and its ``out_norm`` as the teacher's
+    ``output_norm`` when both have one (each style's output colours from the first step); returns how many
+    residual blocks were grafted.
 
     Why: a teacher's residual trunk at 1/4 resolution is already cheap; what makes it slow are the ends
     around it. Keeping its trunk and learning new int8-friendly ends keeps far more of its behaviour than a
@@ -184,17 +186,24 @@ def graft(model: EdgeNet, trunk: list[ResidualWeights]) -> int:
                 raise ValueError(f"the teacher's residual convs are {tuple(weight.shape)}, the student's "
                                  f"{tuple(conv.weight.shape)} (give the student a trunk {weight.shape[1]} wide: "
                                  "trunk, or stem when down is 0)")
-            scale, shift = (norm.gamma, norm.beta) if isinstance(norm, ConditionalInstanceNorm) else (norm.weight,
-                                                                                                      norm.bias)
-            if gamma.shape != scale.shape:
-                theirs, mine = (t.shape[0] if t.dim() == 2 else 1 for t in (gamma, scale))
-                raise ValueError(f"the teacher's norms hold {theirs} style(s), the student's {mine} (give the student "
-                                 f"n_styles: {theirs}, or keep one style of the teacher first: model.select_style)")
             with torch.no_grad():
                 conv.weight.copy_(weight)
-                scale.copy_(gamma)
-                shift.copy_(beta)
+            _copy_norm(norm, gamma, beta)
+    if output_norm is not None and model.out_norm is not None:
+        _copy_norm(model.out_norm[0], *output_norm)
     return len(model.blocks)
+
+
+def _copy_norm(norm: nn.Module, gamma: torch.Tensor, beta: torch.Tensor) -> None:
+    """A teacher's norm scale and shift into ``norm`` (an affine instance norm, or a conditional one's tables)."""
+    scale, shift = (norm.gamma, norm.beta) if isinstance(norm, ConditionalInstanceNorm) else (norm.weight, norm.bias)
+    if gamma.shape != scale.shape:
+        theirs, mine = (t.shape[0] if t.dim() == 2 else 1 for t in (gamma, scale))
+        raise ValueError(f"the teacher's norms hold {theirs} style(s), the student's {mine} (give the student "
+                         f"n_styles: {theirs}, or keep one style of the teacher first: model.select_style)")
+    with torch.no_grad():
+        scale.copy_(gamma)
+        shift.copy_(beta)
 
 
 def select_style(model: EdgeNet, style_weights: torch.Tensor, label: str) -> EdgeNet:
@@ -304,8 +313,8 @@ class EdgeNetFamily(StyleWeightsInput):
     def trunk_ends(self, model: EdgeNet) -> tuple[nn.Module, nn.Module]:
         return model.blocks, model.up[0] if len(model.up) else model.head
 
-    def graft(self, student: EdgeNet, trunk: list[ResidualWeights]) -> int:
-        return graft(student, trunk)
+    def graft(self, student: EdgeNet, trunk: list[ResidualWeights], output_norm: OutputNorm | None = None) -> int:
+        return graft(student, trunk, output_norm)
 
 
 register_family(EdgeNetFamily())

