@@ -45,6 +45,7 @@ from exports.runtime import load_runner
 from exports.stage import export_artifact
 
 RESULTS = Path(__file__).parent / "results"
+DEFAULT_STUDENT = Path("runs/multistyle26_edge/distilled")
 N_STYLES = 26
 TIMED_STYLE = 19
 TARGET = 4.0  # x the peer, every style graded close or better
@@ -59,12 +60,17 @@ def artifacts(model: torch.nn.Module, size: int, work: Path) -> dict[str, Path]:
             "LiteRT int8": quantize_tflite(tflite_path, work / "int8.tflite", "static", samples)}
 
 
-def run(student_dir: Path, size: int, runs: int) -> dict:
+def run(quick: bool, student_dir: Path = DEFAULT_STUDENT, runs: int | None = None) -> dict:
+    """``quick``: 256 px and 3 timed runs (a pipeline check); else 512 px, 9 runs."""
+    if not (student_dir / "spec.json").is_file():
+        return {"table": [], "skipped": f"no trained student at {student_dir}; run `styleslim run "
+                "recipes/multistyle26_edge.yaml` or pass --student"}
+    size, runs = (256, runs or 3) if quick else (512, runs or 9)
     torch.set_num_threads(THREADS)
     photos = {p.name: square(p, size) for p in sample_content_paths("eval")}
     model = load_model(student_dir).eval()
     if get_family(model).n_styles(model) != N_STYLES:
-        raise SystemExit(f"error: --student: {student_dir} holds {get_family(model).n_styles(model)} styles, the peer "
+        raise ValueError(f"--student: {student_dir} holds {get_family(model).n_styles(model)} styles, the peer "
                          f"{N_STYLES} (give the multistyle26_edge recipe's distilled folder)")
     styles = [parse_style_weights(s, N_STYLES).numpy() for s in range(N_STYLES)]
     with torch.no_grad():
@@ -112,18 +118,21 @@ def run(student_dir: Path, size: int, runs: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--student", type=Path, required=True, help="the 26-style student's model folder")
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--student", type=Path, default=DEFAULT_STUDENT, help="the 26-style student's model folder")
+    parser.add_argument("--quick", action="store_true", help="256 px, 3 runs")
+    parser.add_argument("--runs", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_multistyle_edge.json")
     args = parser.parse_args()
-    result = run(args.student, args.size, args.runs)
+    result = run(args.quick, args.student, args.runs)
     write_json(args.out, result)
+    if "skipped" in result:
+        print(result["skipped"])
     for row in result["table"]:
         print(f"{row['variant']:12s} {row['ms']:6.1f} ms  {row['speedup_vs_peer']:5.2f}x  worst {row['grade']:17s} "
               f"{row['styles_per_grade']}  bands {row['mean_perceptual_bands']}/{row['mean_style_bands']}/"
               f"{row['mean_vector_bands']}")
-    print(f"peer {result['peer_ms']} ms; target: {result['targets']}")
+    if result["table"]:
+        print(f"peer {result['peer_ms']} ms; target: {result['targets']}")
 
 
 if __name__ == "__main__":

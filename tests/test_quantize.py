@@ -396,6 +396,8 @@ def test_a_multi_style_student_quantizes_with_its_style_input(judge_parts, tmp_p
     for manifest in manifests:
         contents = manifest["quantization"]["contents"]
         assert len(contents["int8_compute_convs"]) == 6 and not contents["float_compute_convs"], contents
+        if manifest["format"] == "tflite":  # each style's scale and shift (style weights @ tables) stay float too
+            assert contents["float_op_counts"]["FULLY_CONNECTED"] == contents["op_counts"]["FULLY_CONNECTED"] > 0
         assert manifest["parity"]["passed"], manifest["parity"]
         assert manifest["quantization"]["quality"]["grade"] in ("indistinguishable", "close", "different")
         runner = load_runner(tmp_path / "q" / manifest["format"] / manifest["artifact"])
