@@ -9,7 +9,7 @@ style), PSNR as a column; per artifact: its worst style, how many styles fall in
 (round-robin, style 19 for both: the style does not change the work) and the speed-up over the peer. The target is
 issue 27's: >= 4x the peer with every style graded *close* or better.
 
-    styleslim run recipes/multistyle26_edge.yaml          # the 26-style student (~25 min on 2 cores)
+    styleslim run recipes/multistyle26_edge.yaml          # the 26-style student (~30 min on 2 cores)
     python benchmarks/bench_multistyle_edge.py --student runs/multistyle26_edge/distilled   # 512 px
 """
 
