@@ -22,7 +22,8 @@ convs. This family has none of those by default:
   output colours (a per-style scale and shift the shared head cannot give).
 
 I/O is styleslim's: RGB [0, 1] NCHW in (and ``style_weights`` [n_styles] for several styles), RGB in (0, 1)
-out (a sigmoid), sides a multiple of ``unshuffle * 2**down``. It learns from any teacher's outputs (output MSE + L1, optional perceptual).
+out (a sigmoid), sides a multiple of ``unshuffle * 2**down``. It learns from any teacher's outputs (output MSE +
+L1, optional perceptual).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ follow the ONNX initializers (``contract.0``, ``res.3.1``, ``expand.2``).
 
 ``forward(x, style_weights)``: x is RGB [0, 1] NCHW, style_weights [n_styles]
 or [B, n_styles] (one-hot picks a style, a convex mix blends them; the graph
-does not renormalise them). ``SingleStyle`` fixes the weights for one-input
+does not renormalise them). ``SingleStyle`` (``conditional_norm``) fixes the weights for one-input
 callers.
 """
 
