@@ -49,9 +49,9 @@ def search_students(search: SearchStage, config: DistillStage, run: TrainingRun,
                     progress: bool = True) -> dict[str, Any]:
     """Distil each candidate briefly on ``data`` from ``run.teacher``, deploy, time and judge it; copy the winner to
     ``out/winner``; write ``out/search.json`` (paths in it relative to ``root``) and return its content."""
-    if hasattr(run.teacher, "spec") and get_family(run.teacher).n_styles(run.teacher) > 1:
-        raise UserError("search", "the search judges and times students of one style; this teacher holds "
-                        f"{get_family(run.teacher).n_styles(run.teacher)}",
+    n_styles = get_family(run.teacher).n_styles(run.teacher) if hasattr(run.teacher, "spec") else 1
+    if n_styles > 1:
+        raise UserError("search", f"the search judges and times students of one style; this teacher holds {n_styles}",
                         "keep one style (model.select_style), or name a many-style student as distill.student")
     photo_paths = resolve_images(search.images, "val")
     photos = [square_image(p, search.size) for p in photo_paths]

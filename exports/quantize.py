@@ -88,7 +88,8 @@ SENSITIVITY_ORDER = {  # most harmful first
 }
 
 
-def layer_sensitivity(float_onnx: Path, calibration: list[CalibrationSample], judge: QualityProbe, method: str = "minmax",
+def layer_sensitivity(float_onnx: Path, calibration: list[CalibrationSample], judge: QualityProbe,
+                      method: str = "minmax",
                       work_dir: Path | None = None, by: str = "perceptual",
                       reduce_range: bool | None = None) -> list[dict[str, Any]]:
     """Quantize one conv at a time (ORT static) and measure the damage; most harmful first, ``by`` the perceptual
@@ -111,7 +112,8 @@ def within_budget(quality: dict[str, Any], settings: QuantizeStage) -> bool:
                  or quality["style_increase_pct"] <= settings.max_style_increase_pct))
 
 
-def _mixed_precision(settings: QuantizeStage, float_onnx: Path, calibration: list[CalibrationSample], judge: QualityProbe,
+def _mixed_precision(settings: QuantizeStage, float_onnx: Path, calibration: list[CalibrationSample],
+                     judge: QualityProbe,
                      work_dir: Path) -> tuple[list[str], dict]:
     """Greedy: add the most sensitive layer to the float set until the int8 model fits the budget(s)."""
     layers = conv_layers(float_onnx)

@@ -151,6 +151,6 @@ def test_a_search_refuses_a_teacher_of_several_styles_before_training(tmp_path):
                             "expand": [8, 4]})
     recipe = _recipe(tmp_path)
     with pytest.raises(UserError, match="search: .*this teacher holds 3.*distill.student"):
-        search_students(recipe.search, recipe.distill, SimpleNamespace(teacher=teacher), None, tmp_path / "s", "samples",
-                        {}, tmp_path)
+        search_students(recipe.search, recipe.distill, SimpleNamespace(teacher=teacher), None, tmp_path / "s",
+                        "samples", {}, tmp_path)
     assert not (tmp_path / "s").exists()
