@@ -120,16 +120,17 @@ def conv_layers(path: str | Path, module_order: list[str] | None = None) -> dict
     """CONV_2D output tensor name -> PyTorch module name.
 
     litert-torch names ops by their module stack but leaves containers (``nn.ModuleList``) out, so
-    ``contract.0.conv`` and ``res.0.0.conv`` can both come out as ``0.conv``. When parsed names collide and
-    ``module_order`` (the model's conv names in forward order) has one name per CONV_2D, ops are named in
-    execution order instead.
+    ``contract.0.conv`` and ``res.0.0.conv`` can both come out as ``0.conv``, and edge_net's ``down.0.0`` as
+    ``0.0``. When parsed names collide or are not the model's, and ``module_order`` (the model's conv names in
+    forward order) has one name per CONV_2D, ops are named in execution order instead.
     """
     from ai_edge_litert.interpreter import Interpreter
 
     ops, tensors = _ops(Interpreter(model_path=str(path)))
     names = {tensors[o["outputs"][0]]["name"]: _module_name(tensors[o["outputs"][0]]["name"])
              for o in ops if o["op_name"] == "CONV_2D"}
-    if module_order and len(set(names.values())) < len(names):
+    parsed = set(names.values())
+    if module_order and (len(parsed) < len(names) or not parsed <= set(module_order)):
         if len(module_order) != len(names):
             raise ValueError(f"{path}: {len(names)} CONV_2D ops with ambiguous names, the model has "
                              f"{len(module_order)} convs; cannot tell which is which")
