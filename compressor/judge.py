@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compressor.images import resize
-from compressor.losses import register_picture_term
+from compressor.losses import register_picture_terms
 from compressor.models.arbitrary import predictor_path
 
 JUDGE_INPUT = 256  # the predictor's input side; larger images are judged in tiles of this size
@@ -262,26 +262,16 @@ def verify_predictor(net: StylePredictor, images: Sequence[torch.Tensor], path: 
     return worst
 
 
-class _LastStep:
-    """The embeddings of the last (output, target) pair, so the judge's two terms of one training step share one
-    pass of the judge; the pair is held (not its ids), so a new step's tensors can never be mistaken for it."""
-
-    output: torch.Tensor | None = None
-    target: torch.Tensor | None = None
-    embedded: tuple[Embedding, Embedding] | None = None
-
-
-def _judge_terms(output: torch.Tensor, target: torch.Tensor, distance) -> torch.Tensor:
-    """A distance on training crops, seen at their own scale (tiles would enlarge a crop smaller than 256 px)."""
-    if _LastStep.output is not output or _LastStep.target is not target:
-        with torch.no_grad():
-            reference = embed(target.clamp(0, 1), tiled=False)
-        _LastStep.output, _LastStep.target = output, target
-        _LastStep.embedded = (embed(output.clamp(0, 1), tiled=False), reference)
-    return distance(*_LastStep.embedded)
+def _judge_terms(output: torch.Tensor, target: torch.Tensor, names: set[str]) -> dict[str, torch.Tensor]:
+    """The judge's distances asked for, from one pass of the judge over the pair; training crops are seen at
+    their own scale (tiles would enlarge a crop smaller than 256 px)."""
+    with torch.no_grad():
+        reference = embed(target.clamp(0, 1), tiled=False)
+    embedded = embed(output.clamp(0, 1), tiled=False)
+    distances = {"judge": perceptual_distance, "judge_style": style_distance}
+    return {name: distances[name](embedded, reference) for name in names}
 
 
 # Distillation through the judge (``judge_weight``, ``judge_style_weight``): its deep features and middle Grams;
 # the style vector (``vector_distance``), which the report also grades, is never trained on.
-register_picture_term("judge", "judge_weight", lambda o, t: _judge_terms(o, t, perceptual_distance))
-register_picture_term("judge_style", "judge_style_weight", lambda o, t: _judge_terms(o, t, style_distance))
+register_picture_terms("judge", {"judge": "judge_weight", "judge_style": "judge_style_weight"}, _judge_terms)

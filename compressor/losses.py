@@ -143,14 +143,15 @@ def uses_teacher(config: TrainConfig, teacher: nn.Module | None) -> bool:
                                         or config.judge_style_weight)
 
 
-# Distillation terms on the student's and the teacher's pictures that their owner registers (name -> (config
-# weight field, term(output, target))): the judge's need the model registry, which imports this module.
-PICTURE_TERMS: dict[str, tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = {}
+# Distillation terms on the student's and the teacher's pictures that their owner registers, as one function
+# (output, target, names) -> {name: term} with each name's config weight field, so terms that share work (the
+# judge's two distances, one pass of the judge) compute it once per step and hold nothing between steps.
+PictureTerms = Callable[[torch.Tensor, torch.Tensor, set[str]], dict[str, torch.Tensor]]
+PICTURE_TERMS: dict[str, tuple[dict[str, str], PictureTerms]] = {}  # owner -> ({term: weight field}, terms)
 
 
-def register_picture_term(name: str, weight_field: str,
-                          term: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
-    PICTURE_TERMS[name] = (weight_field, term)
+def register_picture_terms(owner: str, weight_fields: dict[str, str], terms: PictureTerms) -> None:
+    PICTURE_TERMS[owner] = (weight_fields, terms)
 
 
 def teacher_terms(
@@ -166,11 +167,13 @@ def teacher_terms(
             target_feats = vgg(target)
         feats = vgg(output)
         terms["perceptual"] = config.perceptual_weight * content_loss(feats, target_feats, {k: 1.0 for k in feats})
-    for name, (weight_field, term) in PICTURE_TERMS.items():
-        if getattr(config, weight_field, 0.0):
-            terms[name] = getattr(config, weight_field) * term(output, target)
+    for weight_fields, compute in PICTURE_TERMS.values():
+        weights = {name: getattr(config, field) for name, field in weight_fields.items() if getattr(config, field, 0.0)}
+        if weights:
+            terms.update({name: weights[name] * term for name, term in compute(output, target, set(weights)).items()})
+    registered = {field for weight_fields, _ in PICTURE_TERMS.values() for field in weight_fields.values()}
     for weight_name in ("judge_weight", "judge_style_weight"):  # never silently without a term it asks for
-        if getattr(config, weight_name, 0.0) and all(f != weight_name for f, _ in PICTURE_TERMS.values()):
+        if getattr(config, weight_name, 0.0) and weight_name not in registered:
             raise RuntimeError(f"{weight_name}: no distillation term registered for it (import compressor.judge)")
     return terms
 

@@ -103,7 +103,10 @@ def test_distilling_through_the_judge_trains_its_taps_and_leaves_the_vector_as_a
     assert float(output.grad.abs().sum()) > 0
     assert float(vector_distance(picture, picture)) == 0 and float(vector_distance(picture, reference)) > 0
     # the registered training terms are the taps' distances; the style vector has none (the independent check)
-    assert {field for field, _ in PICTURE_TERMS.values()} == {"judge_weight", "judge_style_weight"}
+    fields = {field for weight_fields, _ in PICTURE_TERMS.values() for field in weight_fields.values()}
+    assert fields == {"judge_weight", "judge_style_weight"}
+    assert set(teacher_terms(TrainConfig(output_weight=0.0, judge_style_weight=1.0), None, output, target)) == {
+        "judge_style"}
     assert teacher_terms(TrainConfig(output_weight=1.0), None, output, target).keys() == {"output"}
 
 
