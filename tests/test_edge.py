@@ -70,6 +70,7 @@ def test_onnx_teacher_refuses_what_it_cannot_run(onnx_teacher, tmp_path):
 @pytest.mark.parametrize("spec", [
     {}, {"unshuffle": 2, "down": 1, "trunk": 16, "blocks": 1}, {"unshuffle": 1, "block": "dw", "stem": 8, "trunk": 8},
     {"norm": "instance", "down": 2, "trunk": 16, "blocks": 1}, {"block": "norm", "head": 24, "blocks": 1},
+    {"down": 1, "up_norm": True, "trunk": 16, "blocks": 1},
 ])
 def test_edge_net_keeps_the_image_size_and_reloads(spec, tmp_path):
     from compressor.models import save_model
@@ -80,6 +81,20 @@ def test_edge_net_keeps_the_image_size_and_reloads(spec, tmp_path):
     assert y.shape == x.shape and float(y.min()) > 0 and float(y.max()) < 1
     save_model(model, tmp_path)
     assert torch.equal(load_model(tmp_path)(x), y)
+
+
+def test_a_stride_2_edge_net_prunes_its_trunk_and_keeps_what_the_pixel_shuffle_needs(tmp_path):
+    from compressor.models import save_model
+    from styleslim import prune
+
+    model = create_model({"family": "edge_net", "unshuffle": 2, "down": 1, "stem": 16, "trunk": 16, "blocks": 2,
+                          "up_norm": True}).eval()
+    pruned = prune(model, ratio=0.5)  # torch-pruning alone indexed past the up conv's end
+    assert (pruned.current_spec().stem, pruned.current_spec().trunk) == (16, 8)
+    x = torch.rand(1, 3, 32, 32)
+    assert torch.equal(load_model(save_model(pruned, tmp_path))(x), pruned(x))
+    with pytest.raises(ValueError, match="down: 2 cannot be pruned"):
+        prune(create_model({"family": "edge_net", "down": 2, "trunk": 16, "blocks": 1}), ratio=0.5)
 
 
 def test_edge_student_learns_an_onnx_teacher(onnx_teacher, tmp_path):

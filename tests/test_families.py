@@ -25,8 +25,9 @@ SIZE = 64
 # The package's own families (a test may register a throwaway one meanwhile).
 PACKAGED = [f.name for f in families() if type(f).__module__.startswith("compressor.models.")]
 # A family's other shapes that change its graph inputs: an edge student holding several styles takes style weights.
-VARIANTS = {"edge_net, 3 styles": ("edge_net", {"stem": 16, "trunk": 16, "blocks": 2, "block": "norm",
-                                                "norm": "instance", "n_styles": 3, "out_norm": True})}
+VARIANTS = {"edge_net, 3 styles": ("edge_net", {"unshuffle": 2, "down": 1, "stem": 16, "trunk": 16, "blocks": 2,
+                                                "block": "norm", "norm": "instance", "n_styles": 3, "out_norm": True,
+                                                "up_norm": True})}
 
 
 def test_every_family_has_a_small_spec_here():

@@ -19,7 +19,8 @@ convs. This family has none of those by default:
 - ``n_styles`` > 1: every instance norm a conditional one (per-style gamma/beta mixed by a style-weights input,
   like ``multistyle26.onnx``), distilled from a multi-style teacher under styles and blends drawn per batch;
   ``out_norm`` ends it as the teacher ends, an instance norm on the RGB output, so each style sets its own
-  output colours (a per-style scale and shift the shared head cannot give).
+  output colours (a per-style scale and shift the shared head cannot give), and ``up_norm`` gives each
+  pixel-shuffle up a norm as the teacher's upsampling layers have;
 
 I/O is styleslim's: RGB [0, 1] NCHW in (and ``style_weights`` [n_styles] for several styles), RGB in (0, 1)
 out (a sigmoid), sides a multiple of ``unshuffle * 2**down``. It learns from any teacher's outputs (output MSE +
@@ -67,12 +68,14 @@ class EdgeNetSpec(BaseModel):
                           "conditional, chosen by a style-weights input (needs instance norms).")
     out_norm: bool = Field(False, description="An instance norm on the RGB output before the sigmoid, like the "
                            "teacher's last layer: with several styles, each style's own output colours.")
+    up_norm: bool = Field(False, description="An instance norm in each pixel-shuffle up, as the teacher's upsampling "
+                          "layers have: with several styles, each style's own scale and shift there too.")
 
     @model_validator(mode="after")
     def _styles_need_norms(self) -> EdgeNetSpec:
-        if self.n_styles > 1 and self.norm == "none" and self.block != "norm" and not self.out_norm:
-            raise ValueError("n_styles > 1 needs instance norms to carry the styles (norm: instance, block: norm "
-                             "or out_norm: true)")
+        if self.n_styles > 1 and self.norm == "none" and self.block != "norm" and not (self.out_norm or self.up_norm):
+            raise ValueError("n_styles > 1 needs instance norms to carry the styles (norm: instance, block: norm, "
+                             "out_norm: true or up_norm: true)")
         return self
 
 
@@ -135,9 +138,9 @@ class EdgeNet(nn.Module):
                                   for i in range(spec.down))
         trunk = widths[-1]
         self.blocks = Chain(*(ResBlock(trunk, spec) for _ in range(spec.blocks)))
-        # Each up: a conv to 4x the width below, then pixel-shuffle x2 (no upsampling copies).
-        self.up = nn.ModuleList(nn.Sequential(nn.Conv2d(widths[i + 1], 4 * widths[i], 3, 1, 1), nn.PixelShuffle(2),
-                                              nn.ReLU()) for i in reversed(range(spec.down)))
+        # Each up: a conv to 4x the width below [+ instance norm, before the shuffle where it follows its conv
+        # channel for channel, as pruning needs], then pixel-shuffle x2 (no upsampling copies).
+        self.up = nn.ModuleList(self._up(widths[i + 1], widths[i], spec) for i in reversed(range(spec.down)))
         rgb = nn.Conv2d(spec.head or spec.stem, 3 * f * f, 3, 1, 1)
         self.head = nn.Sequential(_act(spec.stem, spec.head, "none"), rgb) if spec.head else rgb
         self.shuffle = nn.PixelShuffle(f) if f > 1 else nn.Identity()
@@ -155,9 +158,15 @@ class EdgeNet(nn.Module):
             x = layer(x, style)
         x = self.blocks(x, style)
         for layer in self.up:
-            x = layer(x)
+            x = layer(x, style)
         x = self.shuffle(self.head(x))
         return torch.sigmoid(self.out_norm(x, style) if self.out_norm is not None else x)
+
+    @staticmethod
+    def _up(cin: int, cout: int, spec: EdgeNetSpec) -> Chain:
+        conv = nn.Conv2d(cin, 4 * cout, 3, 1, 1, bias=not spec.up_norm)
+        norm = [_instance_norm(4 * cout, spec.n_styles)] if spec.up_norm else []
+        return Chain(conv, *norm, nn.PixelShuffle(2), nn.ReLU())
 
     def current_spec(self) -> EdgeNetSpec:
         """Widths read off the layers (a pruned student describes itself)."""
@@ -305,8 +314,17 @@ class EdgeNetFamily(StyleWeightsInput):
 
         return CUSTOMIZED_PRUNERS
 
+    def before_prune(self, model: EdgeNet, config: Any, finetune: bool) -> None:
+        if model.spec.down > 1:
+            raise ValueError(f"an edge_net with down: {model.spec.down} cannot be pruned (its stride-2 widths and "
+                             "its ups' pixel shuffles cannot both follow; prune a student with down: 0 or 1)")
+
     def protected_layers(self, model: EdgeNet, config: Any) -> list[nn.Module]:
-        return [model.head[-1] if model.spec.head else model.head]  # its 3*f^2 outputs: RGB pixels after the shuffle
+        """The RGB conv (its 3*f^2 outputs are pixels after the shuffle); with a stride-2 conv, the up's conv
+        and the stem: a pixel shuffle maps 4 of the up's channels to 1 of the stem's width, which torch-pruning
+        (1.6) takes for a 1:1 map, indexing past the end; so only the trunk and its blocks narrow there."""
+        rgb = model.head[-1] if model.spec.head else model.head
+        return [rgb, *([model.stem[0], model.up[0][0]] if model.spec.down else [])]
 
     def objective(self, student, teacher, config, vgg, style_grams, style_images) -> Objective:
         return edge_objective(config, vgg, teacher, student)
