@@ -97,6 +97,20 @@ def test_a_stride_2_edge_net_prunes_its_trunk_and_keeps_what_the_pixel_shuffle_n
         prune(create_model({"family": "edge_net", "down": 2, "trunk": 16, "blocks": 1}), ratio=0.5)
 
 
+@pytest.mark.parametrize("block", ["conv", "dw", "norm"])
+def test_a_block_pruned_apart_from_the_rest_reloads(block, tmp_path):
+    from compressor.models import save_model
+    from styleslim import prune
+
+    model = create_model({"family": "edge_net", "unshuffle": 2, "stem": 16, "blocks": 2, "block": block}).eval()
+    pruned = prune(model, ratio=0.25, overrides={"blocks.0.body.0.0": 0.5})
+    inner = pruned.current_spec().inner
+    assert inner is not None and inner[0] < inner[1]  # spec.json records the widths the pruner left
+    x = torch.rand(1, 3, 32, 32)
+    assert torch.equal(load_model(save_model(pruned, tmp_path))(x), pruned(x))
+    assert prune(model, ratio=0.25).current_spec().inner is None  # uniform widths stay implied by the trunk
+
+
 def test_edge_student_learns_an_onnx_teacher(onnx_teacher, tmp_path):
     path, _ = onnx_teacher
     teacher = OnnxTeacher(path, {"style_weights": 2})

@@ -61,6 +61,8 @@ class EdgeNetSpec(BaseModel):
     blocks: int = Field(3, ge=0, le=16)
     block: Literal["conv", "dw", "norm"] = "conv"
     expand: int = Field(2, ge=1, le=8, description="Depthwise blocks: inner width = expand * trunk.")
+    inner: list[Width] | None = Field(None, description="Each residual block's inner width (None: the trunk's, "
+                                      "expand times it for depthwise blocks); pruning narrows them one by one.")
     norm: Literal["none", "instance"] = "none"
     head: int = Field(0, ge=0, le=1024, description="Width of a 3x3 conv + ReLU before the RGB conv (0: none); "
                       "the teacher's decoder is nonlinear, a one-conv head is not.")
@@ -76,7 +78,16 @@ class EdgeNetSpec(BaseModel):
         if self.n_styles > 1 and self.norm == "none" and self.block != "norm" and not (self.out_norm or self.up_norm):
             raise ValueError("n_styles > 1 needs instance norms to carry the styles (norm: instance, block: norm, "
                              "out_norm: true or up_norm: true)")
+        if self.inner is not None and len(self.inner) != self.blocks:
+            raise ValueError(f"inner: {len(self.inner)} widths for {self.blocks} blocks (give one per block)")
         return self
+
+    def block_inner(self, trunk: int) -> list[int]:
+        """Each residual block's inner width around a trunk ``trunk`` wide."""
+        return self.inner or self.default_inner(trunk)
+
+    def default_inner(self, trunk: int) -> list[int]:
+        return [trunk * (self.expand if self.block == "dw" else 1)] * self.blocks
 
 
 class Chain(nn.Sequential):
@@ -106,16 +117,15 @@ class ResBlock(nn.Module):
     """x + f(x): two 3x3 convs, (``dw``) 1x1 expand, depthwise 3x3, 1x1 project (MobileNetV2-like), or
     (``norm``) conv, instance norm, ReLU, conv, instance norm (Johnson et al.; zero padding here)."""
 
-    def __init__(self, width: int, spec: EdgeNetSpec):
+    def __init__(self, width: int, inner: int, spec: EdgeNetSpec):
         super().__init__()
         n = spec.n_styles
         if spec.block == "conv":
-            self.body = Chain(_act(width, width, spec.norm, n_styles=n), nn.Conv2d(width, width, 3, 1, 1))
+            self.body = Chain(_act(width, inner, spec.norm, n_styles=n), nn.Conv2d(inner, width, 3, 1, 1))
         elif spec.block == "norm":
-            self.body = Chain(_act(width, width, "instance", n_styles=n), nn.Conv2d(width, width, 3, 1, 1, bias=False),
+            self.body = Chain(_act(width, inner, "instance", n_styles=n), nn.Conv2d(inner, width, 3, 1, 1, bias=False),
                               _instance_norm(width, n))
         else:
-            inner = width * spec.expand
             self.body = Chain(
                 _act(width, inner, spec.norm, kernel=1, n_styles=n),
                 nn.Conv2d(inner, inner, 3, 1, 1, groups=inner), nn.ReLU(),
@@ -137,7 +147,7 @@ class EdgeNet(nn.Module):
         self.down = nn.ModuleList(_act(widths[i], widths[i + 1], spec.norm, stride=2, n_styles=spec.n_styles)
                                   for i in range(spec.down))
         trunk = widths[-1]
-        self.blocks = Chain(*(ResBlock(trunk, spec) for _ in range(spec.blocks)))
+        self.blocks = Chain(*(ResBlock(trunk, inner, spec) for inner in spec.block_inner(trunk)))
         # Each up: a conv to 4x the width below [+ instance norm, before the shuffle where it follows its conv
         # channel for channel, as pruning needs], then pixel-shuffle x2 (no upsampling copies).
         self.up = nn.ModuleList(self._up(widths[i + 1], widths[i], spec) for i in reversed(range(spec.down)))
@@ -174,7 +184,9 @@ class EdgeNet(nn.Module):
         stem = self.stem[0].out_channels
         trunk = self.down[-1][0].out_channels if self.down else spec.trunk
         head = self.head[0][0].out_channels if spec.head else 0
-        return spec.model_copy(update={"stem": stem, "trunk": trunk, "head": head})
+        inner = [block.body[0][0].out_channels for block in self.blocks]
+        uniform = inner == spec.default_inner(trunk if self.down else stem)  # spec.json lists them only when pruned apart
+        return spec.model_copy(update={"stem": stem, "trunk": trunk, "head": head, "inner": None if uniform else inner})
 
 
 def graft(model: EdgeNet, trunk: list[ResidualWeights], output_norm: OutputNorm | None = None) -> int:
