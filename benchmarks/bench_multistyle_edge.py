@@ -11,6 +11,9 @@ issue 27's: >= 4x the peer with every style graded *close* or better.
 
     styleslim run recipes/multistyle26_edge.yaml          # the 26-style student (~30 min on 2 cores)
     python benchmarks/bench_multistyle_edge.py --student runs/multistyle26_edge/distilled   # 512 px
+    python benchmarks/bench_multistyle_edge.py --teacher   # the peer's own network, rebuilt in torch, deployed alike
+
+``--teacher`` answers what int8 alone does to the peer's pictures: the yardstick an int8 student is held to.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from compressor.blackbox import OnnxTeacher
 from compressor.data import sample_content_paths
 from compressor.fidelity import GRADES, judge_info, judge_outputs, worst_grade
 from compressor.io import write_json
-from compressor.models import get_family, load_model
+from compressor.models import get_family, load_any, load_model
 from compressor.models.conditional_norm import parse_style_weights
 from compressor.quantize import calibration_samples
 from evaluation.latency import machine_info, measure_latency
@@ -60,15 +63,17 @@ def artifacts(model: torch.nn.Module, size: int, work: Path) -> dict[str, Path]:
             "LiteRT int8": quantize_tflite(tflite_path, work / "int8.tflite", "static", samples)}
 
 
-def run(quick: bool, student_dir: Path = DEFAULT_STUDENT, runs: int | None = None) -> dict:
-    """``quick``: 256 px and 3 timed runs (a pipeline check); else 512 px, 9 runs."""
-    if not (student_dir / "spec.json").is_file():
+def run(quick: bool, student_dir: Path | None = DEFAULT_STUDENT, runs: int | None = None) -> dict:
+    """``quick``: 256 px and 3 timed runs (a pipeline check); else 512 px, 9 runs. ``student_dir`` None: the
+    peer's own network, rebuilt in torch, deployed as a student would be."""
+    if student_dir is not None and not (student_dir / "spec.json").is_file():
         return {"table": [], "skipped": f"no trained student at {student_dir}; run `styleslim run "
                 "recipes/multistyle26_edge.yaml` or pass --student"}
     size, runs = (256, runs or 3) if quick else (512, runs or 9)
     torch.set_num_threads(THREADS)
     photos = {p.name: square(p, size) for p in sample_content_paths("eval")}
-    model = load_model(student_dir).eval()
+    model = (load_any(peer_path()) if student_dir is None else load_model(student_dir)).eval()
+    label = "the peer's network" if student_dir is None else "26-style student"
     if get_family(model).n_styles(model) != N_STYLES:
         raise ValueError(f"--student: {student_dir} holds {get_family(model).n_styles(model)} styles, the peer "
                          f"{N_STYLES} (give the multistyle26_edge recipe's distilled folder)")
@@ -94,7 +99,7 @@ def run(quick: bool, student_dir: Path = DEFAULT_STUDENT, runs: int | None = Non
                                   **{f"{d}_bands": round(judged[f"{d}_bands"], 2)
                                      for d in ("perceptual", "style", "vector")}})
             calls[variant] = functools.partial(runner, x0, styles[TIMED_STYLE])
-            rows.append({"model": "26-style student", "variant": variant, "gmac": gmac,
+            rows.append({"model": label, "variant": variant, "gmac": gmac,
                          "size_mb": round(path.stat().st_size / 1e6, 3),
                          "grade": worst_grade([p["grade"] for p in per_style]),
                          "styles_per_grade": {g: sum(p["grade"] == g for p in per_style) for g in GRADES},
@@ -108,8 +113,8 @@ def run(quick: bool, student_dir: Path = DEFAULT_STUDENT, runs: int | None = Non
         row["ms"] = round(stats[row["variant"]]["p50"], 1)
         row["speedup_vs_peer"] = round(peer_ms / row["ms"], 2)
     best = fastest_graded(rows, "close", "speedup_vs_peer")
-    return {"threads": THREADS, "size": size, "runs": runs, "student": str(student_dir), "peer_ms": round(peer_ms, 1),
-            "timed_style": TIMED_STYLE, "table": rows,
+    return {"threads": THREADS, "size": size, "runs": runs, "student": str(student_dir or peer_path().name),
+            "peer_ms": round(peer_ms, 1), "timed_style": TIMED_STYLE, "table": rows,
             "targets": {"every style close or better": target(best, "speedup_vs_peer", TARGET)},
             "machine": machine_info(), "judge": judge_info(),
             "note": "grades vs the peer's ORT fp32 picture under each style on the held-out photos, the judge "
@@ -119,11 +124,12 @@ def run(quick: bool, student_dir: Path = DEFAULT_STUDENT, runs: int | None = Non
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--student", type=Path, default=DEFAULT_STUDENT, help="the 26-style student's model folder")
+    parser.add_argument("--teacher", action="store_true", help="measure the peer's own network instead")
     parser.add_argument("--quick", action="store_true", help="256 px, 3 runs")
     parser.add_argument("--runs", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_multistyle_edge.json")
     args = parser.parse_args()
-    result = run(args.quick, args.student, args.runs)
+    result = run(args.quick, None if args.teacher else args.student, args.runs)
     write_json(args.out, result)
     if "skipped" in result:
         print(result["skipped"])
