@@ -350,7 +350,7 @@ def named_student(choice, seed: int, key: str, teacher: nn.Module) -> nn.Module:
                             "drop distill.teacher_onnx, or init: random")
         try:
             theirs = get_family(teacher)
-            grafted = get_family(student).graft(student, theirs.residual_trunk(teacher), theirs.output_norm(teacher))
+            grafted = get_family(student).graft(student, theirs.residual_trunk(teacher), theirs.output_layers(teacher))
         except (TypeError, ValueError) as exc:
             raise UserError(f"{key}.init", str(exc), "or init: random") from None
         log.info("%s: %d residual blocks start as the teacher's", key, grafted)

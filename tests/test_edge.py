@@ -12,6 +12,7 @@ from compressor.data import ContentCrops, sample_content_paths
 from compressor.distill import make_objective, train
 from compressor.losses import psnr
 from compressor.models import EdgeNet, EdgeNetSpec, create_model, get_family, load_model
+from compressor.models.edge_net import unshuffled_kernel
 
 
 class _MixTeacher(nn.Module):
@@ -70,7 +71,7 @@ def test_onnx_teacher_refuses_what_it_cannot_run(onnx_teacher, tmp_path):
 @pytest.mark.parametrize("spec", [
     {}, {"unshuffle": 2, "down": 1, "trunk": 16, "blocks": 1}, {"unshuffle": 1, "block": "dw", "stem": 8, "trunk": 8},
     {"norm": "instance", "down": 2, "trunk": 16, "blocks": 1}, {"block": "norm", "head": 24, "blocks": 1},
-    {"down": 1, "up_norm": True, "trunk": 16, "blocks": 1},
+    {"down": 1, "up_norm": True, "trunk": 16, "blocks": 1}, {"unshuffle": 2, "tail": 4, "tail_kernel": 5, "blocks": 1},
 ])
 def test_edge_net_keeps_the_image_size_and_reloads(spec, tmp_path):
     from compressor.models import save_model
@@ -83,12 +84,13 @@ def test_edge_net_keeps_the_image_size_and_reloads(spec, tmp_path):
     assert torch.equal(load_model(tmp_path)(x), y)
 
 
-def test_a_stride_2_edge_net_prunes_its_trunk_and_keeps_what_the_pixel_shuffle_needs(tmp_path):
+@pytest.mark.parametrize("tail", [0, 4])
+def test_a_stride_2_edge_net_prunes_its_trunk_and_keeps_what_the_pixel_shuffle_needs(tail, tmp_path):
     from compressor.models import save_model
     from styleslim import prune
 
     model = create_model({"family": "edge_net", "unshuffle": 2, "down": 1, "stem": 16, "trunk": 16, "blocks": 2,
-                          "up_norm": True}).eval()
+                          "up_norm": True, "tail": tail}).eval()
     pruned = prune(model, ratio=0.5)  # torch-pruning alone indexed past the up conv's end
     assert (pruned.current_spec().stem, pruned.current_spec().trunk) == (16, 8)
     x = torch.rand(1, 3, 32, 32)
@@ -280,6 +282,40 @@ def test_a_multi_style_student_takes_style_weights_like_its_teacher(tmp_path):
     torch.testing.assert_close(load_model(folder)(x, blend), student(x, blend))
     with pytest.raises(ValueError, match="needs instance norms"):
         create_model({"family": "edge_net", "n_styles": 3})
+
+
+@pytest.mark.parametrize("unshuffle,kernel", [(2, 9), (2, 5), (4, 9), (1, 3)])
+def test_an_unshuffled_kernel_computes_the_full_resolution_conv(unshuffle, kernel):
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    weight, x = torch.randn(3, 4, kernel, kernel, dtype=torch.float64), torch.randn(1, 4, 24, 32, dtype=torch.float64)
+    small = unshuffled_kernel(weight, unshuffle)
+    got = F.pixel_shuffle(F.conv2d(F.pixel_unshuffle(x, unshuffle), small, padding=small.shape[-1] // 2), unshuffle)
+    torch.testing.assert_close(got, F.conv2d(x, weight, padding=kernel // 2))
+
+
+def test_a_tail_starts_as_the_teachers_last_layers(tmp_path):
+    from compressor.config import StudentChoice
+    from compressor.distill import named_student
+    from compressor.errors import UserError
+    from compressor.models import save_model
+
+    torch.manual_seed(7)
+    teacher = create_model(MANY).eval()
+    for p in teacher.parameters():
+        p.data.normal_(1.0, 0.5)
+    choice = StudentChoice(family="edge_net", spec={**MANY_STUDENT, "tail": 4}, init="teacher_trunk")
+    student = named_student(choice, 0, "s", teacher).eval()
+    norm, _, rgb = student.tail
+    assert torch.equal(rgb.weight, unshuffled_kernel(teacher.expand[-1].conv.weight, 2))  # the 9x9 RGB conv
+    assert torch.equal(norm.gamma[:, ::4], teacher.expand[-2].norm.gamma)  # each style's norm of its input
+    assert torch.equal(norm.gamma[:, 3::4], teacher.expand[-2].norm.gamma)  # for each of the 4 pixel phases
+    x, w = torch.rand(1, 3, 32, 32), torch.tensor([0.0, 1.0, 0.0])
+    torch.testing.assert_close(load_model(save_model(student, tmp_path))(x, w), student(x, w))
+    wider = choice.model_copy(update={"spec": {**MANY_STUDENT, "tail": 8}})
+    with pytest.raises(UserError, match="tail: 4, tail_kernel: 9"):
+        named_student(wider, 0, "s", teacher)
 
 
 def test_a_multi_style_student_learns_every_style_of_its_teacher():

@@ -21,6 +21,11 @@ convs. This family has none of those by default:
   ``out_norm`` ends it as the teacher ends, an instance norm on the RGB output, so each style sets its own
   output colours (a per-style scale and shift the shared head cannot give), and ``up_norm`` gives each
   pixel-shuffle up a norm as the teacher's upsampling layers have;
+- ``tail``: a few channels at full resolution, normed and ended by one wide conv to RGB, as Dumoulin's network
+  ends (its 9x9 conv, grafted from it): the fine texture statistics a one-conv head misses. It runs before the
+  pixel shuffle, as the conv that computes the same at 1/``unshuffle`` resolution (``unshuffled_kernel``): at
+  full resolution those 4 channels took the 26-style student's LiteRT int8 file from 12.7 to 25.0 ms at 512 px
+  (benchmarks/README.md);
 
 I/O is styleslim's: RGB [0, 1] NCHW in (and ``style_weights`` [n_styles] for several styles), RGB in (0, 1)
 out (a sigmoid), sides a multiple of ``unshuffle * 2**down``. It learns from any teacher's outputs (output MSE +
@@ -29,6 +34,7 @@ L1, optional perceptual).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -45,7 +51,7 @@ from compressor.models.conditional_norm import (
     parse_style_weights,
     sample_style_weights,
 )
-from compressor.models.registry import Objective, OutputNorm, ResidualWeights, Width, get_family, register_family
+from compressor.models.registry import Objective, OutputLayers, ResidualWeights, Width, get_family, register_family
 
 
 class EdgeNetSpec(BaseModel):
@@ -72,6 +78,10 @@ class EdgeNetSpec(BaseModel):
                            "teacher's last layer: with several styles, each style's own output colours.")
     up_norm: bool = Field(False, description="An instance norm in each pixel-shuffle up, as the teacher's upsampling "
                           "layers have: with several styles, each style's own scale and shift there too.")
+    tail: int = Field(0, ge=0, le=64, description="Channels at full resolution before the RGB output (0: none): the "
+                      "head makes them, an instance norm and ReLU follow, then a tail_kernel conv to RGB.")
+    tail_kernel: Literal[3, 5, 7, 9] = Field(9, description="The tail's RGB conv kernel at full resolution (9: the "
+                                             "teacher's, to graft).")
 
     @model_validator(mode="after")
     def _styles_need_norms(self) -> EdgeNetSpec:
@@ -151,8 +161,13 @@ class EdgeNet(nn.Module):
         # Each up: a conv to 4x the width below [+ instance norm, before the shuffle where it follows its conv
         # channel for channel, as pruning needs], then pixel-shuffle x2 (no upsampling copies).
         self.up = nn.ModuleList(self._up(widths[i + 1], widths[i], spec) for i in reversed(range(spec.down)))
-        rgb = nn.Conv2d(spec.head or spec.stem, 3 * f * f, 3, 1, 1)
-        self.head = nn.Sequential(_act(spec.stem, spec.head, "none"), rgb) if spec.head else rgb
+        pixels = nn.Conv2d(spec.head or spec.stem, (spec.tail or 3) * f * f, 3, 1, 1)
+        self.head = nn.Sequential(_act(spec.stem, spec.head, "none"), pixels) if spec.head else pixels
+        # The tail before the shuffle: its channels are the full-resolution ones unshuffled (each normed alone).
+        reach = -(-(spec.tail_kernel // 2) // f)
+        self.tail = Chain(_instance_norm(spec.tail * f * f, spec.n_styles), nn.ReLU(),
+                          nn.Conv2d(spec.tail * f * f, 3 * f * f, 2 * reach + 1, 1, reach, bias=not spec.out_norm)
+                          ) if spec.tail else None
         self.shuffle = nn.PixelShuffle(f) if f > 1 else nn.Identity()
         self.out_norm = Chain(_instance_norm(3, spec.n_styles)) if spec.out_norm else None
 
@@ -169,7 +184,10 @@ class EdgeNet(nn.Module):
         x = self.blocks(x, style)
         for layer in self.up:
             x = layer(x, style)
-        x = self.shuffle(self.head(x))
+        x = self.head(x)
+        if self.tail is not None:
+            x = self.tail(x, style)
+        x = self.shuffle(x)
         return torch.sigmoid(self.out_norm(x, style) if self.out_norm is not None else x)
 
     @staticmethod
@@ -189,10 +207,10 @@ class EdgeNet(nn.Module):
         return spec.model_copy(update={"stem": stem, "trunk": trunk, "head": head, "inner": None if uniform else inner})
 
 
-def graft(model: EdgeNet, trunk: list[ResidualWeights], output_norm: OutputNorm | None = None) -> int:
-    """Start ``model``'s ``norm`` residual blocks as the teacher's first ones, and its ``out_norm`` as the teacher's
-    ``output_norm`` when both have one (each style's output colours from the first step); returns how many
-    residual blocks were grafted.
+def graft(model: EdgeNet, trunk: list[ResidualWeights], output_layers: OutputLayers | None = None) -> int:
+    """Start ``model``'s ``norm`` residual blocks as the teacher's first ones, its ``out_norm`` as the teacher's
+    output norm (each style's output colours from the first step) and its ``tail`` as the teacher's RGB conv and
+    the norm before it, where both have them; returns how many residual blocks were grafted.
 
     Why: a teacher's residual trunk at 1/4 resolution is already cheap; what makes it slow are the ends
     around it. Keeping its trunk and learning new int8-friendly ends keeps far more of its behaviour than a
@@ -211,9 +229,37 @@ def graft(model: EdgeNet, trunk: list[ResidualWeights], output_norm: OutputNorm 
             with torch.no_grad():
                 conv.weight.copy_(weight)
             _copy_norm(norm, gamma, beta)
-    if output_norm is not None and model.out_norm is not None:
-        _copy_norm(model.out_norm[0], *output_norm)
+    if output_layers is not None and model.out_norm is not None:
+        _copy_norm(model.out_norm[0], *output_layers.output_norm)
+    if output_layers is not None and model.tail is not None:
+        norm, _, conv = model.tail
+        spec, theirs = model.spec, output_layers.rgb_weight
+        if tuple(theirs.shape) != (3, spec.tail, spec.tail_kernel, spec.tail_kernel):
+            raise ValueError(f"the teacher's RGB conv is {tuple(theirs.shape)}, the student's tail takes "
+                             f"{spec.tail} channels through a {spec.tail_kernel}x{spec.tail_kernel} conv (give the "
+                             f"student tail: {theirs.shape[1]}, tail_kernel: {theirs.shape[-1]})")
+        with torch.no_grad():
+            conv.weight.copy_(unshuffled_kernel(theirs, spec.unshuffle))
+        phases = spec.unshuffle ** 2  # each full-resolution channel's scale and shift, for each of its phases
+        _copy_norm(norm, *(t.repeat_interleave(phases, dim=-1) for t in output_layers.input_norm))
     return len(model.blocks)
+
+
+def unshuffled_kernel(weight: torch.Tensor, f: int) -> torch.Tensor:
+    """The conv at 1/``f`` resolution, between a pixel unshuffle and a pixel shuffle by ``f``, that computes exactly
+    what ``weight`` (k x k, zero padding k // 2) computes at full resolution: output phase (a, b) of channel o
+    takes input phase (i, j) of channel c at offset u = f * p + i - a (and v alike) of the full-resolution kernel."""
+    cout, cin, k, _ = weight.shape
+    r = k // 2
+    reach = -(-r // f)
+    out = weight.new_zeros(cout * f * f, cin * f * f, 2 * reach + 1, 2 * reach + 1)
+    offsets = range(-reach, reach + 1)
+    for a, b, i, j in itertools.product(range(f), repeat=4):
+        for p, q in itertools.product(offsets, offsets):
+            u, v = f * p + i - a, f * q + j - b
+            if abs(u) <= r and abs(v) <= r:
+                out[a * f + b::f * f, i * f + j::f * f, p + reach, q + reach] = weight[:, :, u + r, v + r]
+    return out
 
 
 def _copy_norm(norm: nn.Module, gamma: torch.Tensor, beta: torch.Tensor) -> None:
@@ -332,11 +378,13 @@ class EdgeNetFamily(StyleWeightsInput):
                              "its ups' pixel shuffles cannot both follow; prune a student with down: 0 or 1)")
 
     def protected_layers(self, model: EdgeNet, config: Any) -> list[nn.Module]:
-        """The RGB conv (its 3*f^2 outputs are pixels after the shuffle); with a stride-2 conv, the up's conv
-        and the stem: a pixel shuffle maps 4 of the up's channels to 1 of the stem's width, which torch-pruning
-        (1.6) takes for a 1:1 map, indexing past the end; so only the trunk and its blocks narrow there."""
-        rgb = model.head[-1] if model.spec.head else model.head
-        return [rgb, *([model.stem[0], model.up[0][0]] if model.spec.down else [])]
+        """The head's last conv (its outputs are pixels after the shuffle, or the tail's unshuffled channels) and
+        the tail's RGB conv; with a stride-2 conv, the up's conv and the stem: a pixel shuffle maps 4 of the up's
+        channels to 1 of the stem's width, which torch-pruning (1.6) takes for a 1:1 map, indexing past the end;
+        so only the trunk and its blocks narrow there."""
+        pixels = model.head[-1] if model.spec.head else model.head
+        return [pixels, *([model.tail[-1]] if model.tail is not None else []),
+                *([model.stem[0], model.up[0][0]] if model.spec.down else [])]
 
     def objective(self, student, teacher, config, vgg, style_grams, style_images) -> Objective:
         return edge_objective(config, vgg, teacher, student)
@@ -344,8 +392,8 @@ class EdgeNetFamily(StyleWeightsInput):
     def trunk_ends(self, model: EdgeNet) -> tuple[nn.Module, nn.Module]:
         return model.blocks, model.up[0] if len(model.up) else model.head
 
-    def graft(self, student: EdgeNet, trunk: list[ResidualWeights], output_norm: OutputNorm | None = None) -> int:
-        return graft(student, trunk, output_norm)
+    def graft(self, student: EdgeNet, trunk: list[ResidualWeights], output_layers: OutputLayers | None = None) -> int:
+        return graft(student, trunk, output_layers)
 
 
 register_family(EdgeNetFamily())

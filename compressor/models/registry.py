@@ -63,8 +63,8 @@ Hooks (methods; defaults suit a one-input, RGB-output image-to-image net):
   under ``grad_checkpointing`` (``nn.Sequential`` ones in segments);
   ``trunk_ends(model)`` (where its residual trunk starts and ends, for
   ``trunk_weight`` distillation), ``residual_trunk(teacher)`` (its residual blocks as tensors),
-  ``output_norm(teacher)`` (the scale and shift of a norm on its RGB output, if it has one) and
-  ``graft(student, trunk, output_norm)`` (a student starting from them: ``init: teacher_trunk``).
+  ``output_layers(teacher)`` (its RGB conv and the norms around it, if it ends so) and
+  ``graft(student, trunk, output_layers)`` (a student starting from them: ``init: teacher_trunk``).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Union
 
 import torch
 from pydantic import BaseModel, Field, TypeAdapter
@@ -83,8 +83,16 @@ Objective = Callable[[nn.Module, torch.Tensor], dict[str, torch.Tensor]]
 # One residual block of a teacher, for grafting into a student: (conv weight, norm gamma, norm beta) of its two
 # conv + instance-norm layers, in order.
 ResidualWeights = tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-# A teacher's norm on its RGB output, for a student's own to start from: (gamma, beta), [3] or [n_styles, 3] each.
-OutputNorm = tuple[torch.Tensor, torch.Tensor]
+
+
+class OutputLayers(NamedTuple):
+    """A teacher's last layers, for a student's own to start from: its RGB conv's weight, and the (gamma, beta) of
+    the norm on that conv's input and of the one on its output, [C] or [n_styles, C] each."""
+
+    rgb_weight: torch.Tensor
+    input_norm: tuple[torch.Tensor, torch.Tensor]
+    output_norm: tuple[torch.Tensor, torch.Tensor]
+
 Rewrite = Callable[[nn.Module], int]
 # A channel width in a spec: at least 1, and bounded so a typo (100000) is refused instead of allocating gigabytes.
 MAX_WIDTH = 4096
@@ -222,13 +230,13 @@ class Family:
         """A teacher's residual blocks as plain tensors (what a student's ``graft`` starts from)."""
         raise TypeError(f"the {self.name} family has no residual trunk to share with a student")
 
-    def output_norm(self, model: nn.Module) -> OutputNorm | None:
-        """A teacher's norm on its RGB output as plain tensors; None when it has none."""
+    def output_layers(self, model: nn.Module) -> OutputLayers | None:
+        """A teacher's RGB conv and the norms around it as plain tensors; None when it does not end so."""
         return None
 
-    def graft(self, student: nn.Module, trunk: list[ResidualWeights], output_norm: OutputNorm | None = None) -> int:
-        """Start ``student``'s residual blocks as a teacher's ``residual_trunk`` (and its output norm as the
-        teacher's ``output_norm``, where both have one); returns how many residual blocks."""
+    def graft(self, student: nn.Module, trunk: list[ResidualWeights], output_layers: OutputLayers | None = None) -> int:
+        """Start ``student``'s residual blocks as a teacher's ``residual_trunk`` (and its last layers as the
+        teacher's ``output_layers``, where both have them); returns how many residual blocks."""
         raise TypeError(f"a {self.name} student cannot start from a teacher's residual trunk")
 
 
