@@ -30,6 +30,7 @@ from compressor.fidelity import DISTANCES, judge_info, judge_outputs
 from compressor.io import write_json
 from compressor.models import get_family, load_any, load_model
 from compressor.models.conditional_norm import parse_style_weights
+from compressor.models.edge_net import module_inputs
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_STUDENT = Path("runs/multistyle26_edge/distilled")
@@ -58,14 +59,8 @@ def fed(module: nn.Module, tensor: torch.Tensor) -> Iterator[None]:
 
 def trunk_tensors(model: nn.Module, run: Callable[[], torch.Tensor]) -> list[torch.Tensor]:
     """The inputs of ``model``'s trunk ends (the trunk's input and output) during ``run()``."""
-    seen: list[torch.Tensor] = []
-    hooks = [m.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
-             for m in get_family(model).trunk_ends(model)]
-    try:
+    with module_inputs(get_family(model).trunk_ends(model)) as seen:
         run()
-    finally:
-        for hook in hooks:
-            hook.remove()
     return seen
 
 
