@@ -77,6 +77,7 @@ def run(quick: bool, student_dir: Path = DEFAULT_STUDENT, styles: list[str] | No
     photos = {p.name: square(p, size) for p in sample_content_paths("eval")}
     images = [torch.from_numpy(x) for x in photos.values()]
     n_styles = get_family(student).n_styles(student)
+    models = {"teacher": teacher, "student": student}
     per_style: dict[str, list[dict]] = {row: [] for row in SWAPS}
     with torch.no_grad():
         for style in styles:
@@ -84,17 +85,18 @@ def run(quick: bool, student_dir: Path = DEFAULT_STUDENT, styles: list[str] | No
             nets = {"teacher": lambda x, w=weights: teacher(x, w),
                     "student": (lambda x, w=weights: student(x, w)) if n_styles > 1 else
                     (lambda x: student(x))}
-            models = {"teacher": teacher, "student": student}
             reference = judged_reference(nets["teacher"], photos)
+            # each network's trunk input and output per photo, once: what the swaps feed the other one
+            inner = {name: [trunk_tensors(models[name], lambda x=x, name=name: nets[name](x)) for x in images]
+                     for name in models}
             for row, swap in SWAPS.items():
                 outputs = []
-                for x in images:
+                for k, x in enumerate(images):
                     if swap is None:
                         outputs.append(nets["student"](x))
                         continue
                     runs, donor, end = swap
-                    inner = trunk_tensors(models[donor], lambda: nets[donor](x))[end]
-                    with fed(get_family(models[runs]).trunk_ends(models[runs])[end], inner):
+                    with fed(get_family(models[runs]).trunk_ends(models[runs])[end], inner[donor][k][end]):
                         outputs.append(nets[runs](x))
                 judged = judge_outputs(outputs, reference["embeddings"], reference["calibration"])
                 shift = reference["calibration"]["shift"]
