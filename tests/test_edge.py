@@ -72,6 +72,7 @@ def test_onnx_teacher_refuses_what_it_cannot_run(onnx_teacher, tmp_path):
     {}, {"unshuffle": 2, "down": 1, "trunk": 16, "blocks": 1}, {"unshuffle": 1, "block": "dw", "stem": 8, "trunk": 8},
     {"norm": "instance", "down": 2, "trunk": 16, "blocks": 1}, {"block": "norm", "head": 24, "blocks": 1},
     {"down": 1, "up_norm": True, "trunk": 16, "blocks": 1}, {"unshuffle": 2, "tail": 4, "tail_kernel": 5, "blocks": 1},
+    {"down": 1, "front": 2, "norm": "instance", "trunk": 16, "blocks": 1}, {"front": 1, "blocks": 1},
 ])
 def test_edge_net_keeps_the_image_size_and_reloads(spec, tmp_path):
     from compressor.models import save_model
@@ -84,15 +85,16 @@ def test_edge_net_keeps_the_image_size_and_reloads(spec, tmp_path):
     assert torch.equal(load_model(tmp_path)(x), y)
 
 
-@pytest.mark.parametrize("tail", [0, 4])
-def test_a_stride_2_edge_net_prunes_its_trunk_and_keeps_what_the_pixel_shuffle_needs(tail, tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"tail": 4}, {"front": 2}])
+def test_a_stride_2_edge_net_prunes_its_trunk_and_keeps_what_the_pixel_shuffle_needs(extra, tmp_path):
     from compressor.models import save_model
     from styleslim import prune
 
     model = create_model({"family": "edge_net", "unshuffle": 2, "down": 1, "stem": 16, "trunk": 16, "blocks": 2,
-                          "up_norm": True, "tail": tail}).eval()
+                          "up_norm": True, **extra}).eval()
     pruned = prune(model, ratio=0.5)  # torch-pruning alone indexed past the up conv's end
     assert (pruned.current_spec().stem, pruned.current_spec().trunk) == (16, 8)
+    assert [layer.body[0].out_channels for layer in pruned.front] == [16] * len(pruned.front)  # each adds to the stem
     x = torch.rand(1, 3, 32, 32)
     assert torch.equal(load_model(save_model(pruned, tmp_path))(x), pruned(x))
     with pytest.raises(ValueError, match="down: 2 cannot be pruned"):

@@ -12,6 +12,10 @@ convs. This family has none of those by default:
 - no norm (``norm="none"``: the conv bias is the learned affine; nothing is left to fold at inference), or
   instance norm where fidelity needs it (``norm="instance"``);
 - ``down`` stride-2 convs and as many pixel-shuffle ups for a wider receptive field at the same MACs;
+- ``front``: more 3x3 convs at the stem's resolution (with the norm, + ReLU, each added to its input): the
+  teacher reaches its first stride-2 output through two layers (a full-resolution 9x9 conv, then the stride-2
+  conv), the stem is one; a grafted trunk needs that input (benchmarks/README.md: one brought the trunk's input
+  29 % nearer, where one at the trunk's resolution gave 4 %);
 - plain 3x3 residual blocks (``block="conv"``), depthwise-separable ones (``block="dw"``), or the
   Johnson/Dumoulin block (``block="norm"``: conv, instance norm, ReLU, conv, instance norm), whose weights
   can start as the teacher's own residual trunk (``graft``: a recipe's ``init: teacher_trunk``);
@@ -64,6 +68,8 @@ class EdgeNetSpec(BaseModel):
     stem: Width = 32
     down: int = Field(0, ge=0, le=2)
     trunk: Width = 32
+    front: int = Field(0, ge=0, le=4, description="3x3 convs (+ norm, ReLU; residual) after the stem, at its "
+                       "resolution.")
     blocks: int = Field(3, ge=0, le=16)
     block: Literal["conv", "dw", "norm"] = "conv"
     expand: int = Field(2, ge=1, le=8, description="Depthwise blocks: inner width = expand * trunk.")
@@ -105,7 +111,7 @@ class Chain(nn.Sequential):
 
     def forward(self, x: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self:
-            x = layer(x, style) if isinstance(layer, (ConditionalInstanceNorm, Chain, ResBlock)) else layer(x)
+            x = layer(x, style) if isinstance(layer, (ConditionalInstanceNorm, Chain, Residual)) else layer(x)
         return x
 
 
@@ -123,27 +129,35 @@ def _act(cin: int, cout: int, norm: str, stride: int = 1, kernel: int = 3, pad: 
     return Chain(*layers, nn.ReLU())
 
 
-class ResBlock(nn.Module):
+class Residual(nn.Module):
+    """x + body(x)."""
+
+    def __init__(self, body: Chain):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        return x + self.body(x, style)
+
+
+class ResBlock(Residual):
     """x + f(x): two 3x3 convs, (``dw``) 1x1 expand, depthwise 3x3, 1x1 project (MobileNetV2-like), or
     (``norm``) conv, instance norm, ReLU, conv, instance norm (Johnson et al.; zero padding here)."""
 
     def __init__(self, width: int, inner: int, spec: EdgeNetSpec):
-        super().__init__()
         n = spec.n_styles
         if spec.block == "conv":
-            self.body = Chain(_act(width, inner, spec.norm, n_styles=n), nn.Conv2d(inner, width, 3, 1, 1))
+            body = Chain(_act(width, inner, spec.norm, n_styles=n), nn.Conv2d(inner, width, 3, 1, 1))
         elif spec.block == "norm":
-            self.body = Chain(_act(width, inner, "instance", n_styles=n), nn.Conv2d(inner, width, 3, 1, 1, bias=False),
-                              _instance_norm(width, n))
+            body = Chain(_act(width, inner, "instance", n_styles=n), nn.Conv2d(inner, width, 3, 1, 1, bias=False),
+                         _instance_norm(width, n))
         else:
-            self.body = Chain(
+            body = Chain(
                 _act(width, inner, spec.norm, kernel=1, n_styles=n),
                 nn.Conv2d(inner, inner, 3, 1, 1, groups=inner), nn.ReLU(),
                 nn.Conv2d(inner, width, 1),
             )
-
-    def forward(self, x: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
-        return x + self.body(x, style)
+        super().__init__(body)
 
 
 class EdgeNet(nn.Module):
@@ -156,6 +170,8 @@ class EdgeNet(nn.Module):
         widths = [spec.stem] + [spec.trunk] * spec.down
         self.down = nn.ModuleList(_act(widths[i], widths[i + 1], spec.norm, stride=2, n_styles=spec.n_styles)
                                   for i in range(spec.down))
+        self.front = Chain(*(Residual(_act(spec.stem, spec.stem, spec.norm, n_styles=spec.n_styles))
+                             for _ in range(spec.front)))
         trunk = widths[-1]
         self.blocks = Chain(*(ResBlock(trunk, inner, spec) for inner in spec.block_inner(trunk)))
         # Each up: a conv to 4x the width below [+ instance norm, before the shuffle where it follows its conv
@@ -179,6 +195,7 @@ class EdgeNet(nn.Module):
                 raise ValueError(f"a {self.spec.n_styles}-style edge_net needs style_weights")
             style = batched_style(style_weights)
         x = self.stem(x, style)
+        x = self.front(x, style)
         for layer in self.down:
             x = layer(x, style)
         x = self.blocks(x, style)
@@ -381,10 +398,11 @@ class EdgeNetFamily(StyleWeightsInput):
         """The head's last conv (its outputs are pixels after the shuffle, or the tail's unshuffled channels) and
         the tail's RGB conv; with a stride-2 conv, the up's conv and the stem: a pixel shuffle maps 4 of the up's
         channels to 1 of the stem's width, which torch-pruning (1.6) takes for a 1:1 map, indexing past the end;
-        so only the trunk and its blocks narrow there."""
+        so only the trunk and its blocks narrow there (the front adds to the stem's width, so it keeps it too)."""
         pixels = model.head[-1] if model.spec.head else model.head
         return [pixels, *([model.tail[-1]] if model.tail is not None else []),
-                *([model.stem[0], model.up[0][0]] if model.spec.down else [])]
+                *([model.stem[0], *(layer.body[0] for layer in model.front), model.up[0][0]]
+                  if model.spec.down else [])]
 
     def objective(self, student, teacher, config, vgg, style_grams, style_images) -> Objective:
         return edge_objective(config, vgg, teacher, student)
