@@ -123,14 +123,11 @@ def predictor_path() -> Path:
 
 @lru_cache(maxsize=2)
 def _predictor(path: str):
-    import onnxruntime as ort
+    from compressor.models.onnx_graph import ort_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
     # The predictor is a QDQ int8 graph: fused to int8 convs, AVX2 hosts without VNNI saturate (u8s8) and move
-    # its vector 22 % (tests/test_web.py's page computes the unfused one); run its convs as the float they encode.
-    options.add_session_config_entry("session.disable_quant_qdq", "1")
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    # its vector 22 % (tests/test_web.py's page computes the unfused one); so run it as the Q/DQ arithmetic it encodes.
+    return ort_session(path, optimize=False)
 
 
 def style_vector(image: torch.Tensor, predictor: str | Path | None = None) -> torch.Tensor:
