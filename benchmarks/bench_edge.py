@@ -43,7 +43,6 @@ except ImportError:
 import numpy as np
 import torch
 from torch import nn
-from torchvision.transforms.v2 import functional as TF
 
 from benchmarks.bench_quant import conv_macs, int8_peak_layer, ort_profile
 from compressor.blackbox import OnnxTeacher, TeacherPairs
@@ -51,6 +50,7 @@ from compressor.config import TrainConfig
 from compressor.data import load_image, sample_content_paths
 from compressor.distill import make_objective, train
 from compressor.fidelity import GRADES, calibrate, judge_info, judge_outputs
+from compressor.images import center_square
 from compressor.io import write_json
 from compressor.judge import embed
 from compressor.models import EdgeNet, EdgeNetSpec, create_model, load_model
@@ -78,9 +78,9 @@ def peer_path() -> Path:
 
 
 def square(path: Path, size: int) -> np.ndarray:
-    """A held-out photo as a (1, 3, size, size) float32 array: shorter side resized to ``size``, centre crop."""
-    image = TF.center_crop(TF.resize(load_image(path), size, antialias=True), [size, size])
-    return image[None].numpy().astype(np.float32)
+    """A held-out photo as a (1, 3, size, size) float32 array, cropped and resized as the report's evaluation does
+    (``center_square``), so a benchmark and a report grade the same input."""
+    return center_square(load_image(path)[None], size).numpy().astype(np.float32)
 
 
 def distil_default(steps: int, size: int, crop: int, out_dir: Path) -> Path:
