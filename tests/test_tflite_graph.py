@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from compressor.models import EdgeNet, EdgeNetSpec
-from exports.backends.litert import export_tflite, quantize_tflite
+from exports.backends.litert import conv_layers, export_tflite, layout_copies, quantize_tflite
 from exports.common import example_inputs
 from exports.rewrites import apply_rewrites, format_rewrites
 from exports.tflite_graph import deployable
@@ -112,3 +112,31 @@ def test_chains_that_are_not_a_depth_to_space_are_left_alone(tmp_path):
     assert op_counts(after)["TRANSPOSE"] == op_counts(before)["TRANSPOSE"] > 0
     x = np.random.default_rng(2).random((1, 3, 16, 16), dtype=np.float32)
     np.testing.assert_array_equal(run(after, x), run(before, x))
+
+
+def test_a_kept_float_conv_keeps_its_layout_copies_float(edge_float, tmp_path):
+    """Static int8 with the stem kept float: the int8 graph input is dequantized once and reaches it through float
+    copies (not int8 copies and a dequantize before the conv), while the next conv still computes in int8."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    model, path = edge_float
+    order = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    stem = next(t for t, module in conv_layers(path, order).items() if module == "stem.0")
+    # the graph input's unshuffle chain before it, the pad before the next conv after it
+    assert {op for op, _ in layout_copies(path, [stem])} == {"TRANSPOSE", "RESHAPE", "PAD"}
+    rng = np.random.default_rng(2)
+    calibration = [rng.random((1, 3, SIZE, SIZE), dtype=np.float32) for _ in range(2)]
+    out = quantize_tflite(path, tmp_path / "kept.tflite", "static", calibration, keep_float=["stem.0"],
+                          module_order=order)
+    interpreter = Interpreter(model_path=str(out))
+    interpreter.allocate_tensors()
+    ops = interpreter._get_ops_details()
+    dtypes = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
+    producer = {o["outputs"][0]: o["op_name"] for o in ops}
+    first, second = [o for o in ops if o["op_name"] == "CONV_2D"][:2]
+    assert dtypes[first["inputs"][1]] == np.float32 and dtypes[second["inputs"][1]] == np.int8
+    chain, tensor = [], first["inputs"][0]
+    while tensor in producer:
+        chain.append(producer[tensor])
+        tensor = next(o for o in ops if o["outputs"][0] == tensor)["inputs"][0]
+    assert chain[-1] == "DEQUANTIZE" and not {"QUANTIZE", "DEQUANTIZE"} & set(chain[:-1]), chain

@@ -138,6 +138,43 @@ def conv_layers(path: str | Path, module_order: list[str] | None = None) -> dict
     return names
 
 
+# The NHWC<->NCHW copies between a conv and the float norms beside it: int8, they would quantize a kept-float
+# conv's input and output anyway (the 26-style edge student's float front end: 3.63 perceptual bands with them
+# int8, 2.95 float; benchmarks/README.md, stop 42).
+LAYOUT_OPS = ("TRANSPOSE", "RESHAPE", "PAD")
+
+
+def _scope(tensor: str) -> str:
+    """ai-edge-quantizer's scope of the op whose one output is ``tensor`` (its output names, each ended by ';')."""
+    return f"^{re.escape(tensor)};$"
+
+
+def layout_copies(path: str | Path, conv_outputs: list[str]) -> list[tuple[str, str]]:
+    """(op, output tensor) of the layout copies chained to these convs: back from each one's input and on from its
+    output, up to the next op that computes."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    ops, tensors = _ops(Interpreter(model_path=str(path)))
+    producer = {o["outputs"][0]: o for o in ops}
+    consumers: dict[int, list[dict]] = {}
+    for o in ops:
+        for i in o["inputs"]:
+            consumers.setdefault(i, []).append(o)
+    found: dict[int, str] = {}
+    for conv in (o for o in ops if o["op_name"] == "CONV_2D" and tensors[o["outputs"][0]]["name"] in conv_outputs):
+        op = producer.get(conv["inputs"][0])
+        while op is not None and op["op_name"] in LAYOUT_OPS:
+            found[op["outputs"][0]] = op["op_name"]
+            op = producer.get(op["inputs"][0])
+        frontier = consumers.get(conv["outputs"][0], [])
+        while frontier:
+            op = frontier.pop()
+            if op["op_name"] in LAYOUT_OPS and op["outputs"][0] not in found:
+                found[op["outputs"][0]] = op["op_name"]
+                frontier += consumers.get(op["outputs"][0], [])
+    return [(op, tensors[t]["name"]) for t, op in found.items()]
+
+
 def quantize_tflite(
     float_tflite: str | Path,
     out_path: str | Path,
@@ -149,7 +186,8 @@ def quantize_tflite(
 ) -> Path:
     """Quantize ``float_tflite`` into ``out_path`` as deployed (``exports.tflite_graph.deployable``: pixel
     (un)shuffles fused, unless ``fuse_shuffles`` is off to measure what that buys; inner tensor names stripped);
-    ``keep_float`` are module-name globs of convs left in float (``module_order``: see ``conv_layers``)."""
+    ``keep_float`` are module-name globs of convs left in float with their layout copies (``module_order``: see
+    ``conv_layers``)."""
     from ai_edge_quantizer import qtyping, quantizer, recipe
 
     if mode not in MODES:
@@ -162,10 +200,11 @@ def quantize_tflite(
         q = quantizer.Quantizer(str(float_tflite))
         q.load_quantization_recipe({"static": recipe.static_wi8_ai8, "dynamic": recipe.dynamic_wi8_afp32,
                                     "weight-only": recipe.weight_only_wi8_afp32}[mode]())
-        for tensor, module in conv_layers(float_tflite, module_order).items():
-            if any(fnmatch.fnmatchcase(module, g) for g in keep_float):
-                q.update_quantization_recipe(regex=re.escape(tensor), operation_name=qtyping.TFLOperationName.CONV_2D,
-                                             algorithm_key=quantizer.AlgorithmName.NO_QUANTIZE)
+        float_convs = [tensor for tensor, module in conv_layers(float_tflite, module_order).items()
+                       if any(fnmatch.fnmatchcase(module, g) for g in keep_float)]
+        for op, tensor in [("CONV_2D", t) for t in float_convs] + layout_copies(float_tflite, float_convs):
+            q.update_quantization_recipe(regex=_scope(tensor), operation_name=getattr(qtyping.TFLOperationName, op),
+                                         algorithm_key=quantizer.AlgorithmName.NO_QUANTIZE)
         if mode == "static":
             for op in FLOAT_NORM_OPS:
                 q.update_quantization_recipe(regex=NORM_TENSORS, operation_name=getattr(qtyping.TFLOperationName, op),
