@@ -203,11 +203,15 @@ def judged_reference(teacher: Callable[[torch.Tensor], torch.Tensor], photos: di
 
 def deployed_int8(student_dir: Path, size: int, work: Path, keep_float: list[str] | None = None) -> dict[str, Path]:
     """The student's static int8 files on ORT and LiteRT as the quantize stage makes them (norm inputs equalized,
-    its RGB conv and ``keep_float`` convs float, ORT's 7-bit weights where the host lacks VNNI): a bench grades the
-    file a recipe's report grades."""
-    settings = QuantizeStage(runtimes=["onnx", "tflite"], modes=["static"], keep_float=keep_float or [], size=size)
-    manifests = quantize(student_dir, work, settings, progress=False)
-    return {f"{RUNTIMES[m['format']]} int8": work / m["format"] / m["artifact"] for m in manifests}
+    its RGB conv float, ORT's 7-bit weights where the host lacks VNNI): a bench grades the file a recipe's report
+    grades. With ``keep_float``, both again with those convs float too (``LiteRT int8, keep_float``)."""
+    files = {}
+    for suffix, keep in [("", [])] + ([(", keep_float", keep_float)] if keep_float else []):
+        settings = QuantizeStage(runtimes=["onnx", "tflite"], modes=["static"], keep_float=keep, size=size)
+        out = work / ("keep-float" if keep else "int8")
+        for m in quantize(student_dir, out, settings, progress=False):
+            files[f"{RUNTIMES[m['format']]} int8{suffix}"] = out / m["format"] / m["artifact"]
+    return files
 
 
 def student_rows(model: nn.Module, student_dir: Path, label: str, reference: dict, photos: dict[str, np.ndarray],
@@ -218,9 +222,7 @@ def student_rows(model: nn.Module, student_dir: Path, label: str, reference: dic
     timed calls, and the ORT int8 per-op profile."""
     name = f"{label}: {json.dumps(model.current_spec().model_dump(exclude={'family', 'style'}))}"
     onnx_path, _ = export_artifact(model, "onnx", work / "onnx", size=(size, size))
-    artifacts = {"ORT fp32": onnx_path, **deployed_int8(student_dir, size, work / "int8")}
-    if keep_float:
-        artifacts |= {f"{k}, keep_float": v for k, v in deployed_int8(student_dir, size, work / "kf", keep_float).items()}
+    artifacts = {"ORT fp32": onnx_path, **deployed_int8(student_dir, size, work, keep_float)}
     artifacts["LiteRT int8, as converted"] = litert_as_converted(model, size, calibration, work)
     gmac = round(conv_macs(model, size) / 1e9, 3)
     meta = json.loads((Path(student_dir) / "spec.json").read_text()).get("meta", {})

