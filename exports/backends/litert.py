@@ -154,6 +154,8 @@ def layout_copies(path: str | Path, conv_outputs: list[str]) -> list[tuple[str, 
     output, up to the next op that computes."""
     from ai_edge_litert.interpreter import Interpreter
 
+    if not conv_outputs:
+        return []
     ops, tensors = _ops(Interpreter(model_path=str(path)))
     producer = {o["outputs"][0]: o for o in ops}
     consumers: dict[int, list[dict]] = {}
@@ -201,7 +203,7 @@ def quantize_tflite(
         q.load_quantization_recipe({"static": recipe.static_wi8_ai8, "dynamic": recipe.dynamic_wi8_afp32,
                                     "weight-only": recipe.weight_only_wi8_afp32}[mode]())
         float_convs = [tensor for tensor, module in conv_layers(float_tflite, module_order).items()
-                       if any(fnmatch.fnmatchcase(module, g) for g in keep_float)]
+                       if any(fnmatch.fnmatchcase(module, g) for g in keep_float)] if keep_float else []
         for op, tensor in [("CONV_2D", t) for t in float_convs] + layout_copies(float_tflite, float_convs):
             q.update_quantization_recipe(regex=_scope(tensor), operation_name=getattr(qtyping.TFLOperationName, op),
                                          algorithm_key=quantizer.AlgorithmName.NO_QUANTIZE)
