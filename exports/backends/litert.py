@@ -110,7 +110,13 @@ def _module_name(tensor_name: str) -> str:
     return ".".join(attrs).removeprefix("model.")
 
 
-def _ops(interpreter) -> tuple[list[dict], dict[int, dict]]:
+Graph = tuple[list[dict], dict[int, dict]]  # a .tflite file's ops and its tensors by index
+
+
+def _ops(path: str | Path) -> Graph:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
     interpreter.allocate_tensors()
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     return interpreter._get_ops_details(), tensors
@@ -124,9 +130,11 @@ def conv_layers(path: str | Path, module_order: list[str] | None = None) -> dict
     ``0.0``. When parsed names collide or are not the model's, and ``module_order`` (the model's conv names in
     forward order) has one name per CONV_2D, ops are named in execution order instead.
     """
-    from ai_edge_litert.interpreter import Interpreter
+    return _conv_names(_ops(path), module_order, path)
 
-    ops, tensors = _ops(Interpreter(model_path=str(path)))
+
+def _conv_names(graph: Graph, module_order: list[str] | None, path: str | Path) -> dict[str, str]:
+    ops, tensors = graph
     names = {tensors[o["outputs"][0]]["name"]: _module_name(tensors[o["outputs"][0]]["name"])
              for o in ops if o["op_name"] == "CONV_2D"}
     parsed = set(names.values())
@@ -152,11 +160,11 @@ def _scope(tensor: str) -> str:
 def layout_copies(path: str | Path, conv_outputs: list[str]) -> list[tuple[str, str]]:
     """(op, output tensor) of the layout copies chained to these convs: back from each one's input and on from its
     output, up to the next op that computes."""
-    from ai_edge_litert.interpreter import Interpreter
+    return _layout_copies(_ops(path), conv_outputs)
 
-    if not conv_outputs:
-        return []
-    ops, tensors = _ops(Interpreter(model_path=str(path)))
+
+def _layout_copies(graph: Graph, conv_outputs: list[str]) -> list[tuple[str, str]]:
+    ops, tensors = graph
     producer = {o["outputs"][0]: o for o in ops}
     consumers: dict[int, list[dict]] = {}
     for o in ops:
@@ -202,9 +210,10 @@ def quantize_tflite(
         q = quantizer.Quantizer(str(float_tflite))
         q.load_quantization_recipe({"static": recipe.static_wi8_ai8, "dynamic": recipe.dynamic_wi8_afp32,
                                     "weight-only": recipe.weight_only_wi8_afp32}[mode]())
-        float_convs = [tensor for tensor, module in conv_layers(float_tflite, module_order).items()
-                       if any(fnmatch.fnmatchcase(module, g) for g in keep_float)] if keep_float else []
-        for op, tensor in [("CONV_2D", t) for t in float_convs] + layout_copies(float_tflite, float_convs):
+        graph = _ops(float_tflite) if keep_float else ([], {})  # read once for conv names and their copies
+        float_convs = [tensor for tensor, module in _conv_names(graph, module_order, float_tflite).items()
+                       if any(fnmatch.fnmatchcase(module, g) for g in keep_float)]
+        for op, tensor in [("CONV_2D", t) for t in float_convs] + _layout_copies(graph, float_convs):
             q.update_quantization_recipe(regex=_scope(tensor), operation_name=getattr(qtyping.TFLOperationName, op),
                                          algorithm_key=quantizer.AlgorithmName.NO_QUANTIZE)
         if mode == "static":
@@ -237,9 +246,7 @@ def int8_contents(path: str | Path, conv_names: list[str] | None = None) -> dict
 
     ``conv_names`` names the convs in execution order (the ``conv_layers`` of the float file a quantized one
     came from: quantization keeps the op order but strips the tensor names)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    ops, tensors = _ops(Interpreter(model_path=str(path)))
+    ops, tensors = _ops(path)
     convs = [op for op in ops if op["op_name"] == "CONV_2D"]
     names = conv_names or [_module_name(tensors[op["outputs"][0]]["name"]) for op in convs]
     if len(names) != len(convs):
