@@ -214,9 +214,9 @@ class QuantizeStage(Config):
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     keep_float: list[str] = Field(default_factory=list, description="Conv module-name globs kept in float.")
     grade: Literal["indistinguishable", "close"] | None = Field(
-        None, description="Mixed precision: keep the convs that hurt most float until the perceptual judge grades the "
-        "int8 model's pictures at least this against the float model's (in that model's own same-picture band and "
-        "2-px shift, on the validation photos)."
+        None, description="Mixed precision, per int8 mode (static, QAT, dynamic): keep the convs that hurt most float "
+        "until the perceptual judge grades the int8 model's pictures at least this against the float model's (in "
+        "that model's own same-picture band and 2-px shift, on the validation photos)."
     )
     min_psnr_db: float | None = Field(
         None, gt=0, description="Mixed precision in pixel terms: keep convs float until the int8 model's output is "

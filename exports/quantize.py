@@ -3,9 +3,9 @@
 1. export the float model (``exports.stage``; each runtime's rewrites),
 2. calibrate on content images that never overlap the evaluation images (``compressor.quantize``),
 3. for static int8, rescale the convs that feed instance norms to unit spread per channel
-   (``compressor.quantize.equalize_norm_inputs``; the norm undoes it, the int8 scale fits every channel),
-   optionally rank layers by how much quantizing each one alone hurts (ONNX Runtime
-   static int8, judged against the fp32 model on the validation photos) and keep the
+   (``compressor.quantize.equalize_norm_inputs``; the norm undoes it, the int8 scale fits every channel);
+   for each int8 mode (static, QAT, dynamic), optionally rank layers by how much quantizing each one alone
+   hurts (ONNX Runtime in that mode, judged against the fp32 model on the validation photos) and keep the
    worst in float until the int8 model is within every budget given: ``grade`` (the
    perceptual judge, in the fp32 model's own same-picture band and 2-px shift; ranks
    the layers), ``min_psnr_db`` (PSNR, worst photo), ``max_style_increase_pct``,
@@ -91,14 +91,14 @@ SENSITIVITY_ORDER = {  # most harmful first
 def layer_sensitivity(float_onnx: Path, calibration: list[CalibrationSample], judge: QualityProbe,
                       method: str = "minmax",
                       work_dir: Path | None = None, by: str = "perceptual",
-                      reduce_range: bool | None = None) -> list[dict[str, Any]]:
-    """Quantize one conv at a time (ORT static) and measure the damage; most harmful first, ``by`` the perceptual
-    judge (farthest in bands), PSNR (lowest) or style loss (largest rise)."""
+                      reduce_range: bool | None = None, mode: str = "static") -> list[dict[str, Any]]:
+    """Quantize one conv at a time (ORT, static or dynamic int8) and measure the damage; most harmful first, ``by``
+    the perceptual judge (farthest in bands), PSNR (lowest) or style loss (largest rise)."""
     results = []
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         for node, module in conv_layers(float_onnx).items():
             path = Path(tmp) / "one.onnx"
-            quantize_onnx(float_onnx, path, "static", calibration, method, only=[node], reduce_range=reduce_range)
+            quantize_onnx(float_onnx, path, mode, calibration, method, only=[node], reduce_range=reduce_range)
             results.append({"layer": module, "node": node, **judge(load_runner(path))})
     return sorted(results, key=SENSITIVITY_ORDER[by])
 
@@ -113,13 +113,13 @@ def within_budget(quality: dict[str, Any], settings: QuantizeStage) -> bool:
 
 
 def _mixed_precision(settings: QuantizeStage, float_onnx: Path, calibration: list[CalibrationSample],
-                     judge: QualityProbe,
-                     work_dir: Path) -> tuple[list[str], dict]:
-    """Greedy: add the most sensitive layer to the float set until the int8 model fits the budget(s)."""
+                     judge: QualityProbe, work_dir: Path, mode: str) -> tuple[list[str], dict]:
+    """Greedy: add the most sensitive layer to the float set until the int8 model (ORT, ``mode``: static or
+    dynamic) fits the budget(s)."""
     layers = conv_layers(float_onnx)
     by = "perceptual" if settings.grade else "psnr" if settings.min_psnr_db is not None else "style"
     ranking = layer_sensitivity(float_onnx, calibration, judge, settings.calibration_method, work_dir, by=by,
-                                reduce_range=settings.onnx_reduce_range)
+                                reduce_range=settings.onnx_reduce_range, mode=mode)
     keep = resolve_keep_float(settings.keep_float, layers)
     trail = []
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
@@ -130,19 +130,20 @@ def _mixed_precision(settings: QuantizeStage, float_onnx: Path, calibration: lis
                 keep.append(candidate)
             path = Path(tmp) / "mixed.onnx"
             nodes = _module_globs_to_nodes(layers, keep)
-            quantize_onnx(float_onnx, path, "static", calibration, settings.calibration_method, keep_float=nodes,
+            quantize_onnx(float_onnx, path, mode, calibration, settings.calibration_method, keep_float=nodes,
                           reduce_range=settings.onnx_reduce_range)
             quality = judge(load_runner(path))
             trail.append({"keep_float": list(keep), **quality})
             if within_budget(quality, settings):
                 break
     met = within_budget(trail[-1], settings)
-    if not met:  # what stays int8 beside the convs (activations, adds, padding, graph I/O) costs the budget
-        log.warning("mixed precision: the budget is not met even with every conv float (%s); the error is in what "
-                    "stays int8 beside them (their activations, adds, padding): use a dynamic mode or relax it",
-                    ", ".join(f"{k} {trail[-1][k]}" for k in ("grade", "psnr_db") if k in trail[-1]))
+    if not met:  # static: what stays int8 beside the convs (activations, adds, padding, graph I/O) costs the budget
+        log.warning("mixed precision (%s int8): the budget is not met even with every conv float (%s); the error is "
+                    "in what stays int8 beside them (their activations, adds, padding): use a dynamic mode or relax "
+                    "it", mode, ", ".join(f"{k} {trail[-1][k]}" for k in ("grade", "psnr_db") if k in trail[-1]))
     return keep, {"budget_grade": settings.grade, "budget_min_psnr_db": settings.min_psnr_db,
-                  "budget_style_increase_pct": settings.max_style_increase_pct, "ranked_by": by, "met": met,
+                  "budget_style_increase_pct": settings.max_style_increase_pct, "ranked_by": by, "ranked_as": mode,
+                  "met": met,
                   "ranking": ranking, "trail": trail}
 
 
@@ -237,11 +238,12 @@ def quantize(
             sources[mode] = save_model(equalized, out_dir / f"equalized-{mode}", meta={
                 "equalized_from": str(sources[mode]), "equalized_norm_inputs": convs})
     keeps = {mode: keep for mode in settings.modes}
-    for mode in calibrated if budget else []:
-        sensitivity = out_dir / ("sensitivity" if mode == "static" else "sensitivity-qat")
+    for mode in [m for m in settings.modes if m in ("static", "qat", "dynamic")] if budget else []:
+        sensitivity = out_dir / ("sensitivity" if mode == "static" else f"sensitivity-{mode}")
         float_path, _ = export_artifact(sources[mode], "onnx", sensitivity, size=(settings.size,) * 2)
         keeps[mode], extras[mode]["mixed_precision"] = _mixed_precision(
-            settings.model_copy(update={"keep_float": keep}), float_path, calibration, judge, sensitivity)
+            settings.model_copy(update={"keep_float": keep}), float_path, calibration, judge, sensitivity,
+            "dynamic" if mode == "dynamic" else "static")
     manifests, exported = [], {}
     for fmt in settings.runtimes:
         backend = backend_for_format(fmt)

@@ -16,7 +16,14 @@ from compressor.data import ContentCrops, load_image, sample_content_paths, samp
 from compressor.distill import train
 from compressor.losses import style_grams
 from compressor.models import TransformerNet, TransformerNetSpec, load_model, load_vgg19, save_model
-from compressor.quantize import QualityProbe, QuantizeError, calibration_set, equalize_norm_inputs, image_batch
+from compressor.quantize import (
+    QualityProbe,
+    QuantizeError,
+    calibration_set,
+    equalize_norm_inputs,
+    image_batch,
+    rgb_output_convs,
+)
 from exports.quantize import QUANT_THRESHOLDS_DB, layer_sensitivity, quantize
 
 SIZE = 64
@@ -158,6 +165,28 @@ def test_sensitivity_keeps_the_harmful_layer_float(model_dir, judge_parts, tmp_p
         assert quality["psnr_db"] >= budget
     else:
         assert quality["style_increase_pct"] <= budget
+
+
+def test_dynamic_int8_keeps_float_only_what_its_budget_needs(model_dir, judge_parts, tmp_path):
+    """One channel held at 1e4 into res2.conv2, whose weights ignore that channel: nothing changes in float, but
+    dynamic int8 quantizes the conv's whole input with one per-run scale, so every other channel rounds to zero.
+    Ranked in dynamic mode, that conv comes first, and a *close* budget keeps it float and no more."""
+    vgg, grams = judge_parts
+    model = load_model(model_dir)
+    with torch.no_grad():
+        model.res2.in1.bias[0] = 1e4
+        model.res2.conv2.conv2d.weight[:, 0] = 0
+    harmed = save_model(model, tmp_path / "harmed")
+    settings = QuantizeStage(size=SIZE, modes=["dynamic"], grade="close")
+    [manifest] = quantize(harmed, tmp_path / "q", settings, vgg, grams, progress=False)
+    quantization = manifest["quantization"]
+    mixed = quantization["mixed_precision"]
+    assert mixed["ranked_as"] == "dynamic" and mixed["met"] is True
+    assert mixed["ranking"][0]["layer"] == "res2.conv2.conv2d", mixed["ranking"][:3]
+    assert mixed["trail"][0]["grade"] == "different"  # every conv int8, the RGB output's aside
+    assert quantization["keep_float"] == sorted(["res2.conv2.conv2d", *rgb_output_convs(model)])
+    assert "res2.conv2.conv2d" in quantization["contents"]["float_compute_convs"]
+    assert quantization["quality"]["grade"] in ("indistinguishable", "close")
 
 
 def test_an_unreachable_budget_is_said_not_hidden(model_dir, judge_parts, tmp_path, caplog):

@@ -200,7 +200,8 @@ def quantize_onnx(
             )
         elif mode == "dynamic":
             quantize_dynamic(str(pre), str(tmp), per_channel=True, weight_type=QuantType.QUInt8,
-                             op_types_to_quantize=["Conv"], nodes_to_exclude=list(keep_float))
+                             op_types_to_quantize=["Conv"], nodes_to_quantize=only if only is not None else [],
+                             nodes_to_exclude=list(keep_float))
         elif mode == "weight-only":
             _weight_only(pre, tmp, set(keep_float))
         else:
