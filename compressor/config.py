@@ -215,12 +215,13 @@ class QuantizeStage(Config):
     keep_float: list[str] = Field(default_factory=list, description="Conv module-name globs kept in float.")
     grade: Literal["indistinguishable", "close"] | None = Field(
         None, description="Mixed precision, per int8 mode (static, QAT, dynamic): keep the convs that hurt most float "
-        "until the perceptual judge grades the int8 model's pictures at least this against the float model's (in "
-        "that model's own same-picture band and 2-px shift, on the validation photos)."
+        "until the perceptual judge grades the int8 model's pictures at least this against the reference's (in its "
+        "own same-picture band and 2-px shift, on the validation photos). The reference is the run's teacher in a "
+        "recipe (the picture the report grades against), the float model where there is no teacher."
     )
     min_psnr_db: float | None = Field(
         None, gt=0, description="Mixed precision in pixel terms: keep convs float until the int8 model's output is "
-        "at least this close (PSNR dB, worst validation photo) to the float model's."
+        "at least this close (PSNR dB, worst validation photo) to the reference's (as for grade)."
     )
     max_style_increase_pct: float | None = Field(
         None, ge=0, description="Mixed precision (older budget): keep convs float until style loss rises at most this %."

@@ -188,11 +188,13 @@ def quantize(
     grams: dict[str, torch.Tensor] | None = None,
     resume: bool = False,
     progress: bool = True,
+    teacher: nn.Module | None = None,
 ) -> list[dict]:
     """Quantize the float model in ``model_dir`` for every runtime in ``settings``; returns the manifests.
 
     ``vgg`` (the reference loss network) and the style's ``grams`` add style / content-loss columns; QAT and a
-    style-loss budget need them, plain PTQ does not.
+    style-loss budget need them, plain PTQ does not. Budgets grade the int8 model against ``teacher``'s pictures
+    where one is given (a run's: the picture its report grades against), else against the float model's.
 
     Parity failures are recorded in the manifests (``parity.passed``) and logged, not raised, so one
     weak variant does not hide the others; check the returned verdicts.
@@ -219,6 +221,13 @@ def quantize(
     if judge is None and (budget or "qat" in settings.modes):
         raise QuantizeError("grade, min_psnr_db, max_style_increase_pct and mode qat need an image-to-image model "
                             "(a style transformer)")
+    budget_judge = judge
+    if budget and teacher is not None:
+        if get_family(teacher).io_names(teacher)[0] != family.io_names(model)[0]:
+            raise QuantizeError(f"{model_dir}: a budget against the teacher needs the teacher's inputs "
+                                f"({', '.join(get_family(teacher).io_names(teacher)[0])}), the model takes "
+                                f"{', '.join(family.io_names(model)[0])}")
+        budget_judge = QualityProbe(teacher, vgg, grams, settings.size)
     keep = sorted(set(settings.keep_float) | set(rgb_output_convs(model)))
     sources = {mode: model_dir for mode in settings.modes}
     if "qat" in settings.modes:
@@ -239,11 +248,14 @@ def quantize(
                 "equalized_from": str(sources[mode]), "equalized_norm_inputs": convs})
     keeps = {mode: keep for mode in settings.modes}
     for mode in [m for m in settings.modes if m in ("static", "qat", "dynamic")] if budget else []:
-        sensitivity = out_dir / ("sensitivity" if mode == "static" else f"sensitivity-{mode}")
-        float_path, _ = export_artifact(sources[mode], "onnx", sensitivity, size=(settings.size,) * 2)
-        keeps[mode], extras[mode]["mixed_precision"] = _mixed_precision(
-            settings.model_copy(update={"keep_float": keep}), float_path, calibration, judge, sensitivity,
-            "dynamic" if mode == "dynamic" else "static")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".sensitivity-") as work:  # not an artifact
+            float_path, _ = export_artifact(sources[mode], "onnx", Path(work), size=(settings.size,) * 2)
+            keeps[mode], mixed = _mixed_precision(settings.model_copy(update={"keep_float": keep}), float_path,
+                                                  calibration, budget_judge, Path(work),
+                                                  "dynamic" if mode == "dynamic" else "static")
+        against = "teacher" if teacher is not None else "float model"
+        extras[mode]["mixed_precision"] = {**mixed, "judged_against": against}
     manifests, exported = [], {}
     for fmt in settings.runtimes:
         backend = backend_for_format(fmt)

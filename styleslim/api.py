@@ -132,15 +132,20 @@ def _as_folder(model: nn.Module | str | Path, folder: str) -> Path:
 
 
 def quantize(model: nn.Module | str | Path, runtime: str = "onnx", mode: str = "static",
-             out: str | Path | None = None, config: QuantizeConfig | None = None, **settings: Any) -> Artifact:
+             out: str | Path | None = None, config: QuantizeConfig | None = None,
+             teacher: nn.Module | str | Path | None = None, **settings: Any) -> Artifact:
     """``model`` as a real int8 (or fp16) artifact on ``runtime`` (onnx, tflite, coreml), calibrated on the
     bundled training photos (``calibration=FOLDER``), parity-checked, graded by the perceptual judge against
-    the float model in its manifest's ``quantization.quality``. No loss network needed."""
+    the float model in its manifest's ``quantization.quality``. No loss network needed. A budget
+    (``grade="close"``) keeps convs float until the int8 model meets it against ``teacher``'s pictures, or
+    the float model's without one."""
     chosen = _config(QuantizeConfig, config, settings)
     config = QuantizeConfig.model_validate(chosen.model_dump() | {"runtimes": [runtime], "modes": [mode]})
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="styleslim-quantized-"))
+    teacher = teacher if teacher is None or isinstance(teacher, nn.Module) else load_any(teacher).eval()
     with tempfile.TemporaryDirectory() as scratch:
-        [manifest, *_] = _quantize(_as_folder(model, f"{scratch}/model"), out, config, progress=False)
+        [manifest, *_] = _quantize(_as_folder(model, f"{scratch}/model"), out, config, progress=False,
+                                   teacher=teacher)
     path = out / manifest["format"] / manifest["artifact"]
     return Artifact(path, read_manifest(path))
 

@@ -166,8 +166,10 @@ def search_stage(ctx: RunContext) -> dict[str, Any]:
 def quantize_stage(ctx: RunContext) -> None:
     """Pipeline stage: quantize the run's newest float model into ``quantized/``."""
     settings = ctx.recipe.quantize
-    quantize(ctx.latest_model_dir(), ctx.stage_dir("quantize"), settings, ctx.loss_network, ctx.style_grams,
-             resume=ctx.resume, progress=ctx.progress)
+    model_dir, teacher_dir = ctx.latest_model_dir(), ctx.stage_dir("model")
+    teacher = load_model(teacher_dir) if model_dir != teacher_dir and (teacher_dir / SPEC_FILE).is_file() else None
+    quantize(model_dir, ctx.stage_dir("quantize"), settings, ctx.loss_network, ctx.style_grams,
+             resume=ctx.resume, progress=ctx.progress, teacher=teacher)
 
 
 def export_stage(ctx: RunContext) -> None:

@@ -189,6 +189,27 @@ def test_dynamic_int8_keeps_float_only_what_its_budget_needs(model_dir, judge_pa
     assert quantization["quality"]["grade"] in ("indistinguishable", "close")
 
 
+def test_a_budget_grades_against_the_teacher_when_given(model_dir, tmp_path):
+    """In a run a budget means the run's bar: int8 pictures graded against the teacher's. A student far from its
+    teacher (a random net: noise) misses *close* with every conv float; against itself it needs none float."""
+    import styleslim
+
+    student = load_model(model_dir)
+    torch.manual_seed(1)
+    stranger = TransformerNet(SPEC).eval()
+    common = {"mode": "dynamic", "size": SIZE, "grade": "close"}
+    own = styleslim.quantize(student, "onnx", out=tmp_path / "own", **common)
+    versus = styleslim.quantize(student, "onnx", out=tmp_path / "teacher", teacher=stranger, **common)
+    own_mixed, versus_mixed = (a.manifest["quantization"]["mixed_precision"] for a in (own, versus))
+    assert own_mixed["judged_against"] == "float model" and own_mixed["met"] is True
+    assert own.manifest["quantization"]["keep_float"] == rgb_output_convs(student)
+    assert versus_mixed["judged_against"] == "teacher" and versus_mixed["met"] is False
+    assert versus_mixed["trail"][-1]["grade"] == "different"
+    convs = [n for n, m in student.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    assert versus.manifest["quantization"]["keep_float"] == sorted(convs)
+    assert not [p.name for p in (tmp_path / "teacher").iterdir() if p.name.startswith(".")]  # working files gone
+
+
 def test_an_unreachable_budget_is_said_not_hidden(model_dir, judge_parts, tmp_path, caplog):
     """Every conv float still leaves int8 activations, adds and padding: a budget they break is reported unmet."""
     vgg, grams = judge_parts
