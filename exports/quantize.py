@@ -5,9 +5,9 @@
 3. for static int8, rescale the convs that feed instance norms to unit spread per channel
    (``compressor.quantize.equalize_norm_inputs``; the norm undoes it, the int8 scale fits every channel);
    for each int8 mode (static, QAT, dynamic), optionally rank layers by how much quantizing each one alone
-   hurts (ONNX Runtime in that mode, judged against the fp32 model on the validation photos) and keep the
-   worst in float until the int8 model is within every budget given: ``grade`` (the
-   perceptual judge, in the fp32 model's own same-picture band and 2-px shift; ranks
+   hurts (ONNX Runtime in that mode, judged on the validation photos against the reference: a run's teacher,
+   else the fp32 model) and keep the worst in float until the int8 model is within every budget given:
+   ``grade`` (the perceptual judge, in the reference's own same-picture band and 2-px shift; ranks
    the layers), ``min_psnr_db`` (PSNR, worst photo), ``max_style_increase_pct``,
 4. quantize with each runtime's own quantizer (its backend's ``quantize``), check
    parity (PSNR vs the fp32 PyTorch model on the held-out images) against the
@@ -223,10 +223,10 @@ def quantize(
                             "(a style transformer)")
     budget_judge = judge
     if budget and teacher is not None:
-        if get_family(teacher).io_names(teacher)[0] != family.io_names(model)[0]:
+        wanted, given = get_family(teacher).io_names(teacher)[0], family.io_names(model)[0]
+        if wanted != given:
             raise QuantizeError(f"{model_dir}: a budget against the teacher needs the teacher's inputs "
-                                f"({', '.join(get_family(teacher).io_names(teacher)[0])}), the model takes "
-                                f"{', '.join(family.io_names(model)[0])}")
+                                f"({', '.join(wanted)}), the model takes {', '.join(given)}")
         budget_judge = QualityProbe(teacher, vgg, grams, settings.size)
     keep = sorted(set(settings.keep_float) | set(rgb_output_convs(model)))
     sources = {mode: model_dir for mode in settings.modes}
