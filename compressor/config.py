@@ -226,6 +226,11 @@ class QuantizeStage(Config):
     max_style_increase_pct: float | None = Field(
         None, ge=0, description="Mixed precision (older budget): keep convs float until style loss rises at most this %."
     )
+
+    @property
+    def has_budget(self) -> bool:
+        """Some budget asks for mixed precision (grade, PSNR or style rise)."""
+        return any(v is not None for v in (self.grade, self.min_psnr_db, self.max_style_increase_pct))
     equalize_norm_inputs: bool = Field(
         True, description="Static int8: first rescale each conv that feeds an instance norm to unit spread per "
         "channel (the norm undoes it), so one int8 scale fits all its channels."

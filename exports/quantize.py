@@ -217,7 +217,7 @@ def quantize(
                             "supported; quantize a one-input model or one with style weights in (multi-style)")
     # Quality needs an image-to-image model; a loss network gets parity on its taps only.
     judge = QualityProbe(model, vgg, grams, settings.size) if family.role == "style_transformer" else None
-    budget = any(v is not None for v in (settings.grade, settings.min_psnr_db, settings.max_style_increase_pct))
+    budget = settings.has_budget
     if judge is None and (budget or "qat" in settings.modes):
         raise QuantizeError("grade, min_psnr_db, max_style_increase_pct and mode qat need an image-to-image model "
                             "(a style transformer)")

@@ -167,7 +167,8 @@ def quantize_stage(ctx: RunContext) -> None:
     """Pipeline stage: quantize the run's newest float model into ``quantized/``."""
     settings = ctx.recipe.quantize
     model_dir, teacher_dir = ctx.latest_model_dir(), ctx.stage_dir("model")
-    teacher = load_model(teacher_dir) if model_dir != teacher_dir and (teacher_dir / SPEC_FILE).is_file() else None
+    judged_by_teacher = settings.has_budget and model_dir != teacher_dir and (teacher_dir / SPEC_FILE).is_file()
+    teacher = load_model(teacher_dir) if judged_by_teacher else None
     quantize(model_dir, ctx.stage_dir("quantize"), settings, ctx.loss_network, ctx.style_grams,
              resume=ctx.resume, progress=ctx.progress, teacher=teacher)
 
