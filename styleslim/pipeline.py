@@ -28,15 +28,16 @@ log = logging.getLogger(__name__)
 STAGE_STAMP = ".stage.json"
 
 
-# Sections a stage reads besides its own: the search trains with distill's settings, calibrates as quantize does.
-_ALSO_READS = {"search": ("distill", "quantize")}
+# What a stage reads besides its own section: the search trains with distill's settings and calibrates on
+# quantize's images; the rest of quantize (float convs, budgets) must not re-run half an hour of training.
+_ALSO_READS = {"search": {"distill": True, "quantize": {"calibration"}}}
 
 
 def _stage_hash(recipe: Recipe, stage: str, upstream: str) -> str:
     globals_ = recipe.model_dump(include={"style", "style_size", "content", "loss_network"})
     data = {"stage": getattr(recipe, stage).model_dump(mode="json"), "globals": globals_, "up": upstream}
     if stage in _ALSO_READS:
-        data["reads"] = recipe.model_dump(mode="json", include=set(_ALSO_READS[stage]))
+        data["reads"] = recipe.model_dump(mode="json", include=_ALSO_READS[stage])
     payload = json.dumps(data, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

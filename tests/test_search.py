@@ -121,7 +121,8 @@ def test_a_peer_that_cannot_run_is_one_clear_error(tmp_path):
         peer_variant(Peer(path=str(tmp_path / "missing.onnx")))
 
 
-def test_the_search_reruns_when_the_distill_settings_it_trains_with_change(tmp_path):
+def test_the_search_reruns_when_what_it_reads_changes_and_only_then(tmp_path):
+    from compressor.config import QuantizeStage
     from styleslim.pipeline import _stage_hash
 
     recipe = _recipe(tmp_path)
@@ -129,6 +130,13 @@ def test_the_search_reruns_when_the_distill_settings_it_trains_with_change(tmp_p
     assert _stage_hash(recipe.model_copy(update={"evaluate": None}), "search", "up") == same
     crop = recipe.model_copy(update={"distill": recipe.distill.model_copy(update={"crop": 48})})
     assert _stage_hash(crop, "search", "up") != same
+
+    def quantized(**fields):
+        return recipe.model_copy(update={"quantize": QuantizeStage(**fields)})
+
+    plain = _stage_hash(quantized(), "search", "up")
+    assert _stage_hash(quantized(keep_float=["stem.0"], grade="close", modes=["dynamic"]), "search", "up") == plain
+    assert _stage_hash(quantized(calibration=str(tmp_path)), "search", "up") != plain
 
 
 def test_a_bad_candidate_spec_names_its_key_and_field():
