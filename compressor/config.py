@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 MAX_NODES = 10_000  # a recipe has a few hundred values; a billion-laughs alias bomb expands to billions
 
@@ -202,6 +202,14 @@ class SearchStage(Config):
     threads: int = Field(2, ge=1)
 
 
+Int8Mode = Literal["static", "dynamic", "weight-only", "qat"]
+# One list for every int8 mode or one per mode; told apart by type, so a bad value's error speaks of its own form.
+KeepFloat = Annotated[
+    Annotated[list[str], Tag("every mode")] | Annotated[dict[Int8Mode, list[str]], Tag("per mode")],
+    Discriminator(lambda value: "per mode" if isinstance(value, dict) else "every mode"),
+]
+
+
 class QuantizeStage(Config):
     """PTQ or QAT per runtime; artifacts keep float I/O semantics and are parity-checked against the fp32 model."""
 
@@ -212,7 +220,10 @@ class QuantizeStage(Config):
     )
     calibration: str = Field("samples", description="Folder of calibration images, or 'samples' (never eval images).")
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    keep_float: list[str] = Field(default_factory=list, description="Conv module-name globs kept in float.")
+    keep_float: KeepFloat = Field(
+        default_factory=list, description="Conv module-name globs kept in float: one list for every int8 mode, or one "
+        "per mode ({static: [stem.0], dynamic: []}; a mode not named keeps none). The RGB output conv is always float."
+    )
     grade: Literal["indistinguishable", "close"] | None = Field(
         None, description="Mixed precision, per int8 mode (static, QAT, dynamic): keep the convs that hurt most float "
         "until the perceptual judge grades the int8 model's pictures at least this against the reference's (in its "
@@ -226,11 +237,6 @@ class QuantizeStage(Config):
     max_style_increase_pct: float | None = Field(
         None, ge=0, description="Mixed precision (older budget): keep convs float until style loss rises at most this %."
     )
-
-    @property
-    def has_budget(self) -> bool:
-        """Some budget asks for mixed precision (grade, PSNR or style rise)."""
-        return any(v is not None for v in (self.grade, self.min_psnr_db, self.max_style_increase_pct))
     equalize_norm_inputs: bool = Field(
         True, description="Static int8: first rescale each conv that feeds an instance norm to unit spread per "
         "channel (the norm undoes it), so one int8 scale fits all its channels."
@@ -245,6 +251,15 @@ class QuantizeStage(Config):
         default_factory=lambda: [6, 4], description="Core ML k-means palettization variants (besides int8 weights)."
     )
     qat: TrainConfig | None = Field(None, description="QAT fine-tuning settings (mode qat); None = built-in defaults.")
+
+    def keep_float_for(self, mode: str) -> list[str]:
+        """The globs kept float in ``mode`` (static and dynamic int8 lose different convs: benchmarks/README.md)."""
+        return self.keep_float.get(mode, []) if isinstance(self.keep_float, dict) else self.keep_float
+
+    @property
+    def has_budget(self) -> bool:
+        """Some budget asks for mixed precision (grade, PSNR or style rise)."""
+        return any(v is not None for v in (self.grade, self.min_psnr_db, self.max_style_increase_pct))
 
 
 class ExportStage(Config):

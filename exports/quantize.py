@@ -112,15 +112,16 @@ def within_budget(quality: dict[str, Any], settings: QuantizeStage) -> bool:
                  or quality["style_increase_pct"] <= settings.max_style_increase_pct))
 
 
-def _mixed_precision(settings: QuantizeStage, float_onnx: Path, calibration: list[CalibrationSample],
-                     judge: QualityProbe, work_dir: Path, mode: str) -> tuple[list[str], dict]:
-    """Greedy: add the most sensitive layer to the float set until the int8 model (ORT, ``mode``: static or
-    dynamic) fits the budget(s)."""
+def _mixed_precision(settings: QuantizeStage, keep_float: list[str], float_onnx: Path,
+                     calibration: list[CalibrationSample], judge: QualityProbe, work_dir: Path,
+                     mode: str) -> tuple[list[str], dict]:
+    """Greedy: from the ``keep_float`` globs, add the most sensitive layer to the float set until the int8 model
+    (ORT, ``mode``: static or dynamic) fits the budget(s)."""
     layers = conv_layers(float_onnx)
     by = "perceptual" if settings.grade else "psnr" if settings.min_psnr_db is not None else "style"
     ranking = layer_sensitivity(float_onnx, calibration, judge, settings.calibration_method, work_dir, by=by,
                                 reduce_range=settings.onnx_reduce_range, mode=mode)
-    keep = resolve_keep_float(settings.keep_float, layers)
+    keep = resolve_keep_float(keep_float, layers)
     trail = []
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         for candidate in [None] + [r["layer"] for r in ranking]:
@@ -228,7 +229,7 @@ def quantize(
             raise QuantizeError(f"{model_dir}: a budget against the teacher needs the teacher's inputs "
                                 f"({', '.join(wanted)}), the model takes {', '.join(given)}")
         budget_judge = QualityProbe(teacher, vgg, grams, settings.size)
-    keep = sorted(set(settings.keep_float) | set(rgb_output_convs(model)))
+    rgb = rgb_output_convs(model)
     sources = {mode: model_dir for mode in settings.modes}
     if "qat" in settings.modes:
         config = settings.qat or default_qat_config()
@@ -246,14 +247,13 @@ def quantize(
             extras[mode]["equalized_norm_inputs"] = convs
             sources[mode] = save_model(equalized, out_dir / f"equalized-{mode}", meta={
                 "equalized_from": str(sources[mode]), "equalized_norm_inputs": convs})
-    keeps = {mode: keep for mode in settings.modes}
+    keeps = {mode: sorted(set(settings.keep_float_for(mode)) | set(rgb)) for mode in settings.modes}
     for mode in [m for m in settings.modes if m in ("static", "qat", "dynamic")] if budget else []:
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out_dir, prefix=".sensitivity-") as work:  # not an artifact
             float_path, _ = export_artifact(sources[mode], "onnx", Path(work), size=(settings.size,) * 2)
-            keeps[mode], mixed = _mixed_precision(settings.model_copy(update={"keep_float": keep}), float_path,
-                                                  calibration, budget_judge, Path(work),
-                                                  "dynamic" if mode == "dynamic" else "static")
+            keeps[mode], mixed = _mixed_precision(settings, keeps[mode], float_path, calibration, budget_judge,
+                                                  Path(work), "dynamic" if mode == "dynamic" else "static")
         against = "teacher" if teacher is not None else "float model"
         extras[mode]["mixed_precision"] = {**mixed, "judged_against": against}
     manifests, exported = [], {}

@@ -180,9 +180,11 @@ def field_option(model: type[BaseModel], name: str, *decls: str, **kw: Any) -> A
 
 
 def _literal_choices(annotation: Any) -> list[str] | None:
-    """The values of a ``Literal`` field (also inside ``X | None`` and ``list[...]``)."""
+    """The values of a ``Literal`` field (also inside ``X | None`` and ``list[...]``, not a mapping's keys)."""
     if get_origin(annotation) is Literal:
         return [str(v) for v in get_args(annotation)]
+    if get_origin(annotation) is dict:
+        return None
     for arg in get_args(annotation):
         found = _literal_choices(arg)
         if found:
@@ -876,7 +878,8 @@ def quantize(
     mode: list[str] = field_option(_Q, "modes", "--mode", help="Repeatable: one variant per mode."),
     calibration: str = field_option(_Q, "calibration"),
     method: str = field_option(_Q, "calibration_method", "--method"),
-    keep_float: list[str] = field_option(_Q, "keep_float", "--keep-float"),
+    keep_float: list[str] = field_option(_Q, "keep_float", "--keep-float", help="Conv module-name glob kept float "
+                                         "in every int8 mode (repeatable; a recipe can give one list per mode)."),
     grade: str | None = field_option(_Q, "grade"),
     min_psnr_db: float | None = field_option(_Q, "min_psnr_db"),
     max_style_increase_pct: float | None = field_option(_Q, "max_style_increase_pct"),

@@ -189,6 +189,18 @@ def test_dynamic_int8_keeps_float_only_what_its_budget_needs(model_dir, judge_pa
     assert quantization["quality"]["grade"] in ("indistinguishable", "close")
 
 
+def test_keep_float_per_mode_keeps_each_modes_own_convs_float(model_dir, tmp_path):
+    """Static and dynamic int8 lose different convs, so a recipe may name the float convs per mode."""
+    settings = QuantizeStage(size=SIZE, modes=["static", "dynamic"], keep_float={"static": ["res5.conv2*"]})
+    manifests = {m["quantization"]["mode"]: m["quantization"] for m in quantize(model_dir, tmp_path, settings,
+                                                                                  progress=False)}
+    rgb = rgb_output_convs(load_model(model_dir))
+    assert manifests["static"]["keep_float"] == sorted(["res5.conv2.conv2d", *rgb])
+    assert manifests["dynamic"]["keep_float"] == rgb
+    assert "res5.conv2.conv2d" in manifests["static"]["contents"]["float_compute_convs"]
+    assert "res5.conv2.conv2d" not in manifests["dynamic"]["contents"]["float_compute_convs"]
+
+
 def test_a_budget_grades_against_the_teacher_when_given(model_dir, tmp_path):
     """In a run a budget means the run's bar: int8 pictures graded against the teacher's. A student far from its
     teacher (a random net: noise) misses *close* with every conv float; against itself it needs none float."""

@@ -59,6 +59,9 @@ def test_bad_values_name_key_and_allowed_values(tmp_path):
     message = str(err.value)
     assert "prune.ratio" in message and "less than 1" in message
     assert "prune.scope" in message and "'local' or 'global'" in message
+    with pytest.raises(RecipeError) as err:  # a per-mode keep_float is told apart from a list: one error, its own
+        load_recipe(write(tmp_path, {**TINY, "quantize": {"keep_float": {"statc": ["stem.0"]}}}))
+    assert str(err.value).count("quantize.keep_float") == 1 and "'static', 'dynamic'" in str(err.value)
     with pytest.raises(RecipeError, match="not valid YAML"):
         (tmp_path / "broken.yaml").write_text("name: [unclosed")
         load_recipe(tmp_path / "broken.yaml")
