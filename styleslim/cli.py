@@ -883,6 +883,9 @@ def quantize(
     grade: str | None = field_option(_Q, "grade"),
     min_psnr_db: float | None = field_option(_Q, "min_psnr_db"),
     max_style_increase_pct: float | None = field_option(_Q, "max_style_increase_pct"),
+    teacher: Annotated[Path | None, typer.Option(help="A budget grades the int8 pictures against this model's "
+                                                 "(the teacher the model was distilled from; default: the float "
+                                                 "model itself). " + MODEL_HELP)] = None,
     equalize_norm_inputs: bool = field_option(_Q, "equalize_norm_inputs",
                                               "--equalize-norm-inputs/--no-equalize-norm-inputs"),
     size: int = field_option(_Q, "size"),
@@ -893,12 +896,16 @@ def quantize(
     force: ForceOpt = False,
 ) -> None:
     """Quantize a model for ONNX Runtime, LiteRT or Core ML (PTQ or QAT), verify parity, write manifests."""
+    from compressor.models import load_any
     from exports.quantize import quantize as run_quantize
 
     settings = build(QuantizeStage, {"runtimes": "--runtime", "modes": "--mode", "calibration_method": "--method"},
                      runtimes=runtime, modes=mode, calibration=calibration, calibration_method=method, keep_float=keep_float,
                      grade=grade, min_psnr_db=min_psnr_db, max_style_increase_pct=max_style_increase_pct,
                      equalize_norm_inputs=equalize_norm_inputs, size=size)
+    if teacher is not None and not settings.has_budget:
+        fail("--teacher", "only a budget grades against a teacher",
+             "add --grade, --min-psnr-db or --max-style-increase-pct, or leave --teacher out")
     check_model_dir(output, force)
     _style_path(style, None)
     vgg = grams = None  # plain PTQ is judged by the perceptual judge alone; QAT and a style budget need the VGG19
@@ -907,8 +914,9 @@ def quantize(
         grams = _style_grams(vgg, style, Recipe.model_fields["style_size"].default, None)
     with tempfile.TemporaryDirectory() as scratch:
         source = model_folder(model, Path(scratch))
+        reference = load_any(teacher).eval() if teacher is not None else None
         shutil.rmtree(output, ignore_errors=True)  # empty, or --force: replaced whole (manifests name no temp path)
-        manifests = run_quantize(source, output, settings, vgg, grams)
+        manifests = run_quantize(source, output, settings, vgg, grams, teacher=reference)
     for m in manifests:
         p = m["parity"]
         verdict = (f"PSNR {p['psnr_db']} dB (>= {p['threshold_db']}) {'ok' if p['passed'] else 'FAILED'}"

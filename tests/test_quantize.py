@@ -203,22 +203,31 @@ def test_keep_float_per_mode_keeps_each_modes_own_convs_float(model_dir, tmp_pat
 
 def test_a_budget_grades_against_the_teacher_when_given(model_dir, tmp_path):
     """In a run a budget means the run's bar: int8 pictures graded against the teacher's. A student far from its
-    teacher (a random net: noise) misses *close* with every conv float; against itself it needs none float."""
+    teacher (a random net: noise) misses *close* with every conv float; against itself it needs none float.
+    From Python (``teacher=``) and from the CLI (``--teacher``, refused without a budget)."""
+    from typer.testing import CliRunner
+
     import styleslim
+    from styleslim.cli import app
 
     student = load_model(model_dir)
     torch.manual_seed(1)
-    stranger = TransformerNet(SPEC).eval()
-    common = {"mode": "dynamic", "size": SIZE, "grade": "close"}
-    own = styleslim.quantize(student, "onnx", out=tmp_path / "own", **common)
-    versus = styleslim.quantize(student, "onnx", out=tmp_path / "teacher", teacher=stranger, **common)
-    own_mixed, versus_mixed = (a.manifest["quantization"]["mixed_precision"] for a in (own, versus))
+    stranger = save_model(TransformerNet(SPEC).eval(), tmp_path / "stranger")
+    own = styleslim.quantize(student, "onnx", out=tmp_path / "own", mode="dynamic", size=SIZE, grade="close")
+    command = ["quantize", str(model_dir), "--teacher", str(stranger), "--mode", "dynamic", "--size", str(SIZE),
+               "-o", str(tmp_path / "teacher")]
+    refused = CliRunner().invoke(app, command)
+    assert refused.exit_code == 2 and refused.output.startswith("error: --teacher: only a budget"), refused.output
+    result = CliRunner().invoke(app, [*command, "--grade", "close"])
+    assert result.exit_code == 0, result.output
+    versus = json.loads((tmp_path / "teacher" / "onnx" / "model-int8-dynamic.onnx.manifest.json").read_text())
+    own_mixed, versus_mixed = own.manifest["quantization"]["mixed_precision"], versus["quantization"]["mixed_precision"]
     assert own_mixed["judged_against"] == "float model" and own_mixed["met"] is True
     assert own.manifest["quantization"]["keep_float"] == rgb_output_convs(student)
     assert versus_mixed["judged_against"] == "teacher" and versus_mixed["met"] is False
     assert versus_mixed["trail"][-1]["grade"] == "different"
     convs = [n for n, m in student.named_modules() if isinstance(m, torch.nn.Conv2d)]
-    assert versus.manifest["quantization"]["keep_float"] == sorted(convs)
+    assert versus["quantization"]["keep_float"] == sorted(convs)
     assert not [p.name for p in (tmp_path / "teacher").iterdir() if p.name.startswith(".")]  # working files gone
 
 
