@@ -219,6 +219,10 @@ class QuantizeStage(Config):
         description="Each mode makes its own variant per runtime (e.g. static and dynamic int8 side by side).",
     )
     calibration: str = Field("samples", description="Folder of calibration images, or 'samples' (never eval images).")
+    images: str = Field(
+        "samples", description="Folder of photos the budgets and the quality columns judge the int8 files on, or "
+        "'samples' (the bundled validation photos: a grey portrait and a micrograph). A budget is as strict as these "
+        "photos make the reference's 2-px shift: give photos like those the model will paint.")
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     keep_float: KeepFloat = Field(
         default_factory=list, description="Conv module-name globs kept in float: one list for every int8 mode, or one "
@@ -227,12 +231,12 @@ class QuantizeStage(Config):
     grade: Literal["indistinguishable", "close"] | None = Field(
         None, description="Mixed precision, per int8 mode (static, QAT, dynamic): keep the convs that hurt most float "
         "until the perceptual judge grades the int8 model's pictures at least this against the reference's (in its "
-        "own same-picture band and 2-px shift, on the validation photos). The reference is the run's teacher in a "
+        "own same-picture band and 2-px shift, on quantize.images). The reference is the run's teacher in a "
         "recipe (the picture the report grades against), the float model where there is no teacher."
     )
     min_psnr_db: float | None = Field(
         None, gt=0, description="Mixed precision in pixel terms: keep convs float until the int8 model's output is "
-        "at least this close (PSNR dB, worst validation photo) to the reference's (as for grade)."
+        "at least this close (PSNR dB, worst photo of quantize.images) to the reference's (as for grade)."
     )
     max_style_increase_pct: float | None = Field(
         None, ge=0, description="Mixed precision (older budget): keep convs float until style loss rises at most this %."

@@ -44,15 +44,15 @@ class QuantizeError(ValueError):
 # ---------------------------------------------------------------- data
 
 
-def check_disjoint(calibration: list[Path], evaluation: list[Path]) -> None:
-    """Refuse calibration images that are evaluation images (same file or same bytes)."""
+def check_disjoint(images: list[Path], evaluation: list[Path], role: str = "calibration") -> None:
+    """Refuse ``role`` images (calibration, a budget's) that are evaluation images (same file or same bytes)."""
     eval_hashes = {file_sha256(p): p for p in evaluation}
     eval_paths = {Path(p).resolve() for p in evaluation}
-    for path in calibration:
+    for path in images:
         twin = eval_hashes.get(file_sha256(path))
         if Path(path).resolve() in eval_paths or twin is not None:
-            raise QuantizeError(f"calibration image {path} is also an evaluation image ({twin or path}); "
-                                "calibrate on images that quality is not measured on")
+            raise QuantizeError(f"{path} is both a {role} image and an evaluation image ({twin or path}); keep the "
+                                f"{role} images apart from those the evaluation grades")
 
 
 def image_batch(paths: list[Path], size: int) -> list[torch.Tensor]:
@@ -161,14 +161,15 @@ def equalize_norm_inputs(model: nn.Module, calibration: list[CalibrationSample])
 
 
 class QualityProbe:
-    """How far a run strays from the fp32 model on the validation photos (never the evaluation's): the perceptual
-    judge's distances in units of the fp32 model's own same-picture band and their grade, PSNR, and the rise of
-    style / content loss by the reference VGG19. A network of several styles is probed under ``probe_styles``,
-    graded by its worst style."""
+    """How far a run strays from ``model`` on ``photos`` (never the evaluation's): the perceptual judge's distances
+    in units of the model's own same-picture band on them and their grade, PSNR, and the rise of style / content
+    loss by the reference VGG19. A network of several styles is probed under ``probe_styles``, graded by its worst
+    style."""
 
-    def __init__(self, model: nn.Module, vgg: nn.Module | None, grams: dict[str, torch.Tensor] | None, size: int):
+    def __init__(self, model: nn.Module, vgg: nn.Module | None, grams: dict[str, torch.Tensor] | None, size: int,
+                 photos: list[Path]):
         self.vgg, self.grams = vgg, grams  # no loss network: no style / content columns
-        self.images = image_batch(sample_content_paths("val"), size)
+        self.images = image_batch(photos, size)
         self.styles = probe_styles(model)
         self.items = [(x, *style) for style in self.styles for x in self.images]  # the graph inputs, style by style
         with torch.no_grad():

@@ -5,8 +5,8 @@
 3. for static int8, rescale the convs that feed instance norms to unit spread per channel
    (``compressor.quantize.equalize_norm_inputs``; the norm undoes it, the int8 scale fits every channel);
    for each int8 mode (static, QAT, dynamic), optionally rank layers by how much quantizing each one alone
-   hurts (ONNX Runtime in that mode, judged on the validation photos against the reference: a run's teacher,
-   else the fp32 model) and keep the worst in float until the int8 model is within every budget given:
+   hurts (ONNX Runtime in that mode, judged on the settings' ``images``, the validation photos by default,
+   against the reference: a run's teacher, else the fp32 model) and keep the worst in float until the int8 model is within every budget given:
    ``grade`` (the perceptual judge, in the reference's own same-picture band and 2-px shift; ranks
    the layers), ``min_psnr_db`` (PSNR, worst photo), ``max_style_increase_pct``,
 4. quantize with each runtime's own quantizer (its backend's ``quantize``), check
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from compressor.config import QuantizeStage
-from compressor.data import CalibrationSample, sample_content_paths
+from compressor.data import CalibrationSample, resolve_images, sample_content_paths
 from compressor.fidelity import GRADES
 from compressor.io import write_json
 from compressor.models import get_family, load_model, save_model
@@ -39,6 +39,7 @@ from compressor.quantize import (
     QuantizeError,
     calibration_samples,
     calibration_set,
+    check_disjoint,
     default_qat_config,
     equalize_norm_inputs,
     pt2e_ptq,
@@ -206,10 +207,11 @@ def quantize(
     model = load_model(model_dir)
     calibration, calib_paths = calibration_set(settings.calibration, settings.size)
     calibration = calibration_samples(model, calibration)
+    photos = resolve_images(settings.images, "val")
+    check_disjoint(photos, sample_content_paths("eval"), "quality")
     extra: dict[str, Any] = {
         "calibration_method": settings.calibration_method,
-        "calibration_images": [str(p) for p in calib_paths], "quality_images": [
-            str(p) for p in sample_content_paths("val")],
+        "calibration_images": [str(p) for p in calib_paths], "quality_images": [str(p) for p in photos],
         "loss_network": vgg.weights_source if vgg is not None else None,
     }
     family = get_family(model)
@@ -217,7 +219,7 @@ def quantize(
         raise QuantizeError(f"{model_dir}: quantizing {type(model).__name__} (a style image or vector input) is not "
                             "supported; quantize a one-input model or one with style weights in (multi-style)")
     # Quality needs an image-to-image model; a loss network gets parity on its taps only.
-    judge = QualityProbe(model, vgg, grams, settings.size) if family.role == "style_transformer" else None
+    judge = QualityProbe(model, vgg, grams, settings.size, photos) if family.role == "style_transformer" else None
     budget = settings.has_budget
     if judge is None and (budget or "qat" in settings.modes):
         raise QuantizeError("grade, min_psnr_db, max_style_increase_pct and mode qat need an image-to-image model "
@@ -228,7 +230,7 @@ def quantize(
         if wanted != given:
             raise QuantizeError(f"{model_dir}: a budget against the teacher needs the teacher's inputs "
                                 f"({', '.join(wanted)}), the model takes {', '.join(given)}")
-        budget_judge = QualityProbe(teacher, vgg, grams, settings.size)
+        budget_judge = QualityProbe(teacher, vgg, grams, settings.size, photos)
     rgb = rgb_output_convs(model)
     sources = {mode: model_dir for mode in settings.modes}
     if "qat" in settings.modes:

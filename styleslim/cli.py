@@ -878,6 +878,7 @@ def quantize(
     mode: list[str] = field_option(_Q, "modes", "--mode", help="Repeatable: one variant per mode."),
     calibration: str = field_option(_Q, "calibration"),
     method: str = field_option(_Q, "calibration_method", "--method"),
+    images: str = field_option(_Q, "images"),
     keep_float: list[str] = field_option(_Q, "keep_float", "--keep-float", help="Conv module-name glob kept float "
                                          "in every int8 mode (repeatable; a recipe can give one list per mode)."),
     grade: str | None = field_option(_Q, "grade"),
@@ -900,7 +901,8 @@ def quantize(
     from exports.quantize import quantize as run_quantize
 
     settings = build(QuantizeStage, {"runtimes": "--runtime", "modes": "--mode", "calibration_method": "--method"},
-                     runtimes=runtime, modes=mode, calibration=calibration, calibration_method=method, keep_float=keep_float,
+                     runtimes=runtime, modes=mode, calibration=calibration, calibration_method=method, images=images,
+                     keep_float=keep_float,
                      grade=grade, min_psnr_db=min_psnr_db, max_style_increase_pct=max_style_increase_pct,
                      equalize_norm_inputs=equalize_norm_inputs, size=size)
     if teacher is not None and not settings.has_budget:

@@ -20,6 +20,7 @@ from compressor.errors import UserError, user_error
 from compressor.io import atomic_write
 from compressor.models import parse_spec
 from compressor.models.checkpoint import resolve_model_path
+from compressor.quantize import check_disjoint
 from styleslim.context import RunContext
 from styleslim.stages import STAGES
 
@@ -62,6 +63,12 @@ def preflight(recipe: Recipe) -> None:
     for i, choice in enumerate(recipe.search.candidates if recipe.search else []):  # before any candidate trains
         checks.append((f"search.candidates.{i}", lambda choice=choice: parse_spec({"family": choice.family,
                                                                                    **choice.spec})))
+    if recipe.quantize is not None and recipe.evaluate is not None:  # never tuned on the photos the report grades
+        graded = recipe.evaluate.images
+        checks += [("quantize.images", lambda: check_disjoint(resolve_images(recipe.quantize.images, "val"),
+                                                              resolve_images(graded, "eval"), "quality")),
+                   ("quantize.calibration", lambda: check_disjoint(resolve_images(recipe.quantize.calibration, "train"),
+                                                                   resolve_images(graded, "eval")))]
     for key, check in checks:
         try:
             check()

@@ -30,6 +30,7 @@ from compressor.quantize import check_disjoint
 from exports.manifest import manifest_path
 from styleslim.cli import app
 
+SAMPLE_FOLDER = sample_content_paths("eval")[0].parent  # the bundled photos, held-out ones included
 TINY = TransformerNetSpec(style="starry_night", conv1=4, conv2=4, trunk=4, res_inner=[4] * 5, deconv1=4, deconv2=4)
 
 
@@ -793,9 +794,12 @@ def test_a_hand_edited_manifest_is_one_line_naming_it(small_artifact, tmp_path, 
     ("evaluate:\n  peers:\n    - {path: /no/such/peer.onnx, inputs: {style_weights: 1}}\n", "evaluate.peers.0.path"),
     ("search:\n  candidates:\n    - {family: edge_net}\n    - {family: edge_net, spec: {blocks: 99}}\n"
      "distill:\n  steps: 1\n", "search.candidates.1"),
+    (f"quantize:\n  images: {SAMPLE_FOLDER}\nevaluate: {{}}\n", "quantize.images"),  # holds the held-out photos
+    (f"quantize:\n  calibration: {SAMPLE_FOLDER}\nevaluate: {{}}\n", "quantize.calibration"),
 ])
 def test_a_recipe_is_checked_whole_before_any_stage_runs(tmp_path, section, key):
-    """A bad peer or second search candidate is found when the recipe loads, not after minutes of training."""
+    """A bad peer or second search candidate, or a budget or calibration on the photos the report grades, is found
+    when the recipe loads, not after minutes of training."""
     recipe = _recipe(tmp_path, f"name: r\nmodel:\n  family: transformer_net\n{section}")
     expect_error(cli("run", recipe, "--out", tmp_path / "runs"), key)
     assert not (tmp_path / "runs" / "r" / "teacher").exists()  # the model stage never started

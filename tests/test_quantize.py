@@ -201,6 +201,21 @@ def test_keep_float_per_mode_keeps_each_modes_own_convs_float(model_dir, tmp_pat
     assert "res5.conv2.conv2d" not in manifests["dynamic"]["contents"]["float_compute_convs"]
 
 
+def test_quality_is_judged_on_the_images_given_never_on_evaluation_photos(model_dir, tmp_path):
+    """A budget is as strict as its photos: quantize.images replaces the bundled validation pair, and a folder
+    holding a held-out photo is refused (the report grades on those)."""
+    folder = tmp_path / "like-mine"
+    folder.mkdir()
+    shutil.copy(sample_content_paths("train")[0], folder / "mine.png")
+    settings = QuantizeStage(size=SIZE, modes=["dynamic"], images=str(folder), grade="close")
+    [manifest] = quantize(model_dir, tmp_path / "q", settings, progress=False)
+    assert manifest["quantization"]["quality_images"] == [str(folder / "mine.png")]
+    assert manifest["quantization"]["mixed_precision"]["met"] is True
+    shutil.copy(sample_content_paths("eval")[0], folder / "held-out.png")
+    with pytest.raises(QuantizeError, match="held-out.png is both a quality image and an evaluation image"):
+        quantize(model_dir, tmp_path / "r", settings, progress=False)
+
+
 def test_a_budget_grades_against_the_teacher_when_given(model_dir, tmp_path):
     """In a run a budget means the run's bar: int8 pictures graded against the teacher's. A student far from its
     teacher (a random net: noise) misses *close* with every conv float; against itself it needs none float.
