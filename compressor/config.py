@@ -221,8 +221,9 @@ class QuantizeStage(Config):
     calibration: str = Field("samples", description="Folder of calibration images, or 'samples' (never eval images).")
     images: str = Field(
         "samples", description="Folder of photos the budgets and the quality columns judge the int8 files on, or "
-        "'samples' (the bundled validation photos: a grey portrait and a micrograph). A budget is as strict as these "
-        "photos make the reference's 2-px shift: give photos like those the model will paint.")
+        "'samples' (the bundled validation photos: a grey portrait and a micrograph). A budget is as strict as its "
+        "photos: the reference's 2-px shift, in bands of its own variation, differs widely from photo to photo "
+        "(benchmarks/README.md, stop 45), so give photos like those the model will paint.")
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     keep_float: KeepFloat = Field(
         default_factory=list, description="Conv module-name globs kept in float: one list for every int8 mode, or one "
