@@ -63,6 +63,8 @@ def preflight(recipe: Recipe) -> None:
     for i, choice in enumerate(recipe.search.candidates if recipe.search else []):  # before any candidate trains
         checks.append((f"search.candidates.{i}", lambda choice=choice: parse_spec({"family": choice.family,
                                                                                    **choice.spec})))
+    if recipe.evaluate is not None:
+        checks.append(("evaluate.images", lambda: resolve_images(recipe.evaluate.images, "eval")))
     if recipe.quantize is not None and recipe.evaluate is not None:  # never tuned on the photos the report grades
         graded = recipe.evaluate.images
         checks += [("quantize.images", lambda: check_disjoint(resolve_images(recipe.quantize.images, "val"),

@@ -796,6 +796,7 @@ def test_a_hand_edited_manifest_is_one_line_naming_it(small_artifact, tmp_path, 
      "distill:\n  steps: 1\n", "search.candidates.1"),
     (f"quantize:\n  images: {SAMPLE_FOLDER}\nevaluate: {{}}\n", "quantize.images"),  # holds the held-out photos
     (f"quantize:\n  calibration: {SAMPLE_FOLDER}\nevaluate: {{}}\n", "quantize.calibration"),
+    ("quantize: {}\nevaluate:\n  images: /no/such/photos\n", "evaluate.images"),
 ])
 def test_a_recipe_is_checked_whole_before_any_stage_runs(tmp_path, section, key):
     """A bad peer or second search candidate, or a budget or calibration on the photos the report grades, is found
