@@ -138,7 +138,8 @@ def quantize(model: nn.Module | str | Path, runtime: str = "onnx", mode: str = "
     bundled training photos (``calibration=FOLDER``), parity-checked, graded by the perceptual judge against
     the float model in its manifest's ``quantization.quality``. No loss network needed. A budget
     (``grade="close"``) keeps convs float until the int8 model meets it against ``teacher``'s pictures, or
-    the float model's without one."""
+    the float model's without one, on ``images=FOLDER`` (photos like those it will paint; default the bundled
+    validation photos)."""
     chosen = _config(QuantizeConfig, config, settings)
     config = QuantizeConfig.model_validate(chosen.model_dump() | {"runtimes": [runtime], "modes": [mode]})
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="styleslim-quantized-"))
