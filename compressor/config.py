@@ -258,7 +258,8 @@ class QuantizeStage(Config):
     qat: TrainConfig | None = Field(None, description="QAT fine-tuning settings (mode qat); None = built-in defaults.")
 
     def keep_float_for(self, mode: str) -> list[str]:
-        """The globs kept float in ``mode`` (static and dynamic int8 lose different convs: benchmarks/README.md)."""
+        """The globs kept float in ``mode`` (static int8 can need convs float that dynamic does not:
+        benchmarks/README.md)."""
         return self.keep_float.get(mode, []) if isinstance(self.keep_float, dict) else self.keep_float
 
     @property
