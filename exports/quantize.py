@@ -232,6 +232,10 @@ def quantize(
                                 f"({', '.join(wanted)}), the model takes {', '.join(given)}")
         budget_judge = QualityProbe(teacher, vgg, grams, settings.size, photos)
     rgb = rgb_output_convs(model)
+    unused = sorted(set(settings.keep_float) - set(settings.modes)) if isinstance(settings.keep_float, dict) else []
+    if unused:
+        log.warning("quantize.keep_float names %s, which quantize.modes (%s) does not make; its list is unused",
+                    ", ".join(unused), ", ".join(settings.modes))
     sources = {mode: model_dir for mode in settings.modes}
     if "qat" in settings.modes:
         config = settings.qat or default_qat_config()
