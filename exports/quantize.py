@@ -6,9 +6,9 @@
    (``compressor.quantize.equalize_norm_inputs``; the norm undoes it, the int8 scale fits every channel);
    for each int8 mode (static, QAT, dynamic), optionally rank layers by how much quantizing each one alone
    hurts (ONNX Runtime in that mode, judged on the settings' ``images``, the validation photos by default,
-   against the reference: a run's teacher, else the fp32 model) and keep the worst in float until the int8 model is within every budget given:
-   ``grade`` (the perceptual judge, in the reference's own same-picture band and 2-px shift; ranks
-   the layers), ``min_psnr_db`` (PSNR, worst photo), ``max_style_increase_pct``,
+   against the reference: a run's teacher, else the fp32 model) and keep the worst in float until the int8
+   model is within every budget given: ``grade`` (the perceptual judge, in the reference's own same-picture
+   band and 2-px shift; ranks the layers), ``min_psnr_db`` (PSNR, worst photo), ``max_style_increase_pct``,
 4. quantize with each runtime's own quantizer (its backend's ``quantize``), check
    parity (PSNR vs the fp32 PyTorch model on the held-out images) against the
    thresholds below, and write a manifest that says what runs in int8 and what

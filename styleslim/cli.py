@@ -902,8 +902,8 @@ def quantize(
 
     settings = build(QuantizeStage, {"runtimes": "--runtime", "modes": "--mode", "calibration_method": "--method"},
                      runtimes=runtime, modes=mode, calibration=calibration, calibration_method=method, images=images,
-                     keep_float=keep_float,
-                     grade=grade, min_psnr_db=min_psnr_db, max_style_increase_pct=max_style_increase_pct,
+                     keep_float=keep_float, grade=grade, min_psnr_db=min_psnr_db,
+                     max_style_increase_pct=max_style_increase_pct,
                      equalize_norm_inputs=equalize_norm_inputs, size=size)
     if teacher is not None and not settings.has_budget:
         fail("--teacher", "only a budget grades against a teacher",

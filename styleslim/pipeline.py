@@ -64,13 +64,16 @@ def preflight(recipe: Recipe) -> None:
         checks.append((f"search.candidates.{i}", lambda choice=choice: parse_spec({"family": choice.family,
                                                                                    **choice.spec})))
     if recipe.evaluate is not None:
-        checks.append(("evaluate.images", lambda: resolve_images(recipe.evaluate.images, "eval")))
-    if recipe.quantize is not None and recipe.evaluate is not None:  # never tuned on the photos the report grades
-        graded = recipe.evaluate.images
-        checks += [("quantize.images", lambda: check_disjoint(resolve_images(recipe.quantize.images, "val"),
-                                                              resolve_images(graded, "eval"), "quality")),
-                   ("quantize.calibration", lambda: check_disjoint(resolve_images(recipe.quantize.calibration, "train"),
-                                                                   resolve_images(graded, "eval")))]
+        def graded() -> list[Path]:
+            return resolve_images(recipe.evaluate.images, "eval")
+
+        checks.append(("evaluate.images", graded))
+        if recipe.quantize is not None:  # a budget or calibration never tuned on the photos the report grades
+            q = recipe.quantize
+            checks += [
+                ("quantize.images", lambda: check_disjoint(resolve_images(q.images, "val"), graded(), "quality")),
+                ("quantize.calibration", lambda: check_disjoint(resolve_images(q.calibration, "train"), graded())),
+            ]
     for key, check in checks:
         try:
             check()
