@@ -117,9 +117,20 @@ def _mixed_precision(settings: QuantizeStage, keep_float: list[str], float_onnx:
                      calibration: list[CalibrationSample], judge: QualityProbe, work_dir: Path,
                      mode: str) -> tuple[list[str], dict]:
     """Greedy: from the ``keep_float`` globs, add the most sensitive layer to the float set until the int8 model
-    (ORT, ``mode``: static or dynamic) fits the budget(s)."""
+    (ORT, ``mode``: static or dynamic) fits the budget(s). A budget the float model itself misses (judged
+    against a teacher) is said at once, and no conv is kept float for it: no float set could meet it."""
     layers = conv_layers(float_onnx)
     by = "perceptual" if settings.grade else "psnr" if settings.min_psnr_db is not None else "style"
+    budget = {"budget_grade": settings.grade, "budget_min_psnr_db": settings.min_psnr_db,
+              "budget_style_increase_pct": settings.max_style_increase_pct, "ranked_by": by, "ranked_as": mode}
+    float_quality = judge(load_runner(float_onnx))
+    if not within_budget(float_quality, settings):
+        log.warning("mixed precision (%s int8): the float model itself misses the budget (%s), so no float set "
+                    "can meet it and none is searched for: train it on, relax the budget, or judge on photos like "
+                    "those it will paint (quantize.images)", mode,
+                    ", ".join(f"{k} {_short(float_quality[k])}" for k in BUDGET_COLUMNS if k in float_quality))
+        return resolve_keep_float(keep_float, layers), {**budget, "met": False, "float_model": float_quality,
+                                                         "ranking": [], "trail": []}
     ranking = layer_sensitivity(float_onnx, calibration, judge, settings.calibration_method, work_dir, by=by,
                                 reduce_range=settings.onnx_reduce_range, mode=mode)
     keep = resolve_keep_float(keep_float, layers)
@@ -142,11 +153,15 @@ def _mixed_precision(settings: QuantizeStage, keep_float: list[str], float_onnx:
     if not met:  # static: what stays int8 beside the convs (activations, adds, padding, graph I/O) costs the budget
         log.warning("mixed precision (%s int8): the budget is not met even with every conv float (%s); the error is "
                     "in what stays int8 beside them (their activations, adds, padding): use a dynamic mode or relax "
-                    "it", mode, ", ".join(f"{k} {trail[-1][k]}" for k in ("grade", "psnr_db") if k in trail[-1]))
-    return keep, {"budget_grade": settings.grade, "budget_min_psnr_db": settings.min_psnr_db,
-                  "budget_style_increase_pct": settings.max_style_increase_pct, "ranked_by": by, "ranked_as": mode,
-                  "met": met,
-                  "ranking": ranking, "trail": trail}
+                    "it", mode, ", ".join(f"{k} {_short(trail[-1][k])}" for k in BUDGET_COLUMNS if k in trail[-1]))
+    return keep, {**budget, "met": met, "float_model": float_quality, "ranking": ranking, "trail": trail}
+
+
+BUDGET_COLUMNS = ("grade", "perceptual_bands", "style_bands", "vector_bands", "psnr_db")
+
+
+def _short(value: float | str) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
 def _job(reference: nn.Module, source_dir: Path, fmt: str, mode: str, keep_float: list[str], out_dir: Path,
