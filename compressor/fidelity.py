@@ -88,7 +88,8 @@ def distances(candidate: Embedding, reference: Embedding) -> dict[str, float]:
 @torch.no_grad()
 def calibrate(teacher: Callable[[torch.Tensor], torch.Tensor], photos: list[torch.Tensor],
               outputs: list[torch.Tensor], references: list[Embedding]) -> dict[str, Any]:
-    """The teacher's band and shift yardstick (raw distances) over ``photos``, given its ``outputs`` on them."""
+    """The teacher's band and shift yardstick (raw distances) over ``photos``, given its ``outputs`` on them, and
+    each photo's own (``per_photo``: the yardstick differs widely from photo to photo, benchmarks/README.md)."""
     band = {d: [] for d in DISTANCES}
     moved = {d: [] for d in DISTANCES}
     for photo, reference in zip(photos, references):
@@ -100,7 +101,9 @@ def calibrate(teacher: Callable[[torch.Tensor], torch.Tensor], photos: list[torc
             moved[d].append(value)
     return {"band": {d: float(np.mean(v)) for d, v in band.items()},
             "shift": {d: float(np.mean(v)) for d, v in moved.items()},
-            "same_picture": list(SAME_PICTURE), "shift_px": SHIFT_PX, "photos": len(photos)}
+            "same_picture": list(SAME_PICTURE), "shift_px": SHIFT_PX, "photos": len(photos),
+            "per_photo": [{"band": {d: float(band[d][i]) for d in DISTANCES},
+                           "shift": {d: float(moved[d][i]) for d in DISTANCES}} for i in range(len(photos))]}
 
 
 def in_bands(raw: dict[str, float], calibration: dict[str, Any]) -> dict[str, float]:

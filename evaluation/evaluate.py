@@ -29,7 +29,16 @@ from tqdm import tqdm
 from compressor.config import EvaluateStage
 from compressor.data import load_image, save_image
 from compressor.errors import UserError
-from compressor.fidelity import GRADES, calibrate, degenerate, distances, judge_info, judgement, worst_grade
+from compressor.fidelity import (
+    GRADES,
+    calibrate,
+    degenerate,
+    distances,
+    in_bands,
+    judge_info,
+    judgement,
+    worst_grade,
+)
 from compressor.images import center_square, resize
 from compressor.io import file_sha256
 from compressor.judge import embed
@@ -261,7 +270,8 @@ def _quality(variants, rows, images, image_paths, vgg, grams, judged, settings, 
             q["style_degradation_pct"] = degradation_pct(losses["style_loss"], ref_losses["style_loss"], style_scale)
             q["content_degradation_pct"] = degradation_pct(losses["content_loss"], ref_losses["content_loss"])
             q["degradation_pct"] = (q["style_degradation_pct"] + q["content_degradation_pct"]) / 2
-    judge = _judge(variants, rows, per_variant, images, judged, settings.threads, progress)
+    judge = _judge(variants, rows, per_variant, images, [p.name for p in image_paths], judged, settings.threads,
+                   progress)
 
     grid = []
     for i, (path, img) in enumerate(zip(image_paths, images)):
@@ -285,9 +295,10 @@ def _stylize(variant: Variant, run, image: torch.Tensor) -> torch.Tensor:
         return resize(run(_fit(variant, image)).float().clamp(0, 1), image.shape[-2:])
 
 
-def _judge(variants, rows, per_variant, images, judged, threads: int, progress: bool) -> dict[str, Any]:
+def _judge(variants, rows, per_variant, images, image_names, judged, threads: int, progress: bool) -> dict[str, Any]:
     """The judge's distances of every variant from the teacher, calibrated per style on the teacher's own
-    variation (band, 2-px shift); ``quality.judge`` per variant (and per style / per image), the report section."""
+    variation (band, 2-px shift); ``quality.judge`` per variant (and per style / per image, in the style's bands),
+    the report section."""
     info = judge_info() | {"calibration": [], "teacher_warning": None}
     teacher = per_variant[0]
     if teacher is None:
@@ -299,6 +310,8 @@ def _judge(variants, rows, per_variant, images, judged, threads: int, progress: 
         run = variants[0].runner(style_input, threads)
         cal = calibrate(lambda x, run=run: _stylize(variants[0], run, x), images, teacher[s * n:(s + 1) * n],
                         refs[s * n:(s + 1) * n])
+        for photo, entry in zip(image_names, cal["per_photo"]):
+            entry |= {"image": photo, "shift_bands": in_bands(entry["shift"], cal)}
         info["calibration"].append({"style": label} | cal)
     bar = tqdm(total=sum(o is not None for o in per_variant), desc="judge", disable=not progress, leave=False)
     for outs, row in zip(per_variant, rows):
@@ -307,8 +320,8 @@ def _judge(variants, rows, per_variant, images, judged, threads: int, progress: 
         embedded = refs if outs is teacher else [embed(o) for o in outs]  # the teacher's own row: embedded once
         per_item = [distances(e, r) for e, r in zip(embedded, refs)]
         q = row["quality"]
-        for entry, raw in zip(q.get("per_image", []), per_item):
-            entry["judge"] = raw
+        for i, (entry, raw) in enumerate(zip(q.get("per_image", []), per_item)):  # style-major, as judged
+            entry["judge"] = raw | {f"{d}_bands": v for d, v in in_bands(raw, info["calibration"][i // n]).items()}
         per_style = []
         for s, cal in enumerate(info["calibration"]):
             per_style.append(judgement(per_item[s * n:(s + 1) * n], cal))

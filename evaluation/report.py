@@ -20,6 +20,7 @@ from typing import Any
 from compressor.io import atomic_write, write_json, write_text
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
+DISTANCES = ("perceptual", "style", "vector")  # the judge's, as compressor.fidelity names them
 MARKERS = {"torch": "o", "onnxruntime": "s", "litert": "^", "coreml": "D"}
 COLORS = {"torch": "C0", "onnxruntime": "C1", "litert": "C2", "coreml": "C4"}
 CROP = 96  # side (px) of the full-resolution crop in the image grid
@@ -413,7 +414,8 @@ def coreml_rows(report: dict[str, Any]) -> list[list[str]]:
 
 
 def _fidelity_rows(report: dict[str, Any], key: str, label) -> tuple[list[str], list[list[str]]]:
-    """One row per compared variant, one "PSNR / SSIM" cell per entry of ``quality[key]`` (named by ``label``)."""
+    """One row per compared variant, one cell per entry of ``quality[key]`` (named by ``label``): the judge's
+    distances in bands where judged, then PSNR / SSIM."""
     labels: list[str] = []
     rows = []
     for r in runnable(report):
@@ -421,9 +423,30 @@ def _fidelity_rows(report: dict[str, Any], key: str, label) -> tuple[list[str], 
         if not per or r["name"] == report["reference"]:
             continue
         labels = labels or list(per)
-        rows.append([r["name"]] + [f"{_psnr_text(per[n]['psnr_vs_teacher'], per[n]['psnr_vs_teacher'] is None)} / "
-                                   f"{per[n]['ssim_vs_teacher']:.3f}" if n in per else "–" for n in labels])
-    return ["variant"] + [f"{n}: PSNR dB / SSIM" for n in labels], rows
+        rows.append([r["name"]] + [_fidelity_cell(per[n]) if n in per else "–" for n in labels])
+    judged = any("perceptual_bands" in f.get("judge", {}) for r in runnable(report) for f in r["quality"].get(key, []))
+    what = "perceptual / style / vector bands · PSNR dB / SSIM" if judged else "PSNR dB / SSIM"
+    return ["variant"] + [f"{n}: {what}" for n in labels], rows
+
+
+def _fidelity_cell(f: dict[str, Any]) -> str:
+    judged = f.get("judge", {})
+    bands = " / ".join(f"{judged[f'{d}_bands']:.2f}" for d in DISTANCES) + " · " if "perceptual_bands" in judged else ""
+    return f"{bands}{_psnr_text(f['psnr_vs_teacher'], f['psnr_vs_teacher'] is None)} / {f['ssim_vs_teacher']:.3f}"
+
+
+def photo_shift_note(report: dict[str, Any]) -> str | None:
+    """The teacher's own 2-px shift photo by photo, in the bands of the whole set (one judged style only): the
+    per-photo distances' yardstick, which differs widely by photo; *close* asks for their mean."""
+    calibrations = report.get("judge", {}).get("calibration", [])
+    if len(calibrations) != 1 or len(calibrations[0].get("per_photo", [])) < 2:
+        return None
+    cal = calibrations[0]
+    shifts = "; ".join(f"{p['image']} " + " / ".join(f"{p['shift_bands'][d]:.2f}" for d in DISTANCES)
+                       for p in cal["per_photo"])
+    return (f"The teacher's own {cal['shift_px']}-px shift photo by photo, perceptual / style / vector in the same "
+            f"bands: {shifts}. A variant is close within their mean; on each photo, set its distances beside that "
+            "photo's own shift.")
 
 
 def per_image_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -490,6 +513,7 @@ def markdown(report: dict[str, Any], plots: dict[str, str] | None = None) -> str
     header, rows = per_image_rows(report)
     if rows:
         parts += ["", "## Fidelity per held-out photo", "", md_table(header, rows)]
+        parts += ["", photo_shift_note(report)] if photo_shift_note(report) else []
     for name, title in (("frontier", "Latency vs fidelity"), ("size", "Size vs fidelity"),
                         ("widths", "Channel widths per layer")):
         if name in plots:
@@ -852,6 +876,7 @@ def to_html(report: dict[str, Any], out_dir: Path, plots: dict[str, bytes | None
     header, prow = per_image_rows(report)
     if prow:
         parts += ["<h2>Fidelity per held-out photo</h2>", _html_table(header, prow)]
+        parts += [f'<p class="legend">{html.escape(photo_shift_note(report))}</p>'] if photo_shift_note(report) else []
     for name, title in (("frontier", "Latency vs fidelity"), ("size", "Size vs fidelity"),
                         ("widths", "Channel widths per layer")):
         if plots.get(name):

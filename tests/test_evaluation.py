@@ -92,6 +92,30 @@ def test_teacher_against_itself_is_identical_and_damage_shows(report):
     assert [e["parity"]["passed"] for e in report["exports"]] == [True]
 
 
+def test_each_photo_is_judged_in_bands_beside_its_own_shift(report):
+    """Per photo the report gives the judge's distances in the set's bands (their mean is the headline) and the
+    teacher's own 2-px shift on that photo in the same bands (their mean is the bar for *close*)."""
+    from evaluation.report import markdown
+
+    [calibration] = report["judge"]["calibration"]
+    names = [Path(p).name for p in report["eval_images"]]
+    assert [p["image"] for p in calibration["per_photo"]] == names and len(names) >= 2
+    for key in ("band", "shift"):
+        for d in ("perceptual", "style", "vector"):
+            mean = sum(p[key][d] for p in calibration["per_photo"]) / len(names)
+            assert mean == pytest.approx(calibration[key][d])
+    damaged = by_name(report)["distilled"]["quality"]
+    for d in ("perceptual", "style", "vector"):
+        per_photo = [f["judge"][f"{d}_bands"] for f in damaged["per_image"]]
+        assert per_photo[0] != per_photo[1]  # two photos, two distances
+        assert sum(per_photo) / len(per_photo) == pytest.approx(damaged["judge"][f"{d}_bands"])
+    text = markdown(report)
+    assert f"{names[0]}: perceptual / style / vector bands · PSNR dB / SSIM" in text
+    first = damaged["per_image"][0]["judge"]
+    assert " / ".join(f"{first[f'{d}_bands']:.2f}" for d in ("perceptual", "style", "vector")) in text
+    assert "2-px shift photo by photo" in text and names[1] in text.split("2-px shift photo by photo")[1]
+
+
 def test_each_artifact_is_evaluated_once_and_lists_every_path(report):
     rows = by_name(report)
     assert set(rows) == {"teacher", "distilled", "exports/model-fp32.onnx"}  # 'pruned' and the float twin merged
@@ -293,7 +317,7 @@ def test_a_multistyle_teacher_is_judged_per_style(tmp_path):
     assert 0 < student["quality"]["style_degradation_pct"] < 1e4
     jsonschema.validate(report, json.loads(SCHEMA_PATH.read_text()))
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "## Fidelity per style" in md and "style 0:0.5,2:0.5: PSNR dB / SSIM" in md
+    assert "## Fidelity per style" in md and "style 0:0.5,2:0.5: perceptual / style / vector bands · PSNR dB / SSIM" in md
 
     with pytest.raises(ValueError, match="`styles`: the teacher teacher holds one style"):
         evaluate_paths([tmp_path / "teacher"], tmp_path / "style1", _random_vgg(), tmp_path / "out2",
