@@ -120,9 +120,19 @@ def evaluate(
 ) -> dict[str, Any]:
     """Measure every distinct variant; ``variants[0]`` is the teacher every fidelity and delta refers to.
 
-    ``root`` is the folder the report is written to; paths are stored relative to it.
+    ``root`` is the folder the report is written to; paths are stored relative to it. Torch runs on
+    ``settings.threads`` meanwhile, and on the caller's thread count again afterwards.
     """
+    threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
+    try:
+        return _evaluate(variants, vgg, style_image, image_paths, settings, work_dir, style_path, progress, root)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _evaluate(variants, vgg, style_image, image_paths, settings, work_dir, style_path, progress, root
+              ) -> dict[str, Any]:
     variants = web_twins(variants, settings.web) + [peer_variant(p) for p in settings.peers]
     variants, identity = dedupe(variants, root)
     images = [square_image(p, settings.size) for p in image_paths]

@@ -92,6 +92,21 @@ def test_teacher_against_itself_is_identical_and_damage_shows(report):
     assert [e["parity"]["passed"] for e in report["exports"]] == [True]
 
 
+def test_evaluating_leaves_the_callers_torch_threads_as_they_were(run_dir, tmp_path):
+    """The evaluation times on ``evaluate.threads``; a caller's later training keeps its own thread count."""
+    run = shutil.copytree(run_dir, tmp_path / "run", ignore=shutil.ignore_patterns("evaluation", "report.*"))
+    recipe = Recipe(name="t", loss_network="random",
+                    evaluate=EvaluateStage(size=SIZE, latency_sizes=[SIZE], latency_runs=3, warmup=0, threads=1,
+                                           memory=False))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        evaluate_stage(RunContext(recipe=recipe, run_dir=run, progress=False))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_each_photo_is_judged_in_bands_beside_its_own_shift(report):
     """Per photo the report gives the judge's distances in the set's bands (their mean is the headline) and the
     teacher's own 2-px shift on that photo in the same bands (their mean is the bar for *close*)."""
