@@ -512,8 +512,8 @@ def markdown(report: dict[str, Any], plots: dict[str, str] | None = None) -> str
         parts += ["", "## Fidelity per style", "", md_table(header, rows)]
     header, rows = per_image_rows(report)
     if rows:
-        parts += ["", "## Fidelity per held-out photo", "", md_table(header, rows)]
-        parts += ["", photo_shift_note(report)] if photo_shift_note(report) else []
+        note = photo_shift_note(report)
+        parts += ["", "## Fidelity per held-out photo", "", md_table(header, rows)] + (["", note] if note else [])
     for name, title in (("frontier", "Latency vs fidelity"), ("size", "Size vs fidelity"),
                         ("widths", "Channel widths per layer")):
         if name in plots:
@@ -875,8 +875,9 @@ def to_html(report: dict[str, Any], out_dir: Path, plots: dict[str, bytes | None
         parts += ["<h2>Fidelity per style</h2>", _html_table(header, prow)]
     header, prow = per_image_rows(report)
     if prow:
+        note = photo_shift_note(report)
         parts += ["<h2>Fidelity per held-out photo</h2>", _html_table(header, prow)]
-        parts += [f'<p class="legend">{html.escape(photo_shift_note(report))}</p>'] if photo_shift_note(report) else []
+        parts += [f'<p class="legend">{html.escape(note)}</p>'] if note else []
     for name, title in (("frontier", "Latency vs fidelity"), ("size", "Size vs fidelity"),
                         ("widths", "Channel widths per layer")):
         if plots.get(name):

@@ -113,12 +113,19 @@ def within_budget(quality: dict[str, Any], settings: QuantizeStage) -> bool:
                  or quality["style_increase_pct"] <= settings.max_style_increase_pct))
 
 
+BUDGET_COLUMNS = ("grade", "perceptual_bands", "style_bands", "vector_bands", "psnr_db")  # what a warning quotes
+
+
+def _short(value: float | str) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
 def _mixed_precision(settings: QuantizeStage, keep_float: list[str], float_onnx: Path,
                      calibration: list[CalibrationSample], judge: QualityProbe, work_dir: Path,
                      mode: str) -> tuple[list[str], dict]:
     """Greedy: from the ``keep_float`` globs, add the most sensitive layer to the float set until the int8 model
-    (ORT, ``mode``: static or dynamic) fits the budget(s). A budget the float model itself misses (judged
-    against a teacher) is said at once, and no conv is kept float for it: no float set could meet it."""
+    (ORT, ``mode``: static or dynamic) fits the budget(s). A budget the float model itself misses (its distance
+    from a teacher, or a PSNR above its own export's) is said at once, and no conv is kept float for it."""
     layers = conv_layers(float_onnx)
     by = "perceptual" if settings.grade else "psnr" if settings.min_psnr_db is not None else "style"
     budget = {"budget_grade": settings.grade, "budget_min_psnr_db": settings.min_psnr_db,
@@ -156,12 +163,6 @@ def _mixed_precision(settings: QuantizeStage, keep_float: list[str], float_onnx:
                     "it", mode, ", ".join(f"{k} {_short(trail[-1][k])}" for k in BUDGET_COLUMNS if k in trail[-1]))
     return keep, {**budget, "met": met, "float_model": float_quality, "ranking": ranking, "trail": trail}
 
-
-BUDGET_COLUMNS = ("grade", "perceptual_bands", "style_bands", "vector_bands", "psnr_db")
-
-
-def _short(value: float | str) -> str:
-    return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
 def _job(reference: nn.Module, source_dir: Path, fmt: str, mode: str, keep_float: list[str], out_dir: Path,
