@@ -164,7 +164,6 @@ def _mixed_precision(settings: QuantizeStage, keep_float: list[str], float_onnx:
     return keep, {**budget, "met": met, "float_model": float_quality, "ranking": ranking, "trail": trail}
 
 
-
 def _job(reference: nn.Module, source_dir: Path, fmt: str, mode: str, keep_float: list[str], out_dir: Path,
          float_dir: Path, settings: QuantizeStage, calibration: list[CalibrationSample], judge: QualityProbe | None,
          extra: dict[str, Any], exported: dict[tuple, tuple[Path, dict[str, Any]]]) -> QuantizeJob:
