@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import shutil
+import time
 from pathlib import Path
 
 from compressor.config import Recipe
@@ -43,8 +44,10 @@ def _stage_hash(recipe: Recipe, stage: str, upstream: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def write_stamp(path: Path, digest: str, status: str) -> None:
-    atomic_write(path, lambda p: p.write_text(json.dumps({"hash": digest, "status": status}) + "\n"))
+def write_stamp(path: Path, digest: str, status: str, seconds: float | None = None) -> None:
+    """The stage's input hash and status; ``seconds``, the wall time its last run took (the profile of a run)."""
+    stamp = {"hash": digest, "status": status} | ({"seconds": round(seconds, 1)} if seconds is not None else {})
+    atomic_write(path, lambda p: p.write_text(json.dumps(stamp) + "\n"))
 
 
 def preflight(recipe: Recipe) -> None:
@@ -130,6 +133,7 @@ def run_recipe(recipe: Recipe, out_root: Path = Path("runs"), force: bool = Fals
                 shutil.rmtree(stage_dir)
             log.info("stage %s: %s", stage, "resuming" if same else "running")
             write_stamp(stamp_path, digest, "running")
+            started = time.perf_counter()
             try:
                 run(ctx)
             except BaseException as exc:
@@ -140,7 +144,9 @@ def run_recipe(recipe: Recipe, out_root: Path = Path("runs"), force: bool = Fals
                 as_key = re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: f"{stage}.{m.group(1)}", known.line())
                 raise UserError(f"stage {stage}", as_key, "its partial output was removed; fix and run again"
                                 ) from exc
-            write_stamp(stamp_path, digest, "done")
+            seconds = time.perf_counter() - started
+            write_stamp(stamp_path, digest, "done", seconds)
+            log.info("stage %s: done in %.0f s", stage, seconds)
         ctx.stamps[stage] = digest
         upstream = digest
     return ctx.run_dir
