@@ -34,6 +34,7 @@ from compressor.fidelity import (
     calibrate,
     degenerate,
     distances,
+    grade,
     in_bands,
     judge_info,
     judgement,
@@ -331,7 +332,10 @@ def _judge(variants, rows, per_variant, images, image_names, judged, threads: in
         per_item = [distances(e, r) for e, r in zip(embedded, refs)]
         q = row["quality"]
         for i, (entry, raw) in enumerate(zip(q.get("per_image", []), per_item)):  # style-major, as judged
-            entry["judge"] = raw | {f"{d}_bands": v for d, v in in_bands(raw, info["calibration"][i // n]).items()}
+            cal = info["calibration"][i // n]
+            own = cal["per_photo"][i % n]  # this photo's own band and shift: its yardstick differs widely by photo
+            entry["judge"] = raw | {f"{d}_bands": v for d, v in in_bands(raw, cal).items()} | {
+                "grade": grade(in_bands(raw, own), own)}
         per_style = []
         for s, cal in enumerate(info["calibration"]):
             per_style.append(judgement(per_item[s * n:(s + 1) * n], cal))

@@ -21,6 +21,7 @@ from compressor.io import atomic_write, write_json, write_text
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 DISTANCES = ("perceptual", "style", "vector")  # the judge's, as compressor.fidelity names them
+GRADES = ("indistinguishable", "close", "different")  # compressor.fidelity's, best first (it imports torch)
 MARKERS = {"torch": "o", "onnxruntime": "s", "litert": "^", "coreml": "D"}
 COLORS = {"torch": "C0", "onnxruntime": "C1", "litert": "C2", "coreml": "C4"}
 CROP = 96  # side (px) of the full-resolution crop in the image grid
@@ -195,13 +196,22 @@ def _speedup(row: dict[str, Any], yardstick: dict[str, Any] | None) -> float | N
     return yardstick and mine and _latency(yardstick)["p50"] / mine
 
 
-def _fidelity_text(row: dict[str, Any]) -> str:
+def fidelity_text(row: dict[str, Any]) -> str:
     """'close (2.1 bands, 24.7 dB)': the grade, the perceptual distance in bands and the PSNR column."""
     judged = row["quality"].get("judge")
     psnr = _psnr_text(fidelity_db(row)) if fidelity_db(row) is not None else "–"
     if not judged:
         return f"PSNR {psnr} dB"
-    return f"{judged['grade']} ({judged['perceptual_bands']:.2f} bands, {psnr} dB)"
+    return f"{judged['grade']} ({judged['perceptual_bands']:.2f} bands, {psnr} dB{photo_caveat(row)})"
+
+
+def photo_caveat(row: dict[str, Any], grade: str | None = None) -> str:
+    """'; different on rocket.jpg in its own band': each held-out photo whose grade in its own band and shift is
+    worse than ``grade`` (default: the pooled grade; one photo's wide band can cover another's error in the mean)."""
+    limit = GRADES.index(grade or row["quality"]["judge"]["grade"])
+    worse = [f"{f['judge']['grade']} on {f['image']}" for f in row["quality"].get("per_image", [])
+             if GRADES.index(f.get("judge", {}).get("grade", GRADES[0])) > limit]
+    return f"; {', '.join(worse)} in its own band" if worse else ""
 
 
 def _peer_line(report: dict[str, Any]) -> list[str]:
@@ -209,16 +219,16 @@ def _peer_line(report: dict[str, Any]) -> list[str]:
     if yardstick is None:
         return []
     line = (f"Peer: `{yardstick['name']}` ({_runtime_label(yardstick)}), p50 {_latency(yardstick)['p50']:.1f} ms, "
-            f"{_fidelity_text(yardstick)} vs the teacher; measured beside the variants, never ranked")
+            f"{fidelity_text(yardstick)} vs the teacher; measured beside the variants, never ranked")
     verdict = next((r for r in report["variants"] if r.get("verdict")), None)
     if verdict is not None:
-        line += f". The verdict is {_speedup(verdict, yardstick):.2f}× the peer's speed, {_fidelity_text(verdict)}"
+        line += f". The verdict is {_speedup(verdict, yardstick):.2f}× the peer's speed, {fidelity_text(verdict)}"
     artifacts = [r for r in report["variants"] if r["kind"] == "artifact" and _speedup(r, yardstick)
                  and grade_of(r) is not None]
     if artifacts:
         fastest = max(artifacts, key=lambda r: _speedup(r, yardstick))
         line += (f". Fastest artifact: `{fastest['name']}` ({_runtime_label(fastest)}), "
-                 f"{_speedup(fastest, yardstick):.2f}× the peer's speed, {_fidelity_text(fastest)}")
+                 f"{_speedup(fastest, yardstick):.2f}× the peer's speed, {fidelity_text(fastest)}")
     return [line]
 
 
@@ -292,6 +302,7 @@ def _ship_lines(report: dict[str, Any]) -> list[str]:
                 continue
             speed = (f"{pick['speedup_vs_teacher']:.2f}× the teacher on {entry['runtime']}"
                      if pick.get("speedup_vs_teacher") else "no teacher baseline on this runtime")
+            speed += photo_caveat(next(r for r in report["variants"] if r["name"] == pick["name"]), worst)
             picks.append(f"{worst}: `{pick['name']}` ({speed})")
         lines.append(f"{_runtime_label(entry)}: " + "; ".join(picks))
     return lines
@@ -302,11 +313,11 @@ def _preamble(report: dict[str, Any]) -> list[str]:
     need = rk.get("grade", "close") + (f" and PSNR ≥ {rk['min_psnr_db']:g} dB" if rk.get("min_psnr_db") else "")
     if rk["verdict"]:
         row = next(r for r in report["variants"] if r["name"] == rk["verdict"])
-        verdict = f"**{rk['verdict']}** ({_runtime_label(row)}) — the fastest variant graded {need}: {_fidelity_text(row)}"
+        verdict = f"**{rk['verdict']}** ({_runtime_label(row)}) — the fastest variant graded {need}: {fidelity_text(row)}"
     else:
         closest = next((r for r in report["variants"] if r["name"] == rk.get("closest")), None)
         verdict = f"no variant is graded {need}" + (
-            f"; the closest is `{closest['name']}`, {_fidelity_text(closest)}" if closest else "")
+            f"; the closest is `{closest['name']}`, {fidelity_text(closest)}" if closest else "")
     return [
         f"Verdict: {verdict}",
         *[f"Ship on {line}" for line in _ship_lines(report)],
@@ -424,15 +435,21 @@ def _fidelity_rows(report: dict[str, Any], key: str, label) -> tuple[list[str], 
             continue
         labels = labels or list(per)
         rows.append([r["name"]] + [_fidelity_cell(per[n]) if n in per else "–" for n in labels])
-    judged = any("perceptual_bands" in f.get("judge", {}) for r in runnable(report) for f in r["quality"].get(key, []))
-    what = "perceptual / style / vector bands · PSNR dB / SSIM" if judged else "PSNR dB / SSIM"
+    cells = [f for r in runnable(report) for f in r["quality"].get(key, [])]
+    what = "PSNR dB / SSIM"
+    if any("perceptual_bands" in f.get("judge", {}) for f in cells):
+        what = f"perceptual / style / vector bands · {what}"
+    if any("grade" in f.get("judge", {}) for f in cells):
+        what += " · grade in the photo's own band" if key == "per_image" else " · grade"
     return ["variant"] + [f"{n}: {what}" for n in labels], rows
 
 
 def _fidelity_cell(f: dict[str, Any]) -> str:
     judged = f.get("judge", {})
     bands = " / ".join(f"{judged[f'{d}_bands']:.2f}" for d in DISTANCES) + " · " if "perceptual_bands" in judged else ""
-    return f"{bands}{_psnr_text(f['psnr_vs_teacher'], f['psnr_vs_teacher'] is None)} / {f['ssim_vs_teacher']:.3f}"
+    graded = f" · {judged['grade']}" if "grade" in judged else ""
+    return (f"{bands}{_psnr_text(f['psnr_vs_teacher'], f['psnr_vs_teacher'] is None)} / {f['ssim_vs_teacher']:.3f}"
+            f"{graded}")
 
 
 def photo_shift_note(report: dict[str, Any]) -> str | None:
@@ -444,9 +461,12 @@ def photo_shift_note(report: dict[str, Any]) -> str | None:
     cal = calibrations[0]
     shifts = "; ".join(f"{p['image']} " + " / ".join(f"{p['shift_bands'][d]:.2f}" for d in DISTANCES)
                        for p in cal["per_photo"])
+    own = "; ".join(f"{p['image']} " + " / ".join(f"{p['band'][d] / cal['band'][d]:.2f}" if cal["band"][d] > 0
+                                                  else "–" for d in DISTANCES) for p in cal["per_photo"])
     return (f"The teacher's own {cal['shift_px']}-px shift photo by photo, perceptual / style / vector in the same "
             f"bands: {shifts}. A variant is close within their mean; on each photo, set its distances beside that "
-            "photo's own shift.")
+            f"photo's own shift. Each photo's own band, in the same bands: {own}. The grade in each cell is in that "
+            "photo's own band and shift; the headline grade pools the photos.")
 
 
 def per_image_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -108,8 +109,10 @@ def test_evaluating_leaves_the_callers_torch_threads_as_they_were(run_dir, tmp_p
 
 
 def test_each_photo_is_judged_in_bands_beside_its_own_shift(report):
-    """Per photo the report gives the judge's distances in the set's bands (their mean is the headline) and the
-    teacher's own 2-px shift on that photo in the same bands (their mean is the bar for *close*)."""
+    """Per photo the report gives the judge's distances in the set's bands (their mean is the headline), the
+    teacher's own 2-px shift on that photo in the same bands (their mean is the bar for *close*), and the photo's
+    grade in its own band and shift."""
+    from compressor.fidelity import grade, in_bands
     from evaluation.report import markdown
 
     [calibration] = report["judge"]["calibration"]
@@ -124,11 +127,16 @@ def test_each_photo_is_judged_in_bands_beside_its_own_shift(report):
         per_photo = [f["judge"][f"{d}_bands"] for f in damaged["per_image"]]
         assert per_photo[0] != per_photo[1]  # two photos, two distances
         assert sum(per_photo) / len(per_photo) == pytest.approx(damaged["judge"][f"{d}_bands"])
+    for entry, own in zip(damaged["per_image"], calibration["per_photo"]):  # graded in its own band and shift
+        raw = {d: entry["judge"][d] for d in ("perceptual", "style", "vector")}
+        assert entry["judge"]["grade"] == grade(in_bands(raw, own), own)
     text = markdown(report)
-    assert f"{names[0]}: perceptual / style / vector bands · PSNR dB / SSIM" in text
+    assert f"{names[0]}: perceptual / style / vector bands · PSNR dB / SSIM · grade in the photo's own band" in text
     first = damaged["per_image"][0]["judge"]
-    assert " / ".join(f"{first[f'{d}_bands']:.2f}" for d in ("perceptual", "style", "vector")) in text
+    bands = " / ".join(f"{first[f'{d}_bands']:.2f}" for d in ("perceptual", "style", "vector"))
+    assert re.search(rf"{re.escape(bands)} · [^|]* · {first['grade']}", text)
     assert "2-px shift photo by photo" in text and names[1] in text.split("2-px shift photo by photo")[1]
+    assert "Each photo's own band" in text
 
 
 def test_each_artifact_is_evaluated_once_and_lists_every_path(report):

@@ -11,7 +11,7 @@ import torch
 from compressor.models import TransformerNet, TransformerNetSpec, save_model
 from evaluation.evaluate import rank
 from evaluation.latency import machine_info
-from evaluation.report import fidelity_scatter, machine_line, place_labels
+from evaluation.report import fidelity_scatter, fidelity_text, machine_line, photo_caveat, place_labels
 from evaluation.variants import content_hash
 from exports.manifest import manifest_path
 
@@ -87,6 +87,19 @@ def test_what_to_ship_per_runtime_is_timed_against_the_teacher_on_that_runtime()
     assert ort["indistinguishable"] == {"name": "student.onnx", "speedup_vs_teacher": 2.5}
     assert ort["close"] == {"name": "student-int8.onnx", "speedup_vs_teacher": 5.0}
     assert per["litert"]["teacher"] is None and per["litert"]["close"]["speedup_vs_teacher"] is None
+
+
+def test_a_photo_graded_worse_in_its_own_band_is_named_beside_the_pooled_grade():
+    """Pooled, one photo's wide band can cover another's error: the fp32 student of the quickstart is
+    indistinguishable on the mean of two photos but close on astronaut.png in that photo's own band."""
+    student = row("student", 10.0, 27.0, 0.0, 0.4, "indistinguishable")
+    student["quality"]["per_image"] = [{"image": "astronaut.png", "judge": {"grade": "close"}},
+                                       {"image": "rocket.jpg", "judge": {"grade": "indistinguishable"}}]
+    assert photo_caveat(student) == "; close on astronaut.png in its own band"
+    assert photo_caveat(student, "close") == ""  # within what a close pick promises
+    student["quality"]["per_image"][1]["judge"]["grade"] = "different"
+    assert photo_caveat(student, "close") == "; different on rocket.jpg in its own band"
+    assert "close on astronaut.png, different on rocket.jpg in its own band" in fidelity_text(student)
 
 
 def test_labels_do_not_overlap_and_identical_points_sit_on_the_teacher_line():
