@@ -332,12 +332,22 @@ def _preamble(report: dict[str, Any]) -> list[str]:
          + (f", each in styles {', '.join(s['styles'])} of the teacher" if s.get("styles") else "")),
         *_peer_line(report),
         f"Machine: {machine_line(report)}",
+        *_run_line(report),
         *_browser_lines(report),
         (f"Latency: {s['warmup']} warm-up + {s['latency_runs']} timed runs per variant and size, round-robin in one "
          f"process. Loss deltas judged by VGG19 {report['loss_network']['weights']}"
          + (" (the random fallback: read them as texture statistics, not ImageNet perception)"
             if report["loss_network"]["weights"].startswith("random") else "") + "."),
     ]
+
+
+def _run_line(report: dict[str, Any]) -> list[str]:
+    """What the run cost before this evaluation, stage by stage (a skipped stage's own last run)."""
+    seconds = report.get("run", {}).get("stage_seconds")
+    if not seconds:
+        return []
+    took = " · ".join(f"{stage} {s:.0f} s" if s < 90 else f"{stage} {s / 60:.1f} min" for stage, s in seconds.items())
+    return [f"Run: {took} (each stage's last run, before this evaluation)"]
 
 
 def table_header(report: dict[str, Any]) -> list[str]:

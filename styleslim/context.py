@@ -34,6 +34,7 @@ class RunContext:
     progress: bool = True
     resume: bool = False
     stamps: dict[str, str] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # each finished stage's last run: the profile
 
     def stage_dir(self, stage: str) -> Path:
         return self.run_dir / STAGE_DIRS[stage]

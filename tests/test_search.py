@@ -71,6 +71,9 @@ def test_search_judges_each_candidate_trains_the_winner_on_and_reports_it(tmp_pa
 
     report = json.loads((run_dir / "report.json").read_text())
     assert report["search"]["winner"] == search["winner"]
+    took = report["run"]["stage_seconds"]  # what each stage before the evaluation cost, in the report
+    assert list(took) == ["model", "search", "distill", "export"] and took["search"] > took["model"]
+    assert f"search {took['search']:.0f} s" in (run_dir / "report.md").read_text()
     peers = [v for v in report["variants"] if v["kind"] == "peer"]
     assert len(peers) == 1 and peers[0]["latency_ms"]["onnxruntime"]["p50"] > 0
     assert peers[0]["quality"]["psnr_vs_teacher"] is not None
