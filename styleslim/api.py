@@ -182,7 +182,6 @@ def stylize(model: nn.Module | Artifact | str | Path, photo: Photo, style: str |
         return stylizer(_photo(photo)).clamp(0, 1)
 
 
-
 def judge(reference: Photo, candidate: Photo) -> dict[str, float | str]:
     """How far ``candidate``'s picture is from ``reference``'s, by the perceptual judge (0 = identical):
     ``perceptual`` (content and texture) and ``style`` (feature statistics); ``judge`` names the network."""
