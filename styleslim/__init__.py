@@ -28,6 +28,7 @@ __all__ = [
     "load_model",
     "prune",
     "quantize",
+    "run",
     "save_model",
     "stylize",
 ]

@@ -6,6 +6,7 @@
     artifact = styleslim.quantize(smaller, "tflite")             # real int8 on LiteRT, parity-checked
     picture = styleslim.stylize(artifact, "photo.jpg")           # (1, 3, H, W) in [0, 1]
     print(styleslim.judge(styleslim.stylize(model, "photo.jpg"), picture))
+    run_dir = styleslim.run("recipes/quickstart.yaml", ["distill.steps=300"])  # a whole recipe, as `styleslim run`
 
 Configs are the recipe's stage classes (``PruneConfig`` is a recipe's ``prune:`` section); keyword settings
 build one. Nothing here downloads: a missing ImageNet VGG19 falls back to the seeded random one, loudly.
@@ -41,6 +42,8 @@ from exports.quantize import quantize as _quantize
 from exports.runtime import load_runner
 from exports.stage import export_artifact
 from exports.tile_export import stylizer_for
+from compressor.recipe import apply_overrides, load_recipe
+from styleslim.pipeline import run_recipe
 from styleslim.stages import evaluate_paths
 
 PruneConfig = PruneStage
@@ -200,3 +203,16 @@ def evaluate(variants: list[nn.Module | Artifact | str | Path], teacher: nn.Modu
                  for i, v in enumerate(variants)]
         return evaluate_paths(paths, _as_folder(teacher, f"{scratch}/teacher"), vgg, Path(out), settings=config,
                               progress=False)
+
+
+def run(recipe: str | Path | Recipe, overrides: list[str] | None = None, out: str | Path = "runs",
+        force: bool = False) -> Path:
+    """Run a compression recipe (a YAML file or a ``Recipe``) as ``styleslim run`` does; returns its run folder,
+    ``out``/<name>, with ``report.json`` when the recipe evaluates. ``overrides``: ``["distill.steps=300"]``, as
+    ``--set`` takes them. Stages whose settings and inputs are unchanged are skipped (``force`` re-runs them)."""
+    if isinstance(recipe, Recipe):
+        recipe = Recipe.model_validate(apply_overrides(recipe.model_dump(mode="json"), overrides or []))
+    else:
+        recipe = load_recipe(recipe, overrides)
+    return run_recipe(recipe, Path(out), force=force, progress=False)
+

@@ -101,3 +101,18 @@ def test_a_pytorch_examples_checkpoint_to_litert_int8_with_a_report_in_five_line
     assert artifact.path.suffix == ".tflite" and artifact.manifest["precision"] == "int8"
     assert (tmp_path / "report" / "report.html").is_file()
     assert [v["name"] for v in report["variants"]][0] == "teacher" and report["judge"]["network"]
+
+
+def test_a_recipe_runs_from_python_with_overrides_and_skips_what_is_unchanged(tmp_path):
+    from compressor.recipe import load_recipe
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("name: tiny\nloss_network: random\nstyle_size: 64\nmodel:\n  family: transformer_net\n"
+                      "  spec: {conv1: 8, conv2: 16, trunk: 16, res_inner: [16, 16, 16, 16, 16], deconv1: 16, "
+                      "deconv2: 8}\n  train: {steps: 2, batch_size: 1, crop: 32}\nprune: {ratio: 0.5}\n")
+    run_dir = styleslim.run(recipe, ["prune.ratio=0.25"], out=tmp_path / "runs")
+    assert run_dir == tmp_path / "runs" / "tiny"
+    assert styleslim.load_model(run_dir / "pruned").current_spec().trunk == 12  # the override, not the file's 0.5
+    stamp = (run_dir / "pruned" / ".stage.json").stat().st_mtime_ns
+    styleslim.run(load_recipe(recipe), ["prune.ratio=0.25"], out=tmp_path / "runs")  # a Recipe, the same settings
+    assert (run_dir / "pruned" / ".stage.json").stat().st_mtime_ns == stamp
