@@ -36,13 +36,13 @@ from compressor.models import get_family, load_any, load_vgg19
 from compressor.models import save_model as _save_model
 from compressor.models.registry import family_names
 from compressor.prune import prune_model
+from compressor.recipe import apply_overrides, load_recipe
 from exports.backends import Runner
 from exports.manifest import read_manifest
 from exports.quantize import quantize as _quantize
 from exports.runtime import load_runner
 from exports.stage import export_artifact
 from exports.tile_export import stylizer_for
-from compressor.recipe import apply_overrides, load_recipe
 from styleslim.pipeline import run_recipe
 from styleslim.stages import evaluate_paths
 
