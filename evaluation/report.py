@@ -332,7 +332,7 @@ def _preamble(report: dict[str, Any]) -> list[str]:
          + (f", each in styles {', '.join(s['styles'])} of the teacher" if s.get("styles") else "")),
         *_peer_line(report),
         f"Machine: {machine_line(report)}",
-        *_run_line(report),
+        *([f"Run: {run_cost(report)} (each stage's last run, before this evaluation)"] if run_cost(report) else []),
         *_browser_lines(report),
         (f"Latency: {s['warmup']} warm-up + {s['latency_runs']} timed runs per variant and size, round-robin in one "
          f"process. Loss deltas judged by VGG19 {report['loss_network']['weights']}"
@@ -341,13 +341,13 @@ def _preamble(report: dict[str, Any]) -> list[str]:
     ]
 
 
-def _run_line(report: dict[str, Any]) -> list[str]:
-    """What the run cost before this evaluation, stage by stage (a skipped stage's own last run)."""
+def run_cost(report: dict[str, Any]) -> str | None:
+    """'model 2 s · distill 3.5 min': what the run cost before this evaluation, stage by stage (a skipped stage's
+    own last run); None for a report of no recipe run."""
     seconds = report.get("run", {}).get("stage_seconds")
     if not seconds:
-        return []
-    took = " · ".join(f"{stage} {s:.0f} s" if s < 90 else f"{stage} {s / 60:.1f} min" for stage, s in seconds.items())
-    return [f"Run: {took} (each stage's last run, before this evaluation)"]
+        return None
+    return " · ".join(f"{stage} {s:.0f} s" if s < 90 else f"{stage} {s / 60:.1f} min" for stage, s in seconds.items())
 
 
 def table_header(report: dict[str, Any]) -> list[str]:
@@ -965,8 +965,9 @@ def _compare_facts(report_a, report_b, label_a, label_b) -> list[str]:
     lines = []
     for lab, rep in ((label_a, report_a), (label_b, report_b)):
         rk = rep["ranking"]
+        cost = f"; run: {run_cost(rep)}" if run_cost(rep) else ""
         lines.append(f"{lab}: verdict **{rk['verdict'] or 'none graded ' + rk.get('grade', 'close')}**; "
-                     f"{machine_line(rep)}")
+                     f"{machine_line(rep)}{cost}")
     lines.append("Ranked by the judge's perceptual distance from each run's own teacher, in that teacher's "
                  f"same-picture bands. {DELTA_LEGEND}")
     if not_runnable(report_a) or not_runnable(report_b):

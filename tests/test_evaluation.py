@@ -223,7 +223,9 @@ def test_report_and_compare_commands(report, run_dir, tmp_path):
     slower = json.loads(json.dumps(report))
     for v in slower["variants"]:
         v["latency_ms"][v["runtime"]]["p50"] *= 2
+    slower["run"]["stage_seconds"] = {"distill": 207.3, "export": 9.8}  # as a recipe run records them
     write_reports(slower, other)
+    assert "- Run: distill 3.5 min · export 10 s" in (other / "report.md").read_text()
     (run_dir / "report.html").unlink()
     cli = CliRunner()
     result = cli.invoke(app, ["report", str(run_dir)])
@@ -233,7 +235,7 @@ def test_report_and_compare_commands(report, run_dir, tmp_path):
     result = cli.invoke(app, ["compare", str(run_dir), str(other), "-o", str(out)])
     assert result.exit_code == 0, result.output
     table = out.read_text()
-    assert "| distilled |" in table and "2.00×" in table
+    assert "| distilled |" in table and "2.00×" in table and "; run: distill 3.5 min · export 10 s" in table
     assert "![both frontiers](cmp.frontier.png)" in table and (tmp_path / "cmp.frontier.png").stat().st_size > 0
     page = (tmp_path / "cmp.html").read_text()
     assert page.count('src="data:image/png;base64,') == 1 and "2.00×" in page and "://" not in page  # nothing fetched from anywhere
