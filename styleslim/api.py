@@ -215,4 +215,3 @@ def run(recipe: str | Path | Recipe, overrides: list[str] | None = None, out: st
     else:
         recipe = load_recipe(recipe, overrides)
     return run_recipe(recipe, Path(out), force=force, progress=False)
-
