@@ -209,9 +209,14 @@ def photo_caveat(row: dict[str, Any], grade: str | None = None) -> str:
     """'; different on rocket.jpg in its own band': each held-out photo whose grade in its own band and shift is
     worse than ``grade`` (default: the pooled grade; one photo's wide band can cover another's error in the mean)."""
     limit = GRADES.index(grade or row["quality"]["judge"]["grade"])
-    worse = [f"{f['judge']['grade']} on {f['image']}" for f in row["quality"].get("per_image", [])
-             if GRADES.index(f.get("judge", {}).get("grade", GRADES[0])) > limit]
-    return f"; {', '.join(worse)} in its own band" if worse else ""
+    pictures = row["quality"].get("per_image", [])
+    worse = [f for f in pictures if GRADES.index(f.get("judge", {}).get("grade", GRADES[0])) > limit]
+    if len(worse) > 3:  # a multi-style teacher: one picture per photo and style
+        worst = max((f["judge"]["grade"] for f in worse), key=GRADES.index)
+        return f"; {len(worse)} of {len(pictures)} pictures worse in their own band, {worst} the worst"
+    named = [f"{f['judge']['grade']} on {f['image']}" + (f" in style {f['style']}" if "style" in f else "")
+             for f in worse]
+    return f"; {', '.join(named)} in its own band" if named else ""
 
 
 def _peer_line(report: dict[str, Any]) -> list[str]:
