@@ -214,7 +214,7 @@ def photo_caveat(row: dict[str, Any], grade: str | None = None) -> str:
     if len(worse) > 3:  # a multi-style teacher: one picture per photo and style
         worst = max((f["judge"]["grade"] for f in worse), key=GRADES.index)
         return f"; {len(worse)} of {len(pictures)} pictures worse in their own band, {worst} the worst"
-    named = [f"{f['judge']['grade']} on {f['image']}" + (f" in style {f['style']}" if "style" in f else "")
+    named = [f"{f['judge']['grade']} on {f['image']}" + (f" · style {f['style']}" if "style" in f else "")
              for f in worse]
     return f"; {', '.join(named)} in its own band" if named else ""
 
