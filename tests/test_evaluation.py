@@ -303,6 +303,7 @@ def test_peak_rss_is_measured_in_a_fresh_process(run_dir):
 
 def test_a_multistyle_teacher_is_judged_per_style(tmp_path):
     """A single-style student of style 1 is faithful on style 1 only; the report shows it style by style."""
+    from compressor.fidelity import grade, in_bands
     from compressor.models import get_family
     from compressor.models.multistyle import MultiStyleNet, MultiStyleSpec
     from styleslim.stages import evaluate_paths
@@ -332,6 +333,12 @@ def test_a_multistyle_teacher_is_judged_per_style(tmp_path):
     assert per_style["1"]["psnr_vs_teacher"] is None or per_style["1"]["psnr_vs_teacher"] > 60  # the same style
     assert per_style["0"]["psnr_vs_teacher"] < 30 and per_style["0:0.5,2:0.5"]["psnr_vs_teacher"] < 30
     assert len(student["quality"]["per_image"]) == 3 * len(report["eval_images"])
+    n = len(report["eval_images"])
+    for i, entry in enumerate(student["quality"]["per_image"]):  # style-major: each in its style's own photo band
+        own = report["judge"]["calibration"][i // n]["per_photo"][i % n]
+        raw = {d: entry["judge"][d] for d in ("perceptual", "style", "vector")}
+        assert entry["style"] == report["judge"]["calibration"][i // n]["style"]
+        assert entry["judge"]["grade"] == grade(in_bands(raw, own), own)
     # A style bank's styles have no image: style loss is measured against the teacher's own pictures, so the
     # teacher scores exactly 0 and the report names no unrelated painting as the style.
     assert report["style_reference"] == "teacher_output" and report["style"] is None
