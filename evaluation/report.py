@@ -318,7 +318,8 @@ def _preamble(report: dict[str, Any]) -> list[str]:
     need = rk.get("grade", "close") + (f" and PSNR ≥ {rk['min_psnr_db']:g} dB" if rk.get("min_psnr_db") else "")
     if rk["verdict"]:
         row = next(r for r in report["variants"] if r["name"] == rk["verdict"])
-        verdict = f"**{rk['verdict']}** ({_runtime_label(row)}) — the fastest variant graded {need}: {fidelity_text(row)}"
+        verdict = (f"**{rk['verdict']}** ({_runtime_label(row)}) — the fastest variant graded {need}: "
+                   f"{fidelity_text(row)}")
     else:
         closest = next((r for r in report["variants"] if r["name"] == rk.get("closest")), None)
         verdict = f"no variant is graded {need}" + (
@@ -337,7 +338,7 @@ def _preamble(report: dict[str, Any]) -> list[str]:
          + (f", each in styles {', '.join(s['styles'])} of the teacher" if s.get("styles") else "")),
         *_peer_line(report),
         f"Machine: {machine_line(report)}",
-        *([f"Run: {run_cost(report)} (each stage's last run, before this evaluation)"] if run_cost(report) else []),
+        *([f"Run: {cost} (each stage's last run, before this evaluation)"] if (cost := run_cost(report)) else []),
         *_browser_lines(report),
         (f"Latency: {s['warmup']} warm-up + {s['latency_runs']} timed runs per variant and size, round-robin in one "
          f"process. Loss deltas judged by VGG19 {report['loss_network']['weights']}"
@@ -970,9 +971,8 @@ def _compare_facts(report_a, report_b, label_a, label_b) -> list[str]:
     lines = []
     for lab, rep in ((label_a, report_a), (label_b, report_b)):
         rk = rep["ranking"]
-        cost = f"; run: {run_cost(rep)}" if run_cost(rep) else ""
         lines.append(f"{lab}: verdict **{rk['verdict'] or 'none graded ' + rk.get('grade', 'close')}**; "
-                     f"{machine_line(rep)}{cost}")
+                     f"{machine_line(rep)}" + (f"; run: {cost}" if (cost := run_cost(rep)) else ""))
     lines.append("Ranked by the judge's perceptual distance from each run's own teacher, in that teacher's "
                  f"same-picture bands. {DELTA_LEGEND}")
     if not_runnable(report_a) or not_runnable(report_b):
