@@ -197,7 +197,8 @@ def _speedup(row: dict[str, Any], yardstick: dict[str, Any] | None) -> float | N
 
 
 def fidelity_text(row: dict[str, Any]) -> str:
-    """'close (2.1 bands, 24.7 dB)': the grade, the perceptual distance in bands and the PSNR column."""
+    """'close (2.1 bands, 24.7 dB)': the grade, the perceptual distance in bands and the PSNR column, and any photo
+    graded worse in its own band (``photo_caveat``)."""
     judged = row["quality"].get("judge")
     psnr = _psnr_text(fidelity_db(row)) if fidelity_db(row) is not None else "–"
     if not judged:
@@ -211,7 +212,7 @@ def photo_caveat(row: dict[str, Any], grade: str | None = None) -> str:
     limit = GRADES.index(grade or row["quality"]["judge"]["grade"])
     pictures = row["quality"].get("per_image", [])
     worse = [f for f in pictures if GRADES.index(f.get("judge", {}).get("grade", GRADES[0])) > limit]
-    if len(worse) > 3:  # a multi-style teacher: one picture per photo and style
+    if len(worse) > 3:  # many photos, or a multi-style teacher's picture per photo and style: counted
         worst = max((f["judge"]["grade"] for f in worse), key=GRADES.index)
         return f"; {len(worse)} of {len(pictures)} pictures worse in their own band, {worst} the worst"
     named = [f"{f['judge']['grade']} on {f['image']}" + (f" · style {f['style']}" if "style" in f else "")
