@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -33,8 +34,7 @@ class RunContext:
     force: bool = False
     progress: bool = True
     resume: bool = False
-    stamps: dict[str, str] = field(default_factory=dict)
-    stage_seconds: dict[str, float] = field(default_factory=dict)  # each finished stage's last run: the profile
+    stamps: dict[str, dict[str, Any]] = field(default_factory=dict)  # each finished stage's: hash, status, seconds
 
     def stage_dir(self, stage: str) -> Path:
         return self.run_dir / STAGE_DIRS[stage]

@@ -14,6 +14,7 @@ import re
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from compressor.config import Recipe
 from compressor.data import resolve_images, resolve_style
@@ -44,10 +45,11 @@ def _stage_hash(recipe: Recipe, stage: str, upstream: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def write_stamp(path: Path, digest: str, status: str, seconds: float | None = None) -> None:
+def write_stamp(path: Path, digest: str, status: str, seconds: float | None = None) -> dict[str, Any]:
     """The stage's input hash and status; ``seconds``, the wall time its last run took (the profile of a run)."""
     stamp = {"hash": digest, "status": status} | ({"seconds": seconds} if seconds is not None else {})
     atomic_write(path, lambda p: p.write_text(json.dumps(stamp) + "\n"))
+    return stamp
 
 
 def preflight(recipe: Recipe) -> None:
@@ -126,7 +128,6 @@ def run_recipe(recipe: Recipe, out_root: Path = Path("runs"), force: bool = Fals
         same = stamp.get("hash") == digest and not force
         if same and stamp.get("status") == "done":
             log.info("stage %s: unchanged, skipped (use --force to re-run)", stage)
-            seconds = stamp.get("seconds")
         else:
             # An interrupted stage with unchanged inputs resumes; anything else starts clean.
             ctx.resume = same
@@ -145,11 +146,8 @@ def run_recipe(recipe: Recipe, out_root: Path = Path("runs"), force: bool = Fals
                 as_key = re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: f"{stage}.{m.group(1)}", known.line())
                 raise UserError(f"stage {stage}", as_key, "its partial output was removed; fix and run again"
                                 ) from exc
-            seconds = round(time.perf_counter() - started, 1)
-            write_stamp(stamp_path, digest, "done", seconds)
-            log.info("stage %s: done in %.0f s", stage, seconds)
-        ctx.stamps[stage] = digest
-        if seconds is not None:
-            ctx.stage_seconds[stage] = seconds
+            stamp = write_stamp(stamp_path, digest, "done", round(time.perf_counter() - started, 1))
+            log.info("stage %s: done in %.0f s", stage, stamp["seconds"])
+        ctx.stamps[stage] = stamp
         upstream = digest
     return ctx.run_dir

@@ -219,7 +219,8 @@ def evaluate_stage(ctx: RunContext) -> dict[str, Any]:
         progress=ctx.progress,
         root=ctx.run_dir,
     )
-    report["run"] = {"name": ctx.recipe.name, "dir": ctx.run_dir.name, "stage_seconds": dict(ctx.stage_seconds)}
+    took = {stage: stamp["seconds"] for stage, stamp in ctx.stamps.items() if "seconds" in stamp}
+    report["run"] = {"name": ctx.recipe.name, "dir": ctx.run_dir.name, "stage_seconds": took}
     search = ctx.stage_dir("search") / SEARCH_RESULT
     if ctx.recipe.search is not None and search.is_file():
         report["search"] = json.loads(search.read_text())
