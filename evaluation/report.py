@@ -443,7 +443,7 @@ def coreml_rows(report: dict[str, Any]) -> list[list[str]]:
 
 def _fidelity_rows(report: dict[str, Any], key: str, label) -> tuple[list[str], list[list[str]]]:
     """One row per compared variant, one cell per entry of ``quality[key]`` (named by ``label``): the judge's
-    distances in bands where judged, then PSNR / SSIM."""
+    distances in bands where judged, then PSNR / SSIM, then the entry's grade where it has one."""
     labels: list[str] = []
     rows = []
     for r in runnable(report):
