@@ -9,7 +9,7 @@ them, run on the runtime the manifest names (``exports.backends``).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -191,15 +191,20 @@ def is_intermediate(rel: Path) -> bool:
     return any(part.startswith("float-") for part in rel.parts[:-1])
 
 
-def discover(run_dir: Path, intermediate: bool = False) -> tuple[list[Variant], list[dict[str, str]]]:
+def discover(run_dir: Path, intermediate: bool = False, current: Collection[str] | None = None
+             ) -> tuple[list[Variant], list[dict[str, str]]]:
     """Every variant a run folder holds, teacher first, and what could not be loaded (path, reason).
 
     Stages that did not run are simply absent; one unloadable folder does not stop the others.
     An artifact counts only with a valid manifest (written last); hidden temp folders are interrupted writes.
-    Intermediate float artifacts are left out unless ``intermediate``.
+    Intermediate float artifacts are left out unless ``intermediate``. ``current`` names the folders this run's
+    stages wrote or kept: any other one is an earlier run's, perhaps of another student, so it is left out and said.
     """
+    folders = dict.fromkeys(MODEL_FOLDERS + ARTIFACT_FOLDERS)
+    stale = {f for f in folders if current is not None and f not in current and (run_dir / f).is_dir()}
     found: list[Variant] = []
-    skipped: list[dict[str, str]] = []
+    skipped = [{"path": str(run_dir / f), "reason": "left by an earlier run: this recipe has no stage that writes it "
+                "now, so it may not be this run's model"} for f in folders if f in stale]
 
     def add(load: Callable[[], Variant], path: Path) -> None:
         try:
@@ -208,11 +213,11 @@ def discover(run_dir: Path, intermediate: bool = False) -> tuple[list[Variant], 
             skipped.append({"path": str(path), "reason": f"{type(exc).__name__}: {exc}"})
 
     for name in MODEL_FOLDERS:
-        if (run_dir / name / "spec.json").is_file():
+        if name not in stale and (run_dir / name / "spec.json").is_file():
             add(lambda name=name: torch_variant(name, run_dir / name), run_dir / name)
     for folder in ARTIFACT_FOLDERS:
         root = run_dir / folder
-        if not root.is_dir():
+        if folder in stale or not root.is_dir():
             continue
         for path in sorted(root.rglob("*")):
             if path.name.endswith(".manifest.json"):

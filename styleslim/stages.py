@@ -203,9 +203,10 @@ def export_stage(ctx: RunContext) -> None:
 
 
 def evaluate_stage(ctx: RunContext) -> dict[str, Any]:
-    """Evaluate every variant in the run folder; reports go to the run folder, images to evaluation/."""
+    """Evaluate every variant this run's stages made or kept; reports go to the run folder, images to evaluation/."""
     settings = ctx.recipe.evaluate or EvaluateStage()
-    variants, skipped = discover(ctx.run_dir, settings.show_intermediate)
+    current = [ctx.stage_dir(stage).name for stage in ctx.stamps]
+    variants, skipped = discover(ctx.run_dir, settings.show_intermediate, current)
     if not variants or variants[0].name != "teacher":
         raise FileNotFoundError(f"{ctx.run_dir / 'teacher'}: no teacher model; the evaluate stage needs the model stage")
     report = evaluate(

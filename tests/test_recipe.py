@@ -96,6 +96,22 @@ def test_pipeline_runs_stages_skips_unchanged_and_reruns_changed(tmp_path):
     assert stamp["status"] == "done" and stamp["seconds"] > 0  # each stage's time: the run's profile
 
 
+def test_a_stage_dropped_from_the_recipe_leaves_its_old_artifacts_out_of_the_report(tmp_path):
+    evaluate = {"size": 32, "latency_sizes": [32], "latency_runs": 3, "memory": False}
+    exported = load_recipe(write(tmp_path, {**TINY, "export": {"formats": ["onnx"], "size": 32}, "evaluate": evaluate}))
+    run_dir = run_recipe(exported, tmp_path / "runs", progress=False)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert "exports/model-fp32.onnx" in [v["name"] for v in report["variants"]]
+
+    # A new student and no export stage: the files in exports/ are the old student's, so they are not graded.
+    retrained = load_recipe(write(tmp_path, {**TINY, "evaluate": evaluate}), ["distill.lr=0.0005"])
+    run_recipe(retrained, tmp_path / "runs", progress=False)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert [v["name"] for v in report["variants"]] == ["teacher", "pruned", "distilled"]
+    assert [s["path"] for s in report["skipped"]] == ["exports"]
+    assert "`exports`: left by an earlier run" in (run_dir / "report.md").read_text()
+
+
 def test_run_cli_reports_recipe_errors(tmp_path):
     result = CliRunner().invoke(app, ["run", write(tmp_path, {**TINY, "evaluate": {"sizes": [1]}})])
     assert result.exit_code == 2 and "evaluate.sizes: unknown key" in result.output
