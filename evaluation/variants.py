@@ -200,11 +200,11 @@ def discover(run_dir: Path, intermediate: bool = False, current: Collection[str]
     Intermediate float artifacts are left out unless ``intermediate``. ``current`` names the folders this run's
     stages wrote or kept: any other one is an earlier run's, perhaps of another student, so it is left out and said.
     """
-    folders = dict.fromkeys(MODEL_FOLDERS + ARTIFACT_FOLDERS)
-    stale = {f for f in folders if current is not None and f not in current and (run_dir / f).is_dir()}
+    stale = [f for f in dict.fromkeys(MODEL_FOLDERS + ARTIFACT_FOLDERS)
+             if current is not None and f not in current and (run_dir / f).is_dir()]
     found: list[Variant] = []
     skipped = [{"path": str(run_dir / f), "reason": "left by an earlier run: this recipe has no stage that writes it "
-                "now, so it may not be this run's model"} for f in folders if f in stale]
+                "now, so it may not be this run's model"} for f in stale]
 
     def add(load: Callable[[], Variant], path: Path) -> None:
         try:
