@@ -58,12 +58,16 @@ def run_dir(tmp_path_factory) -> Path:
     return run
 
 
+# What a pipeline run that wrote ``run_dir``'s folders holds: each stage's stamp (the report grades only those).
+HELD = {stage: {"status": "done"} for stage in ("model", "prune", "distill", "quantize", "export")}
+
+
 @pytest.fixture(scope="module")
 def report(run_dir) -> dict:
     recipe = Recipe(name="t", loss_network="random",
                     evaluate=EvaluateStage(size=SIZE, latency_sizes=[SIZE], latency_runs=3, warmup=1, threads=1,
                                            memory=False))
-    return evaluate_stage(RunContext(recipe=recipe, run_dir=run_dir, progress=False))
+    return evaluate_stage(RunContext(recipe=recipe, run_dir=run_dir, progress=False, stamps=HELD))
 
 
 def by_name(report: dict) -> dict[str, dict]:
@@ -102,7 +106,7 @@ def test_evaluating_leaves_the_callers_torch_threads_as_they_were(run_dir, tmp_p
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        evaluate_stage(RunContext(recipe=recipe, run_dir=run, progress=False))
+        evaluate_stage(RunContext(recipe=recipe, run_dir=run, progress=False, stamps=HELD))
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
