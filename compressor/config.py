@@ -224,7 +224,11 @@ class QuantizeStage(Config):
         "'samples' (the bundled validation photos: a grey portrait and a micrograph). A budget is as strict as its "
         "photos: the reference's 2-px shift, in bands of its own variation, differs widely from photo to photo "
         "(benchmarks/README.md, stop 45), so give photos like those the model will paint.")
-    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calibration_method: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax", description="ONNX Runtime static int8's activation ranges: minmax (all the calibration images "
+        "reach), percentile (to the 99.999th: nearer on one student, farther on another) or entropy (KL-divergence "
+        "thresholds: they clip the texture, the quickstart's file goes from close to different); benchmarks/"
+        "README.md, stops 43 and 49. LiteRT keeps ai-edge-quantizer's min-max.")
     keep_float: KeepFloat = Field(
         default_factory=list, description="Conv module-name globs kept in float: one list for every int8 mode, or one "
         "per mode ({static: [stem.0], dynamic: []}; a mode not named keeps none). The RGB output conv is always float."

@@ -337,6 +337,29 @@ def test_onnx_static_weight_bits_follow_the_machine_or_the_recipe(model_dir, jud
     assert peak <= 64 if seven_bits else peak > 64, peak
 
 
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_onnx_clipping_calibration_narrows_activation_ranges(model_dir, judge_parts, tmp_path, method):
+    """Entropy and percentile calibration clip activation outliers that min-max keeps: every activation's int8
+    step is at most min-max's, some are finer (ORT's own entropy defaults leave min-max's range)."""
+    import onnx
+    from onnx import numpy_helper
+
+    vgg, grams = judge_parts
+
+    def steps(calibration_method: str) -> dict[str, float]:
+        settings = QuantizeStage(size=SIZE, calibration_method=calibration_method)
+        [manifest] = quantize(model_dir, tmp_path / calibration_method, settings, vgg, grams, progress=False)
+        assert manifest["quantization"]["calibration_method"] == calibration_method
+        graph = onnx.load(str(tmp_path / calibration_method / "onnx" / manifest["artifact"])).graph
+        inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        return {n.input[0]: float(inits[n.input[1]]) for n in graph.node if n.op_type == "QuantizeLinear"}
+
+    minmax, clipped = steps("minmax"), steps(method)
+    assert clipped.keys() == minmax.keys()
+    ratios = [clipped[name] / minmax[name] for name in minmax]
+    assert max(ratios) <= 1 + 1e-6 and min(ratios) < 0.99, ratios
+
+
 def _skewed_multistyle() -> torch.nn.Module:
     """A small single-style multistyle net whose pre-norm channels differ 100x in spread (the norms undo it)."""
     from compressor.models.multistyle import MultiStyleNet, MultiStyleSpec

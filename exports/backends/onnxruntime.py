@@ -186,6 +186,7 @@ def quantize_onnx(
             if method not in METHODS:
                 raise ValueError(f"calibration method {method!r}: choose from {', '.join(METHODS)}")
             convs = list(conv_layers(pre))
+            ranges = _entropy_ranges(pre, calibration, Path(tmpdir)) if method == "entropy" else None
             quantize_static(
                 str(pre), str(tmp), _Reader(_input_names(pre), calibration),
                 quant_format=QuantFormat.QDQ, per_channel=True,
@@ -197,6 +198,7 @@ def quantize_onnx(
                 nodes_to_quantize=only if only is not None else [],
                 nodes_to_exclude=[n for n in keep_float if n in convs] + norm_affine_nodes(pre),
                 extra_options={"CalibMovingAverage": False},
+                calibration_cache_path=ranges,
             )
         elif mode == "dynamic":
             quantize_dynamic(str(pre), str(tmp), per_channel=True, weight_type=QuantType.QUInt8,
@@ -210,6 +212,22 @@ def quantize_onnx(
 
             onnx.save(convert_float_to_float16(onnx.load(str(pre)), keep_io_types=True), str(tmp))
     return out_path
+
+
+def _entropy_ranges(pre: Path, calibration: list[CalibrationSample], work_dir: Path) -> Path:
+    """KL-divergence activation ranges (TensorRT's 2048 histogram bins onto 128 levels), saved where
+    ``quantize_static`` reads them back: its own entropy calibrator histograms into 128 bins for 128 levels, which
+    leaves one candidate threshold, the min-max range."""
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    calibrator = create_calibrator(pre, STATIC_OP_TYPES, augmented_model_path=str(work_dir / "entropy.onnx"),
+                                   calibrate_method=CalibrationMethod.Entropy,
+                                   extra_options={"num_bins": 2048, "num_quantized_bins": 128})
+    calibrator.collect_data(_Reader(_input_names(pre), calibration))
+    ranges = work_dir / "entropy-ranges.json"
+    save_tensors_data(calibrator.compute_data(), ranges)
+    return ranges
 
 
 def _weight_only(src: Path, dst: Path, keep_float: set[str]) -> None:
