@@ -10,7 +10,8 @@ Quantization of the exported float model with ONNX Runtime's quantizers:
   is not in the quantized op list, so it stays float between Q/DQ pairs.
   On x86 without VNNI (AVX2) ORT's u8s8 kernels add pairs of products in
   int16 and saturate, so there the weights get 7 bits (``reduce_range``).
-- dynamic: ``quantize_dynamic`` -> ConvInteger, activations quantized at run time.
+- dynamic: ``quantize_dynamic`` -> ConvInteger, activations quantized at run time; weights one scale per tensor
+  (ORT's ConvInteger quantizer has no per-channel path: its ``per_channel`` reaches MatMul only).
 - weight-only: int8 per-channel weights + DequantizeLinear, float compute (a size win only).
 - fp16: float16 weights and compute graph with float32 I/O (``keep_io_types``).
 """
@@ -201,7 +202,7 @@ def quantize_onnx(
                 calibration_cache_path=ranges,
             )
         elif mode == "dynamic":
-            quantize_dynamic(str(pre), str(tmp), per_channel=True, weight_type=QuantType.QUInt8,
+            quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QUInt8,
                              op_types_to_quantize=["Conv"], nodes_to_quantize=only if only is not None else [],
                              nodes_to_exclude=list(keep_float))
         elif mode == "weight-only":
