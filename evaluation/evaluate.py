@@ -449,11 +449,11 @@ def _no_grad(run, x):
 
 
 def _memory(variants, rows, settings: EvaluateStage, style_path: Path | None, progress: bool) -> None:
-    size = settings.latency_sizes[0]
     for variant, row in tqdm(list(zip(variants, rows)), desc="memory", disable=not progress, leave=False):
         # a peer's fixed extra inputs live in this process only; a browser's memory is not this process's
         if not variant.measurable or variant.is_peer or variant.runtime != variant.own_runtime:
             continue
+        size = artifact_size(variant) or settings.latency_sizes[0]  # a fixed-shape file runs at its own size only
         try:
             row["memory"] = peak_rss(variant.path, size, settings.threads, style_path) | {"size": size}
         except Exception as exc:

@@ -305,6 +305,19 @@ def test_peak_rss_is_measured_in_a_fresh_process(run_dir):
     assert mem["peak_rss_bytes"] >= mem["baseline_rss_bytes"] > 50 * 2**20
 
 
+def test_memory_is_measured_where_each_variant_can_run(run_dir, tmp_path):
+    """A fixed-shape export runs at its own size only: its memory is measured there, not at the first timed size."""
+    run = shutil.copytree(run_dir, tmp_path / "run", ignore=shutil.ignore_patterns("evaluation", "report.*"))
+    recipe = Recipe(name="t", loss_network="random",
+                    evaluate=EvaluateStage(size=SIZE, latency_sizes=[2 * SIZE, SIZE], latency_runs=3, warmup=0,
+                                           threads=1, memory=True))
+    rows = by_name(evaluate_stage(RunContext(recipe=recipe, run_dir=run, progress=False, stamps=HELD)))
+    sizes = {name: row["memory"]["size"] for name, row in rows.items() if row.get("memory")}
+    assert sizes == {"teacher": 2 * SIZE, "distilled": 2 * SIZE,
+                     "exports/model-fp32.onnx": SIZE}, (sizes, [r["errors"] for r in rows.values()])
+    assert not any("memory" in e for row in rows.values() for e in row["errors"])
+
+
 def test_a_multistyle_teacher_is_judged_per_style(tmp_path):
     """A single-style student of style 1 is faithful on style 1 only; the report shows it style by style."""
     from compressor.fidelity import grade, in_bands
