@@ -95,19 +95,29 @@ class TrainConfig(Config):
 class ModelStage(Config):
     """The teacher: an existing model folder / foreign checkpoint, or a freshly built (and briefly trained) one."""
 
-    family: str = Field("transformer_net", description="A registered model family (compressor.models.registry).")
+    family: str = Field("transformer_net", description="A registered model family (compressor.models.registry); "
+                        "with path, the family the loaded model must belong to.")
     path: str | None = Field(None, description="Model folder (spec.json), or a foreign .pth checkpoint.")
     adain_decoder: str | None = Field(None, description="AdaIN decoder.pth (with path = vgg_normalised.pth).")
-    spec: dict[str, Any] = Field(default_factory=dict, description="Overrides of the family's default spec.")
-    train: TrainConfig | None = Field(None, description="Train the teacher briefly before compressing it.")
+    spec: dict[str, Any] = Field(default_factory=dict, description="Overrides of the family's default spec (a fresh "
+                                 "teacher, not with path).")
+    train: TrainConfig | None = Field(None, description="Train a fresh teacher briefly before compressing it (not "
+                                      "with path).")
     select_style: str | None = Field(
         None, description="Multi-style networks: keep one style or blend ('19', '3:0.5,12:0.5'); the teacher is then "
         "the single-style network computing exactly that style (one input, like any single-style model).")
 
     @model_validator(mode="after")
-    def _select_needs_path(self) -> ModelStage:
-        if self.select_style is not None and self.path is None:
-            raise ValueError("select_style picks a style of a trained multi-style network: set model.path too")
+    def _path_or_fresh(self) -> ModelStage:
+        if self.path is None:
+            for key in ("select_style", "adain_decoder"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} belongs to a loaded model: set model.path too")
+        else:
+            for key in ("spec", "train"):
+                if getattr(self, key):
+                    raise ValueError(f"{key} builds a fresh teacher, and model.path loads one as it is: unset one "
+                                     "of them")
         return self
 
 
@@ -175,6 +185,8 @@ class DistillStage(TrainConfig):
 
     @model_validator(mode="after")
     def _teacher_in_the_loop(self) -> DistillStage:
+        if self.teacher_inputs and not self.teacher_onnx:
+            raise ValueError("teacher_inputs feed an ONNX teacher: set teacher_onnx too")
         for key in ("trunk_weight", "color_jitter"):
             if getattr(self, key) and self.paired_size:
                 raise ValueError(f"{key} needs the teacher on each batch; paired_size keeps only its outputs on the "

@@ -26,6 +26,7 @@ from compressor.distill import (
     prepare_run,
     train,
 )
+from compressor.errors import UserError
 from compressor.models import get_family, load_any, load_model, parse_spec, save_model
 from compressor.models.checkpoint import SPEC_FILE, resolve_model_path
 from compressor.models.onnx_import import verify_import
@@ -55,6 +56,10 @@ def model_stage(ctx: RunContext) -> None:
     out = ctx.stage_dir("model")
     if stage.path:
         model = load_any(stage.path, stage.adain_decoder)
+        loaded = get_family(model).name
+        if "family" in stage.model_fields_set and loaded != stage.family:
+            raise UserError("model.family", f"{stage.path} holds a {loaded} network, not {stage.family}",
+                            f"set family: {loaded}, or leave it out")
         meta: dict = {"source": stage.path}
         if resolve_model_path(stage.path).suffix == ".onnx":
             meta["import_check"] = verify_import(resolve_model_path(stage.path), model, sample_content_paths("eval"))

@@ -511,9 +511,21 @@ def test_bad_set_override(override, names, tmp_path):
     ("name: [unclosed\n", ["recipe.yaml", "not valid YAML"]),
     ("name: r\nstyle: /no/such/style.jpg\n", ["style", "/no/such/style.jpg"]),
     ("name: r\nmodel:\n  path: /no/such/model.pth\n", ["model.path", "/no/such/model.pth"]),
-], ids=["bad-value", "unknown-key", "list", "unknown-family", "bad-yaml", "missing-style", "missing-model"])
+    # options that would do nothing beside the others given
+    ("name: r\nmodel:\n  path: m\n  train: {steps: 5}\n", ["recipe.yaml", "model", "train", "model.path"]),
+    ("name: r\nmodel:\n  path: m\n  spec: {trunk: 8}\n", ["recipe.yaml", "model", "spec", "model.path"]),
+    ("name: r\nmodel:\n  adain_decoder: d.pth\n", ["recipe.yaml", "model", "adain_decoder", "model.path"]),
+    ("name: r\ndistill:\n  teacher_inputs: {style_weights: 19}\n", ["recipe.yaml", "distill", "teacher_onnx"]),
+], ids=["bad-value", "unknown-key", "list", "unknown-family", "bad-yaml", "missing-style", "missing-model",
+        "path-and-train", "path-and-spec", "decoder-without-path", "inputs-without-onnx-teacher"])
 def test_bad_recipe_names_the_key(text, names, tmp_path):
     expect_error(cli("run", _recipe(tmp_path, text), "--out", tmp_path / "runs"), *names)
+    assert not (tmp_path / "runs" / "r" / "teacher" / "spec.json").exists()
+
+
+def test_a_loaded_model_of_another_family_names_both(model, tmp_path):
+    recipe = _recipe(tmp_path, f"name: r\nmodel:\n  family: multistyle\n  path: {model}\n")
+    expect_error(cli("run", recipe, "--out", tmp_path / "runs"), "model.family", "transformer_net", "multistyle")
     assert not (tmp_path / "runs" / "r" / "teacher" / "spec.json").exists()
 
 
