@@ -222,6 +222,18 @@ KeepFloat = Annotated[
 ]
 
 
+class QATConfig(TrainConfig):
+    """QAT fine-tuning: a short, gentle run toward the float model's own outputs (its teacher)."""
+
+    steps: int = Field(200, ge=1)
+    batch_size: int = Field(2, ge=1)
+    crop: int = Field(128, ge=16, description="Side of the square training crops.")
+    lr: float = Field(1e-4, gt=0)
+    checkpoint_every: int = Field(50, ge=1)
+    output_weight: float = Field(1.0, ge=0, description="L1 between the fake-quantized and the float model's outputs.")
+    perceptual_weight: float = Field(1e-2, ge=0, description="VGG feature MSE between the two outputs.")
+
+
 class QuantizeStage(Config):
     """PTQ or QAT per runtime; artifacts keep float I/O semantics and are parity-checked against the fp32 model."""
 
@@ -271,7 +283,8 @@ class QuantizeStage(Config):
     coreml_palettize_bits: list[Literal[4, 6]] = Field(
         default_factory=lambda: [6, 4], description="Core ML k-means palettization variants (besides int8 weights)."
     )
-    qat: TrainConfig | None = Field(None, description="QAT fine-tuning settings (mode qat); None = built-in defaults.")
+    qat: QATConfig | None = Field(None, description="QAT fine-tuning settings (mode qat): the keys given replace "
+                                  "QATConfig's defaults.")
 
     def keep_float_for(self, mode: str) -> list[str]:
         """The globs kept float in ``mode`` (static int8 can need convs float that dynamic does not:

@@ -242,11 +242,6 @@ class _QATModule(nn.Module):
         return self.spec
 
 
-def default_qat_config() -> TrainConfig:
-    return TrainConfig(steps=200, batch_size=2, crop=128, lr=1e-4, output_weight=1.0, perceptual_weight=1e-2,
-                       checkpoint_every=50)
-
-
 def _pt2e_graph(model: nn.Module, qat: bool, example: torch.Tensor) -> nn.Module:
     """``model`` exported (dynamic batch and size) and prepared for torchao's x86 int8 scheme (u8 act, s8 per-channel w)."""
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor.config import QuantizeStage
+from compressor.config import QATConfig, QuantizeStage
 from compressor.data import CalibrationSample, resolve_images, sample_content_paths
 from compressor.fidelity import GRADES
 from compressor.io import write_json
@@ -40,7 +40,6 @@ from compressor.quantize import (
     calibration_samples,
     calibration_set,
     check_disjoint,
-    default_qat_config,
     equalize_norm_inputs,
     pt2e_ptq,
     qat_finetune,
@@ -253,7 +252,7 @@ def quantize(
                     ", ".join(unused), ", ".join(settings.modes))
     sources = {mode: model_dir for mode in settings.modes}
     if "qat" in settings.modes:
-        config = settings.qat or default_qat_config()
+        config = settings.qat or QATConfig()
         _, int8_reference = qat_finetune(model, vgg, config, out_dir / "qat", settings.calibration, resume, progress)
         extra["qat"] = {"steps": config.steps, "pt2e_qat_int8_quality": judge(int8_reference),
                         "pt2e_ptq_int8_quality": judge(pt2e_ptq(model, calibration)),

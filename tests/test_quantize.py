@@ -433,8 +433,9 @@ def test_qat_end_to_end_is_graded_beside_ptq_and_deploys_as_int8(raw_model_dir, 
     static quantizer into a real int8 artifact that must keep parity. (Whether QAT pays is the report's to say: on
     this random net it does not beat PTQ on held-out photos.)"""
     vgg, grams = judge_parts
-    config = TrainConfig(steps=60, batch_size=2, crop=SIZE, lr=1e-4, output_weight=1.0, checkpoint_every=1000)
-    settings = QuantizeStage(runtimes=["onnx"], modes=["qat"], size=SIZE, qat=config)
+    # a partial qat block: the keys given replace QAT's defaults (the loss weights among them stay QAT's)
+    settings = QuantizeStage(runtimes=["onnx"], modes=["qat"], size=SIZE,
+                             qat={"steps": 60, "crop": SIZE, "checkpoint_every": 1000})
     [manifest] = quantize(raw_model_dir, tmp_path, settings, vgg, grams, progress=False)
     qat = manifest["quantization"]["qat"]
     for quality in (qat["pt2e_qat_int8_quality"], qat["pt2e_ptq_int8_quality"]):
@@ -474,8 +475,8 @@ def test_qat_of_an_edge_student_deploys_as_int8_on_both_runtimes(judge_parts, tm
     train(student, identity, ContentCrops(sample_content_paths("train"), SIZE), config, tmp_path / "student",
           progress=False)
     vgg, grams = judge_parts
-    qat = TrainConfig(steps=6, batch_size=2, crop=SIZE, lr=1e-4, output_weight=1.0, checkpoint_every=1000)
-    settings = QuantizeStage(runtimes=["onnx", "tflite"], modes=["static", "qat"], size=SIZE, qat=qat)
+    settings = QuantizeStage(runtimes=["onnx", "tflite"], modes=["static", "qat"], size=SIZE,
+                             qat={"steps": 6, "crop": SIZE, "checkpoint_every": 1000})
     manifests = quantize(tmp_path / "student", tmp_path / "q", settings, vgg, grams, progress=False)
     assert sorted((m["runtime"], m["precision"]) for m in manifests) == [
         ("litert", "int8"), ("litert", "int8-qat"), ("onnxruntime", "int8"), ("onnxruntime", "int8-qat")]
