@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import types
 from contextlib import contextmanager
@@ -78,8 +79,12 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """Constant, or cosine from ``lr`` to 0 over ``config.steps``: a function of the step and this config alone, so a
+    run resumed with more steps anneals over the new length (a checkpoint keeps only the step)."""
     if config.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
+        def cosine(step: int) -> float:
+            return 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
@@ -257,7 +262,8 @@ def _load_checkpoint(path: Path, model, optimizer, scheduler, config: TrainConfi
                         "resume with the same settings, or `force` to start over")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    # a checkpoint of the earlier CosineAnnealingLR holds no lr_lambdas: its step is what counts
+    scheduler.load_state_dict(state["scheduler"] | {"lr_lambdas": [None] * len(scheduler.lr_lambdas)})
     return int(state["step"])
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import math
 import os
 import signal
 import subprocess
@@ -234,6 +236,18 @@ def tiny_distillation(out, steps: int, delay: float = 0.0, resume: bool = False)
     data = ContentCrops(sample_content_paths("train"), CROP, length=64)
     train(student, slow, data, config, out, resume=resume, progress=False)
     return student
+
+
+def test_resuming_with_more_steps_anneals_over_the_new_length(tmp_path):
+    """The cosine schedule follows the resumed run's ``steps``: down to 0 at its last step, never back up."""
+    tiny_distillation(tmp_path, steps=4)
+    tiny_distillation(tmp_path, steps=8, resume=True)
+    with open(tmp_path / "train_log.csv") as log:
+        rows = [(int(row["step"]), float(row["lr"])) for row in csv.DictReader(log)]
+    assert [step for step, _ in rows] == list(range(1, 9))
+    resumed = [lr for step, lr in rows if step > 4]
+    assert resumed == pytest.approx([3e-3 * 0.5 * (1 + math.cos(math.pi * step / 8)) for step in range(5, 9)], abs=1e-9)
+    assert resumed[-1] == pytest.approx(0, abs=1e-12)
 
 
 @pytest.mark.parametrize("family", ["transformer_net", "adain"])
