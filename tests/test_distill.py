@@ -172,6 +172,18 @@ def test_fine_tuning_without_teacher_and_cosine_schedule(vgg, data, grams, tmp_p
     assert (tmp_path / "train_log.csv").read_text().count("\n") == 7
 
 
+def test_a_teacher_alone_with_zero_style_weights_trains_on_its_outputs_only(vgg, data, grams, tmp_path):
+    """compress_my_model's setting: the user's network defines the look, not the recipe's style image."""
+    teacher, student = _tiny(TransformerNet, TEACHER_SPEC, seed=1), _tiny(TransformerNet, STUDENT_SPEC)
+    config = TrainConfig(steps=2, batch_size=2, crop=CROP, output_weight=1.0, content_weight=0, style_weight=0,
+                         tv_weight=0)
+    history = train(student, make_objective(student, teacher, config, vgg, grams), data, config, tmp_path,
+                    progress=False)
+    assert set(history[0]) == {"step", "lr", "output", "total"}, history[0]
+    with pytest.raises(ValueError, match="nothing to learn from"):
+        make_objective(student, None, config, vgg, grams)
+
+
 def test_tensorboard_log_holds_every_step_of_every_term(vgg, data, grams, tmp_path):
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     student = _tiny(TransformerNet, STUDENT_SPEC)

@@ -220,7 +220,9 @@ def transformer_objective(
     teacher: nn.Module | None = None,
 ) -> Objective:
     """Loss terms for an image-to-image student (TransformerNet) on a batch of content crops."""
-    style_terms = StyleTransferLoss(vgg, style_grams, loss_weights(config)) if style_grams is not None else None
+    weights = loss_weights(config)
+    wanted = style_grams is not None and bool(weights.content or weights.style or weights.tv)  # else no VGG pass
+    style_terms = StyleTransferLoss(vgg, style_grams, weights) if wanted else None
     use_teacher = uses_teacher(config, teacher)
     if style_terms is None and not use_teacher:
         raise ValueError("nothing to learn from: give a style image (style losses) or a teacher with nonzero weights")
