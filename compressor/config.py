@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
 MAX_NODES = 10_000  # a recipe has a few hundred values; a billion-laughs alias bomb expands to billions
 
@@ -132,12 +132,20 @@ class PruneStage(Config):
     ignore: list[str] = Field(default_factory=list, description="Layer-name globs never pruned.")
     round_to: int | None = Field(None, ge=1)
     iterative_steps: int = Field(1, ge=1)
-    finetune_steps_between: int = Field(0, ge=0, description="Fine-tuning steps between iterative steps.")
+    finetune_steps_between: int = Field(0, ge=0, description="Fine-tuning steps between iterative steps (with "
+                                        "iterative_steps above 1).")
     vgg_mode: Literal["keep_taps", "project_taps"] = "keep_taps"
     reconstruct: bool = Field(
         False, description="Refit each pruned conv by least squares so that, on its own inputs, it reproduces the "
         "teacher's conv outputs at the kept channels (He et al. 2017); content images are the calibration set.")
     reconstruct_images: int = Field(8, ge=1, le=256, description="Content crops the least-squares refit sees.")
+
+    @model_validator(mode="after")
+    def _steps_between_need_steps(self) -> PruneStage:
+        if self.finetune_steps_between and self.iterative_steps == 1:
+            raise ValueError("finetune_steps_between runs between iterative steps: set iterative_steps above 1, or "
+                             "distill after pruning instead")
+        return self
 
 
 class StudentChoice(Config):
@@ -255,7 +263,8 @@ class QuantizeStage(Config):
         "README.md, stops 43 and 49. LiteRT keeps ai-edge-quantizer's min-max.")
     keep_float: KeepFloat = Field(
         default_factory=list, description="Conv module-name globs kept in float: one list for every int8 mode, or one "
-        "per mode ({static: [stem.0], dynamic: []}; a mode not named keeps none). The RGB output conv is always float."
+        "per mode ({static: [stem.0], dynamic: []}; a mode not named keeps none). The RGB output conv is always float. "
+        "ONNX Runtime and LiteRT only: Core ML compresses every conv's weights and computes in float16."
     )
     grade: Literal["indistinguishable", "close"] | None = Field(
         None, description="Mixed precision, per int8 mode (static, QAT, dynamic): keep the convs that hurt most float "
@@ -306,6 +315,14 @@ class ExportStage(Config):
     )
     size: int = Field(256, ge=16, description="Square input side of the exported model.")
     layout: Literal["nchw", "nhwc"] = "nchw"
+
+    @field_validator("precision")
+    @classmethod
+    def _onnx_is_fp32(cls, precision: str | None, info: ValidationInfo) -> str | None:
+        if precision == "fp16" and "onnx" in info.data.get("formats", []):
+            raise ValueError("ONNX export is fp32 (float16 ONNX is quantize.modes: [fp16]): drop onnx from the "
+                             "formats, or fp16")
+        return precision
 
 
 class Peer(Config):

@@ -59,7 +59,7 @@ def pydantic_line(exc, names: dict[str, str] | None = None, where: str = "") -> 
         key = names.get(loc) or names.get(top) or (f"{where}.{loc}" if where and loc else where or loc or "(top level)")
         got = err.get("input")
         shown = f" (got {got!r})" if isinstance(got, int | float | str) and err["type"] != "missing" else ""
-        items.append(f"{key}: {err['msg']}{shown}")
+        items.append(f"{key}: {err['msg'].removeprefix('Value error, ')}{shown}")
     return "; ".join(items)
 
 

@@ -139,6 +139,7 @@ OPTION_CASES = [
     (["export", "MODEL", "--format", "pdf", "-o", "OUT"], "--format"),
     (["export", "MODEL", "--layout", "hwc", "-o", "OUT"], "--layout"),
     (["export", "MODEL", "--precision", "fp8", "-o", "OUT"], "--precision"),
+    (["export", "MODEL", "--format", "onnx", "--precision", "fp16", "-o", "OUT"], "--precision"),
     (["prune", "MODEL", "-o", "OUT", "--ratio", "1.5"], "--ratio"),
     (["prune", "MODEL", "-o", "OUT", "--scope", "everywhere"], "--scope"),
     (["prune", "MODEL", "-o", "OUT", "--override", "no-equals-sign"], "--override"),
@@ -516,8 +517,11 @@ def test_bad_set_override(override, names, tmp_path):
     ("name: r\nmodel:\n  path: m\n  spec: {trunk: 8}\n", ["recipe.yaml", "model", "spec", "model.path"]),
     ("name: r\nmodel:\n  adain_decoder: d.pth\n", ["recipe.yaml", "model", "adain_decoder", "model.path"]),
     ("name: r\ndistill:\n  teacher_inputs: {style_weights: 19}\n", ["recipe.yaml", "distill", "teacher_onnx"]),
+    ("name: r\nprune:\n  finetune_steps_between: 5\n", ["recipe.yaml", "prune", "iterative_steps"]),
+    ("name: r\nexport:\n  precision: fp16\n", ["recipe.yaml", "export.precision", "ONNX"]),
 ], ids=["bad-value", "unknown-key", "list", "unknown-family", "bad-yaml", "missing-style", "missing-model",
-        "path-and-train", "path-and-spec", "decoder-without-path", "inputs-without-onnx-teacher"])
+        "path-and-train", "path-and-spec", "decoder-without-path", "inputs-without-onnx-teacher",
+        "steps-between-one-step", "fp16-onnx"])
 def test_bad_recipe_names_the_key(text, names, tmp_path):
     expect_error(cli("run", _recipe(tmp_path, text), "--out", tmp_path / "runs"), *names)
     assert not (tmp_path / "runs" / "r" / "teacher" / "spec.json").exists()
