@@ -401,4 +401,9 @@ class Recipe(Config):
                              "add a distill section")
         if self.search is not None and self.distill.student is not None:
             raise ValueError("distill.student: the search picks the student; name it as a search candidate instead")
+        if self.distill is not None and self.distill.trunk_weight:
+            students = self.search.candidates if self.search is not None else [self.distill.student]
+            if any(s is None or s.family != "edge_net" for s in students):
+                raise ValueError("distill.trunk_weight: only an edge_net student matches the teacher's trunk; name "
+                                 "one (distill.student or search candidates), or unset trunk_weight")
         return self
