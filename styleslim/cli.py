@@ -890,7 +890,8 @@ def quantize(
     equalize_norm_inputs: bool = field_option(_Q, "equalize_norm_inputs",
                                               "--equalize-norm-inputs/--no-equalize-norm-inputs"),
     size: int = field_option(_Q, "size"),
-    style: str = _style_option("Style the sensitivity/quality numbers are judged against."),
+    style: str = _style_option("Style image of the style-loss columns and --max-style-increase-pct (read "
+                               "with --mode qat or that budget; the perceptual judge needs none)."),
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for artifacts and manifests.")] = Path("quantized"),
     loss_network: str = _loss_network_option(),
     strict_loss_network: StrictOpt = False,
