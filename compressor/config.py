@@ -347,7 +347,8 @@ class EvaluateStage(Config):
     """Every variant of the run x every runtime -> report.json/md/html (see docs/guide/judge-and-reports.md)."""
 
     images: str = Field("samples", description="Folder of evaluation images, or 'samples' (held-out set).")
-    size: int = Field(256, ge=16, description="Evaluation resolution (side of the centre square crop).")
+    size: int = Field(256, ge=16, description="Evaluation resolution (side of the centre square crop); a recipe's "
+                      "export and quantize sizes must match it, as their artifacts are fixed-shape.")
     latency_sizes: list[int] = Field(default_factory=lambda: [256], min_length=1, description="Square input sides timed.")
     latency_runs: int = Field(10, ge=3, description="Timed runs per variant and size, after warm-up.")
     warmup: int = Field(2, ge=0, description="Untimed runs per variant before timing.")
@@ -401,6 +402,13 @@ class Recipe(Config):
                              "add a distill section")
         if self.search is not None and self.distill.student is not None:
             raise ValueError("distill.student: the search picks the student; name it as a search candidate instead")
+        if self.evaluate is not None:
+            sizes = {f"{k}.size": stage.size for k, stage in (("export", self.export), ("quantize", self.quantize))
+                     if stage is not None and stage.size != self.evaluate.size}
+            if sizes:
+                raise ValueError(f"evaluate.size: {self.evaluate.size} px would judge the fixed-shape artifacts of "
+                                 f"{', '.join(f'{k} {v}' for k, v in sizes.items())} through a resize, at another "
+                                 "scale than the teacher's picture: set the sizes equal")
         if self.distill is not None and self.distill.trunk_weight:
             students = self.search.candidates if self.search is not None else [self.distill.student]
             if any(s is None or s.family != "edge_net" for s in students):

@@ -89,14 +89,14 @@ def _check_family(path: Path, family: str) -> None:
 def format_errors(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
             model = _model_at(err["loc"][:-1])
             if model is not None:
                 msg += f"; allowed keys: {', '.join(model.model_fields)}"
-        lines.append(f"  {loc}: {msg}")
+        lines.append(f"  {loc}: {msg}" if loc else f"  {msg}")  # a recipe-wide check names its keys itself
     return "\n".join(lines)
 
 

@@ -521,9 +521,11 @@ def test_bad_set_override(override, names, tmp_path):
     ("name: r\nexport:\n  precision: fp16\n", ["recipe.yaml", "export.precision", "ONNX"]),
     ("name: r\nprune: {ratio: 0.5}\ndistill:\n  trunk_weight: 1\n", ["recipe.yaml", "distill.trunk_weight",
                                                                        "edge_net"]),
+    ("name: r\nexport: {size: 512}\nevaluate: {size: 256}\n", ["recipe.yaml", "evaluate.size", "export.size 512"]),
 ], ids=["bad-value", "unknown-key", "list", "unknown-family", "bad-yaml", "missing-style", "missing-model",
         "path-and-train", "path-and-spec", "decoder-without-path", "inputs-without-onnx-teacher",
-        "steps-between-one-step", "fp16-onnx", "trunk-weight-without-edge-student"])
+        "steps-between-one-step", "fp16-onnx", "trunk-weight-without-edge-student",
+        "evaluate-at-another-size"])
 def test_bad_recipe_names_the_key(text, names, tmp_path):
     expect_error(cli("run", _recipe(tmp_path, text), "--out", tmp_path / "runs"), *names)
     assert not (tmp_path / "runs" / "r" / "teacher" / "spec.json").exists()
