@@ -90,7 +90,7 @@ def model_stage(ctx: RunContext) -> None:
 def prune_stage(ctx: RunContext) -> None:
     """Recipe stage ``prune``: teacher/ -> pruned/, fine-tuning against the teacher between iterative steps."""
     config: PruneStage = ctx.recipe.prune
-    if config.finetune_steps_between and config.iterative_steps > 1:
+    if config.finetune_steps_between:  # the recipe allows it only between several iterative steps
         meta = {"loss_network": ctx.loss_network.weights_source}
         prune_dir(ctx.stage_dir("model"), ctx.stage_dir("prune"), config, _pipeline_finetune(ctx, config), meta,
                   content=ctx.recipe.content)
@@ -99,9 +99,11 @@ def prune_stage(ctx: RunContext) -> None:
 
 
 def _pipeline_finetune(ctx: RunContext, config: PruneStage) -> Finetune:
-    """Distil the partly pruned model from the teacher for ``finetune_steps_between`` steps.
+    """Distil the partly pruned model from the model stage's teacher for ``finetune_steps_between`` steps.
 
-    Uses the recipe's distill settings (or their defaults) for everything but the step count.
+    The recipe's distill settings (or their defaults) give the loss weights, batch, crop and learning rate; the
+    data are plain crops of the training photos (no ``paired_size``, ``color_jitter`` or ONNX teacher: a short
+    repair between prune steps, not the distillation).
     """
     n = config.finetune_steps_between
     train_config = (ctx.recipe.distill or DistillStage()).model_copy(update={"steps": n, "checkpoint_every": n})
