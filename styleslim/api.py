@@ -193,16 +193,18 @@ def judge(reference: Photo, candidate: Photo) -> dict[str, float | str]:
 
 
 def evaluate(variants: list[nn.Module | Artifact | str | Path], teacher: nn.Module | str | Path,
-             out: str | Path, config: EvaluateConfig | None = None, **settings: Any) -> dict[str, Any]:
-    """Judge, time and size every variant against ``teacher`` on the held-out photos; writes
-    ``out``/report.{json,md,html} and returns the report (its ``ranking`` says what to ship)."""
+             out: str | Path, config: EvaluateConfig | None = None, style: str | Path = "starry_night",
+             **settings: Any) -> dict[str, Any]:
+    """Judge, time and size every variant against ``teacher`` on the held-out photos (``images=FOLDER``: yours);
+    writes ``out``/report.{json,md,html} and returns the report (its ``ranking`` says what to ship). ``style``:
+    the style image of the style-loss columns (a path or a bundled name)."""
     config = _config(EvaluateConfig, config, settings)
     vgg = load_vgg19(Recipe.model_fields["loss_network"].default, allow_fallback=True)
     with tempfile.TemporaryDirectory() as scratch:
         paths = [v.path if isinstance(v, Artifact) else _as_folder(v, f"{scratch}/variant-{i}")
                  for i, v in enumerate(variants)]
-        return evaluate_paths(paths, _as_folder(teacher, f"{scratch}/teacher"), vgg, Path(out), settings=config,
-                              progress=False)
+        return evaluate_paths(paths, _as_folder(teacher, f"{scratch}/teacher"), vgg, Path(out), style=str(style),
+                              settings=config, progress=False)
 
 
 def run(recipe: str | Path | Recipe, overrides: list[str] | None = None, out: str | Path = "runs",

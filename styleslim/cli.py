@@ -667,7 +667,7 @@ def evaluate(
     except ValueError as exc:
         raise UserError("--images", str(exc)) from None
     vgg = _loss_network(loss_network, strict_loss_network)
-    evaluate_paths(targets, teacher, vgg, output, style=style, images=images, settings=settings)
+    evaluate_paths(targets, teacher, vgg, output, style=style, settings=settings)
     typer.echo((output / "report.md").read_text())
     typer.echo(f"reports written to {output}/report.{{json,md,html}}")
 

@@ -243,13 +243,13 @@ def evaluate_paths(
     vgg: nn.Module,
     out_dir: Path,
     style: str = "starry_night",
-    images: str = "samples",
     settings: EvaluateStage | None = None,
     style_size: int = 256,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Ad-hoc evaluation of model folders / artifacts against ``teacher``; writes reports into ``out_dir``."""
-    settings = settings or EvaluateStage(images=images)
+    """Ad-hoc evaluation of model folders / artifacts against ``teacher`` on ``settings.images``; writes reports
+    into ``out_dir``."""
+    settings = settings or EvaluateStage()
     ref = load_variant(teacher)
     ref.name = "teacher"
     variants = [ref] + [load_variant(t) for t in targets]
@@ -258,7 +258,7 @@ def evaluate_paths(
         variants,
         vgg,
         load_image(style_path, size=style_size).unsqueeze(0),
-        resolve_images(images, "eval"),
+        resolve_images(settings.images, "eval"),
         settings,
         Path(out_dir) / "evaluation",
         style_path=style_path,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +11,11 @@ import pytest
 import torch
 
 import styleslim
-from compressor.data import sample_content_paths
+from compressor.data import BUNDLED_STYLES, sample_content_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = sample_content_paths("eval")[0]
+OTHER_STYLE = next(s for s in BUNDLED_STYLES if s != "starry_night")
 
 
 def test_every_public_name_resolves_and_the_cli_does_not_import_torch():
@@ -101,6 +103,15 @@ def test_a_pytorch_examples_checkpoint_to_litert_int8_with_a_report_in_five_line
     assert artifact.path.suffix == ".tflite" and artifact.manifest["precision"] == "int8"
     assert (tmp_path / "report" / "report.html").is_file()
     assert [v["name"] for v in report["variants"]][0] == "teacher" and report["judge"]["network"]
+
+    # the user's own photos and style image, as the CLI's --images and --style
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(PHOTO, photos / "mine.png")
+    mine = styleslim.evaluate([artifact], model, tmp_path / "mine", size=64, latency_sizes=[64], memory=False,
+                              images=str(photos), style=OTHER_STYLE)
+    assert [Path(p).name for p in mine["eval_images"]] == ["mine.png"]
+    assert Path(mine["style"]).stem == OTHER_STYLE
 
 
 def test_a_recipe_runs_from_python_with_overrides_and_skips_what_is_unchanged(tmp_path):
