@@ -196,6 +196,23 @@ def _job(reference: nn.Module, source_dir: Path, fmt: str, mode: str, keep_float
                        precision=PRECISION[mode], mode="static" if mode == "qat" else mode)
 
 
+def check_modes(settings: QuantizeStage) -> None:
+    """Every runtime makes at least one of the modes asked for: said before any calibration, QAT or search."""
+    for fmt in settings.runtimes:
+        backend = backend_for_format(fmt)
+        if not any(mode in backend.quantize_modes for mode in settings.modes):
+            raise QuantizeError(f"quantize.modes: {backend.runtime} quantizes with {', '.join(backend.quantize_modes)}, "
+                                f"got {', '.join(settings.modes)} (add one of them)")
+
+
+def check_settings(settings: QuantizeStage) -> None:
+    """What ``quantize`` can refuse from its settings alone (modes, calibration and judging photos), so that a caller
+    replacing an earlier output checks first."""
+    check_modes(settings)
+    check_disjoint(resolve_images(settings.calibration, "train"), sample_content_paths("eval"))
+    check_disjoint(resolve_images(settings.images, "val"), sample_content_paths("eval"), "quality")
+
+
 def quantize(
     model_dir: str | Path,
     out_dir: str | Path,
@@ -215,6 +232,7 @@ def quantize(
     Parity failures are recorded in the manifests (``parity.passed``) and logged, not raised, so one
     weak variant does not hide the others; check the returned verdicts.
     """
+    check_settings(settings)
     if vgg is None and ("qat" in settings.modes or settings.max_style_increase_pct is not None):
         raise QuantizeError("mode qat and max_style_increase_pct need the reference loss network (VGG19)")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -280,9 +298,6 @@ def quantize(
     for fmt in settings.runtimes:
         backend = backend_for_format(fmt)
         modes = [mode for mode in settings.modes if mode in backend.quantize_modes]
-        if not modes:
-            raise QuantizeError(f"quantize.modes: {backend.runtime} quantizes with {', '.join(backend.quantize_modes)}, "
-                                f"got {', '.join(settings.modes)} (add one of them)")
         for mode in modes[:1] if backend.mode_independent else modes:
             # Weight compression (mode_independent) takes the weights as they are, not an equalized copy.
             source, info = (model_dir, dict(extra)) if backend.mode_independent else (sources[mode], extras[mode])

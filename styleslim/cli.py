@@ -899,6 +899,7 @@ def quantize(
 ) -> None:
     """Quantize a model for ONNX Runtime, LiteRT or Core ML (PTQ or QAT), verify parity, write manifests."""
     from compressor.models import load_any
+    from exports.quantize import check_settings as check_quantize_settings
     from exports.quantize import quantize as run_quantize
 
     settings = build(QuantizeStage, {"runtimes": "--runtime", "modes": "--mode", "calibration_method": "--method"},
@@ -911,6 +912,7 @@ def quantize(
              "add --grade, --min-psnr-db or --max-style-increase-pct, or leave --teacher out")
     check_model_dir(output, force)
     _style_path(style, None)
+    check_quantize_settings(settings)  # before --force replaces the output
     vgg = grams = None  # plain PTQ is judged by the perceptual judge alone; QAT and a style budget need the VGG19
     if "qat" in settings.modes or settings.max_style_increase_pct is not None:
         vgg = _loss_network(loss_network, strict_loss_network)

@@ -522,13 +522,25 @@ def test_bad_set_override(override, names, tmp_path):
     ("name: r\nprune: {ratio: 0.5}\ndistill:\n  trunk_weight: 1\n", ["recipe.yaml", "distill.trunk_weight",
                                                                        "edge_net"]),
     ("name: r\nexport: {size: 512}\nevaluate: {size: 256}\n", ["recipe.yaml", "evaluate.size", "export.size 512"]),
+    ("name: r\nquantize: {runtimes: [coreml], modes: [dynamic]}\n", ["quantize.modes", "coreml", "dynamic"]),
 ], ids=["bad-value", "unknown-key", "list", "unknown-family", "bad-yaml", "missing-style", "missing-model",
         "path-and-train", "path-and-spec", "decoder-without-path", "inputs-without-onnx-teacher",
         "steps-between-one-step", "fp16-onnx", "trunk-weight-without-edge-student",
-        "evaluate-at-another-size"])
+        "evaluate-at-another-size", "mode-the-runtime-lacks"])
 def test_bad_recipe_names_the_key(text, names, tmp_path):
     expect_error(cli("run", _recipe(tmp_path, text), "--out", tmp_path / "runs"), *names)
     assert not (tmp_path / "runs" / "r" / "teacher" / "spec.json").exists()
+
+
+@pytest.mark.parametrize("args, option", [
+    (["-r", "coreml", "--mode", "dynamic"], "quantize.modes"),
+    (["--calibration", "/no/such/photos"], "/no/such/photos"),
+], ids=["mode", "calibration"])
+def test_quantize_force_keeps_the_old_output_when_the_settings_are_refused(args, option, model, out):
+    out.mkdir()
+    (out / "earlier.onnx").write_bytes(b"an earlier artifact")
+    expect_error(cli("quantize", model, *args, "-o", out, "--force"), option)
+    assert (out / "earlier.onnx").read_bytes() == b"an earlier artifact"
 
 
 def test_a_loaded_model_of_another_family_names_both(model, tmp_path):
