@@ -12,6 +12,7 @@ layer's scores divided by their mean before averaging (see ``L1Importance``).
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import logging
 from collections.abc import Callable
@@ -264,19 +265,26 @@ def _shape(inputs: Any) -> tuple[int, ...]:
     return tuple((inputs[0] if isinstance(inputs, tuple) else inputs).shape)
 
 
+def prune_and_refit(model: nn.Module, config: PruneStage, content: str | Path = "samples",
+                    finetune: Finetune | None = None) -> tuple[nn.Module, dict[str, dict[str, float]] | None]:
+    """A pruned copy of ``model`` and, with ``config.reconstruct``, its least-squares refit on crops of ``content``
+    (the refit's per-conv errors, else None)."""
+    pruned = prune_model(copy.deepcopy(model), config, finetune=finetune).cpu()
+    if not config.reconstruct:
+        return pruned, None
+    images = calibration_crops(content, config.reconstruct_images)
+    refit = reconstruct(pruned, model, pruned.kept_out_channels, images)
+    log.info("prune: least-squares refit of %d convs (mean relative error %.3f -> %.3f)", len(refit),
+             sum(r["before"] for r in refit.values()) / len(refit), sum(r["after"] for r in refit.values()) / len(refit))
+    return pruned, refit
+
+
 def prune_dir(model_dir: str | Path, out_dir: str | Path, config: PruneStage, finetune: Finetune | None = None,
               meta: dict[str, Any] | None = None, content: str = "samples") -> dict[str, Any]:
     """Load a model folder, prune it, save it; returns the meta written next to it (``meta`` merged in)."""
-    model = load_model(model_dir)
-    before = model_stats(model)
-    prune_model(model, config, finetune=finetune).cpu()
-    refit = None
-    if config.reconstruct:
-        images = calibration_crops(content, config.reconstruct_images)
-        refit = reconstruct(model, load_model(model_dir), model.kept_out_channels, images)
-        log.info("prune: least-squares refit of %d convs (mean relative error %.3f -> %.3f)", len(refit),
-                 sum(r["before"] for r in refit.values()) / len(refit),
-                 sum(r["after"] for r in refit.values()) / len(refit))
+    teacher = load_model(model_dir)
+    before = model_stats(teacher)
+    model, refit = prune_and_refit(teacher, config, content, finetune)
     after = model_stats(model)
     meta = {
         **(meta or {}),
@@ -293,7 +301,7 @@ def prune_dir(model_dir: str | Path, out_dir: str | Path, config: PruneStage, fi
     return meta
 
 
-def calibration_crops(content: str, n: int, size: int = 128) -> list[torch.Tensor]:
+def calibration_crops(content: str | Path, n: int, size: int = 128) -> list[torch.Tensor]:
     """``n`` (1, 3, size, size) crops of the training content images (never the held-out evaluation photos)."""
     data = ContentCrops(resolve_images(content, "train"), size)
     return [data[i][None] for i in range(n)]

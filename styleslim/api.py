@@ -14,7 +14,6 @@ build one. Nothing here downloads: a missing ImageNet VGG19 falls back to the se
 
 from __future__ import annotations
 
-import copy
 import functools
 import shutil
 import tempfile
@@ -27,15 +26,17 @@ import torch
 from PIL import Image
 from torch import nn
 
+from compressor.blackbox import TeacherPairs
 from compressor.config import DistillStage, EvaluateStage, PruneStage, QuantizeStage, Recipe
-from compressor.data import ContentCrops, load_image, resolve_images
+from compressor.data import ContentCrops, load_image, resolve_images, resolve_style
 from compressor.distill import make_objective, prepare_run, train
 from compressor.judge import JUDGE_NAME, judge_pair
+from compressor.losses import style_grams
 from compressor.models import create_model as _create_model
 from compressor.models import get_family, load_any, load_vgg19
 from compressor.models import save_model as _save_model
 from compressor.models.registry import family_names
-from compressor.prune import prune_model
+from compressor.prune import prune_and_refit
 from compressor.recipe import apply_overrides, load_recipe
 from exports.backends import Runner
 from exports.manifest import read_manifest
@@ -107,23 +108,37 @@ def _config(cls: type, config: Any, settings: dict[str, Any]) -> Any:
     return config if config is not None else cls(**settings)
 
 
-def prune(model: nn.Module, config: PruneConfig | None = None, **settings: Any) -> nn.Module:
-    """A pruned copy of ``model`` (L1 structured channel pruning), e.g. ``prune(model, ratio=0.5)``."""
-    return prune_model(copy.deepcopy(model), _config(PruneConfig, config, settings)).eval()
+def _refuse(config: Any, keys: tuple[str, ...], why: str) -> None:
+    given = sorted(k for k in keys if k in config.model_fields_set)
+    if given:
+        raise TypeError(f"{', '.join(given)}: {why}")
+
+
+def prune(model: nn.Module, config: PruneConfig | None = None, photos: str | Path = "samples",
+          **settings: Any) -> nn.Module:
+    """A pruned copy of ``model`` (L1 structured channel pruning), e.g. ``prune(model, ratio=0.5)``; with
+    ``reconstruct=True`` refit by least squares on crops of ``photos`` (a folder, or the bundled training split)."""
+    config = _config(PruneConfig, config, settings)
+    _refuse(config, ("finetune_steps_between",), "a recipe's prune stage fine-tunes between steps (styleslim.run); "
+            "here, distill the pruned model")
+    return prune_and_refit(model, config, photos)[0].eval()
 
 
 def distill(student: nn.Module, teacher: nn.Module, photos: str | Path = "samples",
             config: DistillConfig | None = None, **settings: Any) -> nn.Module:
     """Train ``student`` to paint ``teacher``'s pictures of crops of ``photos`` (a folder, or the bundled
-    training split); returns it trained. The perceptual term uses the VGG19 loss network (random fallback, loudly)."""
+    training split); returns it trained. The perceptual term uses the VGG19 loss network (random fallback, loudly).
+    No style image here: the teacher defines the look (a recipe's ``style`` adds style losses)."""
     config = _config(DistillConfig, config, settings)
-    vgg = None
-    if config.perceptual_weight:
-        default = Recipe.model_fields["loss_network"].default
-        vgg = load_vgg19(default, allow_fallback=True)
+    _refuse(config, ("student", "teacher_onnx", "teacher_inputs"), "here the student and the teacher are the "
+            "modules passed in (a recipe names them: styleslim.run)")
+    _refuse(config, ("tensorboard",), "distill keeps no run folder to log into (styleslim.run or the CLI does)")
+    vgg = load_vgg19(Recipe.model_fields["loss_network"].default, allow_fallback=True)
     run = prepare_run(vgg, teacher)
     objective = make_objective(student, run.teacher, config, run.vgg, None, any_teacher=True)
-    data = ContentCrops(resolve_images(photos, "train"), config.crop)
+    paths = resolve_images(photos, "train")
+    data = (TeacherPairs(paths, run.teacher, config.paired_size, config.crop) if config.paired_size
+            else ContentCrops(paths, config.crop, color_jitter=config.color_jitter))
     with tempfile.TemporaryDirectory() as out:
         train(student, objective, data, config, out, progress=False, device=run.device)
     return student.cpu().eval()
@@ -136,19 +151,30 @@ def _as_folder(model: nn.Module | str | Path, folder: str) -> Path:
 
 def quantize(model: nn.Module | str | Path, runtime: str = "onnx", mode: str = "static",
              out: str | Path | None = None, config: QuantizeConfig | None = None,
-             teacher: nn.Module | str | Path | None = None, **settings: Any) -> Artifact:
+             teacher: nn.Module | str | Path | None = None, style: str | Path = "starry_night",
+             **settings: Any) -> Artifact:
     """``model`` as a real int8 (or fp16) artifact on ``runtime`` (onnx, tflite, coreml), calibrated on the
     bundled training photos (``calibration=FOLDER``), parity-checked, graded by the perceptual judge against
     the float model in its manifest's ``quantization.quality``. No loss network needed. A budget
     (``grade="close"``) keeps convs float until the int8 model meets it against ``teacher``'s pictures, or
     the float model's without one, on ``images=FOLDER`` (photos like those it will paint; default the bundled
-    validation photos)."""
+    validation photos). QAT and ``max_style_increase_pct`` load the VGG19 loss network (random fallback, loudly);
+    the latter's Gram style loss is against ``style``. Core ML writes its palettized packages beside the one
+    returned (``coreml_palettize_bits``)."""
     chosen = _config(QuantizeConfig, config, settings)
+    _refuse(chosen, ("runtimes", "modes"), "quantize makes one artifact: give runtime= and mode=")
     config = QuantizeConfig.model_validate(chosen.model_dump() | {"runtimes": [runtime], "modes": [mode]})
+    if teacher is not None and not config.has_budget:
+        raise TypeError("teacher: only a budget (grade, min_psnr_db, max_style_increase_pct) grades against it")
+    vgg = grams = None
+    if mode == "qat" or config.max_style_increase_pct is not None:
+        vgg = load_vgg19(Recipe.model_fields["loss_network"].default, allow_fallback=True)
+        side = Recipe.model_fields["style_size"].default
+        grams = style_grams(vgg, load_image(resolve_style(style), size=side).unsqueeze(0))
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="styleslim-quantized-"))
     teacher = teacher if teacher is None or isinstance(teacher, nn.Module) else load_any(teacher).eval()
     with tempfile.TemporaryDirectory() as scratch:
-        [manifest, *_] = _quantize(_as_folder(model, f"{scratch}/model"), out, config, progress=False,
+        [manifest, *_] = _quantize(_as_folder(model, f"{scratch}/model"), out, config, vgg, grams, progress=False,
                                    teacher=teacher)
     path = out / manifest["format"] / manifest["artifact"]
     return Artifact(path, read_manifest(path))

@@ -72,6 +72,52 @@ def test_distill_moves_the_student_toward_its_teacher():
         assert float((student(x) - teacher(x)).abs().mean()) < before
 
 
+def _tiny_teacher() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return styleslim.create_model("transformer_net", conv1=8, conv2=8, trunk=8, res_inner=[8] * 5, deconv1=8,
+                                  deconv2=8)
+
+
+def test_settings_a_function_cannot_honour_are_refused():
+    teacher = _tiny_teacher()
+    with pytest.raises(TypeError, match="finetune_steps_between"):
+        styleslim.prune(teacher, ratio=0.5, iterative_steps=2, finetune_steps_between=1)
+    student = styleslim.prune(teacher, ratio=0.5)
+    for key, value in (("student", {"family": "edge_net"}), ("teacher_onnx", "t.onnx"), ("tensorboard", True)):
+        with pytest.raises(TypeError, match=key):
+            styleslim.distill(student, teacher, steps=1, **{key: value})
+    with pytest.raises(TypeError, match="runtime= and mode="):
+        styleslim.quantize(student, config=styleslim.QuantizeConfig(runtimes=["tflite"]))
+    with pytest.raises(TypeError, match="budget"):
+        styleslim.quantize(student, teacher=teacher)
+
+
+def test_an_adain_student_learns_from_its_teacher_without_a_perceptual_term():
+    """AdaIN's objective encodes with the loss network whatever the weights: distill loads it."""
+    torch.manual_seed(0)
+    spec = {"encoder": [4, 4, 8, 8, 16, 16, 16, 16, 32], "decoder": [16, 16, 16, 16, 8, 8, 4, 4]}
+    teacher, student = (styleslim.create_model("adain", **spec) for _ in range(2))
+    before = [p.detach().clone() for p in student.parameters()]
+    trained = styleslim.distill(student, teacher, steps=2, crop=64, batch_size=2, perceptual_weight=0.0)
+    assert any(not torch.equal(a, b) for a, b in zip(before, trained.parameters()))
+
+
+def test_prune_refits_by_least_squares_when_asked():
+    teacher = _tiny_teacher()
+    plain, refit = (styleslim.prune(teacher, ratio=0.5, reconstruct=flag) for flag in (False, True))
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        errors = [float((m(x) - teacher(x)).abs().mean()) for m in (plain, refit)]
+    assert errors[1] < errors[0], errors
+
+
+def test_quantize_aware_training_from_python(tmp_path):
+    student = styleslim.prune(_tiny_teacher(), ratio=0.5)
+    artifact = styleslim.quantize(student, "onnx", mode="qat", size=64, out=tmp_path,
+                                  qat={"steps": 2, "crop": 64})  # batch 2: the QAT graph traces batch as dynamic
+    assert artifact.manifest["precision"] == "int8-qat" and artifact.manifest["quantization"]["qat"]["steps"] == 2
+
+
 @pytest.mark.parametrize("command", [["prune", "--ratio", "0.5"], ["export", "--size", "64", "64"],
                                      ["quantize", "--size", "64"]])
 def test_commands_that_take_a_model_take_a_pytorch_examples_checkpoint(tmp_path, command):
