@@ -795,7 +795,7 @@ def compare(
     from evaluation.report import load_report, write_compare
 
     if output is not None:
-        check_output_file(output)
+        check_output_file(output, suffixes={".md"})  # the .html is written beside it, with the same name
     a, b = load_report(run_a), load_report(run_b)
     typer.echo(compare_reports(a, b, run_a.name, run_b.name))
     if output is not None:

@@ -140,6 +140,7 @@ OPTION_CASES = [
     (["export", "MODEL", "--layout", "hwc", "-o", "OUT"], "--layout"),
     (["export", "MODEL", "--precision", "fp8", "-o", "OUT"], "--precision"),
     (["export", "MODEL", "--format", "onnx", "--precision", "fp16", "-o", "OUT"], "--precision"),
+    (["compare", "MODEL", "MODEL", "-o", "OUT/table.html"], "-o"),
     (["prune", "MODEL", "-o", "OUT", "--ratio", "1.5"], "--ratio"),
     (["prune", "MODEL", "-o", "OUT", "--scope", "everywhere"], "--scope"),
     (["prune", "MODEL", "-o", "OUT", "--override", "no-equals-sign"], "--override"),
@@ -156,7 +157,8 @@ OPTION_CASES = [
 
 @pytest.mark.parametrize("args, option", OPTION_CASES, ids=[" ".join(a[:1] + [o]) for a, o in OPTION_CASES])
 def test_bad_option_names_the_option(args, option, model, photo, out):
-    subst = {"MODEL": model, "PHOTO": photo, "OUT": out, "OUT/g.png": out / "g.png"}
+    subst = {"MODEL": model, "PHOTO": photo, "OUT": out, "OUT/g.png": out / "g.png",
+             "OUT/table.html": out / "table.html"}
     result = cli(*[subst.get(a, a) for a in args])
     expect_error(result, option)
     assert "loss network" not in result.output, "refused only after loading the loss network"
