@@ -826,9 +826,20 @@ def export(
     from exports.stage import export_artifact
     from exports.tile_export import export_tile_artifact
 
+    given = [name for name, on in (("--precision", precision is not None), ("--layout", layout != "nchw"),
+                                   ("--dynamic", dynamic), ("--tile", tile)) if on]
     if fmt == "web":
+        if given:
+            fail(given[0], "--format web builds the page's own artifact", "drop it")
         _export_web(model, output, web_runtime, size)
         return
+    if web_runtime is not None:
+        fail("--web-runtime", "only --format web uses it", "drop it, or add --format web")
+    if tile and set(given) - {"--tile"}:
+        fail(sorted(set(given) - {"--tile"})[0], "a tile artifact is float32 NCHW at its --size", "drop it")
+    if dynamic and fmt != "onnx":
+        fail("--dynamic", f"{fmt} artifacts have a fixed size; only ONNX takes any height and width",
+             "drop it, or --format onnx")
     for side in size:
         build(ExportStage, {"size": "--size", "formats.0": "--format"}, size=side, formats=[fmt], layout=layout,
               precision=precision)
