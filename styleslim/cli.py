@@ -604,7 +604,7 @@ def distill(
                    lr_schedule=lr_schedule, feature_weight=feature_weight, content_weight=content_weight, tv_weight=tv_weight, crop=crop,
                    batch_size=batch_size, checkpoint_every=checkpoint_every, seed=seed, bf16=bf16,
                    grad_checkpointing=grad_checkpointing, tensorboard=tensorboard, **weights)
-    if family.role == "style_transformer" and not family.style_bank:  # a style bank learns from its teacher
+    if family.style_losses:  # other students learn from their teacher alone
         style = style or student.spec.style
         if style is None:
             fail(student_dir, "the spec names no style", "give --style")
@@ -612,7 +612,7 @@ def distill(
         _style_path(style, None)
     vgg = _loss_network(loss_network, strict_loss_network)
     grams, style_images = None, None
-    if family.role == "style_transformer" and not family.style_bank:
+    if family.style_losses:
         grams = _style_grams(vgg, style, style_size, None)
     elif family.role == "arbitrary_style" and style is not None:
         style_images = [load_image(resolve_style(style), size=max(2 * crop, style_size))]

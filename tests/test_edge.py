@@ -338,3 +338,19 @@ def test_a_multi_style_student_learns_every_style_of_its_teacher():
     with pytest.raises(ValueError, match="holding the same 3 styles"):
         one = create_model({**MANY, "n_styles": 1})
         make_objective(student, one, config, None, None, any_teacher=True)
+
+
+def test_the_cli_distils_an_edge_student_from_its_teacher_without_a_style_image(tmp_path):
+    """An edge_net student learns its teacher's pictures alone: no style image asked for, none used."""
+    from typer.testing import CliRunner
+
+    from compressor.models import save_model
+    from styleslim.cli import app
+
+    torch.manual_seed(0)
+    teacher, student = (save_model(create_model({"family": "edge_net"}), tmp_path / name) for name in ("t", "s"))
+    result = CliRunner().invoke(app, ["distill", str(student), "--teacher", str(teacher), "-o", str(tmp_path / "o"),
+                                      "--steps", "1", "--crop", "32", "--batch-size", "2", "--loss-network", "random",
+                                      "--perceptual-weight", "0"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "o" / "weights.safetensors").is_file()

@@ -133,6 +133,7 @@ class Family:
     format_rewrites: ClassVar[dict[str, tuple[str, ...]]] = {}
     size_multiple: ClassVar[int] = 1
     style_bank: ClassVar[bool] = False  # several styles in one network: stylizer(..., style_weights="3:0.5,12:0.5")
+    style_losses: ClassVar[bool] = False  # its objective adds Gram style losses against one style image
     takes_alpha: ClassVar[bool] = False  # stylizer's alpha blends content (0) to style (1)
 
     # ---------------------------------------------------------------- building

@@ -278,6 +278,7 @@ def explicit_grid(model: nn.Module) -> int:
 
 class TransformerNetFamily(Family):
     name = "transformer_net"
+    style_losses = True
     spec = TransformerNetSpec
     module = TransformerNet
     role = "style_transformer"
