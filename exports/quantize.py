@@ -196,19 +196,24 @@ def _job(reference: nn.Module, source_dir: Path, fmt: str, mode: str, keep_float
                        precision=PRECISION[mode], mode="static" if mode == "qat" else mode)
 
 
-def check_modes(settings: QuantizeStage) -> None:
-    """Every runtime makes at least one of the modes asked for: said before any calibration, QAT or search."""
+def check_runtimes(settings: QuantizeStage) -> None:
+    """Every runtime makes at least one of the modes asked for, and a budget has a runtime that keeps convs float:
+    said before any calibration, QAT or search."""
     for fmt in settings.runtimes:
         backend = backend_for_format(fmt)
         if not any(mode in backend.quantize_modes for mode in settings.modes):
             raise QuantizeError(f"quantize.modes: {backend.runtime} quantizes with {', '.join(backend.quantize_modes)}, "
                                 f"got {', '.join(settings.modes)} (add one of them)")
+    if settings.has_budget and settings.runtimes == ["coreml"]:
+        raise QuantizeError("quantize.grade / min_psnr_db / max_style_increase_pct keep convs float on ONNX Runtime "
+                            "and LiteRT; Core ML compresses every conv's weights (add runtime onnx or tflite, or drop "
+                            "the budget)")
 
 
 def check_settings(settings: QuantizeStage) -> None:
-    """What ``quantize`` can refuse from its settings alone (modes, calibration and judging photos), so that a caller
+    """What ``quantize`` can refuse from its settings alone (runtimes, calibration and judging photos), so that a caller
     replacing an earlier output checks first."""
-    check_modes(settings)
+    check_runtimes(settings)
     check_disjoint(resolve_images(settings.calibration, "train"), sample_content_paths("eval"))
     check_disjoint(resolve_images(settings.images, "val"), sample_content_paths("eval"), "quality")
 

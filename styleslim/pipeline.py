@@ -23,7 +23,7 @@ from compressor.io import atomic_write
 from compressor.models import parse_spec
 from compressor.models.checkpoint import resolve_model_path
 from compressor.quantize import check_disjoint
-from exports.quantize import check_modes
+from exports.quantize import check_runtimes
 from styleslim.context import RunContext
 from styleslim.stages import STAGES
 
@@ -70,7 +70,7 @@ def preflight(recipe: Recipe) -> None:
         checks.append((f"search.candidates.{i}", lambda choice=choice: parse_spec({"family": choice.family,
                                                                                    **choice.spec})))
     if recipe.quantize is not None:
-        check_modes(recipe.quantize)  # its line names quantize.modes
+        check_runtimes(recipe.quantize)  # its line names the key
     if recipe.evaluate is not None:
         def graded() -> list[Path]:
             return resolve_images(recipe.evaluate.images, "eval")

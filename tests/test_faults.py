@@ -530,10 +530,12 @@ def test_bad_set_override(override, names, tmp_path):
                                                                        "edge_net"]),
     ("name: r\nexport: {size: 512}\nevaluate: {size: 256}\n", ["recipe.yaml", "evaluate.size", "export.size 512"]),
     ("name: r\nquantize: {runtimes: [coreml], modes: [dynamic]}\n", ["quantize.modes", "coreml", "dynamic"]),
+    ("name: r\nquantize: {runtimes: [coreml], grade: close}\n", ["quantize.grade", "Core ML"]),
 ], ids=["bad-value", "unknown-key", "list", "unknown-family", "bad-yaml", "missing-style", "missing-model",
         "path-and-train", "path-and-spec", "decoder-without-path", "inputs-without-onnx-teacher",
         "steps-between-one-step", "fp16-onnx", "trunk-weight-without-edge-student",
-        "evaluate-at-another-size", "mode-the-runtime-lacks"])
+        "evaluate-at-another-size", "mode-the-runtime-lacks",
+        "budget-core-ml-only"])
 def test_bad_recipe_names_the_key(text, names, tmp_path):
     expect_error(cli("run", _recipe(tmp_path, text), "--out", tmp_path / "runs"), *names)
     assert not (tmp_path / "runs" / "r" / "teacher" / "spec.json").exists()
