@@ -202,8 +202,9 @@ def check_runtimes(settings: QuantizeStage) -> None:
     for fmt in settings.runtimes:
         backend = backend_for_format(fmt)
         if not any(mode in backend.quantize_modes for mode in settings.modes):
-            raise QuantizeError(f"quantize.modes: {backend.runtime} quantizes with {', '.join(backend.quantize_modes)}, "
-                                f"got {', '.join(settings.modes)} (add one of them)")
+            made = ", ".join(backend.quantize_modes)
+            raise QuantizeError(f"quantize.modes: {backend.runtime} quantizes with {made}, got "
+                                f"{', '.join(settings.modes)} (add one of them)")
     if settings.has_budget and settings.runtimes == ["coreml"]:
         raise QuantizeError("quantize.grade / min_psnr_db / max_style_increase_pct keep convs float on ONNX Runtime "
                             "and LiteRT; Core ML compresses every conv's weights (add runtime onnx or tflite, or drop "
