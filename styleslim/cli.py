@@ -347,8 +347,9 @@ def gatys(
     lr: Annotated[float | None, typer.Option(help="Default: 1.0 for lbfgs, 0.02 for adam.")] = None,
     init: Annotated[str, typer.Option(help="content | noise")] = "content",
     size: Annotated[int, typer.Option(min=16, help="Longest side of the result.")] = 512,
-    scales: Annotated[list[int] | None, typer.Option("--scale", min=16, help="Coarse-to-fine sides, e.g. --scale "
-                                                         "256 --scale 512.")] = None,
+    scales: Annotated[list[int] | None, typer.Option("--scale", min=16, help="Coarse-to-fine longest sides up to "
+                                                         "--size, e.g. --scale 256 --scale 512; the last is the "
+                                                         "result's.")] = None,
     content_weight: float = field_option(_T, "content_weight"),
     style_weight: float = field_option(_T, "style_weight"),
     tv_weight: float = field_option(_T, "tv_weight"),
@@ -370,6 +371,9 @@ def gatys(
         fail("--init", f"{init!r} is not content or noise")
     if lr is not None and lr <= 0:
         fail("--lr", f"{lr} is not > 0")
+    if scales and max(scales) > size:
+        fail(f"--scale {max(scales)}", f"above --size {size}, the photo's longest side as loaded",
+             "end the scales at --size, or raise --size")
     check_output_file(output, suffixes=IMAGE_SUFFIXES)
     content_image = load_image(content, size=size).unsqueeze(0)
     _style_path(style, style_library, "STYLE")

@@ -158,6 +158,7 @@ OPTION_CASES = [
     (["gatys", "PHOTO", "starry_night", "--optimizer", "sgd", "-o", "OUT/g.png"], "--optimizer"),
     (["gatys", "PHOTO", "starry_night", "--size", "4", "-o", "OUT/g.png"], "--size"),
     (["gatys", "PHOTO", "starry_night", "--lr", "-1", "-o", "OUT/g.png"], "--lr"),
+    (["gatys", "PHOTO", "starry_night", "--size", "64", "--scale", "128", "-o", "OUT/g.png"], "--scale 128"),
 ]
 
 
