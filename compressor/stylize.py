@@ -251,7 +251,10 @@ def _artifact_style_input(runner, path: Path, style: str | Path | None, style_we
                           ) -> np.ndarray | None:
     """The 1-D style input of a two-input artifact (``style_weights`` or ``style_vector``, as exported)."""
     names = runner.input_names
-    if len(names) < 2 or names[1] not in ("style_weights", "style_vector"):
+    if len(names) >= 2 and names[1] not in ("style_weights", "style_vector"):
+        raise UserError(str(path), f"its second input, {names[1]!r}, takes a style image (AdaIN's); stylize feeds "
+                        "artifacts style weights or a style vector", "stylize the model folder with `style` IMAGE")
+    if len(names) < 2:
         if style_weights is not None:
             raise UserError(str(path), "`style_index` / `style_weights` apply to multi-style models only")
         if style is not None:
@@ -265,6 +268,9 @@ def _artifact_style_input(runner, path: Path, style: str | Path | None, style_we
         if style_weights is None:
             raise UserError(str(path), "a multi-style model", "pass `style_index` K or `style_weights` '3:0.5,12:0.5'")
         return parse_style_weights(style_weights, int(runner.input_shapes[1][-1])).numpy()
+    if style_weights is not None:
+        raise UserError(str(path), "an arbitrary-style artifact takes `style` IMAGE, not `style_index` / "
+                        "`style_weights`", "leave them out")
     if style is None:
         raise UserError(str(path), "an arbitrary-style model", "pass `style` IMAGE")
     return style_vector(load_image(resolve_style(style))).numpy()

@@ -1,5 +1,7 @@
 """The plain style-transfer paths the compressed models exist for: train, gatys, stylize, style library."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -210,3 +212,19 @@ def test_styles_lists_and_sheets_a_multi_style_model(tmp_path):
                                       "--tile", "64", "-o", str(tmp_path / "sheet.png")])
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "sheet.png").size == (3 * 64, 64)
+
+
+@pytest.mark.parametrize("names, style, weights, says", [
+    (["content", "style"], "starry_night", None, "takes a style image"),
+    (["image", "style_vector"], "starry_night", "3", "not `style_index`"),
+], ids=["adain-artifact", "weights-to-an-arbitrary-artifact"])
+def test_stylize_refuses_what_a_two_input_artifact_cannot_take(names, style, weights, says):
+    """An AdaIN artifact's style image is not fed here; style weights never reach an arbitrary-style artifact."""
+    from types import SimpleNamespace
+
+    from compressor.errors import UserError
+    from compressor.stylize import _artifact_style_input
+
+    runner = SimpleNamespace(input_names=names, input_shapes=[[1, 3, 64, 64], [100]])
+    with pytest.raises(UserError, match=says):
+        _artifact_style_input(runner, Path("model.onnx"), style, weights)
