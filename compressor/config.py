@@ -396,7 +396,7 @@ class Recipe(Config):
     evaluate: EvaluateStage | None = None
 
     @model_validator(mode="after")
-    def _search_feeds_distill(self) -> Recipe:
+    def _stages_agree(self) -> Recipe:
         if self.search is not None and self.distill is None:
             raise ValueError("search: the winner is trained by the distill stage (and candidates use its settings); "
                              "add a distill section")

@@ -275,7 +275,8 @@ def prune_and_refit(model: nn.Module, config: PruneStage, content: str | Path = 
     images = calibration_crops(content, config.reconstruct_images)
     refit = reconstruct(pruned, model, pruned.kept_out_channels, images)
     log.info("prune: least-squares refit of %d convs (mean relative error %.3f -> %.3f)", len(refit),
-             sum(r["before"] for r in refit.values()) / len(refit), sum(r["after"] for r in refit.values()) / len(refit))
+             sum(r["before"] for r in refit.values()) / len(refit),
+             sum(r["after"] for r in refit.values()) / len(refit))
     return pruned, refit
 
 

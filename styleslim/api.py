@@ -155,7 +155,7 @@ def quantize(model: nn.Module | str | Path, runtime: str = "onnx", mode: str = "
              **settings: Any) -> Artifact:
     """``model`` as a real int8 (or fp16) artifact on ``runtime`` (onnx, tflite, coreml), calibrated on the
     bundled training photos (``calibration=FOLDER``), parity-checked, graded by the perceptual judge against
-    the float model in its manifest's ``quantization.quality``. No loss network needed. A budget
+    the float model in its manifest's ``quantization.quality``. Plain PTQ needs no loss network. A budget
     (``grade="close"``) keeps convs float until the int8 model meets it against ``teacher``'s pictures, or
     the float model's without one, on ``images=FOLDER`` (photos like those it will paint; default the bundled
     validation photos). QAT and ``max_style_increase_pct`` load the VGG19 loss network (random fallback, loudly);
