@@ -534,8 +534,8 @@ def markdown(report: dict[str, Any], plots: dict[str, str] | None = None) -> str
                  "same-picture bands (0 = identical, 1 = as far as the teacher from itself); vector, its style "
                  "vector, is never a training loss (the independent check). "
                  f"PSNR / SSIM: the variant's output vs the teacher's (higher = closer). {DELTA_LEGEND} "
-                 f"{FIXED_NOTE} peak RSS = whole fresh process incl. interpreter, at the first timed size (a fixed-shape "
-                 "artifact at its own; report.json memory.size).")
+                 f"{FIXED_NOTE} peak RSS = whole fresh process incl. interpreter, at the first timed size "
+                 "(a fixed-shape artifact at its own; report.json memory.size).")
     twins = [(r["name"], _also(r)) for r in report["variants"] if _also(r)]
     if twins:
         parts += ["", "Same content, evaluated once: " + "; ".join(
