@@ -245,8 +245,7 @@ def quantize(
     model = load_model(model_dir)
     calibration, calib_paths = calibration_set(settings.calibration, settings.size)
     calibration = calibration_samples(model, calibration)
-    photos = resolve_images(settings.images, "val")
-    check_disjoint(photos, sample_content_paths("eval"), "quality")
+    photos = resolve_images(settings.images, "val")  # held apart from the held-out photos: check_settings
     extra: dict[str, Any] = {
         "calibration_method": settings.calibration_method,
         "calibration_images": [str(p) for p in calib_paths], "quality_images": [str(p) for p in photos],
