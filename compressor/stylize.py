@@ -44,8 +44,8 @@ from compressor.tiling import (
     TilePlan,
     TileRunner,
     TilingError,
+    held_bytes,
     image_size,
-    resident_bytes,
     stylize_file,
     stylize_tiled,
 )
@@ -78,10 +78,7 @@ class Stylizer:
         An image that needs under half the spare budget by the cheap per-pixel estimate runs whole without asking
         the tiler, whose geometry and memory probes cost a few forward passes.
         """
-        resident = resident_bytes()
-        # A process already holding more than the budget (a long-lived one: a test run, a notebook) cannot keep
-        # its total under it; the budget then bounds what this image adds.
-        spare = max_memory - resident if resident < max_memory else max_memory
+        spare = max_memory - held_bytes(max_memory)
         if tile is None and self.bytes_per_pixel and self.bytes_per_pixel * height * width < spare / 2:
             return TilePlan(0, 0, 1, 0)
         if self.tiler is not None:

@@ -534,6 +534,14 @@ def resident_bytes() -> int:
         return BASELINE_BYTES
 
 
+def held_bytes(max_memory: int) -> int:
+    """What a ``max_memory`` budget counts as spent already: this process's resident memory, or nothing when the
+    process holds more than the whole budget (a long-lived one: a test run, a notebook), whose budget then bounds
+    what one image adds."""
+    resident = resident_bytes()
+    return resident if resident < max_memory else 0
+
+
 def plan_tiles(height: int, width: int, geometry: Geometry, memory: MemoryModel, max_memory: int,
                tile: int | None = None, thumbnail: int = DEFAULT_THUMBNAIL, resident: int = BASELINE_BYTES,
                statistics: str = "exact") -> TilePlan:
@@ -670,7 +678,8 @@ class TileRunner:
         if tile == 0:
             return TilePlan(0, 0, 1, 0)
         geometry, memory = self.geometry, self.memory  # measured first: their probes count as resident
-        return plan_tiles(height, width, geometry, memory, max_memory, tile, thumbnail, resident_bytes(), statistics)
+        return plan_tiles(height, width, geometry, memory, max_memory, tile, thumbnail, held_bytes(max_memory),
+                          statistics)
 
     def record(self, thumb: torch.Tensor) -> NormStats:
         return record_stats(self.run, thumb)[0]

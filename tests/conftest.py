@@ -2,6 +2,13 @@ import pytest
 import torch
 
 torch.set_num_threads(2)
+FRESH_CLI_BYTES = 800 * 2**20  # about what a fresh `styleslim stylize` process holds (above tiling.BASELINE_BYTES)
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_memory(monkeypatch):
+    """Plan stylize memory as a fresh CLI process would: the test process holds whatever earlier tests loaded."""
+    monkeypatch.setattr("compressor.tiling.resident_bytes", lambda: FRESH_CLI_BYTES)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import FRESH_CLI_BYTES
 from PIL import Image
 from torchmetrics.functional.image import peak_signal_noise_ratio
 from typer.testing import CliRunner
@@ -33,14 +34,6 @@ from compressor.tiling import (
 from styleslim.cli import app
 
 runner = CliRunner()
-FRESH_CLI_BYTES = 800 * 2**20  # about what a fresh `styleslim stylize` process holds (above tiling.BASELINE_BYTES)
-
-
-@pytest.fixture(autouse=True)
-def fresh_process_memory(monkeypatch):
-    """Plan memory as a fresh CLI process would: the test process holds whatever earlier tests loaded."""
-    monkeypatch.setattr("compressor.tiling.resident_bytes", lambda: FRESH_CLI_BYTES)
-    monkeypatch.setattr("compressor.stylize.resident_bytes", lambda: FRESH_CLI_BYTES)
 SMALL = TransformerNetSpec(conv1=8, conv2=16, trunk=16, res_inner=[16] * 5, deconv1=16, deconv2=8)
 TILE_BAR = r"tiles: +\d+%"
 SMALL_ADAIN = AdaINSpec(encoder=[8, 8, 16, 16, 16, 16, 16, 16, 32], decoder=[16] * 8)
@@ -304,3 +297,14 @@ def test_tile_artifact_matches_torch_and_stylizes_beyond_its_size(tmp_path, net,
                                  "-o", str(tmp_path / "y.png")])
     assert result.exit_code == 2 and result.output.startswith(f"error: {path}:") and "export it again" in result.output
     assert not (tmp_path / "y.png").exists()
+
+
+def test_a_process_holding_more_than_the_budget_still_paints_a_small_photo(monkeypatch):
+    """A long-lived process (a notebook, a test run) past the whole budget: the budget bounds what one image adds."""
+    from compressor.stylize import model_stylizer
+
+    monkeypatch.setattr("compressor.tiling.resident_bytes", lambda: 3 * 2**30)
+    torch.manual_seed(0)
+    stylizer = model_stylizer(AdaINNet(SMALL_ADAIN).eval(), torch.rand(1, 3, 32, 32))
+    assert stylizer.plan(32, 32, None, 2 * 2**30).window == 0  # whole, by the cheap per-pixel estimate
+    assert stylizer.tiler.plan(32, 32, 2 * 2**30).window == 0  # and by the tiler's own plan, which refused it
