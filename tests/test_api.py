@@ -59,10 +59,14 @@ def test_settings_and_a_config_are_one_or_the_other():
         styleslim.prune(model, ratio=1.5)
 
 
-def test_distill_moves_the_student_toward_its_teacher():
+def _tiny_teacher() -> torch.nn.Module:
     torch.manual_seed(0)
-    teacher = styleslim.create_model("transformer_net", conv1=8, conv2=8, trunk=8, res_inner=[8] * 5, deconv1=8,
-                                     deconv2=8)
+    return styleslim.create_model("transformer_net", conv1=8, conv2=8, trunk=8, res_inner=[8] * 5, deconv1=8,
+                                  deconv2=8)
+
+
+def test_distill_moves_the_student_toward_its_teacher():
+    teacher = _tiny_teacher()
     student = styleslim.prune(teacher, ratio=0.5)
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
@@ -70,12 +74,6 @@ def test_distill_moves_the_student_toward_its_teacher():
     student = styleslim.distill(student, teacher, steps=30, crop=64, batch_size=2, perceptual_weight=0.0, lr=3e-3)
     with torch.no_grad():
         assert float((student(x) - teacher(x)).abs().mean()) < before
-
-
-def _tiny_teacher() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return styleslim.create_model("transformer_net", conv1=8, conv2=8, trunk=8, res_inner=[8] * 5, deconv1=8,
-                                  deconv2=8)
 
 
 def test_settings_a_function_cannot_honour_are_refused():
